@@ -1,0 +1,33 @@
+"""The ``fedkit`` command line.
+
+Each area of the library owns a sub-application (a ``typer.Typer``) in its own module; this file
+only mounts them, so that commands stay next to the code they drive.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="fedkit: federated and distributed learning on PyTorch.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Federated and distributed learning on PyTorch."""
+
+
+def _mount() -> None:
+    """Attach the sub-applications (imported here so ``fedkit --help`` stays one import away)."""
+    from fedkit.data.cli import app as data_app
+
+    app.add_typer(data_app, name="data", help="Inspect datasets and federated partitions.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _mount()
+    app()

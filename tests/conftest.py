@@ -1,0 +1,28 @@
+"""Shared test setup: one torch thread (2-core CI machine), data directory, skip helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FEDKIT_DATA", str((REPO / ".." / "shared" / "data").resolve()))
+
+
+def data_dir() -> Path:
+    """The data directory tests read real datasets from (``FEDKIT_DATA``)."""
+    return Path(os.environ["FEDKIT_DATA"])
+
+
+def require_data(*relative: str) -> Path:
+    """Skip the calling test, naming the missing file, unless every path exists under FEDKIT_DATA."""
+    root = data_dir()
+    for rel in relative:
+        if not (root / rel).exists():
+            pytest.skip(f"dataset file {root / rel} not present (set FEDKIT_DATA to a data directory)")
+    return root
