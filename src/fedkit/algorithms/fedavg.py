@@ -1,0 +1,143 @@
+"""FedAvg and the FedOpt family.
+
+FedAvg: McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
+Decentralized Data". FedOpt: Reddi et al. 2021, "Adaptive Federated Optimization".
+
+Round ``t``: the server sends ``x_t``; each selected client ``i`` runs local SGD from ``x_t`` and
+returns ``Δ_i = y_i - x_t`` with weight ``n_i`` (its number of examples; ``1`` with uniform
+weighting). The server forms the pseudo-gradient ``g = -Σ n_i Δ_i / Σ n_i`` and takes one step of
+its optimiser: plain FedAvg is SGD with ``lr = 1`` (``x_{t+1} = x_t + mean Δ``); FedAvgM, FedAdam,
+FedYogi and FedAdagrad are the same class with ``server=SGD(momentum=…)``, ``Adam``, ``Yogi`` or
+``Adagrad`` from :mod:`fedkit.server_opt`.
+
+Local training is :func:`fedkit.local.train_local`; subclasses change it only through
+:meth:`FedAvg.gradient_hook` (FedProx).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from fedkit.aggregate import WeightedMean
+from fedkit.algorithm import (
+    ClientContext,
+    ClientData,
+    ClientResult,
+    RoundInfo,
+    delta_from,
+    load_into,
+)
+from fedkit.local import GradHook, LocalTraining, train_local
+from fedkit.params import Params, clone
+from fedkit.server_opt import SGD, OptState, ServerOptimizer
+
+WEIGHTINGS = ("examples", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMessage:
+    """Server → client: the global parameters."""
+
+    params: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDelta:
+    """Client → server: the model update ``y_i - x_t``."""
+
+    delta: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class FedOptState:
+    """Server state: global parameters and the server optimiser's state."""
+
+    params: Params
+    opt: OptState
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FedAvg:
+    """FedAvg with a pluggable server optimiser (see module docstring).
+
+    Attributes:
+        local: client optimiser settings.
+        server: the server optimiser (``SGD()`` = plain FedAvg).
+        weighting: ``"examples"`` (McMahan et al.) or ``"uniform"`` client weights.
+    """
+
+    local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
+    server: ServerOptimizer = dataclasses.field(default_factory=SGD)
+    weighting: Literal["examples", "uniform"] = "examples"
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not (hasattr(self.server, "init") and hasattr(self.server, "step")):
+            raise TypeError(
+                f"server must be a server optimizer (SGD, Adam, Yogi, Adagrad), got {self.server!r}"
+            )
+
+    @property
+    def name(self) -> str:
+        """Algorithm identifier."""
+        return "fedavg"
+
+    def init_state(self, params: Params) -> FedOptState:
+        """Global parameters and fresh optimiser state."""
+        return FedOptState(params=clone(params), opt=self.server.init(params))
+
+    def broadcast(self, state: FedOptState, info: RoundInfo) -> ModelMessage:
+        """Send the global parameters."""
+        return ModelMessage(params=state.params)
+
+    def gradient_hook(self, msg: ModelMessage) -> GradHook | None:
+        """Extra gradient term for local training (none for FedAvg)."""
+        return None
+
+    def client_weight(self, num_examples: int) -> float:
+        """Aggregation weight of a client with ``num_examples`` examples."""
+        return float(num_examples) if self.weighting == "examples" else 1.0
+
+    def client_update(
+        self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
+    ) -> ClientResult[ModelDelta, None]:
+        """Local SGD from the global model; return the delta."""
+        load_into(ctx.model, msg.params)
+        stats = train_local(
+            ctx.model,
+            data.x_train,
+            data.y_train,
+            self.local,
+            generator=ctx.generator,
+            grad_hook=self.gradient_hook(msg),
+            work_fraction=ctx.work_fraction,
+        )
+        n = data.num_examples
+        return ClientResult(
+            update=ModelDelta(delta_from(ctx.model, msg.params)),
+            weight=self.client_weight(n),
+            num_examples=n,
+            stats=stats,
+        )
+
+    def aggregator(self) -> WeightedMean[ModelDelta]:
+        """Weighted mean of deltas."""
+        return WeightedMean()
+
+    def server_update(
+        self, state: FedOptState, aggregate: ModelDelta, info: RoundInfo
+    ) -> FedOptState:
+        """One server-optimiser step along ``-mean Δ``."""
+        grad = {k: -aggregate.delta[k].to(p.dtype) for k, p in state.params.items()}
+        params, opt = self.server.step(state.params, grad, state.opt)
+        return FedOptState(params=params, opt=opt)
+
+    def global_params(self, state: FedOptState) -> Params:
+        """The global parameters."""
+        return state.params
+
+    def client_state_template(self, params: Params) -> None:
+        """FedAvg keeps no client state."""
+        return None

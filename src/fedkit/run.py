@@ -1,0 +1,199 @@
+"""The one run loop, shared by simulation and deployment.
+
+For each round: sample a cohort → broadcast → execute (any executor) → aggregate result →
+server update → evaluate every ``eval_every`` rounds → callbacks → checkpoint. A round in which
+no client finished leaves the model unchanged and is recorded as not committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from torch import Tensor, nn
+
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.checkpoint import Checkpointer
+from fedkit.evaluate import Distribution, EvalResult, evaluate
+from fedkit.executor import ClientMetrics, Executor, RoundOutput
+from fedkit.params import Params, load_params
+from fedkit.sampling import ClientSampler, UniformSampler
+
+S = TypeVar("S")
+
+Evaluator = Callable[[Params], EvalResult]
+"""Scores global parameters on held-out data (centralised evaluation)."""
+
+
+def central_evaluator(
+    model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1000
+) -> Evaluator:
+    """An :data:`Evaluator` that loads parameters into ``model`` and scores it on ``(x, y)``."""
+
+    def score(params: Params) -> EvalResult:
+        load_params(model, params)
+        return evaluate(model, x, y, batch_size=batch_size)
+
+    return score
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """How long to run and how often to evaluate and checkpoint.
+
+    Attributes:
+        rounds: number of rounds (>= 1).
+        clients_per_round: cohort size, 1 ≤ k ≤ number of clients.
+        seed: the root of every random draw.
+        eval_every: centralised evaluation every k rounds (and after the last); 0 disables it.
+        federated_eval_every: federated evaluation every k rounds (and after the last); 0 disables.
+        checkpoint_dir: where to checkpoint after every committed round and resume from.
+    """
+
+    rounds: int
+    clients_per_round: int
+    seed: int = 0
+    eval_every: int = 1
+    federated_eval_every: int = 0
+    checkpoint_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.clients_per_round < 1:
+            raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
+        if self.eval_every < 0 or self.federated_eval_every < 0:
+            raise ValueError("eval_every and federated_eval_every must be >= 0 (0 disables)")
+
+    def validate_population(self, num_clients: int) -> None:
+        """Fail clearly when the cohort is larger than the population."""
+        if self.clients_per_round > num_clients:
+            raise ValueError(
+                f"clients_per_round = {self.clients_per_round} exceeds the number of clients "
+                f"({num_clients}); allowed values: 1 to {num_clients}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """What happened in one round (what callbacks, progress bars and result stores consume)."""
+
+    round: int
+    cohort: tuple[int, ...]
+    clients: tuple[ClientMetrics, ...]
+    dropped: tuple[int, ...]
+    committed: bool
+    train_loss: float
+    central: EvalResult | None
+    federated: Distribution | None
+    bytes_up: int
+    bytes_down: int
+    wall_seconds: float
+    sim_seconds: float | None
+
+
+class Callback(Protocol):
+    """Observes the run after each round."""
+
+    def __call__(self, record: RoundRecord, params: Params) -> None:
+        """Called with the round's record and the global parameters after it."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult(Generic[S]):
+    """The final server state and the history of the rounds this call ran."""
+
+    state: S
+    params: Params
+    history: list[RoundRecord]
+    start_round: int
+
+
+def _train_loss(clients: Sequence[ClientMetrics]) -> float:
+    n = sum(c.num_examples for c in clients if not math.isnan(c.train_loss))
+    if n == 0:
+        return float("nan")
+    return sum(c.train_loss * c.num_examples for c in clients if not math.isnan(c.train_loss)) / n
+
+
+def _due(every: int, r: int, rounds: int) -> bool:
+    return every > 0 and ((r + 1) % every == 0 or r + 1 == rounds)
+
+
+def run(
+    algorithm: Algorithm[S, Any, Any, Any],
+    executor: Executor,
+    initial_params: Params,
+    config: RunConfig,
+    *,
+    evaluator: Evaluator | None = None,
+    sampler: ClientSampler | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> RunResult[S]:
+    """Run ``config.rounds`` rounds of ``algorithm`` on ``executor`` (see module docstring).
+
+    With ``config.checkpoint_dir`` set, an existing checkpoint there is resumed from, and each
+    committed round is checkpointed atomically; a resumed run ends with the same model as an
+    uninterrupted one.
+    """
+    population = executor.num_clients
+    config.validate_population(population)
+    sampler = sampler or UniformSampler()
+    state = algorithm.init_state(initial_params)
+    start = 0
+    ckpt = None
+    if config.checkpoint_dir is not None:
+        ckpt = Checkpointer(config.checkpoint_dir, algorithm=algorithm.name, seed=config.seed)
+        restored = ckpt.load(state)
+        if restored is not None:
+            state, start = restored.state, restored.completed_rounds
+            template = algorithm.client_state_template(initial_params)
+            if restored.client_tensors and template is not None:
+                executor.load_client_state_tensors(restored.client_tensors, template)
+    history: list[RoundRecord] = []
+    for r in range(start, config.rounds):
+        t0 = time.perf_counter()
+        info = RoundInfo(
+            round=r, seed=config.seed, num_clients=population, cohort_size=config.clients_per_round
+        )
+        cohort = sampler.sample(population, config.clients_per_round, info)
+        msg = algorithm.broadcast(state, info)
+        out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
+        committed = out.accumulator is not None
+        if committed:
+            agg = algorithm.aggregator().result(out.accumulator)
+            state = algorithm.server_update(state, agg, info)
+        params = algorithm.global_params(state)
+        central = (
+            evaluator(params) if evaluator and _due(config.eval_every, r, config.rounds) else None
+        )
+        federated = None
+        if _due(config.federated_eval_every, r, config.rounds):
+            federated = Distribution.of(executor.evaluate(params, range(population)))
+        if ckpt is not None and committed:
+            ckpt.save(state, r + 1, executor.client_state_tensors())
+        record = RoundRecord(
+            round=r,
+            cohort=tuple(cohort),
+            clients=out.clients,
+            dropped=out.dropped,
+            committed=committed,
+            train_loss=_train_loss(out.clients),
+            central=central,
+            federated=federated,
+            bytes_up=out.bytes_up,
+            bytes_down=out.bytes_down,
+            wall_seconds=time.perf_counter() - t0,
+            sim_seconds=out.sim_seconds,
+        )
+        history.append(record)
+        for cb in callbacks:
+            cb(record, params)
+    return RunResult(
+        state=state, params=algorithm.global_params(state), history=history, start_round=start
+    )

@@ -1,0 +1,1 @@
+"""Simulation executors (serial, vectorised, ``torch.distributed``) and system heterogeneity."""
