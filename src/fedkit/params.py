@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -67,8 +68,8 @@ def dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> float:
 
 def norm(a: Mapping[str, Tensor]) -> float:
     """Global L2 norm over all entries, accumulated in float64."""
-    total = sum(float((v.double() ** 2).sum()) for v in a.values())
-    return float(total) ** 0.5
+    total: float = sum(float((v.double() ** 2).sum()) for v in a.values())
+    return math.sqrt(total)
 
 
 def num_elements(a: Mapping[str, Tensor]) -> int:
@@ -131,7 +132,7 @@ def tree_map(fn: Callable[..., Any], tree: T, *rest: Any) -> T:
             f.name: tree_map(fn, getattr(tree, f.name), *(getattr(r, f.name) for r in rest))
             for f in dataclasses.fields(tree)
         }
-        return dataclasses.replace(tree, **changes)  # type: ignore[return-value]
+        return dataclasses.replace(tree, **changes)
     return tree
 
 
@@ -191,7 +192,7 @@ def _rebuild(tree: T, flat: Mapping[str, Tensor], prefix: str) -> T:
             )
             for f in dataclasses.fields(tree)
         }
-        return dataclasses.replace(tree, **changes)  # type: ignore[return-value]
+        return dataclasses.replace(tree, **changes)
     return tree
 
 
