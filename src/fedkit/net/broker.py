@@ -1,0 +1,374 @@
+"""The coordinator's task board: registered workers, the open round, and arriving results.
+
+The gRPC servicer (:mod:`fedkit.net.service`) calls into a :class:`Broker` from many threads;
+the remote executor calls :meth:`Broker.open_round` / :meth:`Broker.collect` from the run loop.
+Tasks are keyed by client id: whichever authenticated worker serves that client (a restarted
+worker re-registers and takes over) gets the task. Results are refused with a typed error when
+they are unauthenticated, for another run, stale, duplicate (first wins), late, oversized (checked
+against the declared size before anything is buffered), corrupted or of the wrong schema.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from fedkit.net.codec import Reassembler
+from fedkit.net.errors import ErrorCode, NetError
+from fedkit.net.proto import fedkit_pb2 as pb
+
+
+@dataclass(kw_only=True)
+class WorkerRecord:
+    """One registered worker."""
+
+    worker_id: str
+    client_id: str
+    token: str
+    tls_identity: str | None
+    last_seen: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Assignment:
+    """What one client is asked to do this round: a shared payload and its share of the work."""
+
+    chunks: list[pb.Chunk]
+    payload_bytes: int
+    work_fraction: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """An accepted result: the validated payload bytes and timings."""
+
+    client_id: str
+    worker_id: str
+    round: int
+    task_id: str
+    payload: bytes
+    rtt_s: float
+    compute_s: float
+
+
+@dataclass(kw_only=True)
+class _Task:
+    task_id: str
+    client_id: str
+    assignment: Assignment
+    sent_at: float | None = None
+    done: bool = False
+
+
+@dataclass(kw_only=True)
+class _Round:
+    round: int
+    deadline: float
+    tasks: dict[str, _Task]  # by client id
+    results: dict[str, Result] = field(default_factory=dict)
+    closed: bool = False
+
+
+ResultCheck = Callable[[bytes], None]
+
+
+class Broker:
+    """Thread-safe coordinator state shared by the gRPC servicer and the remote executor.
+
+    Args:
+        run_id: Identifier of this run (persisted by the coordinator so it survives restarts).
+        max_result_bytes: Cap on one result payload; larger declarations are refused unread.
+        heartbeat_interval_s: How often workers should heartbeat.
+        liveness_s: A worker not heard from for this long is not considered live.
+        require_tls_identity: Whether every call must carry a client certificate (mutual TLS).
+        experiment_digest: SHA-256 of the experiment file; workers with another digest are refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        max_result_bytes: int,
+        heartbeat_interval_s: float = 2.0,
+        liveness_s: float = 10.0,
+        require_tls_identity: bool = False,
+        experiment_digest: str = "",
+    ) -> None:
+        self.run_id = run_id
+        self.max_result_bytes = max_result_bytes
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.liveness_s = liveness_s
+        self.require_tls_identity = require_tls_identity
+        self.experiment_digest = experiment_digest
+        self._lock = threading.Condition()
+        self._workers: dict[str, WorkerRecord] = {}
+        self._by_client: dict[str, str] = {}
+        self._round: _Round | None = None
+        self._last_round = -1
+        self._shutdown = False
+        self._result_check: ResultCheck | None = None
+        self._counter = 0
+        self.rejections: list[tuple[str, ErrorCode]] = []
+
+    # ----------------------------------------------------------------- authentication
+    def _authenticate(self, header: pb.Header, tls_identity: str | None) -> WorkerRecord:
+        if self.require_tls_identity and tls_identity is None:
+            raise NetError(ErrorCode.UNAUTHENTICATED, "no client certificate on this call")
+        rec = self._workers.get(header.worker_id)
+        if rec is None:
+            raise NetError(
+                ErrorCode.UNKNOWN_WORKER, f"worker {header.worker_id!r} is not registered"
+            )
+        if not hmac.compare_digest(rec.token.encode(), header.token.encode()):
+            raise NetError(ErrorCode.UNAUTHENTICATED, "wrong or missing token")
+        if rec.tls_identity != tls_identity:
+            raise NetError(ErrorCode.UNAUTHENTICATED, "TLS identity differs from registration")
+        if header.run_id != self.run_id:
+            raise NetError(ErrorCode.RUN_MISMATCH, f"run {header.run_id!r} is not {self.run_id!r}")
+        rec.last_seen = time.monotonic()
+        return rec
+
+    def _reject(self, who: str, err: NetError) -> NetError:
+        self.rejections.append((who, err.code))
+        return err
+
+    # ----------------------------------------------------------------- servicer side
+    def register(self, req: pb.RegisterRequest, tls_identity: str | None) -> pb.RegisterReply:
+        """Admit a worker serving ``req.client_id``, replacing an earlier worker of that client."""
+        with self._lock:
+            if self.require_tls_identity and tls_identity is None:
+                raise self._reject(
+                    "register", NetError(ErrorCode.UNAUTHENTICATED, "no client cert")
+                )
+            if req.header.run_id and req.header.run_id != self.run_id:
+                # A worker of a previous coordinator incarnation keeps the run id; anything else is
+                # another run.
+                raise self._reject(
+                    "register",
+                    NetError(ErrorCode.RUN_MISMATCH, f"run {req.header.run_id!r} is not served"),
+                )
+            if self.experiment_digest and req.experiment_digest != self.experiment_digest:
+                raise self._reject(
+                    "register",
+                    NetError(
+                        ErrorCode.RUN_MISMATCH,
+                        "the worker's experiment file differs from the coordinator's",
+                    ),
+                )
+            if not req.client_id:
+                raise self._reject("register", NetError(ErrorCode.MALFORMED, "empty client_id"))
+            old = self._by_client.get(req.client_id)
+            if old is not None:
+                self._workers.pop(old, None)
+            self._counter += 1
+            worker_id = f"{req.client_id}#{self._counter}-{secrets.token_hex(4)}"
+            token = secrets.token_urlsafe(32)
+            self._workers[worker_id] = WorkerRecord(
+                worker_id=worker_id,
+                client_id=req.client_id,
+                token=token,
+                tls_identity=tls_identity,
+                last_seen=time.monotonic(),
+            )
+            self._by_client[req.client_id] = worker_id
+            self._lock.notify_all()
+            return pb.RegisterReply(
+                error=pb.Error(code=pb.OK),
+                run_id=self.run_id,
+                worker_id=worker_id,
+                token=token,
+                heartbeat_interval_s=self.heartbeat_interval_s,
+                max_payload_bytes=self.max_result_bytes,
+            )
+
+    def heartbeat(self, req: pb.HeartbeatRequest, tls_identity: str | None) -> pb.HeartbeatReply:
+        """Refresh a worker's liveness."""
+        with self._lock:
+            try:
+                self._authenticate(req.header, tls_identity)
+            except NetError as err:
+                raise self._reject("heartbeat", err) from None
+            rnd = self._round.round if self._round is not None else max(self._last_round, 0)
+            return pb.HeartbeatReply(error=pb.Error(code=pb.OK), round=rnd)
+
+    def next_task(
+        self, req: pb.GetTaskRequest, tls_identity: str | None, *, max_wait_s: float = 5.0
+    ) -> tuple[pb.TaskInfo, list[pb.Chunk]]:
+        """The worker's task for the open round, waiting up to ``wait_s`` for one to appear."""
+        end = time.monotonic() + min(max(req.wait_s, 0.0), max_wait_s)
+        with self._lock:
+            while True:
+                try:
+                    rec = self._authenticate(req.header, tls_identity)
+                except NetError as err:
+                    raise self._reject("get_task", err) from None
+                if self._shutdown:
+                    return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.SHUTDOWN), []
+                rnd = self._round
+                task = None if rnd is None or rnd.closed else rnd.tasks.get(rec.client_id)
+                if rnd is not None and task is not None and not task.done:
+                    if task.sent_at is None:
+                        task.sent_at = time.monotonic()
+                    a = task.assignment
+                    info = pb.TaskInfo(
+                        error=pb.Error(code=pb.OK),
+                        kind=pb.TRAIN,
+                        header=pb.Header(
+                            run_id=self.run_id,
+                            round=rnd.round,
+                            task_id=task.task_id,
+                            worker_id=rec.worker_id,
+                        ),
+                        client_id=rec.client_id,
+                        work_fraction=a.work_fraction,
+                        deadline_s=max(rnd.deadline - time.monotonic(), 0.0),
+                        payload_bytes=a.payload_bytes,
+                        num_chunks=len(a.chunks),
+                    )
+                    return info, a.chunks
+                left = end - time.monotonic()
+                if left <= 0:
+                    return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.WAIT), []
+                self._lock.wait(left)
+
+    def accept_result(
+        self, info: pb.ResultInfo, chunks: Iterator[pb.Chunk], tls_identity: str | None
+    ) -> None:
+        """Validate a result stream and record it; raises :class:`NetError` on refusal.
+
+        Authentication, run, round, task and duplicate checks and the declared-size cap all happen
+        before a chunk is read; chunk checksums and the result schema are checked as it arrives.
+        """
+        with self._lock:
+            try:
+                rec = self._authenticate(info.header, tls_identity)
+                self._task_for(rec, info)
+                assembler = Reassembler(
+                    declared_bytes=info.payload_bytes,
+                    declared_chunks=info.num_chunks,
+                    max_bytes=self.max_result_bytes,
+                )
+            except NetError as err:
+                raise self._reject(rec_name(info), err) from None
+            check = self._result_check
+        try:  # read outside the lock: other workers keep being served meanwhile
+            for chunk in chunks:
+                assembler.add(chunk)
+            payload = assembler.result()
+            if check is not None:
+                check(payload)
+        except NetError as err:
+            with self._lock:
+                raise self._reject(rec_name(info), err) from None
+        with self._lock:
+            try:
+                rnd2, task2 = self._task_for(rec, info)
+            except NetError as err:
+                raise self._reject(rec_name(info), err) from None
+            now = time.monotonic()
+            task2.done = True
+            sent = task2.sent_at if task2.sent_at is not None else now
+            rnd2.results[rec.client_id] = Result(
+                client_id=rec.client_id,
+                worker_id=rec.worker_id,
+                round=rnd2.round,
+                task_id=task2.task_id,
+                payload=payload,
+                rtt_s=now - sent,
+                compute_s=info.compute_s,
+            )
+            self._lock.notify_all()
+
+    def _task_for(self, rec: WorkerRecord, info: pb.ResultInfo) -> tuple[_Round, _Task]:
+        rnd = self._round
+        r = info.header.round
+        if rnd is None or r != rnd.round:
+            raise NetError(ErrorCode.STALE_ROUND, f"round {r} is not open")
+        if info.client_id and info.client_id != rec.client_id:
+            raise NetError(ErrorCode.UNAUTHENTICATED, "worker pushes for another client id")
+        task = rnd.tasks.get(rec.client_id)
+        if task is None or task.task_id != info.header.task_id:
+            raise NetError(ErrorCode.UNKNOWN_TASK, f"no task {info.header.task_id!r} for worker")
+        if task.done:
+            raise NetError(ErrorCode.DUPLICATE_RESULT, f"task {task.task_id} already has a result")
+        if rnd.closed or time.monotonic() > rnd.deadline:
+            raise NetError(ErrorCode.DEADLINE_PASSED, f"round {r} deadline passed")
+        return rnd, task
+
+    # ----------------------------------------------------------------- executor side
+    def live_clients(self) -> set[str]:
+        """Client ids whose worker was heard from within the liveness window."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                w.client_id for w in self._workers.values() if now - w.last_seen <= self.liveness_s
+            }
+
+    def wait_for_clients(self, needed: int, timeout_s: float) -> set[str]:
+        """Wait until at least ``needed`` clients are live or ``timeout_s`` passes."""
+        end = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                live = self.live_clients()
+                left = end - time.monotonic()
+                if len(live) >= needed or left <= 0:
+                    return live
+                self._lock.wait(min(left, 0.5))
+
+    def open_round(
+        self,
+        round_: int,
+        assignments: Mapping[str, Assignment],
+        *,
+        deadline_s: float,
+        result_check: ResultCheck | None,
+    ) -> None:
+        """Publish this round's tasks; results for any other round become stale."""
+        with self._lock:
+            self._round = _Round(
+                round=round_,
+                deadline=time.monotonic() + deadline_s,
+                tasks={
+                    c: _Task(
+                        task_id=f"r{round_}-{c}-{secrets.token_hex(4)}", client_id=c, assignment=a
+                    )
+                    for c, a in assignments.items()
+                },
+            )
+            self._result_check = result_check
+            self._lock.notify_all()
+
+    def collect(self, want: int) -> dict[str, Result]:
+        """Wait until ``want`` results arrived (or every task is done) or the deadline passes.
+
+        Closes the round and returns the accepted results by client id.
+        """
+        with self._lock:
+            rnd = self._round
+            if rnd is None:
+                raise RuntimeError("collect() without an open round")
+            while True:
+                left = rnd.deadline - time.monotonic()
+                if len(rnd.results) >= min(want, len(rnd.tasks)) or left <= 0:
+                    break
+                self._lock.wait(min(left, 1.0))
+            rnd.closed = True
+            self._last_round = rnd.round
+            self._round = None
+            self._result_check = None
+            return dict(rnd.results)
+
+    def shutdown(self) -> None:
+        """Tell every polling worker the run is over."""
+        with self._lock:
+            self._shutdown = True
+            self._lock.notify_all()
+
+
+def rec_name(info: pb.ResultInfo) -> str:
+    """A short label for rejection logs."""
+    return f"push:{info.header.worker_id or '?'}"

@@ -1,0 +1,199 @@
+"""The worker's side of the protocol: register, poll, download, push, heartbeat.
+
+:class:`CoordinatorClient` wraps the generated stub with the retry policy and the credentials the
+worker registered with; it knows nothing about models or algorithms (that is
+:mod:`fedkit.net.worker`). Typed refusals become :class:`~fedkit.net.errors.NetError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fedkit.net.codec import Reassembler, split
+from fedkit.net.errors import ErrorCode, NetError, raise_for
+from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
+from fedkit.net.retry import RetryPolicy, call_with_retry
+from fedkit.net.transport import Security, make_channel
+
+MAX_TASK_BYTES = 2 * 1024**3
+"""Largest broadcast payload a worker accepts (2 GiB)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A task received from the coordinator, payload reassembled and checksum-verified."""
+
+    kind: int
+    run_id: str
+    round: int
+    task_id: str
+    client_id: str
+    work_fraction: float
+    deadline_s: float
+    payload: bytes
+
+
+class CoordinatorClient:
+    """A worker's connection to the coordinator.
+
+    Args:
+        address: ``HOST:PORT`` of the coordinator.
+        client_id: The data partition this worker serves.
+        security: TLS / plaintext settings.
+        tls_identity: Which ``<name>.pem`` of the certificate directory to present (``worker-0``).
+        retry: Backoff policy for transient failures.
+        experiment_digest: SHA-256 of the experiment file, checked by the coordinator.
+        rpc_timeout_s: Deadline of each unary call.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        client_id: str,
+        security: Security,
+        tls_identity: str = "worker-0",
+        retry: RetryPolicy | None = None,
+        experiment_digest: str = "",
+        rpc_timeout_s: float = 30.0,
+    ) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.retry = retry or RetryPolicy()
+        self.experiment_digest = experiment_digest
+        self.rpc_timeout_s = rpc_timeout_s
+        self._channel = make_channel(address, security, identity=tls_identity)
+        self._stub = pb_grpc.CoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self.run_id = ""
+        self.worker_id = ""
+        self.token = ""
+        self.heartbeat_interval_s = 2.0
+        self.max_payload_bytes = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def header(self, *, round_: int = 0, task_id: str = "") -> pb.Header:
+        """The authenticated header for the next message."""
+        with self._lock:
+            return pb.Header(
+                run_id=self.run_id,
+                round=round_,
+                task_id=task_id,
+                worker_id=self.worker_id,
+                token=self.token,
+            )
+
+    def register(self) -> None:
+        """Register (or re-register after a coordinator restart) and store the issued token."""
+
+        def call() -> pb.RegisterReply:
+            req = pb.RegisterRequest(
+                header=pb.Header(run_id=self.run_id),
+                client_id=self.client_id,
+                experiment_digest=self.experiment_digest,
+            )
+            reply: pb.RegisterReply = self._stub.Register(req, timeout=self.rpc_timeout_s)
+            return reply
+
+        reply = call_with_retry(call, self.retry, rng=self._rng)
+        if reply.error.code == pb.RUN_MISMATCH and self.run_id:
+            # A fresh coordinator serving a new run: join it rather than insisting on the old one.
+            self.run_id = ""
+            reply = call_with_retry(call, self.retry, rng=self._rng)
+        raise_for(reply.error)
+        with self._lock:
+            self.run_id = reply.run_id
+            self.worker_id = reply.worker_id
+            self.token = reply.token
+            self.heartbeat_interval_s = reply.heartbeat_interval_s or 2.0
+            self.max_payload_bytes = reply.max_payload_bytes
+
+    def heartbeat(self) -> int:
+        """Send a heartbeat; returns the coordinator's current round."""
+        reply: pb.HeartbeatReply = call_with_retry(
+            lambda: self._stub.Heartbeat(
+                pb.HeartbeatRequest(header=self.header()), timeout=self.rpc_timeout_s
+            ),
+            self.retry,
+            rng=self._rng,
+        )
+        raise_for(reply.error)
+        return int(reply.round)
+
+    def get_task(self, wait_s: float = 5.0) -> Task:
+        """Long-poll for a task and download its payload (verified chunk by chunk)."""
+
+        def call() -> Task:
+            parts: Iterator[pb.TaskPart] = self._stub.GetTask(
+                pb.GetTaskRequest(header=self.header(), wait_s=wait_s),
+                timeout=wait_s + self.rpc_timeout_s,
+            )
+            first = next(parts, None)
+            if first is None or first.WhichOneof("part") != "info":
+                raise NetError(ErrorCode.MALFORMED, "task stream did not start with TaskInfo")
+            info = first.info
+            raise_for(info.error)
+            self.bytes_received += first.ByteSize()
+            assembler = Reassembler(
+                declared_bytes=info.payload_bytes,
+                declared_chunks=info.num_chunks,
+                max_bytes=MAX_TASK_BYTES,
+            )
+            for part in parts:
+                if part.WhichOneof("part") != "chunk":
+                    raise NetError(ErrorCode.MALFORMED, "only chunks may follow TaskInfo")
+                self.bytes_received += part.ByteSize()
+                assembler.add(part.chunk)
+            return Task(
+                kind=int(info.kind),
+                run_id=info.header.run_id,
+                round=int(info.header.round),
+                task_id=info.header.task_id,
+                client_id=info.client_id,
+                work_fraction=info.work_fraction,
+                deadline_s=info.deadline_s,
+                payload=assembler.result(),
+            )
+
+        return call_with_retry(call, self.retry, rng=self._rng)
+
+    def push_result(self, task: Task, payload: bytes, *, compute_s: float) -> None:
+        """Stream a result for ``task``; raises :class:`NetError` if the coordinator refuses it."""
+        chunks = split(payload)
+        info = pb.ResultInfo(
+            header=self.header(round_=task.round, task_id=task.task_id),
+            client_id=self.client_id,
+            payload_bytes=len(payload),
+            num_chunks=len(chunks),
+            compute_s=compute_s,
+        )
+        self.push_parts(
+            itertools.chain([pb.ResultPart(info=info)], (pb.ResultPart(chunk=c) for c in chunks))
+        )
+
+    def push_parts(self, parts: Iterator[pb.ResultPart]) -> None:
+        """Send a raw result stream (exposed for protocol tests); raises on a typed refusal."""
+        sent = list(parts)
+
+        def counted() -> Iterator[pb.ResultPart]:
+            for p in sent:
+                self.bytes_sent += p.ByteSize()
+                yield p
+
+        ack: pb.Ack = call_with_retry(
+            lambda: self._stub.PushResult(counted(), timeout=self.rpc_timeout_s * 4),
+            self.retry,
+            rng=self._rng,
+        )
+        raise_for(ack.error)

@@ -1,0 +1,287 @@
+"""Tensor bytes on the wire: safetensors payloads, cut into SHA-256-verified chunks.
+
+Why this shape: gRPC refuses messages over 4 MiB by default and a model is bigger, so a payload is
+streamed as chunks of at most :data:`CHUNK_BYTES`, each carrying the SHA-256 of its bytes. The
+receiver checks the declared total size against its cap *before* it allocates anything, checks
+every chunk as it arrives, and finally checks the safetensors header (names, dtypes, shapes)
+against the template it expects before a single tensor is materialised. Nothing is ever unpickled:
+safetensors is a JSON header plus raw little-endian buffers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedkit.net.errors import ErrorCode, NetError
+from fedkit.net.proto import fedkit_pb2 as pb
+
+CHUNK_BYTES = 4 * 1024 * 1024
+"""Largest chunk on the wire (4 MiB): the data of one ``Chunk`` message."""
+
+GRPC_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
+"""gRPC max send/receive message size: one chunk plus room for the protobuf framing."""
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+"""Largest safetensors JSON header accepted (the format's own limit is 100 MB)."""
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorSpec:
+    """What a receiver expects of one named tensor."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+Template = Mapping[str, TensorSpec]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoded:
+    """A decoded payload: named tensors plus the string metadata of the safetensors header."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+def template_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
+    """The template (name -> dtype, shape) that ``tensors`` satisfy."""
+    return {k: TensorSpec(dtype=v.dtype, shape=tuple(v.shape)) for k, v in tensors.items()}
+
+
+def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise named tensors (and string metadata) to safetensors bytes.
+
+    Tensors are detached and copied to contiguous CPU storage (safetensors refuses shared storage).
+    """
+    flat: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES.values():
+            raise NetError(
+                ErrorCode.SCHEMA_MISMATCH, f"tensor {name!r}: dtype {t.dtype} unsupported"
+            )
+        flat[name] = t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+    return bytes(st_save(flat, metadata=dict(metadata) if metadata else None))
+
+
+def read_header(data: bytes) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """Parse and validate the safetensors header of ``data`` without touching tensor bytes.
+
+    Raises:
+        NetError: ``MALFORMED`` when the header is truncated, not JSON, or its offsets do not tile
+            the buffer; ``SCHEMA_MISMATCH`` for an unknown dtype.
+    """
+    if len(data) < 8:
+        raise NetError(
+            ErrorCode.MALFORMED, f"payload of {len(data)} bytes has no safetensors header"
+        )
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise NetError(ErrorCode.MALFORMED, f"safetensors header length {n} exceeds the payload")
+    try:
+        raw = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NetError(ErrorCode.MALFORMED, f"safetensors header is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise NetError(ErrorCode.MALFORMED, "safetensors header is not a JSON object")
+    meta_raw = raw.pop("__metadata__", {}) or {}
+    if not isinstance(meta_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta_raw.items()
+    ):
+        raise NetError(ErrorCode.MALFORMED, "safetensors __metadata__ must map strings to strings")
+    specs: dict[str, TensorSpec] = {}
+    spans: list[tuple[int, int]] = []
+    for name, entry in raw.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise NetError(ErrorCode.MALFORMED, f"tensor {name!r}: bad header entry")
+        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            raise NetError(
+                ErrorCode.SCHEMA_MISMATCH,
+                f"tensor {name!r}: dtype {entry['dtype']!r} not one of {sorted(_DTYPES)}",
+            )
+        shape, offs = entry["shape"], entry["data_offsets"]
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and d >= 0 for d in shape)
+            and isinstance(offs, list)
+            and len(offs) == 2
+            and all(isinstance(o, int) for o in offs)
+        ):
+            raise NetError(ErrorCode.MALFORMED, f"tensor {name!r}: bad shape or offsets")
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if offs[1] - offs[0] != math.prod(shape) * itemsize or offs[0] < 0:
+            raise NetError(ErrorCode.MALFORMED, f"tensor {name!r}: offsets do not match its shape")
+        specs[name] = TensorSpec(dtype=dtype, shape=tuple(shape))
+        spans.append((offs[0], offs[1]))
+    spans.sort()
+    end = 0
+    for begin, stop in spans:
+        if begin != end:
+            raise NetError(ErrorCode.MALFORMED, "tensor byte ranges overlap or leave holes")
+        end = stop
+    if 8 + n + end != len(data):
+        raise NetError(
+            ErrorCode.MALFORMED, f"payload is {len(data)} bytes, header describes {8 + n + end}"
+        )
+    return specs, dict(meta_raw)
+
+
+def check_template(specs: Mapping[str, TensorSpec], template: Template) -> None:
+    """Raise ``SCHEMA_MISMATCH`` unless ``specs`` has the template's names, dtypes and shapes."""
+    missing = sorted(set(template) - set(specs))
+    extra = sorted(set(specs) - set(template))
+    if missing or extra:
+        raise NetError(
+            ErrorCode.SCHEMA_MISMATCH, f"tensor names differ: missing {missing}, unexpected {extra}"
+        )
+    for name, want in template.items():
+        got = specs[name]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise NetError(
+                ErrorCode.SCHEMA_MISMATCH,
+                f"tensor {name!r}: got {got.dtype} {list(got.shape)}, "
+                f"expected {want.dtype} {list(want.shape)}",
+            )
+
+
+def decode(
+    data: bytes, *, template: Template | None = None, max_bytes: int | None = None
+) -> Decoded:
+    """Validate and load a safetensors payload.
+
+    Args:
+        data: The payload bytes.
+        template: When given, the exact names, dtypes and shapes required.
+        max_bytes: When given, the largest payload accepted.
+
+    Raises:
+        NetError: ``PAYLOAD_TOO_LARGE``, ``MALFORMED`` or ``SCHEMA_MISMATCH``.
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        raise NetError(ErrorCode.PAYLOAD_TOO_LARGE, f"payload {len(data)} B > cap {max_bytes} B")
+    specs, metadata = read_header(data)
+    if template is not None:
+        check_template(specs, template)
+    try:
+        tensors = st_load(bytes(data))
+    except Exception as exc:  # safetensors raises its own error types
+        raise NetError(ErrorCode.MALFORMED, f"safetensors rejected the payload: {exc}") from None
+    return Decoded(tensors=dict(tensors), metadata=metadata)
+
+
+def sha256(data: bytes | memoryview) -> bytes:
+    """SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
+def split(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[pb.Chunk]:
+    """Cut ``data`` into ``Chunk`` messages of at most ``chunk_bytes``, each with its SHA-256."""
+    if not 0 < chunk_bytes <= CHUNK_BYTES:
+        raise ValueError(f"chunk_bytes={chunk_bytes} must be in (0, {CHUNK_BYTES}]")
+    view = memoryview(data)
+    return [
+        pb.Chunk(
+            index=i, data=bytes(view[o : o + chunk_bytes]), sha256=sha256(view[o : o + chunk_bytes])
+        )
+        for i, o in enumerate(range(0, len(data), chunk_bytes))
+    ]
+
+
+def num_chunks(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many chunks :func:`split` makes of ``size`` bytes."""
+    return -(-size // chunk_bytes)
+
+
+class Reassembler:
+    """Rebuilds a payload from chunks, refusing anything oversized before it is buffered.
+
+    The declared total is checked against ``max_bytes`` at construction, so a peer announcing a
+    huge payload is refused before one byte is allocated; every chunk must arrive in order, be at
+    most ``chunk_bytes`` long, stay within the declared total and match its SHA-256.
+    """
+
+    def __init__(
+        self,
+        *,
+        declared_bytes: int,
+        declared_chunks: int,
+        max_bytes: int,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        if declared_bytes > max_bytes:
+            raise NetError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"declared payload {declared_bytes} B exceeds the cap of {max_bytes} B",
+            )
+        if declared_chunks != num_chunks(declared_bytes, chunk_bytes):
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"{declared_chunks} chunks declared for {declared_bytes} B; "
+                f"expected {num_chunks(declared_bytes, chunk_bytes)} of at most {chunk_bytes} B",
+            )
+        self._buf = bytearray(declared_bytes)
+        self._chunks = declared_chunks
+        self._chunk_bytes = chunk_bytes
+        self._next = 0
+        self._offset = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every declared chunk has arrived."""
+        return self._next == self._chunks
+
+    def add(self, chunk: pb.Chunk) -> None:
+        """Verify and append one chunk.
+
+        Raises:
+            NetError: ``MALFORMED`` (order, size) or ``CHECKSUM_MISMATCH``.
+        """
+        if chunk.index != self._next:
+            raise NetError(
+                ErrorCode.MALFORMED, f"chunk {chunk.index} arrived, expected {self._next}"
+            )
+        n = len(chunk.data)
+        if n == 0 or n > self._chunk_bytes or self._offset + n > len(self._buf):
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"chunk {chunk.index} of {n} B overruns the declared {len(self._buf)} B "
+                f"(max {self._chunk_bytes} B per chunk)",
+            )
+        if sha256(chunk.data) != chunk.sha256:
+            raise NetError(ErrorCode.CHECKSUM_MISMATCH, f"chunk {chunk.index}: SHA-256 mismatch")
+        self._buf[self._offset : self._offset + n] = chunk.data
+        self._offset += n
+        self._next += 1
+
+    def result(self) -> bytes:
+        """The reassembled payload; raises ``MALFORMED`` if chunks are missing."""
+        if not self.complete or self._offset != len(self._buf):
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"payload incomplete: {self._next}/{self._chunks} chunks, "
+                f"{self._offset}/{len(self._buf)} B",
+            )
+        return bytes(self._buf)

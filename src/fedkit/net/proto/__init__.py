@@ -1,0 +1,4 @@
+"""Generated protobuf / gRPC code for fedkit's deployment protocol (see fedkit.proto).
+
+Regenerate with ``scripts/gen_proto.sh``; do not edit the ``*_pb2*.py`` files by hand.
+"""

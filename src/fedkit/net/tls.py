@@ -1,0 +1,205 @@
+"""Certificates for a deployment, and the TLS credentials built from them.
+
+``fedkit certs create`` makes a small private PKI with ``cryptography``: a CA, one server
+certificate for the coordinator (its host names / IPs as subject alternative names, plus
+localhost) and one client certificate per worker (common name ``worker-<i>``). The coordinator
+requires a client certificate signed by the CA (mutual TLS) and takes a worker's identity from the
+certificate's common name. Private keys are written with mode 0600.
+
+Layout of a certificate directory::
+
+    ca.pem  ca.key  coordinator.pem  coordinator.key  worker-0.pem  worker-0.key  ...
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+COORDINATOR_NAME = "fedkit-coordinator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertBundle:
+    """PEM bytes of one party's key, certificate, and the CA that both sides trust."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, *, secret: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _issue(
+    *,
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    days: int,
+    server_hosts: list[str] | None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if server_hosts is not None:
+        names = list(dict.fromkeys([*server_hosts, "localhost", "127.0.0.1", "::1"]))
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_san(h) for h in names]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def create_certs(
+    out: Path, *, coordinator_hosts: list[str], workers: int, days: int = 365
+) -> list[Path]:
+    """Create a CA, a coordinator certificate and ``workers`` worker certificates under ``out``.
+
+    Args:
+        out: Directory to write into (created if missing).
+        coordinator_hosts: Host names or IP addresses workers use to reach the coordinator.
+        workers: Number of worker certificates (``worker-0`` ... ``worker-<N-1>``).
+        days: Validity period.
+
+    Returns:
+        The files written.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
+    if not coordinator_hosts:
+        raise ValueError("coordinator_hosts must name at least one host or IP address")
+    out.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedkit deployment CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    written: list[Path] = []
+
+    def emit(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        _write(out / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM), secret=False)
+        _write(out / f"{name}.key", _pem_key(key), secret=True)
+        written.extend([out / f"{name}.pem", out / f"{name}.key"])
+
+    emit("ca", ca_cert, ca_key)
+    parties: list[tuple[str, list[str] | None]] = [("coordinator", coordinator_hosts)]
+    parties += [(f"worker-{i}", None) for i in range(workers)]
+    for name, hosts in parties:
+        key = _key()
+        subject = COORDINATOR_NAME if hosts is not None else name
+        cert = _issue(
+            subject=subject, key=key, ca_key=ca_key, ca_name=ca_name, days=days, server_hosts=hosts
+        )
+        emit(name, cert, key)
+    return written
+
+
+def load_bundle(cert_dir: Path, name: str) -> CertBundle:
+    """Read ``ca.pem`` and ``<name>.pem`` / ``<name>.key`` from ``cert_dir``.
+
+    Raises:
+        FileNotFoundError: naming the missing file and how to create it.
+    """
+    paths = [cert_dir / "ca.pem", cert_dir / f"{name}.pem", cert_dir / f"{name}.key"]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"TLS file {p} not found; create a deployment's certificates with "
+                f"`fedkit certs create --out {cert_dir} --coordinator-host HOST --workers N`"
+            )
+    ca, cert, key = (p.read_bytes() for p in paths)
+    return CertBundle(ca_pem=ca, cert_pem=cert, key_pem=key)
+
+
+def server_credentials(bundle: CertBundle) -> grpc.ServerCredentials:
+    """Server credentials that require a client certificate signed by the CA (mutual TLS)."""
+    return grpc.ssl_server_credentials(
+        [(bundle.key_pem, bundle.cert_pem)],
+        root_certificates=bundle.ca_pem,
+        require_client_auth=True,
+    )
+
+
+def channel_credentials(bundle: CertBundle) -> grpc.ChannelCredentials:
+    """Client credentials presenting the worker certificate and trusting only the CA."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=bundle.ca_pem,
+        private_key=bundle.key_pem,
+        certificate_chain=bundle.cert_pem,
+    )
+
+
+def peer_common_name(context: grpc.ServicerContext) -> str | None:
+    """The common name of the client certificate on this call, or None without mutual TLS."""
+    names = context.auth_context().get("x509_common_name")
+    if not names:
+        return None
+    first = names[0]
+    return first.decode("utf-8") if isinstance(first, bytes) else str(first)
