@@ -236,11 +236,12 @@ class Reassembler:
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"declared payload {declared_bytes} B exceeds the cap of {max_bytes} B",
             )
-        if declared_chunks != num_chunks(declared_bytes, chunk_bytes):
+        least = num_chunks(declared_bytes, chunk_bytes)
+        if not least <= declared_chunks <= max(declared_bytes, least):
             raise NetError(
                 ErrorCode.MALFORMED,
-                f"{declared_chunks} chunks declared for {declared_bytes} B; "
-                f"expected {num_chunks(declared_bytes, chunk_bytes)} of at most {chunk_bytes} B",
+                f"{declared_chunks} chunks declared for {declared_bytes} B; expected between "
+                f"{least} and {declared_bytes} non-empty chunks of at most {chunk_bytes} B",
             )
         self._buf = bytearray(declared_bytes)
         self._chunks = declared_chunks

@@ -1,0 +1,212 @@
+"""The coordinator service on loopback: typed refusals while other workers keep being served,
+mutual TLS, and fail-fast on a TLS handshake failure."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedkit.net.broker import Assignment, Broker
+from fedkit.net.client import CoordinatorClient
+from fedkit.net.codec import check_template, encode, read_header, split, template_of
+from fedkit.net.errors import ErrorCode, NetError, TLSHandshakeError
+from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.retry import RetryPolicy
+from fedkit.net.service import add_service
+from fedkit.net.tls import create_certs
+from fedkit.net.transport import Security, make_server
+
+pytestmark = pytest.mark.net
+
+MODEL = {"w": torch.randn(64, 32), "b": torch.randn(32)}
+CAP = 64 * 1024
+
+
+def _check(payload: bytes) -> None:
+    specs, _ = read_header(payload)
+    check_template(specs, template_of(MODEL))
+
+
+class Coordinator:
+    def __init__(self, security: Security, *, require_tls: bool = False) -> None:
+        self.broker = Broker(run_id="run-1", max_result_bytes=CAP, require_tls_identity=require_tls)
+        self.server, port = make_server("127.0.0.1:0", security, max_workers=16)
+        add_service(self.server, self.broker)
+        self.server.start()
+        self.address = f"127.0.0.1:{port}"
+
+    def open(self, round_: int, clients: list[str], deadline_s: float = 20.0) -> None:
+        data = encode(MODEL)
+        a = Assignment(chunks=split(data, 1024), payload_bytes=len(data))
+        self.broker.open_round(
+            round_, {c: a for c in clients}, deadline_s=deadline_s, result_check=_check
+        )
+
+    def stop(self) -> None:
+        self.server.stop(0)
+
+
+@pytest.fixture
+def coord() -> Iterator[Coordinator]:
+    c = Coordinator(Security())
+    yield c
+    c.stop()
+
+
+def client(c: Coordinator, cid: str, **kw: object) -> CoordinatorClient:
+    cl = CoordinatorClient(
+        c.address,
+        client_id=cid,
+        security=Security(),
+        retry=RetryPolicy(max_attempts=2, base_delay_s=0.05),
+        **kw,
+    )  # type: ignore[arg-type]
+    cl.register()
+    return cl
+
+
+def test_round_trip_and_typed_refusals(coord: Coordinator) -> None:
+    good, bad = client(coord, "0"), client(coord, "1")
+    coord.open(3, ["0", "1"])
+    t_good, t_bad = good.get_task(wait_s=2), bad.get_task(wait_s=2)
+    assert t_good.kind == pb.TRAIN and t_good.round == 3 and t_good.payload == encode(MODEL)
+    payload = encode({k: v + 1 for k, v in MODEL.items()})
+
+    def refused(fn: object) -> ErrorCode:
+        with pytest.raises(NetError) as e:
+            fn()  # type: ignore[operator]
+        return e.value.code
+
+    # oversized: declared size over the cap, refused before a chunk is read
+    big = encode({"w": torch.zeros(200, 200)})
+    assert refused(lambda: bad.push_result(t_bad, big, compute_s=0)) is ErrorCode.PAYLOAD_TOO_LARGE
+    # malformed: not a safetensors payload
+    assert (
+        refused(lambda: bad.push_result(t_bad, b"\x01" * 100, compute_s=0)) is ErrorCode.MALFORMED
+    )
+    # wrong schema
+    wrong = encode({"w": torch.zeros(64, 32, dtype=torch.float64), "b": torch.zeros(32)})
+    assert refused(lambda: bad.push_result(t_bad, wrong, compute_s=0)) is ErrorCode.SCHEMA_MISMATCH
+    # corrupted chunk
+    chunks = split(payload)
+    chunks[0].sha256 = b"\x00" * 32
+    info = pb.ResultInfo(
+        header=bad.header(round_=3, task_id=t_bad.task_id),
+        client_id="1",
+        payload_bytes=len(payload),
+        num_chunks=1,
+    )
+    parts = itertools.chain([pb.ResultPart(info=info)], [pb.ResultPart(chunk=chunks[0])])
+    assert refused(lambda: bad.push_parts(parts)) is ErrorCode.CHECKSUM_MISMATCH
+    # stale round
+    stale = type(t_bad)(**{**t_bad.__dict__, "round": 2})
+    assert refused(lambda: bad.push_result(stale, payload, compute_s=0)) is ErrorCode.STALE_ROUND
+    # unauthenticated: right worker id, wrong token
+    tok = bad.token
+    bad.token = "forged"
+    assert (
+        refused(lambda: bad.push_result(t_bad, payload, compute_s=0)) is ErrorCode.UNAUTHENTICATED
+    )
+    bad.token = tok
+    # a stream that does not start with ResultInfo
+    assert refused(lambda: bad.push_parts(iter([pb.ResultPart(chunk=split(payload)[0])]))) is (
+        ErrorCode.MALFORMED
+    )
+    # meanwhile the good worker is served normally, and its first result wins
+    good.push_result(t_good, payload, compute_s=0.01)
+    assert (
+        refused(lambda: good.push_result(t_good, payload, compute_s=0))
+        is ErrorCode.DUPLICATE_RESULT
+    )
+    results = coord.broker.collect(want=1)
+    assert set(results) == {"0"} and results["0"].payload == payload
+    assert results["0"].rtt_s > 0
+    codes = {c for _, c in coord.broker.rejections}
+    assert {
+        ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.MALFORMED,
+        ErrorCode.SCHEMA_MISMATCH,
+        ErrorCode.CHECKSUM_MISMATCH,
+        ErrorCode.STALE_ROUND,
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.DUPLICATE_RESULT,
+    } <= codes
+
+
+def test_unregistered_worker_and_wait(coord: Coordinator) -> None:
+    cl = client(coord, "7")
+    t0 = time.monotonic()
+    assert cl.get_task(wait_s=0.3).kind == pb.WAIT
+    assert time.monotonic() - t0 >= 0.25
+    cl.worker_id = "nobody"
+    with pytest.raises(NetError) as e:
+        cl.heartbeat()
+    assert e.value.code is ErrorCode.UNKNOWN_WORKER
+
+
+def test_long_poll_wakes_when_round_opens(coord: Coordinator) -> None:
+    cl = client(coord, "0")
+    threading.Timer(0.3, lambda: coord.open(1, ["0"])).start()
+    t0 = time.monotonic()
+    task = cl.get_task(wait_s=4)
+    assert task.kind == pb.TRAIN and time.monotonic() - t0 < 3
+
+
+def test_deadline_closes_round_without_results(coord: Coordinator) -> None:
+    client(coord, "0")
+    coord.open(1, ["0"], deadline_s=0.5)
+    t0 = time.monotonic()
+    assert coord.broker.collect(want=1) == {}
+    assert 0.4 < time.monotonic() - t0 < 3
+
+
+def test_mutual_tls_and_fail_fast(tmp_path: Path) -> None:
+    good_dir, other_dir = tmp_path / "good", tmp_path / "other"
+    create_certs(good_dir, coordinator_hosts=["127.0.0.1"], workers=2)
+    create_certs(other_dir, coordinator_hosts=["127.0.0.1"], workers=1)
+    assert (good_dir / "worker-1.key").stat().st_mode & 0o777 == 0o600
+    c = Coordinator(Security(cert_dir=good_dir), require_tls=True)
+    try:
+        cl = CoordinatorClient(
+            c.address, client_id="0", security=Security(cert_dir=good_dir), tls_identity="worker-1"
+        )
+        cl.register()
+        c.open(1, ["0"])
+        task = cl.get_task(wait_s=2)
+        cl.push_result(task, encode(MODEL), compute_s=0)
+        assert set(c.broker.collect(want=1)) == {"0"}
+        assert c.broker._workers[cl.worker_id].tls_identity == "worker-1"
+        # a worker certificate from another CA: fails fast, not after the whole retry budget
+        rogue = CoordinatorClient(
+            c.address,
+            client_id="1",
+            security=Security(cert_dir=other_dir),
+            retry=RetryPolicy(max_attempts=50, base_delay_s=1.0),
+        )
+        t0 = time.monotonic()
+        with pytest.raises(TLSHandshakeError, match="TLS handshake"):
+            rogue.register()
+        assert time.monotonic() - t0 < 10
+        # plaintext against the TLS port also fails fast
+        plain = CoordinatorClient(
+            c.address,
+            client_id="2",
+            security=Security(),
+            retry=RetryPolicy(max_attempts=3, base_delay_s=0.05),
+            rpc_timeout_s=3,
+        )
+        with pytest.raises(Exception):  # noqa: B017 - UNAVAILABLE after bounded retries
+            plain.register()
+    finally:
+        c.stop()
+
+
+def test_plaintext_refused_off_loopback() -> None:
+    with pytest.raises(PermissionError, match="--insecure"):
+        make_server("0.0.0.0:0", Security(), max_workers=2)
