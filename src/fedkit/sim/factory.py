@@ -1,0 +1,120 @@
+"""Build a simulation executor by name — the one entry point the experiment runner uses.
+
+``build_executor("serial" | "processes" | "vectorized", store=…, model_fn=…)`` returns an object
+satisfying :class:`fedkit.executor.Executor`. Executors that start other processes need to rebuild
+the client data and the model there; they take small typed recipes (``data_spec``, ``model_spec``)
+instead of tensors, so nothing large is serialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from fedkit.data.store import ClientStore
+from fedkit.executor import Executor
+from fedkit.sim.serial import Participation, SerialExecutor, full_participation
+
+if TYPE_CHECKING:
+    from fedkit.data.spec import DataSpec
+
+EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
+"""The executor kinds :func:`build_executor` accepts."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """How to build the model on any process: a name from :mod:`fedkit.models` and its options.
+
+    Attributes:
+        name: registered model name (``fedkit.models.model_names()``).
+        num_classes: number of output classes.
+        input_shape: shape of one input sample.
+        options: builder keyword options.
+        init_seed: ``torch.manual_seed`` applied before building, so every process builds the
+            same initial weights.
+    """
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    init_seed: int = 0
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model (deterministic for ``init_seed``)."""
+        import torch
+
+        from fedkit.models import build_model
+
+        torch.manual_seed(self.init_seed)
+        return build_model(
+            self.name,
+            num_classes=self.num_classes,
+            input_shape=tuple(self.input_shape),
+            **dict(self.options),
+        )
+
+    def __call__(self) -> nn.Module:
+        """Same as :meth:`build` (a ModelSpec is a picklable ``model_fn``)."""
+        return self.build()
+
+
+def build_executor(
+    kind: str,
+    *,
+    store: ClientStore,
+    model_fn: Callable[[], nn.Module],
+    processes: int = 2,
+    threads: int = 1,
+    participation: Participation | None = None,
+    data_spec: DataSpec | None = None,
+    model_spec: ModelSpec | None = None,
+    store_fn: Callable[[], ClientStore] | None = None,
+    eval_batch_size: int = 1000,
+) -> Executor:
+    """Build the executor ``kind`` for a population held in ``store``.
+
+    Args:
+        kind: one of :data:`EXECUTORS`.
+        store: the clients' data and state (used in this process).
+        model_fn: builds the resident model (called once per process).
+        processes: number of ranks for ``"processes"`` (>= 1; this process is rank 0).
+        threads: torch intra-op threads per rank for ``"processes"``.
+        participation: the system-heterogeneity hook ``(client_id, info) -> work | None``.
+        data_spec: how other ranks rebuild ``store`` (``"processes"``); alternatively ``store_fn``.
+        model_spec: how other ranks build the model; defaults to ``model_fn`` when it is picklable.
+        store_fn: a picklable zero-argument function rebuilding ``store`` on other ranks.
+        eval_batch_size: batch size of federated evaluation.
+
+    Raises:
+        ValueError: unknown ``kind`` (the message lists the allowed ones) or bad settings.
+    """
+    part = participation if participation is not None else full_participation
+    if kind == "serial":
+        return SerialExecutor(
+            store, model_fn(), participation=part, eval_batch_size=eval_batch_size
+        )
+    if kind == "processes":
+        from fedkit.sim.distributed import ProcessExecutor, store_recipe
+
+        recipe = store_recipe(data_spec=data_spec, store_fn=store_fn)
+        return ProcessExecutor(
+            store=store,
+            model_fn=model_spec if model_spec is not None else model_fn,
+            store_fn=recipe,
+            world_size=processes,
+            threads=threads,
+            participation=part,
+            eval_batch_size=eval_batch_size,
+        )
+    if kind == "vectorized":
+        from fedkit.sim.vectorized import VectorizedExecutor
+
+        return VectorizedExecutor(
+            store, model_fn(), participation=part, eval_batch_size=eval_batch_size
+        )
+    raise ValueError(f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
