@@ -25,12 +25,8 @@ __all__ = ["ConvNet", "cnn", "femnist_cnn", "lenet5", "logreg", "mlp"]
 
 
 def _image_shape(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(input_shape) == 2:  # (H, W): a single channel
-        return (1, input_shape[0], input_shape[1])
     if len(input_shape) != 3:
-        raise ValueError(
-            f"model {name!r}: input_shape must be (C, H, W) or (H, W), got {input_shape}"
-        )
+        raise ValueError(f"model {name!r}: input_shape must be (C, H, W), got {input_shape}")
     return (input_shape[0], input_shape[1], input_shape[2])
 
 
