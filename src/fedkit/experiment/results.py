@@ -1,0 +1,606 @@
+"""The results database: one SQLite file per output directory (``OUT/results.sqlite``).
+
+Every run of ``fedkit run`` is recorded here — its validated config, the code version and
+environment it ran under, one row per round (losses, accuracies, federated-evaluation summary,
+bytes, times) and one row per client per round (training metrics and, when federated evaluation ran
+that round, the client's own test accuracy) — so reports compare runs from one file, not from
+ad-hoc JSON. Standard library ``sqlite3`` only.
+
+Concurrency: the database runs in WAL mode with a busy timeout, each write is one short
+``BEGIN IMMEDIATE`` transaction, and each process opens its own connection, so several processes
+may record different runs into the same directory at once. A run is inserted as ``running`` and
+ends ``completed`` or ``failed``; the runner marks it failed in a ``finally`` block when anything
+goes wrong, and other runs are never touched.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`): tables ``runs``, ``rounds``,
+``clients``; see :class:`RunRow`, :class:`RoundRow` and :class:`ClientRow` for every column.
+Readers use :class:`ResultsStore` (``runs()``, ``run(id)``, ``rounds(id)``, ``clients(id)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, cast
+
+__all__ = [
+    "DB_NAME",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "ClientRow",
+    "ResultsStore",
+    "RoundRow",
+    "RunRow",
+    "RunStatus",
+    "RunSummary",
+    "code_version",
+    "environment",
+    "results_path",
+]
+
+DB_NAME = "results.sqlite"
+"""File name of the database inside an output directory."""
+
+SCHEMA_VERSION = 1
+"""Version of the schema below; stored as ``PRAGMA user_version``."""
+
+RunStatus = Literal["running", "completed", "failed"]
+STATUSES: tuple[str, ...] = ("running", "completed", "failed")
+
+BUSY_TIMEOUT_MS = 60_000
+"""How long a writer waits for another process's transaction before giving up."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    name         TEXT NOT NULL,
+    study        TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    config       TEXT NOT NULL,
+    code_version TEXT NOT NULL,
+    environment  TEXT NOT NULL,
+    started      TEXT NOT NULL,
+    ended        TEXT,
+    summary      TEXT,
+    error        TEXT,
+    pid          INTEGER
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    round         INTEGER NOT NULL,
+    train_loss    REAL,
+    test_loss     REAL,
+    test_accuracy REAL,
+    fed_mean      REAL,
+    fed_p10       REAL,
+    fed_var       REAL,
+    fed_min       REAL,
+    fed_clients   INTEGER,
+    cohort_size   INTEGER NOT NULL,
+    dropped       INTEGER NOT NULL,
+    bytes_up      INTEGER NOT NULL,
+    bytes_down    INTEGER NOT NULL,
+    wall_seconds  REAL NOT NULL,
+    sim_seconds   REAL,
+    committed     INTEGER NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS clients (
+    run_id        INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    round         INTEGER NOT NULL,
+    client_id     INTEGER NOT NULL,
+    trained       INTEGER NOT NULL,
+    num_examples  INTEGER,
+    steps         INTEGER,
+    train_loss    REAL,
+    work_fraction REAL,
+    seconds       REAL,
+    eval_examples INTEGER,
+    eval_loss     REAL,
+    eval_accuracy REAL,
+    PRIMARY KEY (run_id, round, client_id)
+);
+CREATE INDEX IF NOT EXISTS runs_study ON runs(study);
+"""
+
+
+def results_path(out_dir: str | os.PathLike[str]) -> Path:
+    """The database path of an output directory: ``out_dir/results.sqlite``."""
+    return Path(out_dir) / DB_NAME
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _real(value: float | None) -> float | None:
+    """NaN and infinities are stored as NULL (SQLite has no NaN) and read back as ``None``."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def code_version() -> str:
+    """``git describe --always --dirty`` of the source tree, else the installed package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return f"git:{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return f"fedkit {version('fedkit')}"
+    except Exception:  # package metadata missing (running from a bare checkout)
+        return "unknown"
+
+
+def environment(*, threads: int | None = None) -> dict[str, Any]:
+    """Where a run ran: Python, torch, platform, CPU count and torch threads."""
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """The outcome of a run (the ``--json`` line of ``fedkit run`` carries these fields).
+
+    Attributes:
+        rounds: Rounds (epochs for ``centralized``) completed.
+        final_accuracy: Centralised test accuracy after the last round (``None`` if never
+            evaluated).
+        best_accuracy: Highest centralised test accuracy seen at any evaluated round.
+        rounds_to_target: First round count (1-based) at which test accuracy reached
+            ``[run] target_accuracy``; ``None`` when not reached or no target was set.
+        target_accuracy: The target that ``rounds_to_target`` refers to, or ``None``.
+        wall_seconds: Wall-clock seconds of the whole run (data, model and rounds).
+        bytes_up: Total bytes of client updates received by the server.
+        bytes_down: Total bytes of messages sent to clients.
+        model_sha256: :func:`fedkit.params.sha256` of the final global parameters (parity check).
+        final_loss: Centralised test loss after the last round (``None`` if never evaluated).
+    """
+
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    rounds_to_target: int | None
+    target_accuracy: float | None
+    wall_seconds: float
+    bytes_up: int
+    bytes_down: int
+    model_sha256: str
+    final_loss: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSummary:
+        """Inverse of :meth:`to_dict` (unknown keys from newer versions are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunRow:
+    """One run (a row of ``runs``).
+
+    Attributes:
+        id: Run id, unique within the database (the ``RUN`` of ``fedkit runs show``).
+        name: Arm name (for a grid point, the arm name plus the grid values, e.g.
+            ``fedavg[algorithm.local_epochs=5]``).
+        study: Name of the study the run belongs to (the experiment file's stem or its
+            ``[study] name``), ``None`` for a single run recorded without one.
+        status: ``"running"``, ``"completed"`` or ``"failed"``.
+        config: The fully resolved, validated experiment config (sections ``data``, ``model``,
+            ``algorithm``, ``run`` …) as plain JSON values.
+        code_version: ``git:<describe>`` of the source tree, or ``fedkit <version>``.
+        environment: Python/torch versions, platform, CPU count, torch threads.
+        started: UTC start time, ISO 8601.
+        ended: UTC end time, ISO 8601 (``None`` while running).
+        summary: The run's outcome (``None`` unless completed).
+        error: For a failed run, the exception type and message.
+        pid: Id of the process that recorded the run (to spot runs whose process died).
+    """
+
+    id: int
+    name: str
+    study: str | None
+    status: RunStatus
+    config: dict[str, Any]
+    code_version: str
+    environment: dict[str, Any]
+    started: str
+    ended: str | None
+    summary: RunSummary | None
+    error: str | None
+    pid: int | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RoundRow:
+    """One round of a run (a row of ``rounds``); metrics not measured that round are ``None``.
+
+    Attributes:
+        round: 0-based round index (epoch for ``centralized``).
+        train_loss: Example-weighted mean training loss of the clients that finished.
+        test_loss: Centralised test loss of the global model after the round.
+        test_accuracy: Centralised test accuracy of the global model after the round.
+        fed_mean: Federated evaluation: mean of per-client local test accuracy.
+        fed_p10: Federated evaluation: 10th percentile of per-client accuracy.
+        fed_var: Federated evaluation: variance of per-client accuracy.
+        fed_min: Federated evaluation: lowest per-client accuracy.
+        fed_clients: Federated evaluation: number of clients scored.
+        cohort_size: Clients selected this round.
+        dropped: Selected clients whose update was not aggregated.
+        bytes_up: Bytes of updates received this round.
+        bytes_down: Bytes of messages sent this round.
+        wall_seconds: Wall-clock seconds of the round (training, aggregation, evaluation).
+        sim_seconds: Simulated round duration under a system model, else ``None``.
+        committed: Whether the server applied an update (some client finished).
+    """
+
+    round: int
+    train_loss: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    fed_mean: float | None
+    fed_p10: float | None
+    fed_var: float | None
+    fed_min: float | None
+    fed_clients: int | None
+    cohort_size: int
+    dropped: int
+    bytes_up: int
+    bytes_down: int
+    wall_seconds: float
+    sim_seconds: float | None
+    committed: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClientRow:
+    """One client in one round (a row of ``clients``).
+
+    A row exists for every client that trained that round and for every client scored by
+    federated evaluation that round; the fields of the part that did not happen are ``None``.
+
+    Attributes:
+        round: 0-based round index.
+        client_id: Client index in the partition (``-1``: the pooled centralised "client").
+        trained: Whether the client trained this round (its update was aggregated).
+        num_examples: Local training examples.
+        steps: Local optimiser steps taken.
+        train_loss: Mean local training loss.
+        work_fraction: Share of the planned local work done (``< 1`` for stragglers).
+        seconds: Wall-clock seconds of the client's local work.
+        eval_examples: Local test examples scored by federated evaluation.
+        eval_loss: Local test loss of the global model after the round.
+        eval_accuracy: Local test accuracy of the global model after the round.
+    """
+
+    round: int
+    client_id: int
+    trained: bool
+    num_examples: int | None = None
+    steps: int | None = None
+    train_loss: float | None = None
+    work_fraction: float | None = None
+    seconds: float | None = None
+    eval_examples: int | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+
+
+class ResultsStore:
+    """Read and write one results database (see module docstring).
+
+    Args:
+        path: The database file (e.g. ``results_path(out_dir)``).
+        create: Create the file (and its directory) if missing; with ``False`` a missing file
+            raises ``FileNotFoundError`` (what readers want).
+
+    Raises:
+        FileNotFoundError: ``create`` is false and there is no database at ``path``.
+        RuntimeError: The database was written by a newer fedkit (schema version too high).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(
+                    f"no results database at {self.path} (run `fedkit run FILE --out "
+                    f"{self.path.parent}` first)"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+        )
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @classmethod
+    def in_dir(cls, out_dir: str | os.PathLike[str], *, create: bool = True) -> ResultsStore:
+        """The store of an output directory (``out_dir/results.sqlite``)."""
+        return cls(results_path(out_dir), create=create)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction (takes the write lock up front: no upgrade races)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":  # pragma: no cover - e.g. a network file system
+            raise RuntimeError(f"cannot put {self.path} in WAL mode (got {mode!r})")
+        version = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has results schema version {version}, newer than this fedkit "
+                f"understands ({SCHEMA_VERSION}); upgrade fedkit to read it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._write() as c:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        name: str,
+        config: Mapping[str, Any],
+        study: str | None = None,
+        code: str | None = None,
+        env: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Insert a ``running`` run and return its id.
+
+        Args:
+            name: Arm name.
+            config: The resolved, validated config (JSON-serialisable).
+            study: Study name, if any.
+            code: Code version (default :func:`code_version`).
+            env: Environment (default :func:`environment`).
+        """
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO runs (name, study, status, config, code_version, environment, "
+                "started, pid) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    study,
+                    json.dumps(config, sort_keys=True),
+                    code if code is not None else code_version(),
+                    json.dumps(dict(env) if env is not None else environment(), sort_keys=True),
+                    _now(),
+                    os.getpid(),
+                ),
+            )
+            run_id = cur.lastrowid
+        assert run_id is not None
+        return int(run_id)
+
+    def add_round(self, run_id: int, row: RoundRow, clients: Sequence[ClientRow] = ()) -> None:
+        """Record one round and its clients' rows in one transaction."""
+        with self._write() as c:
+            c.execute(
+                "INSERT INTO rounds (run_id, round, train_loss, test_loss, test_accuracy, "
+                "fed_mean, fed_p10, fed_var, fed_min, fed_clients, cohort_size, dropped, "
+                "bytes_up, bytes_down, wall_seconds, sim_seconds, committed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    row.round,
+                    _real(row.train_loss),
+                    _real(row.test_loss),
+                    _real(row.test_accuracy),
+                    _real(row.fed_mean),
+                    _real(row.fed_p10),
+                    _real(row.fed_var),
+                    _real(row.fed_min),
+                    row.fed_clients,
+                    row.cohort_size,
+                    row.dropped,
+                    row.bytes_up,
+                    row.bytes_down,
+                    row.wall_seconds,
+                    _real(row.sim_seconds),
+                    int(row.committed),
+                ),
+            )
+            c.executemany(
+                "INSERT INTO clients (run_id, round, client_id, trained, num_examples, steps, "
+                "train_loss, work_fraction, seconds, eval_examples, eval_loss, eval_accuracy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id,
+                        cr.round,
+                        cr.client_id,
+                        int(cr.trained),
+                        cr.num_examples,
+                        cr.steps,
+                        _real(cr.train_loss),
+                        _real(cr.work_fraction),
+                        _real(cr.seconds),
+                        cr.eval_examples,
+                        _real(cr.eval_loss),
+                        _real(cr.eval_accuracy),
+                    )
+                    for cr in clients
+                ],
+            )
+
+    def finish_run(self, run_id: int, summary: RunSummary) -> None:
+        """Mark a run ``completed`` with its summary."""
+        with self._write() as c:
+            c.execute(
+                "UPDATE runs SET status = 'completed', ended = ?, summary = ? WHERE id = ?",
+                (_now(), json.dumps(summary.to_dict()), run_id),
+            )
+
+    def fail_run(self, run_id: int, error: str) -> None:
+        """Mark a run ``failed`` with the error that ended it (its rounds so far are kept)."""
+        with self._write() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', ended = ?, error = ? WHERE id = ?",
+                (_now(), error, run_id),
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def runs(self, *, study: str | None = None, status: RunStatus | None = None) -> list[RunRow]:
+        """All runs (optionally of one study and/or status), in id order."""
+        sql = "SELECT * FROM runs"
+        where: list[str] = []
+        args: list[Any] = []
+        if study is not None:
+            where.append("study = ?")
+            args.append(study)
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
+            where.append("status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [self._run_row(r) for r in self._select(sql + " ORDER BY id", args)]
+
+    def run(self, run_id: int) -> RunRow:
+        """One run by id.
+
+        Raises:
+            KeyError: No run with that id (the message lists the ids present).
+        """
+        rows = self._select("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            ids = [int(r["id"]) for r in self._select("SELECT id FROM runs ORDER BY id", [])]
+            raise KeyError(f"no run {run_id} in {self.path}; runs present: {ids or 'none'}")
+        return self._run_row(rows[0])
+
+    def rounds(self, run_id: int) -> list[RoundRow]:
+        """The run's rounds in order."""
+        rows = self._select("SELECT * FROM rounds WHERE run_id = ? ORDER BY round", [run_id])
+        return [
+            RoundRow(
+                round=r["round"],
+                train_loss=r["train_loss"],
+                test_loss=r["test_loss"],
+                test_accuracy=r["test_accuracy"],
+                fed_mean=r["fed_mean"],
+                fed_p10=r["fed_p10"],
+                fed_var=r["fed_var"],
+                fed_min=r["fed_min"],
+                fed_clients=r["fed_clients"],
+                cohort_size=r["cohort_size"],
+                dropped=r["dropped"],
+                bytes_up=r["bytes_up"],
+                bytes_down=r["bytes_down"],
+                wall_seconds=r["wall_seconds"],
+                sim_seconds=r["sim_seconds"],
+                committed=bool(r["committed"]),
+            )
+            for r in rows
+        ]
+
+    def clients(self, run_id: int, *, round: int | None = None) -> list[ClientRow]:
+        """The run's client rows (optionally of one round), by round then client id."""
+        sql = "SELECT * FROM clients WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if round is not None:
+            sql += " AND round = ?"
+            args.append(round)
+        rows = self._select(sql + " ORDER BY round, client_id", args)
+        return [
+            ClientRow(
+                round=r["round"],
+                client_id=r["client_id"],
+                trained=bool(r["trained"]),
+                num_examples=r["num_examples"],
+                steps=r["steps"],
+                train_loss=r["train_loss"],
+                work_fraction=r["work_fraction"],
+                seconds=r["seconds"],
+                eval_examples=r["eval_examples"],
+                eval_loss=r["eval_loss"],
+                eval_accuracy=r["eval_accuracy"],
+            )
+            for r in rows
+        ]
+
+    def _select(self, sql: str, args: Sequence[Any]) -> list[sqlite3.Row]:
+        cur = self._conn.cursor()
+        cur.row_factory = sqlite3.Row
+        return cast(list[sqlite3.Row], cur.execute(sql, list(args)).fetchall())
+
+    @staticmethod
+    def _run_row(r: sqlite3.Row) -> RunRow:
+        summary = r["summary"]
+        return RunRow(
+            id=r["id"],
+            name=r["name"],
+            study=r["study"],
+            status=r["status"],
+            config=json.loads(r["config"]),
+            code_version=r["code_version"],
+            environment=json.loads(r["environment"]),
+            started=r["started"],
+            ended=r["ended"],
+            summary=RunSummary.from_dict(json.loads(summary)) if summary else None,
+            error=r["error"],
+            pid=r["pid"],
+        )
