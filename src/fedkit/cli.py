@@ -26,6 +26,10 @@ def _mount() -> None:
 
     app.add_typer(data_app, name="data", help="Inspect datasets and federated partitions.")
 
+    from fedkit.experiment.report_cli import report
+
+    app.command("report")(report)
+
 
 def main() -> None:
     """Console-script entry point."""

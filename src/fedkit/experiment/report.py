@@ -1,0 +1,239 @@
+"""Comparison reports over stored runs (``fedkit report RUN…|DIR --out DIR``).
+
+A report compares *arms* — runs read from one or more results databases
+(:mod:`fedkit.experiment.results`) — in a Markdown file and a self-contained HTML page with
+figures: test accuracy against rounds, wall-clock time and bytes communicated, the per-client
+accuracy distribution at the last federated evaluation, and a table of final and best accuracy and
+rounds to the target accuracy per arm. Arms may be runs of different algorithms, including the
+centralised baseline (which communicates 0 bytes).
+
+This module selects runs (:func:`load_arms`), turns stored rows into
+:class:`~fedkit.experiment.report_model.Arm` objects (:func:`arm_from_store`) and writes the files
+(:func:`write_report`); the figures and the documents live in ``report_plots`` and
+``report_html``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedkit.experiment.report_html import ReportDocument, render_html, render_markdown
+from fedkit.experiment.report_model import Arm, RoundPoint
+from fedkit.experiment.report_plots import Plot, write_plots
+from fedkit.experiment.results import DB_NAME, ResultsStore, RunRow
+
+__all__ = [
+    "ReportFiles",
+    "ReportSourceError",
+    "arm_from_store",
+    "flatten_config",
+    "load_arms",
+    "write_report",
+]
+
+
+class ReportSourceError(ValueError):
+    """A ``RUN`` or ``DIR`` argument of ``fedkit report`` does not name stored runs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportFiles:
+    """The files a report consists of.
+
+    Attributes:
+        markdown: ``report.md`` (links the PNGs beside it).
+        html: ``report.html`` (self-contained: figures embedded).
+        plots: the figures, as PNG files beside the documents.
+    """
+
+    markdown: Path
+    html: Path
+    plots: tuple[Plot, ...]
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``{"run": {"rounds": 5}}`` -> ``[("run.rounds", "5")]``; values as compact JSON text."""
+    out: list[tuple[str, str]] = []
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.extend(flatten_config(value, f"{dotted}."))
+        elif isinstance(value, str):
+            out.append((dotted, value))
+        else:
+            out.append((dotted, json.dumps(value, sort_keys=True)))
+    return out
+
+
+def _target(run: RunRow) -> float | None:
+    if run.summary is not None and run.summary.target_accuracy is not None:
+        return float(run.summary.target_accuracy)
+    section = run.config.get("run")
+    if isinstance(section, Mapping):
+        value = section.get("target_accuracy")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def _algorithm(run: RunRow) -> str:
+    section = run.config.get("algorithm")
+    if isinstance(section, Mapping) and isinstance(section.get("name"), str):
+        return str(section["name"])
+    return "?"
+
+
+def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
+    """Read one run from ``store`` as an :class:`Arm`.
+
+    Rounds become 1-based; per-round wall time and bytes are accumulated; the per-client
+    accuracies are those of the last round with a federated evaluation.
+    """
+    run = store.run(run_id)
+    points: list[RoundPoint] = []
+    wall, up, down = 0.0, 0, 0
+    for row in store.rounds(run_id):
+        wall += row.wall_seconds
+        up += row.bytes_up
+        down += row.bytes_down
+        points.append(
+            RoundPoint(
+                round=row.round + 1,
+                accuracy=row.test_accuracy,
+                loss=row.test_loss,
+                wall_seconds=wall,
+                bytes_up=up,
+                bytes_down=down,
+            )
+        )
+    evaluated = [c for c in store.clients(run_id) if c.eval_accuracy is not None]
+    last = max((c.round for c in evaluated), default=None)
+    client_acc = tuple(
+        float(c.eval_accuracy) for c in evaluated if c.round == last and c.eval_accuracy is not None
+    )
+    return Arm(
+        run_id=str(run.id),
+        name=run.name,
+        algorithm=_algorithm(run),
+        status=run.status,
+        target_accuracy=_target(run),
+        points=tuple(points),
+        client_accuracy=client_acc,
+        client_round=None if last is None else last + 1,
+        settings=tuple(flatten_config(run.config)),
+        source=str(store.path) + ("" if run.study is None else f" (study {run.study})"),
+    )
+
+
+def _database(path: Path) -> Path | None:
+    if path.is_dir() and (path / DB_NAME).is_file():
+        return path / DB_NAME
+    if path.is_file() and path.suffix in {".sqlite", ".db", ".sqlite3"}:
+        return path
+    return None
+
+
+def _open(db: Path) -> ResultsStore:
+    return ResultsStore(db, create=False)
+
+
+def load_arms(
+    sources: Sequence[str],
+    *,
+    runs_dir: Path,
+    study: str | None = None,
+    include_unfinished: bool = False,
+) -> list[Arm]:
+    """Resolve ``fedkit report`` arguments into arms, in argument order.
+
+    Args:
+        sources: Each is a results directory (or its ``results.sqlite``) — every run in it —, a
+            run id in ``runs_dir``'s database, or ``DIR:ID`` for a run id in another directory.
+        runs_dir: The output directory bare run ids refer to.
+        study: Keep only runs of this study when a whole directory is given.
+        include_unfinished: Also take failed and still-running runs from whole directories
+            (runs named by id are always taken, their status shown in the table).
+
+    Raises:
+        ReportSourceError: A source is neither a results directory nor a stored run id, or no
+            run was selected.
+    """
+    arms: list[Arm] = []
+    for source in sources:
+        db = _database(Path(source))
+        if db is not None:
+            with _open(db) as store:
+                selected = [
+                    r
+                    for r in store.runs(study=study)
+                    if include_unfinished or r.status == "completed"
+                ]
+                if not selected:
+                    raise ReportSourceError(
+                        f"{source}: no {'' if include_unfinished else 'completed '}runs"
+                        f"{'' if study is None else f' of study {study!r}'} in {db}"
+                    )
+                arms.extend(arm_from_store(store, r.id) for r in selected)
+            continue
+        where, _, ident = source.rpartition(":")
+        directory = Path(where) if where else runs_dir
+        if not ident.isdigit():
+            raise ReportSourceError(
+                f"{source!r} is neither a results directory (a folder holding {DB_NAME}) nor a "
+                "run id (an integer, or DIR:ID); list runs with `fedkit runs list`"
+            )
+        db = _database(directory)
+        if db is None:
+            raise ReportSourceError(
+                f"run {ident}: no results database {directory / DB_NAME} (pass --runs DIR, or "
+                "DIR:ID, naming the output directory of `fedkit run`)"
+            )
+        with _open(db) as store:
+            try:
+                arms.append(arm_from_store(store, int(ident)))
+            except KeyError as err:
+                raise ReportSourceError(str(err.args[0])) from None
+    if not arms:
+        raise ReportSourceError("no runs selected: give at least one RUN id or results DIR")
+    return arms
+
+
+def _title(arms: Sequence[Arm]) -> str:
+    studies = {a.source.rpartition("(study ")[2].rstrip(")") for a in arms if "(study " in a.source}
+    if len(studies) == 1:
+        return f"fedkit report — study {studies.pop()}"
+    return f"fedkit report — {len(arms)} runs"
+
+
+def write_report(
+    arms: Sequence[Arm], out_dir: str | os.PathLike[str], *, title: str | None = None
+) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and the figures (PNG) into ``out_dir``.
+
+    Existing files of an earlier report in ``out_dir`` are replaced; the HTML is written last,
+    so its presence means the report is complete.
+    """
+    if not arms:
+        raise ValueError("write_report needs at least one arm")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = tuple(write_plots(arms, out))
+    doc = ReportDocument(
+        title=title or _title(arms),
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        arms=tuple(arms),
+        plots=plots,
+    )
+    md = out / "report.md"
+    html = out / "report.html"
+    md.write_text(render_markdown(doc), encoding="utf-8")
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(render_html(doc), encoding="utf-8")
+    tmp.replace(html)
+    return ReportFiles(markdown=md, html=html, plots=plots)

@@ -1,0 +1,57 @@
+"""``fedkit report RUN…|DIR --out DIR``: compare stored runs in Markdown and HTML with plots.
+
+Each argument is a results directory (every completed run in it), a run id in ``--runs DIR``, or
+``DIR:ID``. The command writes ``report.md``, ``report.html`` (self-contained) and the PNG figures
+into ``--out`` and prints the path of the HTML report (the last line of stdout, so scripts can pick
+it up).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from fedkit.experiment.report import ReportSourceError, load_arms, write_report
+from fedkit.experiment.report_html import summary_rows
+
+__all__ = ["DEFAULT_RUNS_DIR", "report"]
+
+DEFAULT_RUNS_DIR = Path("runs")
+"""The output directory bare run ids refer to when ``--runs`` is not given."""
+
+
+def report(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Results directories (all completed runs), run ids in --runs, or DIR:ID.",
+            metavar="RUN…|DIR",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the report to.")],
+    runs: Annotated[
+        Path, typer.Option("--runs", help="Output directory that bare run ids refer to.")
+    ] = DEFAULT_RUNS_DIR,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Only runs of this study (for directories).")
+    ] = None,
+    include_unfinished: Annotated[
+        bool, typer.Option("--all", help="Also include failed and running runs from directories.")
+    ] = False,
+    title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
+) -> None:
+    """Compare runs: accuracy vs rounds, time and bytes; per-client accuracy; summary table."""
+    console = Console(stderr=True)
+    try:
+        arms = load_arms(sources, runs_dir=runs, study=study, include_unfinished=include_unfinished)
+    except (ReportSourceError, FileNotFoundError, RuntimeError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=2) from None
+    files = write_report(arms, out, title=title)
+    for row in summary_rows(arms):
+        console.print(f"  {row[0]}: final {row[5]}, best {row[6]}, rounds to target {row[8]}")
+    console.print(f"Markdown: {files.markdown}")
+    typer.echo(str(files.html))

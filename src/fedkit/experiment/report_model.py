@@ -1,0 +1,178 @@
+"""What a comparison report is made of: one :class:`Arm` per run, and its :class:`ArmSummary`.
+
+The report code (plots, Markdown, HTML) works on these small frozen dataclasses only, never on the
+results database, so it can be tested on hand-made arms and stays independent of the store's
+schema; :mod:`fedkit.experiment.report` adapts stored runs into arms.
+
+Conventions: ``RoundPoint.round`` counts rounds completed (1-based, so "rounds to target" is a
+number of rounds); wall time and bytes are cumulative from the start of the run, bytes counting
+both directions (a centralised run has 0 bytes).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Arm", "ArmSummary", "RoundPoint", "differing_settings", "labels", "summarize"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundPoint:
+    """The state of a run after ``round`` rounds.
+
+    Attributes:
+        round: rounds completed (>= 1).
+        accuracy: centralised test accuracy after this round, ``None`` when not evaluated.
+        loss: centralised test loss after this round, ``None`` when not evaluated.
+        wall_seconds: wall-clock seconds since the run started (cumulative).
+        bytes_up: bytes sent by clients so far (cumulative).
+        bytes_down: bytes sent to clients so far (cumulative).
+    """
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    wall_seconds: float
+    bytes_up: int
+    bytes_down: int
+
+    def __post_init__(self) -> None:
+        if self.round < 1:
+            raise ValueError(f"RoundPoint.round must be >= 1, got {self.round}")
+
+    @property
+    def bytes_total(self) -> int:
+        """Bytes in both directions so far."""
+        return self.bytes_up + self.bytes_down
+
+
+@dataclass(frozen=True, kw_only=True)
+class Arm:
+    """One run as a report sees it.
+
+    Attributes:
+        run_id: the run's id in its results store.
+        name: the run's name (the arm label in plots and tables).
+        algorithm: algorithm name (``fedavg``, ``fedprox``, ``centralized``, …).
+        status: the run's status in the store (``finished``, ``failed``, ``running``).
+        target_accuracy: the run config's target accuracy, ``None`` when unset.
+        points: one point per round, in increasing round order.
+        client_accuracy: per-client accuracies of the last federated evaluation (empty when the
+            run had none).
+        client_round: the round (1-based) of that federated evaluation.
+        settings: flattened run configuration, ``(dotted key, value as text)`` pairs.
+        source: where the run was read from (a results directory or database).
+    """
+
+    run_id: str
+    name: str
+    algorithm: str
+    status: str = "finished"
+    target_accuracy: float | None = None
+    points: tuple[RoundPoint, ...] = ()
+    client_accuracy: tuple[float, ...] = ()
+    client_round: int | None = None
+    settings: tuple[tuple[str, str], ...] = ()
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        rounds = [p.round for p in self.points]
+        if rounds != sorted(set(rounds)):
+            raise ValueError(f"Arm {self.name!r}: points must have increasing, distinct rounds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmSummary:
+    """The numbers of an arm's row in the report table (``None`` = not available)."""
+
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    best_round: int | None
+    rounds_to_target: int | None
+    wall_seconds: float
+    bytes_up: int
+    bytes_down: int
+    client_mean: float | None
+    client_p10: float | None
+    client_count: int
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _p10(values: Sequence[float]) -> float:
+    """10th percentile by linear interpolation (the same rule as ``torch.quantile``)."""
+    ordered = sorted(values)
+    pos = 0.1 * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(arm: Arm) -> ArmSummary:
+    """Final and best accuracy, rounds to the target, totals and the client-accuracy summary.
+
+    ``rounds_to_target`` is the first round whose evaluated accuracy is at least
+    ``arm.target_accuracy`` (``None`` when no target is set or it was never reached).
+    """
+    scored = [p for p in arm.points if _finite(p.accuracy)]
+    final = scored[-1].accuracy if scored else None
+    best_point = max(scored, key=lambda p: (p.accuracy or 0.0, -p.round)) if scored else None
+    to_target = None
+    if arm.target_accuracy is not None:
+        to_target = next(
+            (p.round for p in scored if (p.accuracy or 0.0) >= arm.target_accuracy), None
+        )
+    last = arm.points[-1] if arm.points else None
+    clients = [a for a in arm.client_accuracy if math.isfinite(a)]
+    return ArmSummary(
+        rounds=last.round if last else 0,
+        final_accuracy=final,
+        best_accuracy=best_point.accuracy if best_point else None,
+        best_round=best_point.round if best_point else None,
+        rounds_to_target=to_target,
+        wall_seconds=last.wall_seconds if last else 0.0,
+        bytes_up=last.bytes_up if last else 0,
+        bytes_down=last.bytes_down if last else 0,
+        client_mean=statistics.fmean(clients) if clients else None,
+        client_p10=_p10(clients) if clients else None,
+        client_count=len(clients),
+    )
+
+
+def labels(arms: Sequence[Arm]) -> list[str]:
+    """Arm labels: the run name, with the run id appended where two arms share a name."""
+    counts: dict[str, int] = {}
+    for arm in arms:
+        counts[arm.name] = counts.get(arm.name, 0) + 1
+    return [f"{a.name} [{a.run_id}]" if counts[a.name] > 1 else a.name for a in arms]
+
+
+def differing_settings(arms: Sequence[Arm]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Split the arms' settings into the ones they share and the keys on which they differ.
+
+    Returns:
+        ``(common, differing)``: ``common`` lists ``(key, value)`` pairs identical in every arm;
+        ``differing`` lists the keys whose value differs or is missing in some arm, in first-seen
+        order.
+    """
+    maps = [dict(a.settings) for a in arms]
+    keys: list[str] = []
+    for a in arms:
+        for key, _ in a.settings:
+            if key not in keys:
+                keys.append(key)
+    common: list[tuple[str, str]] = []
+    differing: list[str] = []
+    for key in keys:
+        values = {m.get(key) for m in maps}
+        if len(values) == 1 and None not in values:
+            common.append((key, maps[0][key]))
+        else:
+            differing.append(key)
+    return common, differing

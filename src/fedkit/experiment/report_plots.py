@@ -1,0 +1,171 @@
+"""The report's figures, drawn with matplotlib's Agg backend into PNG files.
+
+Four figures compare the arms of a report: test accuracy against rounds, against wall-clock time
+and against bytes communicated (up + down), and the distribution of per-client accuracy at the
+last federated evaluation. Figures are built on :class:`matplotlib.figure.Figure` objects rather
+than ``pyplot``, so no global state or display is involved and reports can be made from any thread
+or a headless machine.
+
+A run that communicates nothing (the centralised baseline) cannot be placed on a bytes axis; in the
+accuracy-vs-bytes figure it is drawn as a dashed horizontal reference line at its best accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from fedkit.experiment.report_model import Arm, RoundPoint, labels
+
+__all__ = ["PLOTS", "Plot", "format_bytes", "write_plots"]
+
+_SIZE = (7.0, 4.2)
+_DPI = 110
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plot:
+    """A figure written by :func:`write_plots`.
+
+    Attributes:
+        key: stable identifier (also the PNG file stem).
+        title: caption used in the report.
+        path: the PNG file.
+    """
+
+    key: str
+    title: str
+    path: Path
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``"1.5 KB"`` (powers of 1000, as link bandwidth is quoted)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _new_figure() -> Figure:
+    fig = Figure(figsize=_SIZE, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _scored(arm: Arm) -> list[RoundPoint]:
+    return [p for p in arm.points if p.accuracy is not None and math.isfinite(p.accuracy)]
+
+
+def _accuracy_figure(
+    arms: Sequence[Arm],
+    path: Path,
+    *,
+    x_of: Callable[[RoundPoint], float],
+    xlabel: str,
+    title: str,
+    bytes_axis: bool = False,
+) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    names = labels(arms)
+    drawn = 0
+    for arm, label in zip(arms, names, strict=True):
+        pts = _scored(arm)
+        if not pts:
+            continue
+        if bytes_axis and pts[-1].bytes_total == 0 and arm.points[-1].bytes_total == 0:
+            best = max(p.accuracy or 0.0 for p in pts)
+            ax.axhline(best, linestyle="--", linewidth=1.2, label=f"{label} (0 bytes, best)")
+        else:
+            xs = [x_of(p) for p in pts]
+            ys = [p.accuracy or 0.0 for p in pts]
+            ax.plot(xs, ys, marker="o" if len(pts) <= 30 else None, markersize=3, label=label)
+        drawn += 1
+    targets = sorted({a.target_accuracy for a in arms if a.target_accuracy is not None})
+    for t in targets:
+        ax.axhline(t, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            f"target {t:.3g}", xy=(0, t), xycoords=("axes fraction", "data"), fontsize=8,
+            color="grey", xytext=(2, 2), textcoords="offset points",
+        )  # fmt: skip
+    if bytes_axis:
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no evaluated rounds", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(path, format="png")
+
+
+def _client_figure(arms: Sequence[Arm], path: Path) -> None:
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    names = labels(arms)
+    data = [
+        ([a for a in arm.client_accuracy if math.isfinite(a)], label)
+        for arm, label in zip(arms, names, strict=True)
+    ]
+    data = [(values, label) for values, label in data if values]
+    if data:
+        positions = list(range(1, len(data) + 1))
+        ax.boxplot(
+            [values for values, _ in data], positions=positions, widths=0.5, showmeans=True,
+            flierprops={"markersize": 3},
+        )  # fmt: skip
+        for pos, (values, _) in zip(positions, data, strict=True):
+            # The individual clients, jittered deterministically so small cohorts stay visible.
+            xs = [pos + 0.18 * (((i * 0.618034) % 1.0) - 0.5) for i in range(len(values))]
+            ax.scatter(xs, values, s=6, alpha=0.35, color="tab:blue", zorder=3)
+        ax.set_xticks(positions, [f"{label}\n(n={len(v)})" for v, label in data], fontsize=8)
+    else:
+        ax.text(
+            0.5, 0.5, "no per-client (federated) evaluation in these runs", ha="center",
+            va="center", transform=ax.transAxes,
+        )  # fmt: skip
+    ax.set_ylabel("client test accuracy")
+    ax.set_title("Per-client accuracy at the last federated evaluation")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path, format="png")
+
+
+PLOTS: tuple[tuple[str, str], ...] = (
+    ("accuracy_vs_rounds", "Test accuracy vs rounds"),
+    ("accuracy_vs_time", "Test accuracy vs wall-clock time"),
+    ("accuracy_vs_bytes", "Test accuracy vs bytes communicated (up + down)"),
+    ("client_accuracy", "Per-client accuracy distribution (last federated evaluation)"),
+)
+"""``(key, title)`` of every figure, in report order."""
+
+
+def write_plots(arms: Sequence[Arm], out_dir: Path) -> list[Plot]:
+    """Write every figure of :data:`PLOTS` as ``out_dir/<key>.png``; return them in order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    titles = dict(PLOTS)
+    plots = [Plot(key=k, title=t, path=out_dir / f"{k}.png") for k, t in PLOTS]
+    by_key = {p.key: p.path for p in plots}
+    _accuracy_figure(
+        arms, by_key["accuracy_vs_rounds"], x_of=lambda p: float(p.round), xlabel="round",
+        title=titles["accuracy_vs_rounds"],
+    )  # fmt: skip
+    _accuracy_figure(
+        arms, by_key["accuracy_vs_time"], x_of=lambda p: p.wall_seconds,
+        xlabel="wall-clock time (s)", title=titles["accuracy_vs_time"],
+    )  # fmt: skip
+    _accuracy_figure(
+        arms, by_key["accuracy_vs_bytes"], x_of=lambda p: float(p.bytes_total),
+        xlabel="bytes communicated (up + down)", title=titles["accuracy_vs_bytes"],
+        bytes_axis=True,
+    )  # fmt: skip
+    _client_figure(arms, by_key["client_accuracy"])
+    return plots
