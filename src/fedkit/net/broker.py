@@ -53,6 +53,7 @@ class Result:
     payload: bytes
     rtt_s: float
     compute_s: float
+    arrival: float
 
 
 @dataclass(kw_only=True)
@@ -280,6 +281,7 @@ class Broker:
                 payload=payload,
                 rtt_s=now - sent,
                 compute_s=info.compute_s,
+                arrival=now,
             )
             self._lock.notify_all()
 
@@ -300,22 +302,25 @@ class Broker:
         return rnd, task
 
     # ----------------------------------------------------------------- executor side
+    def _live(self, now: float) -> set[str]:
+        return {w.client_id for w in self._workers.values() if now - w.last_seen <= self.liveness_s}
+
     def live_clients(self) -> set[str]:
         """Client ids whose worker was heard from within the liveness window."""
-        now = time.monotonic()
         with self._lock:
-            return {
-                w.client_id for w in self._workers.values() if now - w.last_seen <= self.liveness_s
-            }
+            return self._live(time.monotonic())
 
-    def wait_for_clients(self, needed: int, timeout_s: float) -> set[str]:
-        """Wait until at least ``needed`` clients are live or ``timeout_s`` passes."""
+    def wait_for_clients(self, wanted: set[str], need: int, timeout_s: float) -> set[str]:
+        """Wait until at least ``need`` of the ``wanted`` clients are live, or ``timeout_s``.
+
+        Returns the live clients among ``wanted``.
+        """
         end = time.monotonic() + timeout_s
         with self._lock:
             while True:
-                live = self.live_clients()
+                live = self._live(time.monotonic()) & wanted
                 left = end - time.monotonic()
-                if len(live) >= needed or left <= 0:
+                if len(live) >= need or left <= 0:
                     return live
                 self._lock.wait(min(left, 0.5))
 
@@ -343,19 +348,24 @@ class Broker:
             self._lock.notify_all()
 
     def collect(self, want: int) -> dict[str, Result]:
-        """Wait until ``want`` results arrived (or every task is done) or the deadline passes.
+        """Wait for ``want`` results, closing the round when they are in, when every outstanding
+        client's worker is gone (no heartbeat within the liveness window), or at the deadline.
 
-        Closes the round and returns the accepted results by client id.
+        Returns the accepted results by client id.
         """
         with self._lock:
             rnd = self._round
             if rnd is None:
                 raise RuntimeError("collect() without an open round")
             while True:
-                left = rnd.deadline - time.monotonic()
+                now = time.monotonic()
+                left = rnd.deadline - now
                 if len(rnd.results) >= min(want, len(rnd.tasks)) or left <= 0:
                     break
-                self._lock.wait(min(left, 1.0))
+                outstanding = {c for c, t in rnd.tasks.items() if not t.done}
+                if not outstanding & self._live(now):
+                    break
+                self._lock.wait(min(left, 0.25))
             rnd.closed = True
             self._last_round = rnd.round
             self._round = None

@@ -1,0 +1,220 @@
+"""The remote executor: runs a round's cohort on workers behind the coordinator.
+
+``execute`` is the :class:`fedkit.executor.Executor` contract, so the coordinator drives the one
+run loop (:func:`fedkit.run.run`) exactly as the simulator does. One round:
+
+1. wait (up to ``select_timeout_s``) until enough selected clients have a live worker;
+2. over-selection: with ``over_selection > 1``, extra clients (drawn from the server RNG stream of
+   the round) are asked too and the first ``clients_per_round`` results win;
+3. the broadcast message is encoded once (safetensors chunks) and published with a deadline;
+4. results are validated as they stream in (see :class:`~fedkit.net.broker.Broker`); the phase
+   ends when enough results arrived, every outstanding worker is gone, or the deadline passes;
+5. with at least ``ceil(quorum * clients_per_round)`` results the updates are added to the
+   algorithm's aggregator **in ascending client id order** — the serial executor's order, so a
+   seeded run is bit-identical to the simulator; otherwise the attempt is aborted (model
+   unchanged) and retried ``round_retries`` times, then skipped or the run stopped (``on_abort``).
+
+Every worker's round-trip time is recorded each round and feeds the straggler policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.evaluate import ClientEval
+from fedkit.executor import ClientMetrics, RoundOutput
+from fedkit.net.broker import Assignment, Broker, Result
+from fedkit.net.codec import split
+from fedkit.net.experiment import DeploySettings
+from fedkit.net.payload import (
+    ResultMeta,
+    check_tree_header,
+    decode_tree,
+    encode_tree,
+    info_metadata,
+)
+from fedkit.net.state import RoundRow, RttRow
+from fedkit.net.straggler import StragglerPolicy
+from fedkit.params import Params
+from fedkit.rng import SERVER, generator
+
+
+class QuorumError(RuntimeError):
+    """A round missed its quorum after every retry and ``on_abort = "stop"``."""
+
+
+class RemoteExecutor:
+    """Executes cohorts on remote workers (see module docstring).
+
+    Args:
+        broker: The coordinator's task board (served by the gRPC servicer).
+        num_clients: Size of the client population (the experiment's ``num_clients``).
+        settings: Round policy.
+        update_template: A client update shaped as this algorithm's (after ``prepare``); results
+            are checked against it before they are used.
+        on_round: Called with each attempt's record and its round trips (the coordinator stages
+            them for its SQLite commit).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        num_clients: int,
+        settings: DeploySettings,
+        update_template: Any,
+        on_round: Callable[[RoundRow, list[RttRow]], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self._num_clients = num_clients
+        self.settings = settings
+        self.update_template = update_template
+        self.on_round = on_round
+        self.stragglers = StragglerPolicy(
+            enabled=settings.balance_stragglers, min_fraction=settings.min_work_fraction
+        )
+
+    @property
+    def num_clients(self) -> int:
+        """Population size."""
+        return self._num_clients
+
+    def _extras(self, cohort: Sequence[int], info: RoundInfo) -> list[int]:
+        want = math.ceil(self.settings.over_selection * len(cohort)) - len(cohort)
+        if want <= 0:
+            return []
+        live = {int(c) for c in self.broker.live_clients() if c.isdigit()}
+        pool = sorted(live - set(cohort))
+        if not pool:
+            return []
+        g = generator(info.seed, info.round, SERVER, "over-selection")
+        order = torch.randperm(len(pool), generator=g).tolist()
+        return sorted(pool[i] for i in order[:want])
+
+    def _check(self, payload: bytes) -> None:
+        check_tree_header(payload, self.update_template)
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        """Run ``cohort`` on the workers; aggregate in ascending client id order."""
+        s = self.settings
+        need = max(1, math.ceil(s.quorum * len(cohort)))
+        payload = encode_tree(msg, info_metadata(info))
+        chunks = split(payload)
+        for attempt in range(s.round_retries + 1):
+            out = self._attempt(algorithm, payload, chunks, cohort, info, attempt, need)
+            if out.accumulator is not None:
+                return out
+        if s.on_abort == "stop":
+            raise QuorumError(
+                f"round {info.round}: fewer than {need} of {len(cohort)} results after "
+                f"{s.round_retries + 1} attempt(s); deploy.on_abort = 'stop'"
+            )
+        return out
+
+    def _attempt(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        payload: bytes,
+        chunks: list[Any],
+        cohort: Sequence[int],
+        info: RoundInfo,
+        attempt: int,
+        need: int,
+    ) -> RoundOutput:
+        s = self.settings
+        t0 = time.perf_counter()
+        wanted = {str(c) for c in cohort}
+        self.broker.wait_for_clients(wanted, need, s.select_timeout_s)
+        asked = sorted({*cohort, *self._extras(cohort, info)})
+        fractions = {c: self.stragglers.fraction(c) for c in asked}
+        self.broker.open_round(
+            info.round,
+            {
+                str(c): Assignment(
+                    chunks=chunks, payload_bytes=len(payload), work_fraction=fractions[c]
+                )
+                for c in asked
+            },
+            deadline_s=s.deadline_s,
+            result_check=self._check,
+        )
+        results = self.broker.collect(want=len(cohort))
+        accepted = self._first(results, len(cohort))
+        agg = algorithm.aggregator()
+        acc: Any = None
+        metrics: list[ClientMetrics] = []
+        rtts: list[RttRow] = []
+        bytes_up = 0
+        for cid in sorted(accepted):
+            res = results[str(cid)]
+            update, meta = decode_tree(res.payload, self.update_template)
+            rmeta = ResultMeta.from_metadata(meta)
+            rtts.append(
+                RttRow(
+                    round=info.round, attempt=attempt, client_id=cid, worker_id=res.worker_id,
+                    rtt_s=res.rtt_s, compute_s=rmeta.compute_s, work_fraction=rmeta.work_fraction,
+                    bytes_up=len(res.payload),
+                )
+            )  # fmt: skip
+            self.stragglers.observe(cid, res.rtt_s, rmeta.work_fraction)
+            bytes_up += len(res.payload)
+            if len(accepted) < need:
+                continue
+            acc = agg.add(agg.zero(update) if acc is None else acc, update, rmeta.weight)
+            metrics.append(
+                ClientMetrics(
+                    client_id=cid,
+                    num_examples=rmeta.num_examples,
+                    steps=rmeta.steps,
+                    train_loss=rmeta.train_loss,
+                    work_fraction=rmeta.work_fraction,
+                    seconds=res.rtt_s,
+                )
+            )
+        committed = len(accepted) >= need
+        dropped = tuple(sorted(set(cohort) - set(accepted))) if committed else tuple(cohort)
+        out = RoundOutput(
+            accumulator=acc if committed else None,
+            clients=tuple(metrics),
+            dropped=dropped,
+            bytes_down=len(payload) * len(asked),
+            bytes_up=bytes_up,
+        )
+        if self.on_round is not None:
+            row = RoundRow(
+                round=info.round, attempt=attempt, committed=committed, cohort=tuple(cohort),
+                accepted=tuple(sorted(accepted)), dropped=dropped, train_loss=None, accuracy=None,
+                bytes_up=bytes_up, bytes_down=out.bytes_down, wall_s=time.perf_counter() - t0,
+            )  # fmt: skip
+            self.on_round(row, rtts)
+        return out
+
+    @staticmethod
+    def _first(results: dict[str, Result], k: int) -> list[int]:
+        """The ``k`` earliest results (all of them without over-selection), as client ids."""
+        ordered = sorted(results.values(), key=lambda r: (r.arrival, int(r.client_id)))
+        return [int(r.client_id) for r in ordered[:k]]
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Federated evaluation is not run on workers in this version: no evaluations."""
+        return []
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        """Workers keep their own client state: nothing to checkpoint here."""
+        return {}
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        """Nothing to restore (client state lives on the workers)."""

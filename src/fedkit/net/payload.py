@@ -1,0 +1,204 @@
+"""Typed payloads (dataclasses of named tensors) to and from wire bytes.
+
+A broadcast message or a client update is a tree (dataclass / mapping / tensor / number). Its
+tensor leaves travel as one safetensors payload keyed by their tree path
+(:func:`fedkit.params.tree_flatten`); its number leaves travel in the safetensors metadata, floats
+as exact hexadecimal. The receiver rebuilds the tree on a *template* it built itself — the same
+algorithm and model — so names, dtypes and shapes are checked before anything is used, and a peer
+cannot introduce a type, a field or a tensor the receiver did not expect. Nothing is unpickled.
+
+Round information and a client's result metrics ride in the same metadata under reserved keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from torch import Tensor
+
+from fedkit.algorithm import RoundInfo
+from fedkit.net.codec import check_template, decode, encode, read_header, template_of
+from fedkit.net.errors import ErrorCode, NetError
+from fedkit.params import tree_flatten, tree_unflatten
+
+T = TypeVar("T")
+
+_SCALAR = "s:"
+_INFO = "info:"
+_RESULT = "result:"
+
+
+def _scalars(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Number / bool / str leaves of ``tree`` as tagged strings, keyed by path."""
+    out: dict[str, str] = {}
+    if isinstance(tree, Tensor) or tree is None:
+        return out
+    if isinstance(tree, bool):
+        out[prefix] = f"b:{int(tree)}"
+    elif isinstance(tree, int):
+        out[prefix] = f"i:{tree}"
+    elif isinstance(tree, float):
+        out[prefix] = f"f:{tree.hex()}"
+    elif isinstance(tree, str):
+        out[prefix] = f"t:{tree}"
+    elif isinstance(tree, Mapping):
+        for k in sorted(tree):
+            out.update(_scalars(tree[k], f"{prefix}/{k}" if prefix else str(k)))
+    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        for f in dataclasses.fields(tree):
+            out.update(_scalars(getattr(tree, f.name), f"{prefix}/{f.name}" if prefix else f.name))
+    return out
+
+
+def _parse_scalar(path: str, tagged: str, like: Any) -> Any:
+    tag, _, raw = tagged.partition(":")
+    try:
+        if tag == "b" and isinstance(like, bool):
+            return raw == "1"
+        if tag == "i" and isinstance(like, int) and not isinstance(like, bool):
+            return int(raw)
+        if tag == "f" and isinstance(like, float):
+            return float.fromhex(raw)
+        if tag == "t" and isinstance(like, str):
+            return raw
+    except ValueError:
+        pass
+    raise NetError(ErrorCode.SCHEMA_MISMATCH, f"field {path!r}: {tagged!r} does not fit {like!r}")
+
+
+def _with_scalars(tree: T, values: Mapping[str, str], prefix: str = "") -> T:
+    """``tree`` with its scalar leaves replaced by ``values`` (paths as in :func:`_scalars`)."""
+    if isinstance(tree, Tensor) or tree is None:
+        return tree
+    if isinstance(tree, bool | int | float | str):
+        return _parse_scalar(prefix, values[prefix], tree) if prefix in values else tree
+    if isinstance(tree, Mapping):
+        return {  # type: ignore[return-value]
+            k: _with_scalars(v, values, f"{prefix}/{k}" if prefix else str(k))
+            for k, v in tree.items()
+        }
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        changes = {
+            f.name: _with_scalars(
+                getattr(tree, f.name), values, f"{prefix}/{f.name}" if prefix else f.name
+            )
+            for f in dataclasses.fields(tree)
+            if f.init
+        }
+        return dataclasses.replace(tree, **changes)
+    return tree
+
+
+def encode_tree(tree: Any, extra: Mapping[str, str] | None = None) -> bytes:
+    """Serialise a payload tree (and extra metadata) to safetensors bytes."""
+    meta = {_SCALAR + k: v for k, v in _scalars(tree).items()}
+    if extra:
+        meta.update(extra)
+    return encode(tree_flatten(tree), meta)
+
+
+def check_tree_header(data: bytes, template: Any) -> None:
+    """Validate only the header of ``data`` against ``template`` (cheap; used before buffering
+    more results)."""
+    specs, meta = read_header(data)
+    check_template(specs, template_of(tree_flatten(template)))
+    expected = set(_scalars(template))
+    unknown = sorted(k[len(_SCALAR) :] for k in meta if k.startswith(_SCALAR))
+    if not set(unknown) <= expected:
+        raise NetError(
+            ErrorCode.SCHEMA_MISMATCH, f"unexpected fields {sorted(set(unknown) - expected)}"
+        )
+
+
+def decode_tree(
+    data: bytes, template: T, *, max_bytes: int | None = None
+) -> tuple[T, dict[str, str]]:
+    """Rebuild a payload shaped like ``template`` from ``data``; returns it and the metadata.
+
+    Raises:
+        NetError: ``SCHEMA_MISMATCH`` when names, dtypes, shapes or field types differ;
+            ``MALFORMED`` / ``PAYLOAD_TOO_LARGE`` from the codec.
+    """
+    expected = tree_flatten(template)
+    decoded = decode(data, template=template_of(expected), max_bytes=max_bytes)
+    try:
+        tree = tree_unflatten(template, decoded.tensors)
+    except ValueError as exc:
+        raise NetError(ErrorCode.SCHEMA_MISMATCH, str(exc)) from None
+    scalars = {k[len(_SCALAR) :]: v for k, v in decoded.metadata.items() if k.startswith(_SCALAR)}
+    unknown = sorted(set(scalars) - set(_scalars(template)))
+    if unknown:
+        raise NetError(ErrorCode.SCHEMA_MISMATCH, f"unexpected fields {unknown}")
+    return _with_scalars(tree, scalars), decoded.metadata
+
+
+def info_metadata(info: RoundInfo) -> dict[str, str]:
+    """The round information as metadata entries."""
+    return {
+        _INFO + "round": str(info.round),
+        _INFO + "seed": str(info.seed),
+        _INFO + "num_clients": str(info.num_clients),
+        _INFO + "cohort_size": str(info.cohort_size),
+    }
+
+
+def info_from_metadata(meta: Mapping[str, str]) -> RoundInfo:
+    """Parse what :func:`info_metadata` wrote; ``MALFORMED`` if absent or not integers."""
+    try:
+        return RoundInfo(
+            round=int(meta[_INFO + "round"]),
+            seed=int(meta[_INFO + "seed"]),
+            num_clients=int(meta[_INFO + "num_clients"]),
+            cohort_size=int(meta[_INFO + "cohort_size"]),
+        )
+    except (KeyError, ValueError) as exc:
+        raise NetError(
+            ErrorCode.MALFORMED, f"round information missing or invalid: {exc}"
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResultMeta:
+    """What accompanies a client update: its aggregation weight and the client's metrics."""
+
+    weight: float
+    num_examples: int
+    steps: int
+    train_loss: float
+    work_fraction: float
+    compute_s: float
+
+    def to_metadata(self) -> dict[str, str]:
+        """Metadata entries (floats as exact hex)."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[_RESULT + f.name] = v.hex() if isinstance(v, float) else str(v)
+        return out
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> ResultMeta:
+        """Parse and validate; ``MALFORMED`` on missing or invalid entries."""
+        try:
+            r = cls(
+                weight=float.fromhex(meta[_RESULT + "weight"]),
+                num_examples=int(meta[_RESULT + "num_examples"]),
+                steps=int(meta[_RESULT + "steps"]),
+                train_loss=float.fromhex(meta[_RESULT + "train_loss"]),
+                work_fraction=float.fromhex(meta[_RESULT + "work_fraction"]),
+                compute_s=float.fromhex(meta[_RESULT + "compute_s"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise NetError(
+                ErrorCode.MALFORMED, f"result metadata missing or invalid: {exc}"
+            ) from None
+        if not (math.isfinite(r.weight) and r.weight >= 0) or r.num_examples < 0 or r.steps < 0:
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"result weight {r.weight} / num_examples {r.num_examples} / steps {r.steps} "
+                "must be finite and >= 0",
+            )
+        return r
