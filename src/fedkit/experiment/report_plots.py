@@ -59,6 +59,11 @@ def _new_figure() -> Figure:
     return fig
 
 
+def _color(index: int) -> str:
+    """The arm's colour, the same in every figure."""
+    return f"C{index % 10}"
+
+
 def _scored(arm: Arm) -> list[RoundPoint]:
     return [p for p in arm.points if p.accuracy is not None and math.isfinite(p.accuracy)]
 
@@ -76,25 +81,34 @@ def _accuracy_figure(
     ax = fig.add_subplot()
     names = labels(arms)
     drawn = 0
-    for arm, label in zip(arms, names, strict=True):
+    for i, (arm, label) in enumerate(zip(arms, names, strict=True)):
+        color = _color(i)
         pts = _scored(arm)
         if not pts:
             continue
         if bytes_axis and pts[-1].bytes_total == 0 and arm.points[-1].bytes_total == 0:
             best = max(p.accuracy or 0.0 for p in pts)
-            ax.axhline(best, linestyle="--", linewidth=1.2, label=f"{label} (0 bytes, best)")
+            ax.axhline(
+                best, color=color, linestyle="--", linewidth=1.2, label=f"{label} (0 bytes, best)"
+            )
         else:
             xs = [x_of(p) for p in pts]
             ys = [p.accuracy or 0.0 for p in pts]
-            ax.plot(xs, ys, marker="o" if len(pts) <= 30 else None, markersize=3, label=label)
+            marker = "o" if len(pts) <= 30 else None
+            ax.plot(xs, ys, color=color, marker=marker, markersize=3, label=label)
         drawn += 1
     targets = sorted({a.target_accuracy for a in arms if a.target_accuracy is not None})
     for t in targets:
         ax.axhline(t, color="grey", linestyle=":", linewidth=1)
         ax.annotate(
-            f"target {t:.3g}", xy=(0, t), xycoords=("axes fraction", "data"), fontsize=8,
-            color="grey", xytext=(2, 2), textcoords="offset points",
-        )  # fmt: skip
+            f"target {t:.3g}",
+            xy=(0, t),
+            xycoords=("axes fraction", "data"),
+            fontsize=8,
+            color="grey",
+            xytext=(2, 2),
+            textcoords="offset points",
+        )
     if bytes_axis:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
     ax.set_xlabel(xlabel)
@@ -102,7 +116,7 @@ def _accuracy_figure(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "no evaluated rounds", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path, format="png")
@@ -113,26 +127,34 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
     ax = fig.add_subplot()
     names = labels(arms)
     data = [
-        ([a for a in arm.client_accuracy if math.isfinite(a)], label)
-        for arm, label in zip(arms, names, strict=True)
+        ([a for a in arm.client_accuracy if math.isfinite(a)], label, _color(i))
+        for i, (arm, label) in enumerate(zip(arms, names, strict=True))
     ]
-    data = [(values, label) for values, label in data if values]
+    data = [(values, label, color) for values, label, color in data if values]
     if data:
         positions = list(range(1, len(data) + 1))
         ax.boxplot(
-            [values for values, _ in data], positions=positions, widths=0.5, showmeans=True,
+            [values for values, _, _ in data],
+            positions=positions,
+            widths=0.5,
+            showmeans=True,
             flierprops={"markersize": 3},
-        )  # fmt: skip
-        for pos, (values, _) in zip(positions, data, strict=True):
+        )
+        for pos, (values, _, color) in zip(positions, data, strict=True):
             # The individual clients, jittered deterministically so small cohorts stay visible.
             xs = [pos + 0.18 * (((i * 0.618034) % 1.0) - 0.5) for i in range(len(values))]
-            ax.scatter(xs, values, s=6, alpha=0.35, color="tab:blue", zorder=3)
-        ax.set_xticks(positions, [f"{label}\n(n={len(v)})" for v, label in data], fontsize=8)
+            ax.scatter(xs, values, s=6, alpha=0.35, color=color, zorder=3)
+        ticks = [f"{label}\n(n={len(v)})" for v, label, _ in data]
+        ax.set_xticks(positions, ticks, fontsize=8, rotation=30 if len(data) > 4 else 0)
     else:
         ax.text(
-            0.5, 0.5, "no per-client (federated) evaluation in these runs", ha="center",
-            va="center", transform=ax.transAxes,
-        )  # fmt: skip
+            0.5,
+            0.5,
+            "no per-client (federated) evaluation in these runs",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_ylabel("client test accuracy")
     ax.set_title("Per-client accuracy at the last federated evaluation")
     ax.grid(True, axis="y", alpha=0.3)
@@ -155,17 +177,26 @@ def write_plots(arms: Sequence[Arm], out_dir: Path) -> list[Plot]:
     plots = [Plot(key=k, title=t, path=out_dir / f"{k}.png") for k, t in PLOTS]
     by_key = {p.key: p.path for p in plots}
     _accuracy_figure(
-        arms, by_key["accuracy_vs_rounds"], x_of=lambda p: float(p.round), xlabel="round",
+        arms,
+        by_key["accuracy_vs_rounds"],
+        x_of=lambda p: float(p.round),
+        xlabel="round",
         title=titles["accuracy_vs_rounds"],
-    )  # fmt: skip
+    )
     _accuracy_figure(
-        arms, by_key["accuracy_vs_time"], x_of=lambda p: p.wall_seconds,
-        xlabel="wall-clock time (s)", title=titles["accuracy_vs_time"],
-    )  # fmt: skip
+        arms,
+        by_key["accuracy_vs_time"],
+        x_of=lambda p: p.wall_seconds,
+        xlabel="wall-clock time (s)",
+        title=titles["accuracy_vs_time"],
+    )
     _accuracy_figure(
-        arms, by_key["accuracy_vs_bytes"], x_of=lambda p: float(p.bytes_total),
-        xlabel="bytes communicated (up + down)", title=titles["accuracy_vs_bytes"],
+        arms,
+        by_key["accuracy_vs_bytes"],
+        x_of=lambda p: float(p.bytes_total),
+        xlabel="bytes communicated (up + down)",
+        title=titles["accuracy_vs_bytes"],
         bytes_axis=True,
-    )  # fmt: skip
+    )
     _client_figure(arms, by_key["client_accuracy"])
     return plots
