@@ -1,0 +1,794 @@
+"""Simulation on ``torch.distributed`` ranks: one resident model per rank, an all-reduce per round.
+
+Design (pfl-research / FLUTE style): K ranks each hold one resident model and the client store
+(rebuilt on every rank from the same small recipe, never shipped as tensors). Rank 0 runs the one
+run loop; for each round it broadcasts a fixed-size header, the cohort with each client's work
+fraction (decided on rank 0 by the ``participation`` hook, so system-heterogeneity draws happen
+once), and the broadcast message as one flat buffer per dtype (its structure is known on every
+rank from ``algorithm.broadcast(algorithm.init_state(params))``). Each rank runs its share of the
+cohort with :meth:`SerialExecutor.run_client` — the same code path as the serial executor — adds the
+updates in ascending client order into a local accumulator, and the partial accumulators meet in
+one ``all_reduce(SUM)`` over their leaves (the :class:`~fedkit.aggregate.WeightedMean` merge);
+aggregators whose merge is not a leaf-wise sum are gathered to rank 0 and folded with ``merge``.
+
+Work split: stateless algorithms balance each cohort greedily by ``num_examples × work`` (longest
+job first onto the least-loaded rank). Algorithms with client state (SCAFFOLD) run every client on
+its fixed owner rank (population balanced greedily by ``num_examples`` once), so a client's state
+stays with the rank that owns it. Errors on any rank surface on rank 0 as
+:class:`RemoteRankError` naming the rank and its message; the ranks stay in step and can be shut
+down cleanly.
+
+Two ways to start it:
+
+* ``executor = "processes"`` (:class:`ProcessExecutor`): this process is rank 0; ``K - 1`` worker
+  processes are spawned on first use over gloo on loopback.
+* ``torchrun`` (multi-node the same way): every rank builds the same store, model and algorithm
+  and a :class:`DistributedExecutor`; rank 0 calls :func:`fedkit.run.run` with it and then
+  :meth:`DistributedExecutor.shutdown`; the other ranks call :meth:`DistributedExecutor.serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import math
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from fedkit.aggregate import MeanAcc
+from fedkit.algorithm import Algorithm, ClientContext, ClientData, RoundInfo
+from fedkit.data.store import ClientStore
+from fedkit.evaluate import ClientEval, EvalResult, evaluate
+from fedkit.executor import ClientMetrics, RoundOutput
+from fedkit.params import (
+    Params,
+    load_params,
+    model_params,
+    tree_leaves,
+    tree_map,
+    tree_nbytes,
+    tree_unflatten,
+)
+from fedkit.sim.serial import Participation, SerialExecutor, full_participation
+
+if TYPE_CHECKING:
+    from fedkit.data.spec import DataSpec
+
+_HEADER = 8
+_MSG_LEN = 2000
+_CMD_EXECUTE, _CMD_EVALUATE, _CMD_STATE_GET, _CMD_STATE_LOAD, _CMD_SHUTDOWN = 1, 2, 3, 4, 5
+_METRIC_COLS = 7  # done, num_examples, steps, loss, work_fraction, seconds, bytes_up
+
+
+class RemoteRankError(RuntimeError):
+    """A rank failed while running its share; the message names the rank and its error."""
+
+
+def _store_from_spec(spec: DataSpec) -> ClientStore:
+    from fedkit.data.spec import build_federated
+
+    return ClientStore.from_federated(build_federated(spec))
+
+
+def store_recipe(
+    *, data_spec: DataSpec | None = None, store_fn: Callable[[], ClientStore] | None = None
+) -> Callable[[], ClientStore] | None:
+    """A picklable zero-argument function that rebuilds the client store on another rank."""
+    if data_spec is not None and store_fn is not None:
+        raise ValueError("give data_spec or store_fn, not both")
+    if data_spec is not None:
+        return functools.partial(_store_from_spec, data_spec)
+    return store_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Work assignment (identical on every rank: pure functions of the cohort and client sizes).
+
+
+def greedy_assign(work: Sequence[tuple[int, float]], ranks: int) -> list[list[int]]:
+    """Longest-processing-time-first assignment of ``(client_id, work)`` onto ``ranks`` bins.
+
+    Ties break by client id and then by rank index, so every rank computes the same answer. Each
+    bin is returned in ascending client order.
+    """
+    bins: list[list[int]] = [[] for _ in range(ranks)]
+    load = [0.0] * ranks
+    for cid, w in sorted(work, key=lambda t: (-t[1], t[0])):
+        r = min(range(ranks), key=lambda i: (load[i], i))
+        bins[r].append(cid)
+        load[r] += w
+    return [sorted(b) for b in bins]
+
+
+def owner_table(sizes: Sequence[int], ranks: int) -> Tensor:
+    """Fixed client → rank ownership for the whole population, balanced by ``sizes``."""
+    owner = torch.empty(len(sizes), dtype=torch.int64)
+    for r, b in enumerate(greedy_assign([(i, float(s)) for i, s in enumerate(sizes)], ranks)):
+        owner[b] = r
+    return owner
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat per-dtype buffers of a tree's leaves (one collective per dtype, not per tensor).
+
+
+def _pack(leaves: Sequence[Tensor]) -> dict[torch.dtype, Tensor]:
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for t in leaves:
+        groups.setdefault(t.dtype, []).append(t.reshape(-1))
+    return {d: torch.cat(ts) if len(ts) > 1 else ts[0].clone() for d, ts in groups.items()}
+
+
+def _unpack(like: Sequence[Tensor], bufs: dict[torch.dtype, Tensor]) -> list[Tensor]:
+    offsets = dict.fromkeys(bufs, 0)
+    out: list[Tensor] = []
+    for t in like:
+        o = offsets[t.dtype]
+        out.append(bufs[t.dtype][o : o + t.numel()].view(t.shape))
+        offsets[t.dtype] = o + t.numel()
+    return out
+
+
+def _encode(text: str) -> Tensor:
+    raw = text.encode("utf-8", "replace")[:_MSG_LEN]
+    out = torch.zeros(_MSG_LEN + 2, dtype=torch.int32)
+    out[0], out[1] = 1, len(raw)
+    if raw:
+        out[2 : 2 + len(raw)] = torch.tensor(list(raw), dtype=torch.int32)
+    return out
+
+
+def _decode(row: Tensor) -> str:
+    n = int(row[1])
+    return bytes(row[2 : 2 + n].tolist()).decode("utf-8", "replace")
+
+
+class DistributedExecutor:
+    """An executor whose cohort runs on all ranks of an initialised process group.
+
+    Every rank constructs one with the same store contents and an equivalent model. Rank 0 is the
+    executor the run loop uses; other ranks call :meth:`serve`. See the module docstring.
+    """
+
+    def __init__(
+        self,
+        store: ClientStore,
+        model: nn.Module,
+        *,
+        participation: Participation = full_participation,
+        eval_batch_size: int = 1000,
+    ) -> None:
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "DistributedExecutor needs an initialised torch.distributed process group "
+                "(launch with torchrun, or use executor='processes' to spawn ranks locally)"
+            )
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.store = store
+        self.model = model
+        self.participation = participation
+        self._serial = SerialExecutor(store, model, eval_batch_size=eval_batch_size)
+        self._owner = owner_table(
+            [store.num_examples(c) for c in range(store.num_clients)], self.world_size
+        )
+        self._algorithm: Algorithm[Any, Any, Any, Any] | None = None
+        self._msg_template: Any = None
+        self._acc_template: Any = None
+        self._stateful = False
+        self._closed = False
+
+    @property
+    def num_clients(self) -> int:
+        """Population size."""
+        return self.store.num_clients
+
+    # -- rank 0 API (the Executor protocol) ----------------------------------------------------
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        """Run ``cohort`` over all ranks and return the merged accumulator (rank 0 only)."""
+        self._require_rank0()
+        self._bind(algorithm)
+        ids = sorted(cohort)
+        fracs = []
+        for cid in ids:
+            f = self.participation(cid, info)
+            fracs.append(math.nan if f is None else float(f))
+        header = [_CMD_EXECUTE, info.round, info.seed, info.num_clients, info.cohort_size, len(ids)]
+        self._bcast_header(header)
+        cohort_t = torch.tensor(ids, dtype=torch.int64)
+        frac_t = torch.tensor(fracs, dtype=torch.float64)
+        dist.broadcast(cohort_t, 0)
+        dist.broadcast(frac_t, 0)
+        self._bcast_tree(msg)
+        acc, metrics, bytes_up = self._run_share(algorithm, msg, cohort_t, frac_t, info)
+        done: list[ClientMetrics] = []
+        dropped: list[int] = []
+        for i, cid in enumerate(ids):
+            row = metrics[i]
+            if row[0] < 0.5:
+                dropped.append(cid)
+                continue
+            done.append(
+                ClientMetrics(
+                    client_id=cid,
+                    num_examples=int(row[1]),
+                    steps=int(row[2]),
+                    train_loss=float(row[3]),
+                    work_fraction=float(row[4]),
+                    seconds=float(row[5]),
+                )
+            )
+        return RoundOutput(
+            accumulator=acc,
+            clients=tuple(done),
+            dropped=tuple(dropped),
+            bytes_down=tree_nbytes(msg) * len(ids),
+            bytes_up=bytes_up,
+        )
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Evaluate ``params`` on the listed clients' local test data, spread over the ranks."""
+        self._require_rank0()
+        ids = list(clients)
+        self._bcast_header([_CMD_EVALUATE, 0, 0, 0, 0, len(ids)])
+        ids_t = torch.tensor(ids, dtype=torch.int64)
+        dist.broadcast(ids_t, 0)
+        self._bcast_tree(params)
+        rows = self._eval_share(params, ids_t)
+        return [
+            ClientEval(
+                client_id=cid,
+                result=EvalResult(
+                    loss=float(rows[i, 1]),
+                    accuracy=float(rows[i, 2]),
+                    num_examples=int(rows[i, 3]),
+                ),
+            )
+            for i, cid in enumerate(ids)
+            if rows[i, 0] > 0.5
+        ]
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        """Every client's state, gathered from the ranks that own it."""
+        self._require_rank0()
+        self._bcast_header([_CMD_STATE_GET, 0, 0, 0, 0, 0])
+        return self._gather_states()
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        """Restore client states from a checkpoint; each rank keeps the clients it owns."""
+        self._require_rank0()
+        self._bcast_header([_CMD_STATE_LOAD, 0, 0, 0, 0, 0])
+        payload = st_save(dict(flat)) if flat else b""
+        size = torch.tensor([len(payload)], dtype=torch.int64)
+        dist.broadcast(size, 0)
+        buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else None
+        if buf is not None:
+            dist.broadcast(buf, 0)
+        self._load_states(payload, template)
+
+    def shutdown(self) -> None:
+        """Tell the other ranks to leave :meth:`serve` (rank 0; idempotent)."""
+        if self._closed or self.rank != 0:
+            return
+        self._closed = True
+        self._bcast_header([_CMD_SHUTDOWN, 0, 0, 0, 0, 0])
+
+    # -- other ranks ----------------------------------------------------------------------------
+
+    def serve(self, algorithm: Algorithm[Any, Any, Any, Any]) -> None:
+        """Worker loop of ranks ``> 0``: follow rank 0's commands until it shuts down."""
+        if self.rank == 0:
+            raise RuntimeError("serve() is for ranks > 0; rank 0 drives the run loop")
+        self._bind(algorithm)
+        while True:
+            header = torch.zeros(_HEADER, dtype=torch.int64)
+            dist.broadcast(header, 0)
+            cmd, n = int(header[0]), int(header[5])
+            if cmd == _CMD_SHUTDOWN:
+                return
+            if cmd == _CMD_EXECUTE:
+                info = RoundInfo(
+                    round=int(header[1]),
+                    seed=int(header[2]),
+                    num_clients=int(header[3]),
+                    cohort_size=int(header[4]),
+                )
+                cohort_t = torch.zeros(n, dtype=torch.int64)
+                frac_t = torch.zeros(n, dtype=torch.float64)
+                dist.broadcast(cohort_t, 0)
+                dist.broadcast(frac_t, 0)
+                msg = self._recv_tree(self._msg_template)
+                try:
+                    self._run_share(algorithm, msg, cohort_t, frac_t, info)
+                except RemoteRankError:
+                    continue  # rank 0 raises it; stay in step for the next command
+            elif cmd == _CMD_EVALUATE:
+                ids_t = torch.zeros(n, dtype=torch.int64)
+                dist.broadcast(ids_t, 0)
+                params = self._recv_tree(model_params(self.model))
+                try:
+                    self._eval_share(params, ids_t)
+                except RemoteRankError:
+                    continue
+            elif cmd == _CMD_STATE_GET:
+                self._gather_states()
+            elif cmd == _CMD_STATE_LOAD:
+                size = torch.zeros(1, dtype=torch.int64)
+                dist.broadcast(size, 0)
+                payload = b""
+                if int(size[0]) > 0:
+                    buf = torch.zeros(int(size[0]), dtype=torch.uint8)
+                    dist.broadcast(buf, 0)
+                    payload = buf.numpy().tobytes()
+                template = algorithm.client_state_template(model_params(self.model))
+                self._load_states(payload, template)
+            else:
+                raise RuntimeError(f"rank {self.rank}: unknown command {cmd} from rank 0")
+
+    # -- shared by all ranks ------------------------------------------------------------------
+
+    def _require_rank0(self) -> None:
+        if self.rank != 0:
+            raise RuntimeError(f"only rank 0 drives the executor (this is rank {self.rank})")
+        if self._closed:
+            raise RuntimeError("the distributed executor has been shut down")
+
+    def _bind(self, algorithm: Algorithm[Any, Any, Any, Any]) -> None:
+        if self._algorithm is not None:
+            if algorithm is not self._algorithm and algorithm != self._algorithm:
+                raise ValueError(
+                    "a distributed executor runs one algorithm (the other ranks were started "
+                    f"with {self._algorithm!r}); build a new executor for {algorithm!r}"
+                )
+            return
+        self._algorithm = algorithm
+        params = model_params(self.model)
+        info0 = RoundInfo(round=0, seed=0, num_clients=self.num_clients, cohort_size=1)
+        self._msg_template = algorithm.broadcast(algorithm.init_state(params), info0)
+        self._stateful = algorithm.client_state_template(params) is not None
+
+    def _bcast_header(self, values: Sequence[int]) -> None:
+        header = torch.zeros(_HEADER, dtype=torch.int64)
+        header[: len(values)] = torch.tensor(list(values), dtype=torch.int64)
+        dist.broadcast(header, 0)
+
+    def _bcast_tree(self, tree: Any) -> None:
+        for _, buf in sorted(_pack([t for _, t in tree_leaves(tree)]).items(), key=str):
+            dist.broadcast(buf, 0)
+
+    def _recv_tree(self, template: Any) -> Any:
+        paths_like = list(tree_leaves(template))
+        like = [t for _, t in paths_like]
+        bufs = {d: torch.empty_like(b) for d, b in _pack(like).items()}
+        for _, buf in sorted(bufs.items(), key=str):
+            dist.broadcast(buf, 0)
+        flat = {p: t for (p, _), t in zip(paths_like, _unpack(like, bufs), strict=True)}
+        return tree_unflatten(template, flat)
+
+    def _my_clients(self, ids: list[int], fracs: list[float]) -> list[int]:
+        live = [(c, f) for c, f in zip(ids, fracs, strict=True) if not math.isnan(f)]
+        if self._stateful:
+            return [c for c, _ in live if int(self._owner[c]) == self.rank]
+        work = [(c, float(max(self.store.num_examples(c), 1)) * f) for c, f in live]
+        return greedy_assign(work, self.world_size)[self.rank]
+
+    def _probe_acc(
+        self, algorithm: Algorithm[Any, Any, Any, Any], msg: Any, info: RoundInfo
+    ) -> Any:
+        """A zero accumulator shaped like this algorithm's (for ranks that ran no client).
+
+        Found once by running the client half on a single example of client 0 (its result and
+        state are discarded; the resident model is reloaded by every client anyway).
+        """
+        if self._acc_template is None:
+            d = self.store.data(0)
+            ctx = ClientContext(
+                client_id=0,
+                info=info,
+                model=self.model,
+                generator=torch.Generator().manual_seed(0),
+                work_fraction=1.0,
+            )
+            res = algorithm.client_update(ctx, msg, ClientData(d.x_train[:1], d.y_train[:1]), None)
+            agg = algorithm.aggregator()
+            self._acc_template = agg.zero(agg.prepare(res.update, res.weight))
+        return tree_map(torch.zeros_like, self._acc_template)
+
+    def _run_share(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort_t: Tensor,
+        frac_t: Tensor,
+        info: RoundInfo,
+    ) -> tuple[Any, Tensor, int]:
+        ids = cohort_t.tolist()
+        fracs = frac_t.tolist()
+        index = {c: i for i, c in enumerate(ids)}
+        metrics = torch.zeros(len(ids), _METRIC_COLS, dtype=torch.float64)
+        agg = algorithm.aggregator()
+        acc: Any = None
+        error = ""
+        try:
+            for cid in self._my_clients(ids, fracs):
+                update, weight, m = self._serial.run_client(
+                    algorithm, msg, cid, info, fracs[index[cid]]
+                )
+                acc = agg.add(agg.zero(update) if acc is None else acc, update, weight)
+                metrics[index[cid]] = torch.tensor(
+                    [
+                        1.0,
+                        m.num_examples,
+                        m.steps,
+                        m.train_loss,
+                        m.work_fraction,
+                        m.seconds,
+                        tree_nbytes(update),
+                    ],
+                    dtype=torch.float64,
+                )
+            if acc is None:
+                acc = self._probe_acc(algorithm, msg, info)
+                has = 0
+            else:
+                has = 1
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
+            has = 0
+        self._check_errors(error)
+        # Everybody is healthy: merge partial accumulators and metrics.
+        flags = torch.zeros(self.world_size, dtype=torch.int64)
+        flags[self.rank] = has
+        dist.all_reduce(flags)
+        dist.all_reduce(metrics)
+        leaves = [t for _, t in tree_leaves(acc)]
+        if isinstance(acc, MeanAcc):
+            bufs = _pack(leaves)
+            for _, buf in sorted(bufs.items(), key=str):
+                dist.all_reduce(buf)
+            merged = tree_unflatten(
+                acc,
+                {p: t for (p, _), t in zip(tree_leaves(acc), _unpack(leaves, bufs), strict=True)},
+            )
+        else:
+            merged = self._gather_merge(algorithm, acc, leaves, flags)
+        bytes_up = int(metrics[:, 6].sum())
+        return (merged if int(flags.sum()) > 0 else None), metrics, bytes_up
+
+    def _gather_merge(
+        self, algorithm: Algorithm[Any, Any, Any, Any], acc: Any, leaves: list[Tensor], has: Tensor
+    ) -> Any:
+        """Gather every rank's accumulator to rank 0 and fold them with ``merge`` in rank order."""
+        bufs = _pack(leaves)
+        gathered: dict[torch.dtype, list[Tensor]] = {}
+        for d, buf in sorted(bufs.items(), key=str):
+            out = (
+                [torch.empty_like(buf) for _ in range(self.world_size)] if self.rank == 0 else None
+            )
+            dist.gather(buf, out, dst=0)
+            if out is not None:
+                gathered[d] = out
+        if self.rank != 0:
+            return acc
+        agg = algorithm.aggregator()
+        paths = [p for p, _ in tree_leaves(acc)]
+        merged: Any = None
+        for r in range(self.world_size):
+            if int(has[r]) == 0:
+                continue
+            parts = _unpack(leaves, {d: g[r] for d, g in gathered.items()})
+            part = tree_unflatten(acc, dict(zip(paths, parts, strict=True)))
+            merged = part if merged is None else agg.merge(merged, part)
+        return merged
+
+    def _check_errors(self, error: str) -> None:
+        rows = torch.zeros(self.world_size, _MSG_LEN + 2, dtype=torch.int32)
+        if error:
+            rows[self.rank] = _encode(error)
+        dist.all_reduce(rows)
+        failed = [(r, _decode(rows[r])) for r in range(self.world_size) if rows[r, 0] > 0]
+        if failed:
+            text = "; ".join(f"rank {r}: {m}" for r, m in failed)
+            raise RemoteRankError(f"{len(failed)} rank(s) failed — {text}")
+
+    def _eval_share(self, params: Params, ids_t: Tensor) -> Tensor:
+        ids = ids_t.tolist()
+        rows = torch.zeros(len(ids), 4, dtype=torch.float64)
+        error = ""
+        try:
+            load_params(self.model, params)
+            for i, cid in enumerate(ids):
+                if i % self.world_size != self.rank:
+                    continue
+                d = self.store.data(cid)
+                if d.x_test is None or d.y_test is None or d.y_test.shape[0] == 0:
+                    continue
+                r = evaluate(
+                    self.model, d.x_test, d.y_test, batch_size=self._serial.eval_batch_size
+                )
+                rows[i] = torch.tensor([1.0, r.loss, r.accuracy, r.num_examples])
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        self._check_errors(error)
+        dist.all_reduce(rows)
+        return rows
+
+    def _gather_states(self) -> dict[str, Tensor]:
+        mine = self.store.state_tensors()
+        payload = st_save(mine) if mine else b""
+        sizes = torch.zeros(self.world_size, dtype=torch.int64)
+        sizes[self.rank] = len(payload)
+        dist.all_reduce(sizes)
+        width = max(int(sizes.max()), 1)
+        buf = torch.zeros(width, dtype=torch.uint8)
+        if payload:
+            buf[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        out = [torch.empty_like(buf) for _ in range(self.world_size)] if self.rank == 0 else None
+        dist.gather(buf, out, dst=0)
+        merged: dict[str, Tensor] = {}
+        if out is not None:
+            for r in range(self.world_size):
+                n = int(sizes[r])
+                if n:
+                    merged.update(st_load(out[r][:n].numpy().tobytes()))
+        return merged
+
+    def _load_states(self, payload: bytes, template: Any) -> None:
+        flat = st_load(payload) if payload else {}
+        mine = {
+            k: v for k, v in flat.items() if int(self._owner[int(k.partition("/")[0])]) == self.rank
+        }
+        if template is not None:
+            self.store.load_state_tensors(mine, template)
+
+
+# ---------------------------------------------------------------------------------------------
+# Locally spawned ranks (executor = "processes").
+
+
+def _worker(
+    index: int,
+    world_size: int,
+    init_file: str,
+    threads: int,
+    timeout_s: float,
+    algorithm: Algorithm[Any, Any, Any, Any],
+    model_fn: Callable[[], nn.Module],
+    store_fn: Callable[[], ClientStore],
+) -> None:
+    """Entry point of a spawned rank ``index + 1``: build store and model, then serve."""
+    torch.set_num_threads(threads)
+    rank = index + 1
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    try:
+        error = ""
+        ex: DistributedExecutor | None = None
+        try:
+            ex = DistributedExecutor(store_fn(), model_fn())
+        except Exception as exc:
+            error = f"{type(exc).__name__} while building rank {rank}: {exc}"
+        _startup_check(world_size, rank, error)
+        if ex is not None:
+            ex.serve(algorithm)
+    finally:
+        dist.destroy_process_group()
+
+
+def _startup_check(world_size: int, rank: int, error: str) -> None:
+    rows = torch.zeros(world_size, _MSG_LEN + 2, dtype=torch.int32)
+    if error:
+        rows[rank] = _encode(error)
+    dist.all_reduce(rows)
+    failed = [(r, _decode(rows[r])) for r in range(world_size) if rows[r, 0] > 0]
+    if failed:
+        raise RemoteRankError("; ".join(f"rank {r}: {m}" for r, m in failed))
+
+
+class ProcessExecutor:
+    """``executor = "processes"``: this process is rank 0 of ``world_size`` local gloo ranks.
+
+    The other ranks are spawned on the first :meth:`execute` (they need the algorithm, a small
+    frozen dataclass) and rebuild the client store with ``store_fn`` and the model with
+    ``model_fn`` — both must be picklable zero-argument callables (a ``functools.partial`` of a
+    module-level function, a :class:`~fedkit.sim.factory.ModelSpec`). Call :meth:`close` (or use
+    it as a context manager) to stop them.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: ClientStore,
+        model_fn: Callable[[], nn.Module],
+        store_fn: Callable[[], ClientStore] | None,
+        world_size: int = 2,
+        threads: int = 1,
+        participation: Participation = full_participation,
+        eval_batch_size: int = 1000,
+        timeout_s: float = 600.0,
+    ) -> None:
+        if world_size < 1:
+            raise ValueError(f"processes must be >= 1, got {world_size}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if world_size > 1 and store_fn is None:
+            raise ValueError(
+                "executor 'processes' needs data_spec (or store_fn) so that each rank can "
+                "rebuild the client data; tensors are not shipped between processes"
+            )
+        self.store = store
+        self.model_fn = model_fn
+        self.store_fn = store_fn
+        self.world_size = world_size
+        self.threads = threads
+        self.participation = participation
+        self.eval_batch_size = eval_batch_size
+        self.timeout_s = timeout_s
+        self._inner: DistributedExecutor | None = None
+        self._context: Any = None
+        self._init_file: str | None = None
+        self._pending_template: Any = None
+
+    @property
+    def num_clients(self) -> int:
+        """Population size."""
+        return self.store.num_clients
+
+    def _start(self, algorithm: Algorithm[Any, Any, Any, Any]) -> DistributedExecutor:
+        if self._inner is not None:
+            return self._inner
+        if dist.is_initialized():
+            raise RuntimeError(
+                "a torch.distributed process group already exists in this process; under "
+                "torchrun use DistributedExecutor instead of executor='processes'"
+            )
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        fd, path = tempfile.mkstemp(prefix="fedkit-dist-")
+        os.close(fd)
+        os.unlink(path)
+        self._init_file = path
+        if self.world_size > 1:
+            from torch.multiprocessing.spawn import start_processes
+
+            self._context = start_processes(  # type: ignore[no-untyped-call]
+                _worker,
+                args=(
+                    self.world_size,
+                    path,
+                    self.threads,
+                    self.timeout_s,
+                    algorithm,
+                    self.model_fn,
+                    self.store_fn,
+                ),
+                nprocs=self.world_size - 1,
+                join=False,
+                start_method="spawn",
+            )
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{path}",
+            rank=0,
+            world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=self.timeout_s),
+        )
+        error = ""
+        inner: DistributedExecutor | None = None
+        try:
+            inner = DistributedExecutor(
+                self.store,
+                self.model_fn(),
+                participation=self.participation,
+                eval_batch_size=self.eval_batch_size,
+            )
+        except Exception as exc:
+            error = f"{type(exc).__name__} while building rank 0: {exc}"
+        try:
+            _startup_check(self.world_size, 0, error)
+        except RemoteRankError:
+            self._teardown(join=True)
+            raise
+        assert inner is not None
+        self._inner = inner
+        if self._pending_template is not None:
+            inner.load_client_state_tensors(self.store.state_tensors(), self._pending_template)
+            self._pending_template = None
+        return inner
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        """Run ``cohort`` on all ranks (spawning them the first time)."""
+        inner = self._start(algorithm)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return inner.execute(algorithm, msg, cohort, info)
+        finally:
+            torch.set_num_threads(before)
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Federated evaluation over the ranks (in this process before the first round)."""
+        if self._inner is None:
+            return SerialExecutor(
+                self.store, self.model_fn(), eval_batch_size=self.eval_batch_size
+            ).evaluate(params, clients)
+        return self._inner.evaluate(params, clients)
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        """Client states gathered from their owner ranks."""
+        if self._inner is None:
+            return self.store.state_tensors()
+        return self._inner.client_state_tensors()
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        """Restore client states; before the ranks start they are kept here and handed to the
+        owner ranks when the ranks start."""
+        if self._inner is None:
+            self.store.load_state_tensors(flat, template)
+            self._pending_template = template
+            return
+        self._inner.load_client_state_tensors(flat, template)
+
+    def close(self) -> None:
+        """Shut the worker ranks down and destroy the process group (idempotent)."""
+        self._teardown(join=True)
+
+    def _teardown(self, *, join: bool) -> None:
+        if self._inner is not None:
+            try:
+                self._inner.shutdown()
+            finally:
+                self._inner = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if self._context is not None and join:
+            deadline = time.monotonic() + 30.0
+            while not self._context.join(timeout=max(deadline - time.monotonic(), 0.1)):
+                if time.monotonic() > deadline:
+                    for p in self._context.processes:
+                        if p.is_alive():
+                            p.terminate()
+                    break
+            self._context = None
+        if self._init_file is not None and os.path.exists(self._init_file):
+            os.unlink(self._init_file)
+        self._init_file = None
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_context", None) is not None:
+            with contextlib.suppress(Exception):  # best effort at interpreter exit
+                self._teardown(join=True)
