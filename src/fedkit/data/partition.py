@@ -11,9 +11,14 @@ Schemes (the papers that use them):
 - :func:`dirichlet` — label skew. ``method="hsu"`` (default) follows Hsu, Qi & Brown 2019
   ("Measuring the effects of non-identical data distribution"): every client gets the same number
   of samples, and client *i*'s label distribution is ``q_i ~ Dir(alpha * p)`` with ``p`` the global
-  label distribution; samples are drawn from ``q_i`` without replacement, renormalising over the
-  classes that still have samples (so the last clients absorb what is left). ``alpha -> inf``
-  gives IID, ``alpha -> 0`` one class per client. ``method="per_class"`` is the variant of
+  label distribution. Clients are filled in order, each drawing its samples without replacement
+  from what is left, a sample of class ``c`` with odds ``q_ic / p_c``: while the pool is full this
+  is exactly label distribution ``q_i``; as it drains, classes are used up evenly instead of
+  leaving the last clients an arbitrary remainder, and for ``alpha -> inf`` (``q_i = p``) it is
+  IID sampling. (Hsu et al. only say samples are drawn from ``q_i``; this is how we make that
+  well defined without replacement. When ``q_i`` has no mass left on the remaining classes it is
+  redrawn from ``Dir(alpha * p_left)``, which is what renormalising it would give in law.)
+  ``alpha -> 0`` gives one class per client. ``method="per_class"`` is the variant of
   Yurochkin et al. 2019 / Li et al. 2021 (NIID-Bench): for each class, the proportions over clients
   are drawn from ``Dir_K(alpha)``; client sizes then vary too, and the whole draw is repeated (up to
   ``max_tries`` times) until every client has at least ``min_size`` samples.
@@ -181,7 +186,7 @@ def dirichlet(
 
     Args:
         labels: 1-D integer class labels of the split.
-        num_clients: Number of clients, ``1 <= num_clients <= len(labels) // min_size``.
+        num_clients: Number of clients (>= 1); ``num_clients * min_size <= len(labels)``.
         alpha: Dirichlet concentration, ``alpha > 0`` (small: skewed; large: close to IID).
         seed: Seed (>= 0).
         min_size: Every client gets at least this many samples (>= 0). With ``"hsu"`` all clients
@@ -197,7 +202,12 @@ def dirichlet(
     n = int(y.shape[0])
     _check_int("len(labels)", n, 1)
     _check_int("min_size", min_size, 0)
-    _check_int("num_clients", num_clients, 1, n // max(min_size, 1))
+    _check_int("num_clients", num_clients, 1, n)
+    if num_clients * min_size > n:
+        raise ValueError(
+            f"num_clients * min_size must be <= len(labels) = {n}, got "
+            f"{num_clients} * {min_size} = {num_clients * min_size}"
+        )
     if not (isinstance(alpha, (int, float)) and np.isfinite(alpha) and alpha > 0):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     if method not in ("hsu", "per_class"):
@@ -225,9 +235,13 @@ def _hsu_counts(
         q = _dirichlet_draw(rng, alpha * prior)
         need = int(sizes[i])
         while need > 0:
-            w = q * (avail > 0)
-            if w.sum() <= 0.0:  # q's classes are used up: draw from what is left
-                w = avail.astype(np.float64)
+            w = q * avail / counts
+            if w.sum() <= 0.0:
+                # q's classes are used up (or q underflowed to them). Renormalising a Dirichlet
+                # vector over a subset of classes gives Dir(alpha * p_subset) (neutrality), so a
+                # fresh draw over the classes left is the same renormalisation, computed safely.
+                q = _dirichlet_draw(rng, alpha * prior * (avail > 0))
+                w = q * avail / counts
             drawn = rng.multinomial(need, w / w.sum())
             got = np.minimum(drawn, avail)
             take[i] += got
