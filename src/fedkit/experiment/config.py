@@ -1,0 +1,698 @@
+"""Experiment files: TOML parsed at the edge into typed, validated, frozen settings.
+
+An experiment file describes one run, or a *study* of several runs (arms and grids) that share a
+base. Everything is validated before anything runs or is written, with errors that name the key,
+the bad value and the allowed values; the library below only ever sees typed objects.
+
+Sections and keys (a contract — keys are only ever added, never renamed)::
+
+    [study]                    # optional
+    name = "quickstart"        # default: the file's stem
+    description = "..."
+
+    [data]                     # fedkit.data.spec.DataSpec (dataset, partition, num_clients,
+    dataset = "synthetic"      #   alpha, beta, shards_per_client, sigma, seed, options, ...)
+    partition = "natural"
+
+    [model]                    # name + the model builder's own keyword options
+    name = "logreg"
+
+    [algorithm]                # see AlgorithmSettings
+    name = "fedavg"            # fedsgd | fedavg | fedavgm | fedadam | fedyogi | fedadagrad |
+    clients_per_round = 10     #   fedprox | scaffold | centralized
+    local_epochs = 1
+    batch_size = 10
+    lr = 0.01
+
+    [run]                      # see RunSettings
+    rounds = 50
+    eval_every = 1
+    executor = "serial"        # serial | processes | vectorized
+    seed = 0
+    target_accuracy = 0.8
+
+    [parallel]                 # optional: a data-parallel run (fedkit.parallel.ParallelSpec);
+                               # [algorithm] and [run] rounds are then not used
+
+    [[arms]]                   # optional: one run per arm; every other key overrides the base
+    name = "fedprox"
+    algorithm.name = "fedprox"
+    algorithm.mu = 0.01
+
+    [grid]                     # optional: cartesian product over dotted keys (in every arm
+    "algorithm.local_epochs" = [1, 5]   # unless the arm has its own `grid`, `grid = {}` for none)
+
+Overrides from the command line (``--set algorithm.lr=0.05``) use the same dotted keys, are
+applied last (after arms and grids) and remove a grid axis over the same key. Values are TOML
+values (``3``, ``0.5``, ``true``, ``"x"``); a bare word is taken as a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import tomllib
+
+from fedkit.data.spec import DataSpec
+
+if TYPE_CHECKING:
+    from fedkit.parallel.spec import ParallelSpec
+
+__all__ = [
+    "ALGORITHMS",
+    "EXECUTORS",
+    "AlgorithmSettings",
+    "ConfigError",
+    "ExperimentConfig",
+    "ModelSettings",
+    "RunSettings",
+    "Study",
+    "apply_overrides",
+    "experiment_from_mapping",
+    "load_study",
+    "parse_overrides",
+    "study_from_mapping",
+]
+
+ALGORITHMS: tuple[str, ...] = (
+    "fedsgd",
+    "fedavg",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedprox",
+    "scaffold",
+    "centralized",
+)
+"""Names accepted by ``[algorithm] name``."""
+
+EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
+"""Names accepted by ``[run] executor``."""
+
+WEIGHTINGS: tuple[str, ...] = ("examples", "uniform")
+
+SECTIONS: tuple[str, ...] = ("data", "model", "algorithm", "run", "parallel")
+"""The sections of one experiment."""
+
+STUDY_KEYS: tuple[str, ...] = ("study", "arms", "grid")
+"""Top-level keys that describe a study rather than one experiment."""
+
+
+class ConfigError(ValueError):
+    """An experiment file or override is malformed or invalid; the message says where and why."""
+
+
+# -- small validators --------------------------------------------------------------------------
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def _int(key: str, v: object, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
+    if optional and v is None:
+        return
+    bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    if not _is_int(v) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]
+        raise ConfigError(f"{key} must be an int {bound}; got {v!r}")
+
+
+def _num(
+    key: str,
+    v: object,
+    lo: float,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    optional: bool = False,
+) -> None:
+    if optional and v is None:
+        return
+    f = float(v) if _is_num(v) else math.nan  # type: ignore[arg-type]
+    ok = not math.isnan(f) and (f > lo if lo_open else f >= lo)
+    if hi is not None:
+        ok = ok and (f < hi if hi_open else f <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        rng = f"> {lo}" if hi is None and lo_open else f">= {lo}"
+        if hi is not None:
+            rng = f"in {left}{lo}, {hi}{right}"
+        raise ConfigError(f"{key} must be a finite number {rng}; got {v!r}")
+
+
+def _choice(key: str, v: object, allowed: Sequence[str]) -> None:
+    if not isinstance(v, str) or v not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {v!r}")
+
+
+def _table(key: str, v: object) -> Mapping[str, Any]:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"[{key}] must be a table; got {v!r}")
+    return v
+
+
+def _build(cls: type[Any], section: str, table: Mapping[str, Any], *, floats: Sequence[str]) -> Any:
+    """Reject unknown keys of ``table``, widen ints to floats for ``floats``, construct ``cls``."""
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {section}.{unknown[0]} in [{section}]; allowed: {', '.join(allowed)}"
+        )
+    kwargs = dict(table)
+    for k in floats:
+        if _is_num(kwargs.get(k)):
+            kwargs[k] = float(kwargs[k])
+    return cls(**kwargs)
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """The ``[model]`` section: a model name from :mod:`fedkit.models` and its options.
+
+    Attributes:
+        name: Registered model name (``fedkit.models.model_names()``).
+        options: The builder's own keyword options (every other key of ``[model]``), checked
+            against the builder's signature.
+    """
+
+    name: str
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        from fedkit.models import MODELS, model_names
+
+        _choice("model.name", self.name, model_names())
+        params = inspect.signature(MODELS[self.name]).parameters.values()
+        allowed = sorted(
+            p.name
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY
+            and p.name not in ("num_classes", "input_shape")
+        )
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"unknown key model.{unknown[0]} for model {self.name!r}; allowed: "
+                f"name{', ' if allowed else ''}{', '.join(allowed)}"
+            )
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> ModelSettings:
+        """Validate a ``[model]`` table."""
+        table = _table("model", table)
+        if "name" not in table:
+            from fedkit.models import model_names
+
+            raise ConfigError(f"[model] needs 'name', one of {', '.join(model_names())}")
+        opts = {k: v for k, v in table.items() if k != "name"}
+        return cls(name=table["name"], options=opts)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """As a ``[model]`` table."""
+        return {"name": self.name, **dict(self.options)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AlgorithmSettings:
+    """The ``[algorithm]`` section. Keys an algorithm does not use are accepted and ignored (so
+    a study's arms can share a base), but every value is range-checked.
+
+    Attributes:
+        name: One of :data:`ALGORITHMS`.
+        clients_per_round: Cohort size (1 to the number of clients); unset with
+            ``client_fraction`` unset means every client.
+        client_fraction: McMahan's C: cohort = max(1, round(C · clients)), in (0, 1]; exclusive
+            with ``clients_per_round``.
+        local_epochs: Local passes over the client's data (>= 1).
+        local_steps: A fixed number of local steps instead of epochs (>= 1, optional).
+        batch_size: Local mini-batch size (>= 1; 0 = the full local dataset).
+        lr: Client learning rate (> 0); for ``fedsgd`` the server step size when ``server_lr``
+            is unset; for ``centralized`` the SGD learning rate.
+        momentum: Client heavy-ball momentum in [0, 1).
+        weight_decay: Client L2 coefficient (>= 0).
+        mu: FedProx proximal strength (>= 0; default 0.01).
+        server_lr: Server learning rate (> 0). Defaults: 1 for fedavg / fedavgm / fedprox /
+            scaffold, ``lr`` for fedsgd, 0.01 for fedadam / fedyogi / fedadagrad.
+        server_momentum: Server momentum in [0, 1) (fedavgm default 0.9; fedavg / fedprox /
+            scaffold default 0).
+        beta1: Adaptive server optimisers' first-moment decay in [0, 1).
+        beta2: Adaptive server optimisers' second-moment decay in [0, 1).
+        tau: Adaptive server optimisers' adaptivity τ (> 0).
+        weighting: Client weights, ``examples`` or ``uniform`` (default: the algorithm's own —
+            examples, uniform for SCAFFOLD).
+    """
+
+    name: str
+    clients_per_round: int | None = None
+    client_fraction: float | None = None
+    local_epochs: int = 1
+    local_steps: int | None = None
+    batch_size: int = 10
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    mu: float = 0.01
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    weighting: str | None = None
+
+    def __post_init__(self) -> None:
+        a = "algorithm."
+        _choice(a + "name", self.name, ALGORITHMS)
+        _int(a + "clients_per_round", self.clients_per_round, 1, optional=True)
+        _num(a + "client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True, optional=True)
+        if self.clients_per_round is not None and self.client_fraction is not None:
+            raise ConfigError(
+                "set one of algorithm.clients_per_round and algorithm.client_fraction, not both"
+            )
+        _int(a + "local_epochs", self.local_epochs, 1)
+        _int(a + "local_steps", self.local_steps, 1, optional=True)
+        _int(a + "batch_size", self.batch_size, 0)
+        _num(a + "lr", self.lr, 0.0, lo_open=True)
+        _num(a + "momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _num(a + "weight_decay", self.weight_decay, 0.0)
+        _num(a + "mu", self.mu, 0.0)
+        _num(a + "server_lr", self.server_lr, 0.0, lo_open=True, optional=True)
+        _num(a + "server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True, optional=True)
+        _num(a + "beta1", self.beta1, 0.0, 1.0, hi_open=True)
+        _num(a + "beta2", self.beta2, 0.0, 1.0, hi_open=True)
+        _num(a + "tau", self.tau, 0.0, lo_open=True)
+        if self.weighting is not None:
+            _choice(a + "weighting", self.weighting, WEIGHTINGS)
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> AlgorithmSettings:
+        """Validate an ``[algorithm]`` table."""
+        table = _table("algorithm", table)
+        if "name" not in table:
+            raise ConfigError(f"[algorithm] needs 'name', one of {', '.join(ALGORITHMS)}")
+        floats = (
+            "client_fraction",
+            "lr",
+            "momentum",
+            "weight_decay",
+            "mu",
+            "server_lr",
+            "server_momentum",
+            "beta1",
+            "beta2",
+            "tau",
+        )
+        result: AlgorithmSettings = _build(cls, "algorithm", table, floats=floats)
+        return result
+
+    def cohort_size(self, num_clients: int) -> int:
+        """The cohort size for a population of ``num_clients``.
+
+        Raises:
+            ConfigError: ``clients_per_round`` exceeds the population.
+        """
+        if self.clients_per_round is not None:
+            if self.clients_per_round > num_clients:
+                raise ConfigError(
+                    f"algorithm.clients_per_round must be in [1, {num_clients}] (the number of "
+                    f"clients); got {self.clients_per_round}"
+                )
+            return self.clients_per_round
+        if self.client_fraction is not None:
+            return max(1, min(num_clients, round(self.client_fraction * num_clients)))
+        return num_clients
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The ``[run]`` section.
+
+    Attributes:
+        rounds: Rounds to run (>= 1; epochs for ``centralized``). Required unless the
+            experiment is a ``[parallel]`` one.
+        eval_every: Centralised test evaluation every k rounds and after the last (0: never).
+        federated_eval_every: Per-client (federated) evaluation every k rounds and after the
+            last; 0 disables it; unset means after the last round only.
+        executor: ``serial``, ``processes`` or ``vectorized``.
+        processes: Ranks for the ``processes`` executor (>= 1).
+        threads: torch threads per process (>= 1).
+        seed: Root of every random draw of the run (model init, sampling, batch order).
+        target_accuracy: Test accuracy in [0, 1] whose first attainment gives
+            ``rounds_to_target``.
+    """
+
+    rounds: int | None = None
+    eval_every: int = 1
+    federated_eval_every: int | None = None
+    executor: str = "serial"
+    processes: int = 2
+    threads: int = 1
+    seed: int = 0
+    target_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        r = "run."
+        _int(r + "rounds", self.rounds, 1, optional=True)
+        _int(r + "eval_every", self.eval_every, 0)
+        _int(r + "federated_eval_every", self.federated_eval_every, 0, optional=True)
+        _choice(r + "executor", self.executor, EXECUTORS)
+        _int(r + "processes", self.processes, 1)
+        _int(r + "threads", self.threads, 1)
+        _int(r + "seed", self.seed, 0)
+        _num(r + "target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any]) -> RunSettings:
+        """Validate a ``[run]`` table."""
+        result: RunSettings = _build(cls, "run", _table("run", table), floats=("target_accuracy",))
+        return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """One fully resolved, validated run.
+
+    Attributes:
+        name: Run name (arm name, plus grid values for a grid point).
+        study: The study's name.
+        data: The ``[data]`` section.
+        model: The ``[model]`` section.
+        algorithm: The ``[algorithm]`` section (``None`` for a ``[parallel]`` run).
+        run: The ``[run]`` section.
+        parallel: The ``[parallel]`` section (a data-parallel run), or ``None``.
+        grid_point: The grid values (dotted key -> value) that produced this run.
+    """
+
+    name: str
+    study: str
+    data: DataSpec
+    model: ModelSettings
+    algorithm: AlgorithmSettings | None
+    run: RunSettings
+    parallel: ParallelSpec | None = None
+    grid_point: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The resolved config as plain JSON-ready tables (what the results store records)."""
+        out: dict[str, Any] = {
+            "data": self.data.to_mapping(),
+            "model": self.model.to_mapping(),
+            "run": _plain(dataclasses.asdict(self.run)),
+        }
+        if self.algorithm is not None:
+            out["algorithm"] = _plain(dataclasses.asdict(self.algorithm))
+        if self.parallel is not None:
+            out["parallel"] = _plain(dataclasses.asdict(self.parallel))
+        if self.grid_point:
+            out["grid_point"] = dict(self.grid_point)
+        return out
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop unset (``None``) values and turn tuples into lists."""
+    return {
+        k: list(v) if isinstance(v, tuple) else _plain(v) if isinstance(v, Mapping) else v
+        for k, v in d.items()
+        if v is not None
+    }
+
+
+def experiment_from_mapping(
+    doc: Mapping[str, Any],
+    *,
+    name: str,
+    study: str,
+    grid_point: Mapping[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Validate one experiment's sections (no ``arms``/``grid``) into an :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: A section or key is unknown, missing, of the wrong type or out of range.
+    """
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown section or key {unknown[0]!r}; allowed: {', '.join(SECTIONS + STUDY_KEYS)}"
+        )
+    for required in ("data", "model"):
+        if required not in doc:
+            raise ConfigError(f"missing section [{required}]")
+    try:
+        data = DataSpec.from_mapping(_table("data", doc["data"]))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
+    model = ModelSettings.from_mapping(doc["model"])
+    run = RunSettings.from_mapping(doc.get("run", {}))
+    parallel: ParallelSpec | None = None
+    algorithm: AlgorithmSettings | None = None
+    if "parallel" in doc:
+        from fedkit.parallel.spec import ParallelSpec
+
+        try:
+            parallel = ParallelSpec.from_mapping(_table("parallel", doc["parallel"]))
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e)) from e
+        if "algorithm" in doc:
+            algorithm = AlgorithmSettings.from_mapping(doc["algorithm"])
+    else:
+        if "algorithm" not in doc:
+            raise ConfigError(f"missing section [algorithm] (name: one of {', '.join(ALGORITHMS)})")
+        algorithm = AlgorithmSettings.from_mapping(doc["algorithm"])
+        if run.rounds is None:
+            raise ConfigError("missing key run.rounds (an int >= 1) in [run]")
+        if data.num_clients is not None and algorithm.name != "centralized":
+            algorithm.cohort_size(data.num_clients)
+    return ExperimentConfig(
+        name=name,
+        study=study,
+        data=data,
+        model=model,
+        algorithm=algorithm,
+        run=run,
+        parallel=parallel,
+        grid_point=dict(grid_point or {}),
+    )
+
+
+# -- studies -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Study:
+    """A validated study: its runs in the order they execute.
+
+    Attributes:
+        name: Study name (``[study] name`` or the file's stem).
+        description: Free text from ``[study] description``.
+        runs: One :class:`ExperimentConfig` per arm × grid point.
+    """
+
+    name: str
+    description: str
+    runs: tuple[ExperimentConfig, ...]
+
+
+def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(
+            f"override key {key!r} must be dotted, section.key (e.g. algorithm.lr); "
+            f"sections: {', '.join(SECTIONS)}"
+        )
+    if parts[0] not in SECTIONS:
+        raise ConfigError(
+            f"unknown section {parts[0]!r} in key {key!r}; allowed: {', '.join(SECTIONS)}"
+        )
+    node = doc
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key!r}: {p!r} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base`` (tables merge, values replace)."""
+    out: dict[str, Any] = {
+        k: _merge(v, {}) if isinstance(v, Mapping) else v for k, v in base.items()
+    }
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = _merge(v, {}) if isinstance(v, Mapping) else v
+    return out
+
+
+def _flatten_grid(grid: Mapping[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for k, v in grid.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_grid(v, key + "."))
+        elif isinstance(v, list) and v:
+            out[key] = v
+        else:
+            raise ConfigError(f"grid.{key} must be a non-empty list of values; got {v!r}")
+    return out
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` items into ``{dotted key: value}``.
+
+    Values are parsed as TOML values; a value that is not valid TOML (a bare word such as
+    ``mnist``) is taken as a string.
+
+    Raises:
+        ConfigError: An item has no ``=`` or an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value (e.g. run.rounds=5); got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        out[key] = value
+    return out
+
+
+def apply_overrides(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` with each dotted key of ``overrides`` set."""
+    out = _merge(doc, {})
+    for key, value in overrides.items():
+        _set_dotted(out, key, value)
+    return out
+
+
+def _grid_name(point: Mapping[str, Any]) -> str:
+    last = [k.rsplit(".", 1)[-1] for k in point]
+    keys = last if len(set(last)) == len(last) else list(point)
+    return ",".join(f"{k}={v}" for k, v in zip(keys, point.values(), strict=True))
+
+
+def study_from_mapping(
+    doc: Mapping[str, Any], *, default_name: str, overrides: Mapping[str, Any] | None = None
+) -> Study:
+    """Expand and validate a parsed experiment file (see module docstring).
+
+    Args:
+        doc: The parsed TOML document.
+        default_name: Study name when ``[study] name`` is absent (the file's stem).
+        overrides: Dotted-key overrides applied to every run last.
+
+    Raises:
+        ConfigError: Anything invalid, prefixed with the arm / grid point it concerns.
+    """
+    overrides = dict(overrides or {})
+    meta = dict(_table("study", doc.get("study", {})))
+    bad = sorted(set(meta) - {"name", "description"})
+    if bad:
+        raise ConfigError(f"unknown key study.{bad[0]} in [study]; allowed: name, description")
+    name = meta.get("name", default_name)
+    description = meta.get("description", "")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"study.name must be a non-empty string; got {name!r}")
+    if not isinstance(description, str):
+        raise ConfigError(f"study.description must be a string; got {description!r}")
+    for key in overrides:
+        _set_dotted({}, key, None)  # validates the key's shape and section
+    base = {k: v for k, v in doc.items() if k not in STUDY_KEYS}
+    base_grid = _flatten_grid(_table("grid", doc.get("grid", {})))
+    arms_raw = doc.get("arms")
+    if arms_raw is None:
+        arms: list[tuple[str, dict[str, Any], dict[str, list[Any]]]] = [(name, base, base_grid)]
+    else:
+        if not isinstance(arms_raw, list) or not arms_raw:
+            raise ConfigError("arms must be a non-empty array of tables ([[arms]] with a name)")
+        arms = []
+        seen: set[str] = set()
+        for i, arm in enumerate(arms_raw):
+            arm = _table(f"arms[{i}]", arm)
+            arm_name = arm.get("name")
+            if not isinstance(arm_name, str) or not arm_name:
+                raise ConfigError(f"arms[{i}] needs a non-empty string 'name'")
+            if arm_name in seen:
+                raise ConfigError(f"arm name {arm_name!r} is used twice; arm names must differ")
+            seen.add(arm_name)
+            body = {k: v for k, v in arm.items() if k not in ("name", "grid")}
+            extra = sorted(set(body) - set(SECTIONS))
+            if extra:
+                raise ConfigError(
+                    f"arm {arm_name!r}: unknown key {extra[0]!r}; an arm holds name, grid and "
+                    f"overrides of the sections {', '.join(SECTIONS)}"
+                )
+            grid = base_grid
+            if "grid" in arm:
+                grid = _flatten_grid(_table(f"arms[{i}].grid", arm["grid"]))
+            arms.append((arm_name, _merge(base, body), grid))
+    runs: list[ExperimentConfig] = []
+    for arm_name, arm_doc, grid in arms:
+        axes = {k: v for k, v in grid.items() if k not in overrides}
+        for values in itertools.product(*axes.values()):
+            point = dict(zip(axes, values, strict=True))
+            run_name = f"{arm_name}[{_grid_name(point)}]" if point else arm_name
+            try:
+                resolved = apply_overrides(apply_overrides(arm_doc, point), overrides)
+                runs.append(
+                    experiment_from_mapping(resolved, name=run_name, study=name, grid_point=point)
+                )
+            except ConfigError as e:
+                where = f"run {run_name!r}: " if len(arms) > 1 or point else ""
+                raise ConfigError(f"{where}{e}") from None
+    return Study(name=name, description=description, runs=tuple(runs))
+
+
+def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Study:
+    """Read, expand and validate an experiment file.
+
+    Args:
+        path: The TOML file.
+        overrides: ``--set`` items (``"key=value"`` strings) or an already parsed mapping.
+
+    Raises:
+        ConfigError: The file is missing, is not valid TOML (the message gives line and column)
+            or describes an invalid experiment; the message starts with the file's path.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read experiment file ({e.strerror or e})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    try:
+        parsed = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        return study_from_mapping(doc, default_name=p.stem, overrides=parsed)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None

@@ -1,0 +1,635 @@
+"""The experiment runner: a validated config in, core objects built, the run executed and recorded.
+
+:func:`run_experiment` builds the federated data (``build_federated`` → ``ClientStore``), the model
+(``fedkit.models`` via :class:`fedkit.sim.factory.ModelSpec`, initialised from
+``derive_seed(run.seed, 0, SERVER, "model-init")`` — the same initial model a deployment builds),
+the algorithm and the executor, then drives the one core run loop (:func:`fedkit.run.run`; for
+``centralized`` :func:`fedkit.centralized.train_centralized`, one epoch per round; for a
+``[parallel]`` experiment :func:`fedkit.parallel.run_parallel`). Callbacks update the progress bar
+and write every round (and its clients) to the results store.
+
+Everything that can be checked is checked before the run is inserted into the store: the config
+(already typed), the dataset files, the model and the cohort size. Once inserted, the run ends
+``completed`` with a :class:`~fedkit.experiment.results.RunSummary`, or — whatever happens,
+``KeyboardInterrupt`` included — ``failed`` with the error, leaving every other run intact.
+
+Algorithm names map to core objects as follows (server learning rate ``η_s = server_lr``)::
+
+    fedavg      FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
+    fedavgm     FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0.9))
+    fedadam     FedAvg(server=Adam(lr=η_s or 0.01, beta1, beta2, tau))   (fedyogi: Yogi,
+    fedadagrad  FedAvg(server=Adagrad(lr=η_s or 0.01, beta2, tau))        fedadagrad: Adagrad)
+    fedprox     FedProx(mu, server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
+    scaffold    Scaffold(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
+    fedsgd      FedSGD(server=SGD(lr=η_s or lr, momentum=server_momentum or 0))
+    centralized train_centralized(epochs=rounds, lr, batch_size, momentum, weight_decay)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
+from fedkit.centralized import train_centralized
+from fedkit.data.spec import FederatedData, build_federated
+from fedkit.data.store import ClientStore
+from fedkit.evaluate import ClientEval, Distribution
+from fedkit.executor import Executor, RoundOutput
+from fedkit.experiment.config import AlgorithmSettings, ConfigError, ExperimentConfig, Study
+from fedkit.experiment.progress import RunProgress
+from fedkit.experiment.results import (
+    ClientRow,
+    ResultsStore,
+    RoundRow,
+    RunSummary,
+    code_version,
+    environment,
+)
+from fedkit.local import LocalTraining
+from fedkit.params import Params, model_params, sha256
+from fedkit.rng import SERVER, derive_seed
+from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
+from fedkit.server_opt import SGD, Adagrad, Adam, ServerOptimizer, Yogi
+from fedkit.sim.factory import ModelSpec, build_executor
+from fedkit.sim.serial import SerialExecutor
+
+__all__ = [
+    "RunOutcome",
+    "build_algorithm",
+    "build_server_optimizer",
+    "local_training",
+    "model_init_seed",
+    "run_experiment",
+    "run_study",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    """How one run of a study ended.
+
+    Attributes:
+        run_id: Id in the results store.
+        name: Run name.
+        status: ``"completed"`` or ``"failed"``.
+        summary: The run's summary when completed.
+        error: The error (``Type: message``) when failed.
+    """
+
+    run_id: int
+    name: str
+    status: str
+    summary: RunSummary | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``fedkit run --json`` object: run id, name, status and every summary field."""
+        out: dict[str, Any] = {"run_id": self.run_id, "name": self.name, "status": self.status}
+        if self.summary is not None:
+            out.update(self.summary.to_dict())
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def model_init_seed(seed: int) -> int:
+    """The ``torch.manual_seed`` applied before building the initial model of run ``seed``."""
+    return derive_seed(seed, 0, SERVER, "model-init")
+
+
+def local_training(a: AlgorithmSettings) -> LocalTraining:
+    """Client optimiser settings of an ``[algorithm]`` section."""
+    return LocalTraining(
+        lr=a.lr,
+        epochs=a.local_epochs,
+        steps=a.local_steps,
+        batch_size=a.batch_size,
+        momentum=a.momentum,
+        weight_decay=a.weight_decay,
+    )
+
+
+def build_server_optimizer(a: AlgorithmSettings) -> ServerOptimizer:
+    """The server optimiser an algorithm name implies (see module docstring)."""
+    if a.name in ("fedadam", "fedyogi", "fedadagrad"):
+        lr = 1e-2 if a.server_lr is None else a.server_lr
+        if a.name == "fedadam":
+            return Adam(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
+        if a.name == "fedyogi":
+            return Yogi(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
+        return Adagrad(lr=lr, beta2=a.beta2, tau=a.tau)
+    default_lr = a.lr if a.name == "fedsgd" else 1.0
+    default_momentum = 0.9 if a.name == "fedavgm" else 0.0
+    return SGD(
+        lr=default_lr if a.server_lr is None else a.server_lr,
+        momentum=default_momentum if a.server_momentum is None else a.server_momentum,
+    )
+
+
+def build_algorithm(a: AlgorithmSettings) -> Algorithm[Any, Any, Any, Any]:
+    """The core algorithm object for a federated ``[algorithm]`` section.
+
+    Raises:
+        ConfigError: ``centralized`` (it is not a federated algorithm), or a value the core
+            rejects.
+    """
+    if a.name == "centralized":
+        raise ConfigError("algorithm.name = 'centralized' has no federated algorithm object")
+    kw: dict[str, Any] = {"server": build_server_optimizer(a)}
+    if a.weighting is not None:
+        kw["weighting"] = a.weighting
+    try:
+        if a.name == "fedsgd":
+            return FedSGD(**kw)
+        if a.name == "fedprox":
+            return FedProx(local=local_training(a), mu=a.mu, **kw)
+        if a.name == "scaffold":
+            return Scaffold(local=local_training(a), **kw)
+        return FedAvg(local=local_training(a), **kw)
+    except ValueError as e:
+        raise ConfigError(f"algorithm: {e}") from e
+
+
+# -- recording ---------------------------------------------------------------------------------
+
+
+class _EvalCapture:
+    """Delegates to an executor and keeps the per-client results of its last ``evaluate``."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+        self.evals: list[ClientEval] | None = None
+
+    @property
+    def num_clients(self) -> int:
+        return self.inner.num_clients
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        return self.inner.execute(algorithm, msg, cohort, info)
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        self.evals = self.inner.evaluate(params, clients)
+        return self.evals
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        return self.inner.client_state_tensors()
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        self.inner.load_client_state_tensors(flat, template)
+
+    def take(self) -> list[ClientEval] | None:
+        """The captured evaluations (once)."""
+        evals, self.evals = self.evals, None
+        return evals
+
+
+def _nan_to_none(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
+class _Recorder:
+    """Run-loop callback: writes rounds to the store, feeds the progress bar, tracks the summary."""
+
+    def __init__(
+        self,
+        store: ResultsStore,
+        run_id: int,
+        *,
+        total_rounds: int,
+        target: float | None,
+        progress: RunProgress,
+        federated_evals: Callable[[RoundRecord, Params], list[ClientEval] | None],
+    ) -> None:
+        self.store, self.run_id, self.total, self.target = store, run_id, total_rounds, target
+        self.progress = progress
+        self.federated_evals = federated_evals
+        self.rounds = 0
+        self.final_accuracy: float | None = None
+        self.final_loss: float | None = None
+        self.best_accuracy: float | None = None
+        self.rounds_to_target: int | None = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def __call__(self, record: RoundRecord, params: Params) -> None:
+        evals = self.federated_evals(record, params)
+        fed = record.federated
+        if evals is not None and fed is None:
+            fed = Distribution.of(evals)
+        acc = loss = None
+        if record.central is not None:
+            acc, loss = _nan_to_none(record.central.accuracy), _nan_to_none(record.central.loss)
+            self.final_accuracy, self.final_loss = acc, loss
+            if acc is not None:
+                self.best_accuracy = (
+                    acc if self.best_accuracy is None else max(self.best_accuracy, acc)
+                )
+                if self.target is not None and self.rounds_to_target is None and acc >= self.target:
+                    self.rounds_to_target = record.round + 1
+        rows: dict[int, ClientRow] = {}
+        for c in record.clients:
+            rows[c.client_id] = ClientRow(
+                round=record.round,
+                client_id=c.client_id,
+                trained=True,
+                num_examples=c.num_examples,
+                steps=c.steps,
+                train_loss=_nan_to_none(c.train_loss),
+                work_fraction=c.work_fraction,
+                seconds=c.seconds,
+            )
+        for e in evals or ():
+            base = rows.get(
+                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
+            )
+            rows[e.client_id] = dataclasses.replace(
+                base,
+                eval_examples=e.result.num_examples,
+                eval_loss=_nan_to_none(e.result.loss),
+                eval_accuracy=_nan_to_none(e.result.accuracy),
+            )
+        empty = fed is None or fed.is_empty()
+        self.store.add_round(
+            self.run_id,
+            RoundRow(
+                round=record.round,
+                train_loss=_nan_to_none(record.train_loss),
+                test_loss=loss,
+                test_accuracy=acc,
+                fed_mean=None if empty or fed is None else fed.mean,
+                fed_p10=None if empty or fed is None else fed.p10,
+                fed_var=None if empty or fed is None else fed.variance,
+                fed_min=None if empty or fed is None else fed.minimum,
+                fed_clients=None if fed is None else fed.clients,
+                cohort_size=len(record.cohort) if record.cohort else len(record.clients),
+                dropped=len(record.dropped),
+                bytes_up=record.bytes_up,
+                bytes_down=record.bytes_down,
+                wall_seconds=record.wall_seconds,
+                sim_seconds=record.sim_seconds,
+                committed=record.committed,
+            ),
+            [rows[k] for k in sorted(rows)],
+        )
+        self.rounds = record.round + 1
+        self.bytes_up += record.bytes_up
+        self.bytes_down += record.bytes_down
+        self.progress.update(self.rounds, loss=_nan_to_none(record.train_loss), accuracy=acc)
+
+    def summary(self, params: Params, wall_seconds: float) -> RunSummary:
+        return RunSummary(
+            rounds=self.rounds,
+            final_accuracy=self.final_accuracy,
+            best_accuracy=self.best_accuracy,
+            rounds_to_target=self.rounds_to_target,
+            target_accuracy=self.target,
+            wall_seconds=wall_seconds,
+            bytes_up=self.bytes_up,
+            bytes_down=self.bytes_down,
+            model_sha256=sha256(params),
+            final_loss=self.final_loss,
+        )
+
+
+def _due(every: int, r: int, rounds: int) -> bool:
+    return every > 0 and ((r + 1) % every == 0 or r + 1 == rounds)
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Built:
+    fd: FederatedData
+    store: ClientStore
+    model_spec: ModelSpec
+
+
+def _build(cfg: ExperimentConfig, data_root: Path | None) -> _Built:
+    fd = build_federated(cfg.data, root=data_root)
+    store = ClientStore.from_federated(fd)
+    spec = ModelSpec(
+        name=cfg.model.name,
+        num_classes=fd.dataset.num_classes,
+        input_shape=tuple(fd.dataset.input_shape),
+        options=dict(cfg.model.options),
+        init_seed=model_init_seed(cfg.run.seed),
+    )
+    try:
+        spec.build()
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    return _Built(fd=fd, store=store, model_spec=spec)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    results: ResultsStore,
+    *,
+    progress: RunProgress | None = None,
+    data_root: Path | None = None,
+) -> RunOutcome:
+    """Run one experiment and record it in ``results``.
+
+    Args:
+        cfg: The validated experiment.
+        results: Where the run is recorded.
+        progress: Progress display (none drawn when ``None``).
+        data_root: Data directory (default: ``FEDKIT_DATA`` / ``~/.cache/fedkit``).
+
+    Returns:
+        The outcome; a run that fails after it was recorded returns ``status="failed"``.
+
+    Raises:
+        ConfigError: The experiment cannot run (e.g. cohort larger than the population,
+            unknown model option); nothing is recorded.
+        fedkit.data.datasets.FedkitDataError: A dataset file is missing or corrupt; nothing is
+            recorded.
+        KeyboardInterrupt: After marking the run failed.
+    """
+    progress = progress or RunProgress(enabled=False)
+    t0 = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.run.threads)
+    try:
+        if cfg.parallel is not None:
+            return _run_parallel(cfg, results, progress, data_root, t0)
+        return _run_federated(cfg, results, progress, data_root, t0)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _start(results: ResultsStore, cfg: ExperimentConfig) -> int:
+    return results.start_run(
+        name=cfg.name,
+        study=cfg.study,
+        config=cfg.to_mapping(),
+        code=code_version(),
+        env=environment(threads=cfg.run.threads),
+    )
+
+
+def _run_federated(
+    cfg: ExperimentConfig,
+    results: ResultsStore,
+    progress: RunProgress,
+    data_root: Path | None,
+    t0: float,
+) -> RunOutcome:
+    a = cfg.algorithm
+    rounds = cfg.run.rounds
+    assert a is not None and rounds is not None  # validated by experiment_from_mapping
+    built = _build(cfg, data_root)
+    store, spec = built.store, built.model_spec
+    fed_every = cfg.run.federated_eval_every
+    if fed_every is None:
+        fed_every = rounds if store.has_test_data() else 0
+    test = built.fd.dataset.test
+    evaluator = central_evaluator(spec.build(), test.x, test.y)
+    centralized = a.name == "centralized"
+    executor: Any = None
+    capture: _EvalCapture | None = None
+    if not centralized:
+        algorithm = build_algorithm(a)
+        cohort = a.cohort_size(store.num_clients)
+        try:
+            executor = build_executor(
+                cfg.run.executor,
+                store=store,
+                model_fn=spec,
+                processes=cfg.run.processes,
+                threads=cfg.run.threads,
+                data_spec=cfg.data,
+                model_spec=spec,
+            )
+        except ImportError as e:
+            raise ConfigError(
+                f"run.executor = {cfg.run.executor!r} is not available in this installation "
+                f"({e}); use run.executor = 'serial'"
+            ) from e
+        capture = _EvalCapture(executor)
+    fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
+
+    def federated_evals(record: RoundRecord, params: Params) -> list[ClientEval] | None:
+        if capture is not None:
+            return capture.take() if record.federated is not None else None
+        if fed_scorer is not None and _due(fed_every, record.round, rounds):
+            return fed_scorer.evaluate(params, range(store.num_clients))
+        return None
+
+    run_id = _start(results, cfg)
+    recorder = _Recorder(
+        results,
+        run_id,
+        total_rounds=rounds,
+        target=cfg.run.target_accuracy,
+        progress=progress,
+        federated_evals=federated_evals,
+    )
+    progress.start_run(cfg.name, rounds)
+    status = "failed"
+    try:
+        if centralized:
+            model = spec.build()
+            final = train_centralized(
+                model,
+                store,
+                local_training(a),
+                epochs=rounds,
+                seed=cfg.run.seed,
+                evaluator=evaluator,
+                eval_every=cfg.run.eval_every,
+                federated_eval=False,
+                callbacks=[recorder],
+            ).params
+        else:
+            assert capture is not None
+            final = run(
+                algorithm,
+                capture,
+                model_params(spec.build()),
+                RunConfig(
+                    rounds=rounds,
+                    clients_per_round=cohort,
+                    seed=cfg.run.seed,
+                    eval_every=cfg.run.eval_every,
+                    federated_eval_every=fed_every,
+                ),
+                evaluator=evaluator,
+                callbacks=[recorder],
+            ).params
+        summary = recorder.summary(final, time.perf_counter() - t0)
+        results.finish_run(run_id, summary)
+        status = "completed"
+        return RunOutcome(run_id=run_id, name=cfg.name, status=status, summary=summary)
+    except Exception as e:
+        error = _describe(e)
+        results.fail_run(run_id, error + "\n" + traceback.format_exc(limit=20))
+        return RunOutcome(run_id=run_id, name=cfg.name, status="failed", error=error)
+    except BaseException as e:
+        results.fail_run(run_id, _describe(e) or type(e).__name__)
+        raise
+    finally:
+        progress.end_run(status)
+        close = getattr(executor, "close", None)
+        if callable(close):
+            close()
+
+
+@dataclasses.dataclass
+class _Tally:
+    """Running totals of a data-parallel run's evaluation points."""
+
+    t: float
+    i: int = 0
+    bytes: float = 0.0
+    sim: float = 0.0
+
+
+def _run_parallel(
+    cfg: ExperimentConfig,
+    results: ResultsStore,
+    progress: RunProgress,
+    data_root: Path | None,
+    t0: float,
+) -> RunOutcome:
+    """A ``[parallel]`` experiment: data-parallel training on the whole dataset."""
+    from fedkit.data.datasets import load_dataset
+    from fedkit.parallel import run_parallel
+    from fedkit.parallel.result import EvalPoint
+
+    spec = cfg.parallel
+    assert spec is not None
+    ds = load_dataset(cfg.data.dataset, root=data_root, **cfg.data.dataset_options())
+    model_spec = ModelSpec(
+        name=cfg.model.name,
+        num_classes=ds.num_classes,
+        input_shape=tuple(ds.input_shape),
+        options=dict(cfg.model.options),
+        init_seed=spec.seed,
+    )
+    try:
+        model_spec.build()
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from e
+    expected = max(1, spec.sample_budget // max(1, spec.eval_every_samples))
+    run_id = _start(results, cfg)
+    progress.start_run(cfg.name, expected)
+    state = _Tally(t=time.perf_counter())
+    accs: list[float] = []
+    target = cfg.run.target_accuracy
+    reached: list[int] = []
+
+    def on_point(p: EvalPoint) -> None:
+        i = state.i
+        now = time.perf_counter()
+        sent = p.bytes_per_worker * spec.workers
+        step_bytes = round(sent - state.bytes)
+        results.add_round(
+            run_id,
+            RoundRow(
+                round=i,
+                train_loss=_nan_to_none(p.train_loss),
+                test_loss=_nan_to_none(p.test_loss),
+                test_accuracy=_nan_to_none(p.test_accuracy),
+                fed_mean=None,
+                fed_p10=None,
+                fed_var=None,
+                fed_min=None,
+                fed_clients=None,
+                cohort_size=spec.workers,
+                dropped=0,
+                bytes_up=step_bytes,
+                bytes_down=step_bytes,
+                wall_seconds=now - state.t,
+                sim_seconds=p.sim_seconds - state.sim,
+                committed=True,
+            ),
+        )
+        if not math.isnan(p.test_accuracy):
+            accs.append(p.test_accuracy)
+            if target is not None and not reached and p.test_accuracy >= target:
+                reached.append(i + 1)
+        state.i, state.bytes, state.sim, state.t = i + 1, sent, p.sim_seconds, now
+        progress.update(
+            i + 1, loss=_nan_to_none(p.train_loss), accuracy=_nan_to_none(p.test_accuracy)
+        )
+
+    status = "failed"
+    try:
+        result = run_parallel(spec, ds, model_spec, callback=on_point)
+        last = result.history[-1] if result.history else None
+        total = round(state.bytes)
+        summary = RunSummary(
+            rounds=state.i,
+            final_accuracy=None if last is None else _nan_to_none(last.test_accuracy),
+            best_accuracy=max(accs) if accs else None,
+            rounds_to_target=reached[0] if reached else None,
+            target_accuracy=target,
+            wall_seconds=time.perf_counter() - t0,
+            bytes_up=total,
+            bytes_down=total,
+            model_sha256=sha256(result.final_params),
+            final_loss=None if last is None else _nan_to_none(last.test_loss),
+        )
+        results.finish_run(run_id, summary)
+        status = "completed"
+        return RunOutcome(run_id=run_id, name=cfg.name, status=status, summary=summary)
+    except Exception as e:
+        error = _describe(e)
+        results.fail_run(run_id, error + "\n" + traceback.format_exc(limit=20))
+        return RunOutcome(run_id=run_id, name=cfg.name, status="failed", error=error)
+    except BaseException as e:
+        results.fail_run(run_id, _describe(e) or type(e).__name__)
+        raise
+    finally:
+        progress.end_run(status)
+
+
+def run_study(
+    study: Study,
+    results: ResultsStore,
+    *,
+    progress: RunProgress | None = None,
+    data_root: Path | None = None,
+    on_outcome: Callable[[RunOutcome], None] | None = None,
+) -> list[RunOutcome]:
+    """Run every run of ``study`` one after another, recording each in ``results``.
+
+    A run that fails is marked failed and the study goes on; a run that cannot start
+    (:class:`ConfigError`, missing dataset) stops the study with that error.
+
+    Args:
+        study: The validated study.
+        results: The results store.
+        progress: Progress display.
+        data_root: Data directory.
+        on_outcome: Called after each run (e.g. to print its ``--json`` line).
+    """
+    outcomes: list[RunOutcome] = []
+    for cfg in study.runs:
+        outcome = run_experiment(cfg, results, progress=progress, data_root=data_root)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
