@@ -26,6 +26,11 @@ def _mount() -> None:
 
     app.add_typer(data_app, name="data", help="Inspect datasets and federated partitions.")
 
+    from fedkit.experiment.cli import run, runs_app
+
+    app.command("run")(run)
+    app.add_typer(runs_app, name="runs", help="List, show and export recorded runs.")
+
     from fedkit.experiment.report_cli import report
 
     app.command("report")(report)

@@ -1,0 +1,307 @@
+"""``fedkit run FILE`` and ``fedkit runs list|show|export``: run experiments, browse their results.
+
+``fedkit run FILE [--set key=value]… [--out DIR] [--json]`` validates the whole file (every arm and
+grid point) first — an invalid file exits with status 2 and writes nothing — then runs each run in
+turn with a progress bar on standard error, recording it in ``DIR/results.sqlite`` (default
+``runs/``). With ``--json``, standard output carries one JSON object per run, one per line, as each
+run ends (so for a single run the final line is its object): ``run_id``, ``name``, ``status``,
+``rounds``, ``final_accuracy``, ``best_accuracy``, ``rounds_to_target`` (null when not reached),
+``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down``, ``model_sha256``,
+``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run completed, 1 when
+a run failed, 2 when the file or a dataset could not be used.
+
+``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
+output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedkit.experiment.config import ConfigError, load_study
+from fedkit.experiment.results import ResultsStore, RunRow, results_path
+
+__all__ = ["DEFAULT_OUT", "run", "runs_app"]
+
+DEFAULT_OUT = Path("runs")
+"""Default output directory of ``fedkit run`` and of the ``runs`` commands."""
+
+_err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code=code)
+
+
+def run(
+    file: Annotated[Path, typer.Argument(help="Experiment or study file (TOML).", metavar="FILE")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="Override a key, e.g. --set algorithm.lr=0.05 (repeatable; applied last).",
+            metavar="KEY=VALUE",
+        ),
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (holds results.sqlite).")
+    ] = DEFAULT_OUT,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per run on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data", help="Data directory (default: $FEDKIT_DATA or ~/.cache/fedkit)."),
+    ] = None,
+) -> None:
+    """Run an experiment file (every arm and grid point) and record it in OUT/results.sqlite."""
+    from fedkit.data.datasets import FedkitDataError
+    from fedkit.experiment.progress import RunProgress
+    from fedkit.experiment.runner import RunOutcome, run_study
+
+    try:
+        study = load_study(file, set_ or [])
+    except ConfigError as e:
+        raise _fail(str(e), 2) from None
+    store = ResultsStore(results_path(out))
+
+    def report(outcome: RunOutcome) -> None:
+        if as_json:
+            typer.echo(json.dumps(outcome.to_json()))
+            sys.stdout.flush()
+        s = outcome.summary
+        if s is not None:
+            acc = "—" if s.final_accuracy is None else f"{s.final_accuracy:.4f}"
+            _err.print(
+                f"run {outcome.run_id} {outcome.name}: completed, {s.rounds} rounds, "
+                f"final accuracy {acc}, {s.wall_seconds:.1f} s",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            _err.print(
+                f"run {outcome.run_id} {outcome.name}: failed: {outcome.error}",
+                markup=False,
+                highlight=False,
+            )
+
+    try:
+        with RunProgress(enabled=not quiet, console=_err) as progress:
+            outcomes = run_study(
+                study, store, progress=progress, data_root=data_root, on_outcome=report
+            )
+    except ConfigError as e:
+        raise _fail(f"{file}: {e}", 2) from None
+    except FedkitDataError as e:
+        raise _fail(str(e), 2) from None
+    finally:
+        store.close()
+    _err.print(f"results: {results_path(out)}", markup=False, highlight=False)
+    if any(o.status != "completed" for o in outcomes):
+        raise typer.Exit(code=1)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+runs_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="List, show and export recorded runs."
+)
+
+RunsDir = Annotated[
+    Path,
+    typer.Option("--runs", "--out", "-o", help="Output directory holding results.sqlite."),
+]
+
+
+def _open(runs_dir: Path) -> ResultsStore:
+    try:
+        return ResultsStore(results_path(runs_dir), create=False)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise _fail(str(e), 2) from None
+
+
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+@runs_app.command("list")
+def list_runs(
+    runs_dir: RunsDir = DEFAULT_OUT,
+    study: Annotated[str | None, typer.Option("--study", help="Only this study's runs.")] = None,
+) -> None:
+    """A table of the runs in an output directory."""
+    with _open(runs_dir) as store:
+        rows = store.runs(study=study)
+    table = Table(title=str(results_path(runs_dir)))
+    for col in ("id", "study", "name", "status", "rounds", "final acc", "best acc", "to target"):
+        table.add_column(col)
+    table.add_column("wall s", justify="right")
+    for r in rows:
+        s = r.summary
+        table.add_row(
+            str(r.id),
+            r.study or "",
+            r.name,
+            r.status,
+            "" if s is None else str(s.rounds),
+            "" if s is None else _fmt(s.final_accuracy),
+            "" if s is None else _fmt(s.best_accuracy),
+            "" if s is None or s.rounds_to_target is None else str(s.rounds_to_target),
+            "" if s is None else f"{s.wall_seconds:.1f}",
+        )
+    Console().print(table)
+
+
+def _run_dict(r: RunRow) -> dict[str, Any]:
+    d = dataclasses.asdict(r)
+    d["summary"] = None if r.summary is None else r.summary.to_dict()
+    return d
+
+
+@runs_app.command("show")
+def show_run(
+    run_id: Annotated[int, typer.Argument(help="Run id (see `fedkit runs list`).", metavar="RUN")],
+    runs_dir: RunsDir = DEFAULT_OUT,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The run, its rounds and clients as JSON.")
+    ] = False,
+) -> None:
+    """One run: config, environment, summary and per-round metrics."""
+    with _open(runs_dir) as store:
+        try:
+            r = store.run(run_id)
+        except KeyError as e:
+            raise _fail(str(e.args[0]), 2) from None
+        rounds = store.rounds(run_id)
+        clients = store.clients(run_id) if as_json else []
+    if as_json:
+        d = _run_dict(r)
+        d["rounds"] = [dataclasses.asdict(x) for x in rounds]
+        d["clients"] = [dataclasses.asdict(x) for x in clients]
+        typer.echo(json.dumps(d, indent=2))
+        return
+    con = Console()
+    con.print(f"[bold]run {r.id}[/bold] {r.name}  study={r.study}  status={r.status}", markup=True)
+    con.print(f"started {r.started}  ended {r.ended}  code {r.code_version}", markup=False)
+    con.print("environment: " + json.dumps(r.environment), markup=False)
+    con.print("config: " + json.dumps(r.config), markup=False)
+    if r.summary is not None:
+        con.print("summary: " + json.dumps(r.summary.to_dict()), markup=False)
+    if r.error:
+        con.print("error: " + r.error, markup=False)
+    table = Table()
+    for col in ("round", "train loss", "test loss", "test acc", "fed mean", "fed p10"):
+        table.add_column(col, justify="right")
+    for col in ("bytes up", "bytes down", "wall s"):
+        table.add_column(col, justify="right")
+    for x in rounds:
+        table.add_row(
+            str(x.round),
+            _fmt(x.train_loss),
+            _fmt(x.test_loss),
+            _fmt(x.test_accuracy),
+            _fmt(x.fed_mean),
+            _fmt(x.fed_p10),
+            str(x.bytes_up),
+            str(x.bytes_down),
+            f"{x.wall_seconds:.3f}",
+        )
+    con.print(table)
+
+
+class ExportFormat(str, Enum):
+    """Formats of ``fedkit runs export``."""
+
+    csv = "csv"
+    json = "json"
+
+
+class ExportTable(str, Enum):
+    """What ``fedkit runs export`` writes."""
+
+    runs = "runs"
+    rounds = "rounds"
+    clients = "clients"
+
+
+def _flat_run(r: RunRow) -> dict[str, Any]:
+    """A run as one flat CSV row (summary fields inlined, config and environment as JSON)."""
+    d: dict[str, Any] = {
+        "run_id": r.id,
+        "name": r.name,
+        "study": r.study,
+        "status": r.status,
+        "code_version": r.code_version,
+        "started": r.started,
+        "ended": r.ended,
+    }
+    summary = r.summary.to_dict() if r.summary is not None else {}
+    from fedkit.experiment.results import RunSummary
+
+    for f in dataclasses.fields(RunSummary):
+        d[f.name] = summary.get(f.name)
+    d["config"] = json.dumps(r.config, sort_keys=True)
+    d["environment"] = json.dumps(r.environment, sort_keys=True)
+    d["error"] = r.error
+    return d
+
+
+@runs_app.command("export")
+def export_runs(
+    runs_dir: RunsDir = DEFAULT_OUT,
+    fmt: Annotated[
+        ExportFormat, typer.Option("--format", "-f", help="csv or json.")
+    ] = ExportFormat.csv,
+    table: Annotated[
+        ExportTable, typer.Option("--table", "-t", help="runs, rounds or clients.")
+    ] = ExportTable.runs,
+    study: Annotated[str | None, typer.Option("--study", help="Only this study's runs.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write here instead of standard output.")
+    ] = None,
+) -> None:
+    """Export runs (or every run's rounds or clients) as CSV or JSON."""
+    with _open(runs_dir) as store:
+        runs = store.runs(study=study)
+        records: list[dict[str, Any]] = []
+        for r in runs:
+            if table is ExportTable.runs:
+                records.append(_flat_run(r) if fmt is ExportFormat.csv else _run_dict(r))
+            elif table is ExportTable.rounds:
+                records += [
+                    {"run_id": r.id, "name": r.name, **dataclasses.asdict(x)}
+                    for x in store.rounds(r.id)
+                ]
+            else:
+                records += [
+                    {"run_id": r.id, "name": r.name, **dataclasses.asdict(x)}
+                    for x in store.clients(r.id)
+                ]
+    if fmt is ExportFormat.json:
+        text = json.dumps(records, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        if records:
+            writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+        text = buf.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        _err.print(f"wrote {len(records)} rows to {output}", markup=False, highlight=False)
