@@ -85,7 +85,7 @@ def lr_at(
         decays_skipped: milestones already turned into batch growth instead of LR decay.
     """
     if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return base_lr * ((step + 1) / warmup_steps)
     if schedule == "cosine":
         progress = min(1.0, samples_seen / sample_budget)
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -92,7 +92,8 @@ class ParallelSpec:
         trust_coefficient: LARS trust coefficient η.
         lr_warmup_steps: linear LR warm-up length in steps (Goyal et al. 2017).
         lr_warmup_epochs: the same, in epochs of the training set (added to the steps).
-        lr_schedule: LR shape after warm-up.
+        lr_schedule: LR shape after warm-up (``adaptive_batch`` always uses ``step``: its
+            milestones grow the batch, and decay the LR only once the batch is capped).
         lr_milestones: fractions of the sample budget where ``step`` decays the LR (and where
             ``adaptive_batch`` grows the batch instead).
         lr_decay: factor applied at each milestone (the batch grows by ``1 / lr_decay``).

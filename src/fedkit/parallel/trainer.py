@@ -204,7 +204,7 @@ def train_sync_family(
             samples,
             base_lr=spec.lr,
             warmup_steps=warmup,
-            schedule=spec.lr_schedule,
+            schedule="step" if spec.method == "adaptive_batch" else spec.lr_schedule,
             sample_budget=spec.sample_budget,
             sample_milestones=milestones,
             decay=spec.lr_decay,
