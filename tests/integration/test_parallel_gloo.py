@@ -1,4 +1,4 @@
-"""Replicas mode == gloo mode (real torch.distributed ranks on 127.0.0.1), and async PS over ranks."""
+"""Replicas mode == gloo mode (real gloo ranks on 127.0.0.1), and async PS over real ranks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every data-parallel method trains a tiny model on learnable blobs; adaptivity and async behave."""
+"""Every data-parallel method learns tiny blobs; adaptive H/batch and async behave as specified."""
 
 from __future__ import annotations
 

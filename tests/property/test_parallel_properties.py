@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -83,7 +84,7 @@ def test_warmup_is_increasing_and_reaches_base(warmup: int, base: float) -> None
         lr_at(t, 0, base_lr=base, warmup_steps=warmup, schedule="constant", sample_budget=1)
         for t in range(warmup + 3)
     ]
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(lrs[:warmup]))
     assert lrs[warmup - 1] == base and lrs[-1] == base
 
 
