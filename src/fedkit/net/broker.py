@@ -111,6 +111,7 @@ class Broker:
         self._round: _Round | None = None
         self._last_round = -1
         self._shutdown = False
+        self._told_to_stop: set[str] = set()
         self._result_check: ResultCheck | None = None
         self._counter = 0
         self.rejections: list[tuple[str, ErrorCode]] = []
@@ -208,6 +209,8 @@ class Broker:
                 except NetError as err:
                     raise self._reject("get_task", err) from None
                 if self._shutdown:
+                    self._told_to_stop.add(rec.worker_id)
+                    self._lock.notify_all()
                     return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.SHUTDOWN), []
                 rnd = self._round
                 task = None if rnd is None or rnd.closed else rnd.tasks.get(rec.client_id)
@@ -372,11 +375,19 @@ class Broker:
             self._result_check = None
             return dict(rnd.results)
 
-    def shutdown(self) -> None:
-        """Tell every polling worker the run is over."""
+    def shutdown(self, grace_s: float = 0.0) -> None:
+        """Tell every polling worker the run is over; wait up to ``grace_s`` until every live
+        worker has been told."""
+        end = time.monotonic() + grace_s
         with self._lock:
             self._shutdown = True
             self._lock.notify_all()
+            while True:
+                now = time.monotonic()
+                live = {w for w, r in self._workers.items() if now - r.last_seen <= self.liveness_s}
+                if live <= self._told_to_stop or now >= end:
+                    return
+                self._lock.wait(min(end - now, 0.25))
 
 
 def rec_name(info: pb.ResultInfo) -> str:

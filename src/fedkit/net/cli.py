@@ -1,0 +1,192 @@
+"""``fedkit coordinator | worker | launch | certs``: the deployment commands.
+
+Mounted by :mod:`fedkit.cli`; also runnable as ``python -m fedkit.net``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from fedkit.net.coordinator import Summary
+    from fedkit.net.experiment import Experiment
+    from fedkit.net.transport import Security
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment over gRPC.")
+certs_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment certificates.")
+
+ExperimentOpt = Annotated[Path, typer.Option("--experiment", help="Experiment TOML file.")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Data directory (default: $FEDKIT_DATA).")
+]
+TlsOpt = Annotated[
+    Path | None,
+    typer.Option("--tls-dir", help="Directory made by `fedkit certs create` (mutual TLS)."),
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback address.")
+]
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+
+
+def _security(tls_dir: Path | None, insecure: bool) -> Security:
+    from fedkit.net.transport import Security
+
+    return Security(cert_dir=tls_dir, insecure=insecure)
+
+
+def _print_summary(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(summary)))
+    else:
+        typer.echo(
+            f"run {summary.run_id}: {summary.committed_rounds} committed rounds, final accuracy "
+            f"{summary.final_accuracy}, model sha256 {summary.model_sha256}"
+        )
+
+
+def _load(path: Path) -> Experiment:
+    from fedkit.net.experiment import ExperimentError, load_experiment
+
+    try:
+        return load_experiment(path)
+    except ExperimentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def coordinator(
+    experiment: ExperimentOpt,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to serve on.")
+    ] = "127.0.0.1:7070",
+    out: Annotated[
+        Path, typer.Option("--out", help="State directory (SQLite, checkpoint).")
+    ] = Path("fedkit-coordinator"),
+    data: DataOpt = None,
+    tls_dir: TlsOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve an experiment to workers; resumes from OUT after a crash."""
+    from fedkit.net.coordinator import serve
+
+    _logging(verbose)
+    exp = _load(experiment)
+    sec = _security(tls_dir, insecure)
+    try:
+        summary = serve(exp, listen=listen, security=sec, out_dir=out, data_root=data)
+    except (PermissionError, FileNotFoundError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_summary(summary, as_json)
+
+
+@app.command()
+def worker(
+    coordinator: Annotated[str, typer.Option("--coordinator", help="Coordinator HOST:PORT.")],
+    experiment: ExperimentOpt,
+    client_id: Annotated[int, typer.Option("--client-id", help="The client this worker serves.")],
+    data: DataOpt = None,
+    tls_dir: TlsOpt = None,
+    tls_name: Annotated[
+        str | None, typer.Option("--tls-name", help="Certificate name in --tls-dir (worker-N).")
+    ] = None,
+    insecure: InsecureOpt = False,
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="Persist client state here.")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads.")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve one client's data to a coordinator until the run ends."""
+    from fedkit.net.errors import TLSHandshakeError
+    from fedkit.net.experiment import ExperimentError
+    from fedkit.net.worker import run_worker
+
+    _logging(verbose)
+    try:
+        rounds = run_worker(
+            coordinator=coordinator,
+            experiment=experiment,
+            client_id=client_id,
+            data_root=data,
+            security=_security(tls_dir, insecure),
+            tls_name=tls_name,
+            state_dir=state_dir,
+            threads=threads,
+        )
+    except ExperimentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (TLSHandshakeError, PermissionError, FileNotFoundError, ConnectionError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo(f"worker {client_id}: {rounds} rounds served")
+
+
+@app.command()
+def launch(
+    workers: Annotated[int, typer.Option("--workers", help="Number of local workers.")],
+    experiment: ExperimentOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("fedkit-launch"),
+    data: DataOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start a coordinator and N local workers (loopback) and run the experiment."""
+    from fedkit.net.launch import launch as do_launch
+
+    _logging(verbose)
+    exp = _load(experiment)
+    try:
+        summary = do_launch(exp, experiment.resolve(), workers=workers, out_dir=out, data_root=data)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_summary(summary, as_json)
+
+
+@certs_app.command("create")
+def certs_create(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+    coordinator_host: Annotated[
+        list[str], typer.Option("--coordinator-host", help="Coordinator host name or IP (repeat).")
+    ],
+    workers: Annotated[int, typer.Option("--workers", help="Number of worker certificates.")],
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+) -> None:
+    """Create a CA, a coordinator certificate and N worker certificates."""
+    from fedkit.net.tls import create_certs
+
+    try:
+        files = create_certs(out, coordinator_hosts=coordinator_host, workers=workers, days=days)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {len(files)} files to {out} (keys are mode 0600; give each worker only its own)"
+    )
+
+
+app.add_typer(certs_app, name="certs")
+
+
+def register(root: typer.Typer) -> None:
+    """Add ``coordinator``, ``worker``, ``launch`` and ``certs`` to the ``fedkit`` application."""
+    root.registered_commands.extend(app.registered_commands)
+    root.add_typer(certs_app, name="certs")

@@ -1,0 +1,212 @@
+"""The coordinator: serves workers over gRPC and drives the one run loop with a remote executor.
+
+``serve`` loads the experiment's data on the coordinator only for what the server needs (the model
+shape, the population size, the central test split) — client data stays on the workers. It
+restores the last round committed to SQLite, starts the gRPC server, runs
+:func:`fedkit.run.run` with a :class:`~fedkit.net.executor.RemoteExecutor`, and after every round
+commits the core's checkpoint (model, server-optimiser state, completed rounds, seed) together with
+the round's record and round-trip times in one SQLite transaction. At the end it tells workers to
+shut down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedkit.algorithm import ClientContext, ClientData, RoundInfo
+from fedkit.checkpoint import FILENAME, write_atomic
+from fedkit.data.spec import build_federated
+from fedkit.net.broker import Broker
+from fedkit.net.executor import RemoteExecutor
+from fedkit.net.experiment import Experiment, load_experiment
+from fedkit.net.service import add_service
+from fedkit.net.state import CoordinatorDB, RoundRow, RttRow
+from fedkit.net.transport import Security, make_server
+from fedkit.params import Params, sha256
+from fedkit.rng import SERVER, generator
+from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
+
+log = logging.getLogger("fedkit.coordinator")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """The outcome of a coordinator run (the fields of ``fedkit run --json``)."""
+
+    run_id: str
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    rounds_to_target: int | None
+    wall_seconds: float
+    bytes_up: int
+    bytes_down: int
+    model_sha256: str
+    committed_rounds: int
+    start_round: int
+
+
+def probe_update_template(
+    exp: Experiment, algorithm: Any, model: torch.nn.Module, init: Params, sample: ClientData
+) -> Any:
+    """A client update shaped as this algorithm produces it (after ``prepare``).
+
+    The coordinator runs the client half once on ``sample`` (a couple of held-out examples) with
+    its own RNG stream; only the update's names, dtypes and shapes are kept, as the template every
+    worker's result must match.
+    """
+    info = RoundInfo(round=0, seed=exp.seed, num_clients=1, cohort_size=1)
+    msg = algorithm.broadcast(algorithm.init_state(init), info)
+    ctx = ClientContext(
+        client_id=0, info=info, model=model, generator=generator(exp.seed, 0, SERVER, "probe")
+    )
+    res = algorithm.client_update(ctx, msg, sample, None)
+    return algorithm.aggregator().prepare(res.update, res.weight)
+
+
+def serve(
+    exp: Experiment,
+    *,
+    listen: str,
+    security: Security,
+    out_dir: Path,
+    data_root: Path | None = None,
+    on_listening: Callable[[int], None] | None = None,
+    shutdown_grace_s: float = 10.0,
+) -> Summary:
+    """Run the experiment as a coordinator (see module docstring)."""
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db = CoordinatorDB(out_dir / "coordinator.db")
+    run_id = db.run_id(exp.digest)
+    fd = build_federated(exp.data, data_root)
+    ds = fd.dataset
+    model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
+    init = exp.initial_params(model)
+    algorithm = exp.algorithm.build()
+    sample = ClientData(x_train=ds.test.x[:2], y_train=ds.test.y[:2])
+    template = probe_update_template(exp, algorithm, model, init, sample)
+    s = exp.deploy
+    broker = Broker(
+        run_id=run_id,
+        max_result_bytes=s.max_update_bytes,
+        heartbeat_interval_s=s.heartbeat_s,
+        liveness_s=s.liveness_s,
+        require_tls_identity=security.tls,
+        experiment_digest=exp.digest,
+    )
+    server, port = make_server(listen, security, max_workers=max(32, 2 * len(fd.train_parts) + 8))
+    add_service(server, broker)
+    ckpt_dir = out_dir / "checkpoint"
+    start_round = db.restore_checkpoint(ckpt_dir / FILENAME)
+    attempts: list[RoundRow] = []
+
+    def on_round(row: RoundRow, rtts: list[RttRow]) -> None:
+        attempts.append(row)
+        db.stage_rtt(rtts)
+
+    executor = RemoteExecutor(
+        broker,
+        num_clients=len(fd.train_parts),
+        settings=s,
+        update_template=template,
+        on_round=on_round,
+    )
+    accuracies: list[float] = []
+
+    def commit(record: RoundRecord, params: Params) -> None:
+        acc = record.central.accuracy if record.central is not None else None
+        if acc is not None:
+            accuracies.append(acc)
+        for row in attempts:
+            last = row is attempts[-1]
+            db.stage_round(
+                RoundRow(
+                    round=row.round, attempt=row.attempt, committed=row.committed and last,
+                    cohort=row.cohort, accepted=row.accepted, dropped=row.dropped,
+                    train_loss=record.train_loss if last else None,
+                    accuracy=acc if last else None, bytes_up=row.bytes_up,
+                    bytes_down=row.bytes_down, wall_s=row.wall_s,
+                )
+            )  # fmt: skip
+        attempts.clear()
+        blob = (ckpt_dir / FILENAME).read_bytes() if record.committed else None
+        db.commit(completed_rounds=record.round + 1 if blob else None, checkpoint=blob)
+        log.info(
+            "round %d %s: %d clients, loss %.4f, accuracy %s",
+            record.round,
+            "committed" if record.committed else "aborted",
+            len(record.clients),
+            record.train_loss,
+            "-" if acc is None else f"{acc:.4f}",
+        )
+
+    server.start()
+    log.info("coordinator %s listening on port %d (run %s)", listen, port, run_id)
+    if on_listening is not None:
+        on_listening(port)
+    try:
+        result = run(
+            algorithm,
+            executor,
+            init,
+            RunConfig(
+                rounds=exp.rounds,
+                clients_per_round=exp.algorithm.clients_per_round,
+                seed=exp.seed,
+                eval_every=exp.eval_every,
+                checkpoint_dir=ckpt_dir,
+            ),
+            evaluator=central_evaluator(model, ds.test.x, ds.test.y),
+            callbacks=[commit],
+        )
+    finally:
+        broker.shutdown(grace_s=shutdown_grace_s)
+        server.stop(grace=1.0)
+    rows = db.round_rows()
+    db.close()
+    all_acc = [r.accuracy for r in rows if r.accuracy is not None]
+    return Summary(
+        run_id=run_id,
+        rounds=exp.rounds,
+        final_accuracy=accuracies[-1] if accuracies else (all_acc[-1] if all_acc else None),
+        best_accuracy=max(all_acc) if all_acc else None,
+        rounds_to_target=None,
+        wall_seconds=time.perf_counter() - t0,
+        bytes_up=sum(r.bytes_up for r in rows),
+        bytes_down=sum(r.bytes_down for r in rows),
+        model_sha256=sha256(result.params),
+        committed_rounds=sum(1 for r in rows if r.committed),
+        start_round=start_round,
+    )
+
+
+def run_coordinator(
+    *,
+    experiment: Path,
+    listen: str,
+    out_dir: Path,
+    data_root: Path | None = None,
+    security: Security | None = None,
+    threads: int = 1,
+) -> Summary:
+    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
+    torch.set_num_threads(max(1, threads))
+    summary = serve(
+        load_experiment(experiment),
+        listen=listen,
+        security=security or Security(),
+        out_dir=out_dir,
+        data_root=data_root,
+    )
+    write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
+    return summary

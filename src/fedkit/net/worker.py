@@ -1,0 +1,287 @@
+"""A worker: runs the algorithm's client half on its own data for a remote coordinator.
+
+The worker builds the model and the algorithm from the same experiment file as the coordinator,
+loads *its own* partition (by client id) from its own data directory, and keeps its own client
+state (optionally persisted in ``state_dir``). It registers, long-polls for tasks, decodes the
+broadcast against the template it built itself, trains, and pushes the prepared update. A
+heartbeat thread keeps its lease. When the coordinator restarts the worker re-registers (the run
+id is kept in the coordinator's database, so the worker rejoins the same run); transient network
+errors are retried with backoff; a TLS handshake failure stops it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from fedkit.algorithm import ClientContext, ClientData, RoundInfo
+from fedkit.checkpoint import write_atomic
+from fedkit.data.spec import build_federated
+from fedkit.data.store import ClientStore
+from fedkit.net.client import CoordinatorClient, Task
+from fedkit.net.errors import ErrorCode, NetError
+from fedkit.net.experiment import Experiment, load_experiment
+from fedkit.net.payload import ResultMeta, decode_tree, encode_tree, info_from_metadata
+from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.transport import Security
+from fedkit.params import tree_flatten, tree_unflatten
+from fedkit.rng import generator
+
+log = logging.getLogger("fedkit.worker")
+
+_REREGISTER = {ErrorCode.UNKNOWN_WORKER, ErrorCode.UNAUTHENTICATED, ErrorCode.RUN_MISMATCH}
+_DROP = {
+    ErrorCode.STALE_ROUND,
+    ErrorCode.DEADLINE_PASSED,
+    ErrorCode.DUPLICATE_RESULT,
+    ErrorCode.UNKNOWN_TASK,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalData:
+    """One client's data and what the model needs to know about the dataset."""
+
+    data: ClientData
+    num_classes: int
+    input_shape: tuple[int, ...]
+    num_clients: int
+
+
+def load_local_data(exp: Experiment, client_id: int, root: Path | None) -> LocalData:
+    """Load this worker's partition (deterministic from the experiment's data seed)."""
+    fd = build_federated(exp.data, root)
+    store = ClientStore.from_federated(fd)
+    if not 0 <= client_id < store.num_clients:
+        raise ValueError(f"client id {client_id} not in 0..{store.num_clients - 1}")
+    return LocalData(
+        data=store.data(client_id),
+        num_classes=fd.dataset.num_classes,
+        input_shape=tuple(fd.dataset.input_shape),
+        num_clients=store.num_clients,
+    )
+
+
+class Worker:
+    """The worker loop (see module docstring).
+
+    Args:
+        exp: The experiment (same file as the coordinator's).
+        client_id: The client this worker serves.
+        local: Its data.
+        client: Connection to the coordinator.
+        state_dir: Where to persist client state across worker restarts (None: memory only).
+        poll_s: Long-poll duration.
+        give_up_s: Stop after the coordinator has been unreachable this long.
+    """
+
+    def __init__(
+        self,
+        exp: Experiment,
+        *,
+        client_id: int,
+        local: LocalData,
+        client: CoordinatorClient,
+        state_dir: Path | None = None,
+        poll_s: float = 2.0,
+        give_up_s: float = 120.0,
+    ) -> None:
+        self.exp = exp
+        self.client_id = client_id
+        self.local = local
+        self.client = client
+        self.state_dir = state_dir
+        self.poll_s = poll_s
+        self.give_up_s = give_up_s
+        self.model = exp.build_model(num_classes=local.num_classes, input_shape=local.input_shape)
+        self.algorithm = exp.algorithm.build()
+        init = exp.initial_params(self.model)
+        info0 = RoundInfo(
+            round=0,
+            seed=exp.seed,
+            num_clients=local.num_clients,
+            cohort_size=exp.algorithm.clients_per_round,
+        )
+        self.msg_template = self.algorithm.broadcast(self.algorithm.init_state(init), info0)
+        self.state_template = self.algorithm.client_state_template(init)
+        self.client_state: Any = self._load_state()
+        self.rounds_done = 0
+        self._stop = threading.Event()
+        self._need_register = threading.Event()
+
+    # ---------------------------------------------------------------- client state on disk
+    def _state_path(self) -> Path | None:
+        return (
+            None
+            if self.state_dir is None
+            else self.state_dir / f"client-{self.client_id}.safetensors"
+        )
+
+    def _load_state(self) -> Any:
+        path = self._state_path()
+        if path is None or self.state_template is None or not path.exists():
+            return None
+        return tree_unflatten(self.state_template, st_load(path.read_bytes()))
+
+    def _save_state(self) -> None:
+        path = self._state_path()
+        if path is None or self.client_state is None:
+            return
+        flat = {k: v.contiguous() for k, v in tree_flatten(self.client_state).items()}
+        write_atomic(path, st_save(flat))
+
+    # ---------------------------------------------------------------- the loop
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.client.heartbeat_interval_s):
+            try:
+                self.client.heartbeat()
+            except NetError as err:
+                if err.code in _REREGISTER:
+                    self._need_register.set()
+            except grpc.RpcError:
+                pass  # the main loop handles an unreachable coordinator
+
+    def _register(self) -> None:
+        """Register, retrying until the coordinator answers or ``give_up_s`` passes."""
+        start = time.monotonic()
+        while True:
+            try:
+                self.client.register()
+                self._need_register.clear()
+                log.info("client %d registered as %s", self.client_id, self.client.worker_id)
+                return
+            except grpc.RpcError as err:
+                if time.monotonic() - start > self.give_up_s:
+                    raise ConnectionError(
+                        f"coordinator {self.client.address} unreachable for {self.give_up_s:.0f} s"
+                    ) from err
+                time.sleep(0.5)
+
+    def run(self) -> int:
+        """Serve tasks until the coordinator says the run is over; returns rounds completed."""
+        self._register()
+        hb = threading.Thread(target=self._heartbeat_loop, name="fedkit-heartbeat", daemon=True)
+        hb.start()
+        unreachable_since: float | None = None
+        try:
+            while True:
+                if self._need_register.is_set():
+                    self._register()
+                try:
+                    task = self.client.get_task(wait_s=self.poll_s)
+                    unreachable_since = None
+                except NetError as err:
+                    if err.code in _REREGISTER:
+                        self._need_register.set()
+                        continue
+                    raise
+                except grpc.RpcError:
+                    now = time.monotonic()
+                    unreachable_since = unreachable_since or now
+                    if now - unreachable_since > self.give_up_s:
+                        raise
+                    self._need_register.set()  # a restarted coordinator forgot this worker
+                    time.sleep(0.5)
+                    continue
+                if task.kind == pb.SHUTDOWN:
+                    log.info("run over after %d rounds", self.rounds_done)
+                    return self.rounds_done
+                if task.kind == pb.TRAIN:
+                    self._train(task)
+        finally:
+            self._stop.set()
+            hb.join(timeout=5.0)
+
+    def _train(self, task: Task) -> None:
+        t0 = time.perf_counter()
+        msg, meta = decode_tree(task.payload, self.msg_template)
+        info = info_from_metadata(meta)
+        if info.round != task.round or task.client_id != str(self.client_id):
+            raise NetError(ErrorCode.MALFORMED, "task header and payload disagree")
+        ctx = ClientContext(
+            client_id=self.client_id,
+            info=info,
+            model=self.model,
+            generator=generator(info.seed, info.round, self.client_id, "client"),
+            work_fraction=task.work_fraction,
+        )
+        res = self.algorithm.client_update(ctx, msg, self.local.data, self.client_state)
+        update = self.algorithm.aggregator().prepare(res.update, res.weight)
+        compute_s = time.perf_counter() - t0
+        rmeta = ResultMeta(
+            weight=float(res.weight),
+            num_examples=res.num_examples,
+            steps=res.stats.steps,
+            train_loss=float(res.stats.mean_loss),
+            work_fraction=task.work_fraction,
+            compute_s=compute_s,
+        )
+        payload = encode_tree(update, rmeta.to_metadata())
+        try:
+            self.client.push_result(task, payload, compute_s=compute_s)
+        except NetError as err:
+            if err.code in _DROP:
+                log.warning("round %d result dropped: %s", task.round, err)
+                return
+            if err.code in _REREGISTER:
+                self._need_register.set()
+                return
+            raise
+        # The client state advances only when the coordinator accepted the update.
+        self.client_state = res.client_state
+        self._save_state()
+        self.rounds_done += 1
+
+
+def run_worker(
+    *,
+    coordinator: str,
+    experiment: Path,
+    client_id: int,
+    data_root: Path | None = None,
+    security: Security | None = None,
+    tls_name: str | None = None,
+    state_dir: Path | None = None,
+    threads: int = 1,
+    give_up_s: float = 120.0,
+) -> int:
+    """Load the experiment and this client's data, then serve until the run ends.
+
+    Returns the number of rounds whose result the coordinator accepted.
+    """
+    set_threads(threads)
+    exp = load_experiment(experiment)
+    local = load_local_data(exp, client_id, data_root)
+    client = CoordinatorClient(
+        coordinator,
+        client_id=str(client_id),
+        security=security or Security(),
+        tls_identity=tls_name or f"worker-{client_id}",
+        experiment_digest=exp.digest,
+    )
+    try:
+        worker = Worker(
+            exp,
+            client_id=client_id,
+            local=local,
+            client=client,
+            state_dir=state_dir,
+            give_up_s=give_up_s,
+        )
+        return worker.run()
+    finally:
+        client.close()
+
+
+def set_threads(n: int) -> None:
+    """Limit torch's intra-op threads (1 keeps results independent of the core count)."""
+    torch.set_num_threads(max(1, n))
