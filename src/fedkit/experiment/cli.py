@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedkit.experiment.config import ConfigError, load_study
@@ -154,8 +155,8 @@ def list_runs(
         s = r.summary
         table.add_row(
             str(r.id),
-            r.study or "",
-            r.name,
+            escape(r.study or ""),
+            escape(r.name),
             r.status,
             "" if s is None else str(s.rounds),
             "" if s is None else _fmt(s.final_accuracy),
@@ -195,7 +196,11 @@ def show_run(
         typer.echo(json.dumps(d, indent=2))
         return
     con = Console()
-    con.print(f"[bold]run {r.id}[/bold] {r.name}  study={r.study}  status={r.status}", markup=True)
+    con.print(
+        f"[bold]run {r.id}[/bold] {escape(r.name)}  study={escape(str(r.study))}  "
+        f"status={r.status}",
+        markup=True,
+    )
     con.print(f"started {r.started}  ended {r.ended}  code {r.code_version}", markup=False)
     con.print("environment: " + json.dumps(r.environment), markup=False)
     con.print("config: " + json.dumps(r.config), markup=False)

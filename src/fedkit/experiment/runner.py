@@ -321,6 +321,12 @@ class _Built:
     model_spec: ModelSpec
 
 
+def _warm_up() -> None:
+    """Pay torch's one-time lazy imports (the first ``torch.optim`` optimiser imports
+    ``torch._dynamo``, seconds on a small machine) before the clock of round 0 starts."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def _build(cfg: ExperimentConfig, data_root: Path | None) -> _Built:
     fd = build_federated(cfg.data, root=data_root)
     store = ClientStore.from_federated(fd)
@@ -335,6 +341,7 @@ def _build(cfg: ExperimentConfig, data_root: Path | None) -> _Built:
         spec.build()
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+    _warm_up()
     return _Built(fd=fd, store=store, model_spec=spec)
 
 
