@@ -1,0 +1,262 @@
+"""``fedkit data …``: look at a federated partition before training on it.
+
+``fedkit data describe FILE|--set key=value… [--json] [--plot PATH]`` builds the ``[data]`` section
+of an experiment (a :class:`~fedkit.data.spec.DataSpec`) from an experiment TOML file and/or
+``--set`` pairs (values are TOML scalars; ``--set`` wins over the file; ``options.KEY=…`` sets a
+dataset option), partitions the dataset and prints per-client sample counts and label histograms:
+a table (the first ``--rows`` clients, with a summary of all of them), JSON with ``--json`` (a
+``clients`` list of objects with ``num_samples`` and ``label_histogram``), and with ``--plot`` a
+PNG of stacked per-client label counts.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Annotated, Any
+
+import tomllib
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedkit.data.datasets import FedkitDataError
+from fedkit.data.partition import label_histograms, mean_total_variation
+from fedkit.data.spec import DataSpec, FederatedData, build_federated
+
+__all__ = ["app", "describe", "describe_json", "parse_sets", "spec_from_sources"]
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+_MAX_PLOTTED = 200
+
+
+@app.callback()
+def _data() -> None:
+    """Inspect datasets and federated partitions."""
+
+
+def _toml_scalar(text: str) -> Any:
+    """Parse ``text`` as a TOML value; a bare word that is not valid TOML is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``["a=1", "options.b=x"]`` -> ``{"a": 1, "options": {"b": "x"}}`` (values as TOML scalars).
+
+    Raises:
+        ValueError: A pair has no ``=`` or an empty key.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        target = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            nested = target.setdefault(p, {})
+            if not isinstance(nested, dict):
+                raise ValueError(f"--set {key}: {p} is already set to a value, not a table")
+            target = nested
+        target[leaf] = _toml_scalar(value.strip())
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def spec_from_sources(file: Path | None, sets: list[str]) -> DataSpec:
+    """The DataSpec of ``file``'s ``[data]`` table, overridden by ``--set`` pairs."""
+    table: dict[str, Any] = {}
+    if file is not None:
+        with file.open("rb") as fh:
+            doc = tomllib.load(fh)
+        data = doc.get("data")
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: no [data] table")
+        table = data
+    table = _merge(table, parse_sets(sets))
+    if not table:
+        raise ValueError(
+            "give an experiment FILE or --set key=value pairs (e.g. --set dataset=mnist)"
+        )
+    return DataSpec.from_mapping(table)
+
+
+def _histograms(fd: FederatedData) -> tuple[list[list[int]], list[int] | None]:
+    ds = fd.dataset
+    hist = label_histograms(ds.train.y, fd.train_parts, ds.num_classes)
+    test_sizes = None if fd.test_parts is None else [len(p) for p in fd.test_parts]
+    return hist.tolist(), test_sizes
+
+
+def describe_json(spec: DataSpec, fd: FederatedData) -> dict[str, Any]:
+    """The JSON document printed by ``describe --json``."""
+    ds = fd.dataset
+    hist, test_sizes = _histograms(fd)
+    clients = []
+    for i, part in enumerate(fd.train_parts):
+        entry: dict[str, Any] = {
+            "client": i,
+            "num_samples": len(part),
+            "label_histogram": hist[i],
+        }
+        if fd.client_names is not None:
+            entry["name"] = fd.client_names[i]
+        if test_sizes is not None:
+            entry["num_test_samples"] = test_sizes[i]
+        clients.append(entry)
+    return {
+        "spec": spec.to_mapping(),
+        "dataset": ds.name,
+        "num_classes": ds.num_classes,
+        "num_clients": fd.num_clients,
+        "num_train_samples": sum(len(p) for p in fd.train_parts),
+        "mean_total_variation": mean_total_variation(
+            label_histograms(ds.train.y, fd.train_parts, ds.num_classes)
+        ),
+        "clients": clients,
+    }
+
+
+def _hist_cell(row: list[int], wide: bool) -> str:
+    if not wide:
+        return " ".join(str(c) for c in row)
+    top = sorted(((c, k) for k, c in enumerate(row) if c > 0), reverse=True)[:4]
+    more = sum(1 for c in row if c > 0) - len(top)
+    text = ", ".join(f"{k}:{c}" for c, k in top)
+    return text + (f", +{more} classes" if more > 0 else "")
+
+
+def _print_table(console: Console, doc: dict[str, Any], rows: int) -> None:
+    clients = doc["clients"]
+    sizes = [c["num_samples"] for c in clients]
+    present = [sum(1 for v in c["label_histogram"] if v > 0) for c in clients]
+    summary = Table(title=f"{doc['dataset']}: {doc['spec'].get('partition')} partition", box=None)
+    summary.add_column("")
+    summary.add_column("value", justify="right")
+    summary.add_row("clients", str(doc["num_clients"]))
+    summary.add_row("training samples", str(doc["num_train_samples"]))
+    summary.add_row(
+        "samples per client (min / median / max)",
+        f"{min(sizes)} / {statistics.median(sizes):g} / {max(sizes)}",
+    )
+    summary.add_row("classes per client (mean)", f"{statistics.fmean(present):.2f}")
+    summary.add_row("mean TV distance to global labels", f"{doc['mean_total_variation']:.3f}")
+    console.print(summary)
+    wide = doc["num_classes"] > 10
+    table = Table(
+        title=None if wide else f"label histogram over classes 0..{doc['num_classes'] - 1}"
+    )
+    table.add_column("client", justify="right")
+    has_names = any("name" in c for c in clients)
+    if has_names:
+        table.add_column("name")
+    table.add_column("samples", justify="right")
+    has_test = any("num_test_samples" in c for c in clients)
+    if has_test:
+        table.add_column("test", justify="right")
+    table.add_column("classes", justify="right")
+    table.add_column("top classes (class:count)" if wide else "labels")
+    for c, k in zip(clients[:rows], present[:rows], strict=False):
+        cells = [str(c["client"])]
+        if has_names:
+            cells.append(str(c.get("name", "")))
+        cells.append(str(c["num_samples"]))
+        if has_test:
+            cells.append(str(c.get("num_test_samples", "")))
+        cells += [str(k), _hist_cell(c["label_histogram"], wide)]
+        table.add_row(*cells)
+    console.print(table)
+    if len(clients) > rows:
+        console.print(f"… {len(clients) - rows} more clients (use --rows N or --json to see all)")
+
+
+def _save_plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    clients = doc["clients"][:_MAX_PLOTTED]
+    hist = np.array([c["label_histogram"] for c in clients], dtype=np.int64)
+    num_classes = hist.shape[1]
+    fig, ax = plt.subplots(figsize=(min(4 + 0.12 * len(clients), 24), 4.5))
+    cmap = plt.get_cmap("tab10" if num_classes <= 10 else "tab20" if num_classes <= 20 else "turbo")
+    xs = np.arange(len(clients))
+    bottom = np.zeros(len(clients))
+    for k in range(num_classes):
+        if not hist[:, k].any():
+            continue
+        color = cmap(k if num_classes <= 20 else k / max(num_classes - 1, 1))
+        ax.bar(xs, hist[:, k], bottom=bottom, width=0.9, color=color, label=str(k), linewidth=0)
+        bottom += hist[:, k]
+    shown = "" if len(doc["clients"]) <= _MAX_PLOTTED else f" (first {_MAX_PLOTTED})"
+    ax.set_title(
+        f"{doc['dataset']}: {doc['spec'].get('partition')} partition, "
+        f"{doc['num_clients']} clients{shown}"
+    )
+    ax.set_xlabel("client")
+    ax.set_ylabel("training samples by label")
+    if num_classes <= 20:
+        ax.legend(title="label", fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@app.command()
+def describe(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="Experiment TOML; its [data] table is the data spec.", exists=True),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key=value (a TOML scalar) of [data]; overrides FILE."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Save a PNG of per-client label counts.")
+    ] = None,
+    rows: Annotated[int, typer.Option("--rows", min=0, help="Clients listed in the table.")] = 20,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Data directory (default: $FEDKIT_DATA).")
+    ] = None,
+) -> None:
+    """Per-client sample counts and label histograms of a federated partition."""
+    console = Console()
+    try:
+        spec = spec_from_sources(file, sets or [])
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        fd = build_federated(spec, root=root)
+    except (FedkitDataError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    doc = describe_json(spec, fd)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        _print_table(console, doc, rows)
+    if plot is not None:
+        _save_plot(doc, plot)
+        if not as_json:
+            console.print(f"plot saved to {plot}")
