@@ -1,0 +1,212 @@
+"""The experiment runner: parity with a direct core run, recording, and failure handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomllib
+import torch
+
+from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
+from fedkit.centralized import train_centralized
+from fedkit.data.spec import DataSpec, build_federated
+from fedkit.data.store import ClientStore
+from fedkit.experiment.config import AlgorithmSettings, ConfigError, study_from_mapping
+from fedkit.experiment.results import ResultsStore, results_path
+from fedkit.experiment.runner import (
+    build_algorithm,
+    build_server_optimizer,
+    model_init_seed,
+    run_experiment,
+    run_study,
+)
+from fedkit.local import LocalTraining
+from fedkit.models import build_model
+from fedkit.params import model_params, sha256
+from fedkit.run import RunConfig, run
+from fedkit.server_opt import SGD, Adagrad, Adam, Yogi
+from fedkit.sim.serial import SerialExecutor
+
+TINY = """
+[data]
+dataset = "synthetic"
+partition = "natural"
+alpha = 1.0
+beta = 1.0
+[data.options]
+num_users = 10
+
+[model]
+name = "logreg"
+
+[algorithm]
+name = "fedavg"
+clients_per_round = 4
+local_epochs = 1
+batch_size = 10
+lr = 0.05
+
+[run]
+rounds = 3
+seed = 7
+target_accuracy = 0.05
+"""
+
+
+def tiny(**sections: dict[str, object]) -> dict[str, object]:
+    doc = tomllib.loads(TINY)
+    for name, keys in sections.items():
+        doc.setdefault(name, {}).update(keys)
+    return doc
+
+
+def direct_fedavg_sha(seed: int, rounds: int, cohort: int) -> str:
+    """The same experiment built by hand from core objects."""
+    spec = DataSpec(
+        dataset="synthetic", partition="natural", alpha=1.0, beta=1.0, options={"num_users": 10}
+    )
+    fd = build_federated(spec)
+    store = ClientStore.from_federated(fd)
+    shape = tuple(fd.dataset.input_shape)
+    torch.manual_seed(model_init_seed(seed))
+    model = build_model("logreg", num_classes=fd.dataset.num_classes, input_shape=shape)
+    algo = FedAvg(local=LocalTraining(lr=0.05, epochs=1, batch_size=10))
+    executor = SerialExecutor(store, build_model("logreg", num_classes=10, input_shape=shape))
+    result = run(
+        algo,
+        executor,
+        model_params(model),
+        RunConfig(rounds=rounds, clients_per_round=cohort, seed=seed),
+    )
+    return sha256(result.params)
+
+
+def test_runner_matches_direct_core_run_and_records_everything(tmp_path: Path) -> None:
+    (cfg,) = study_from_mapping(tiny(), default_name="tiny").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        outcome = run_experiment(cfg, store)
+        assert outcome.status == "completed" and outcome.summary is not None
+        s = outcome.summary
+        assert s.model_sha256 == direct_fedavg_sha(seed=7, rounds=3, cohort=4)
+        run_row = store.run(outcome.run_id)
+        rounds = store.rounds(outcome.run_id)
+        clients = store.clients(outcome.run_id)
+    assert run_row.status == "completed" and run_row.summary == s and run_row.study == "tiny"
+    assert run_row.config["algorithm"]["name"] == "fedavg" and run_row.environment["threads"] == 1
+    assert len(rounds) == 3 == s.rounds
+    accs = [r.test_accuracy for r in rounds]
+    assert all(a is not None for a in accs)
+    assert s.final_accuracy == accs[-1] and s.best_accuracy == max(a for a in accs if a is not None)
+    assert s.rounds_to_target == 1  # target 0.05 is reached at the first evaluation
+    assert s.bytes_up == sum(r.bytes_up for r in rounds) > 0
+    assert s.bytes_down == sum(r.bytes_down for r in rounds) > 0
+    assert all(r.cohort_size == 4 and r.committed for r in rounds)
+    # federated evaluation defaults to the last round: every client scored there
+    assert rounds[-1].fed_clients == 10 and rounds[-1].fed_mean is not None
+    assert rounds[0].fed_mean is None
+    trained = [c for c in clients if c.trained]
+    assert len(trained) == 3 * 4 and all(c.steps and c.steps > 0 for c in trained)
+    last = [c for c in clients if c.round == 2 and c.eval_accuracy is not None]
+    assert len(last) == 10
+
+
+def test_centralized_matches_train_centralized(tmp_path: Path) -> None:
+    doc = tiny(algorithm={"name": "centralized"}, run={"rounds": 2, "federated_eval_every": 1})
+    (cfg,) = study_from_mapping(doc, default_name="c").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        outcome = run_experiment(cfg, store)
+        rounds = store.rounds(outcome.run_id)
+        clients = store.clients(outcome.run_id, round=1)
+    assert outcome.summary is not None and outcome.summary.bytes_up == 0
+    assert all(r.fed_clients == 10 for r in rounds)
+    assert sum(c.eval_accuracy is not None for c in clients) == 10
+    assert [c.client_id for c in clients if c.trained] == [-1]
+    fd = build_federated(cfg.data)
+    torch.manual_seed(model_init_seed(7))
+    model = build_model("logreg", num_classes=10, input_shape=(60,))
+    store_ = ClientStore.from_federated(fd)
+    direct = train_centralized(
+        model, store_, LocalTraining(lr=0.05, batch_size=10), epochs=2, seed=7
+    )
+    assert outcome.summary.model_sha256 == sha256(direct.params)
+
+
+def test_crash_mid_run_marks_failed_and_study_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = tiny()
+    doc["arms"] = [
+        {"name": "crashes", "algorithm": {"name": "fedprox", "mu": 0.1}},
+        {"name": "fine"},
+    ]
+    study = study_from_mapping(doc, default_name="s")
+    original = FedProx.server_update
+
+    def explode(self, state, aggregate, info):  # type: ignore[no-untyped-def]
+        if info.round == 1:
+            raise RuntimeError("boom in round 1")
+        return original(self, state, aggregate, info)
+
+    monkeypatch.setattr(FedProx, "server_update", explode)
+    with ResultsStore(results_path(tmp_path)) as store:
+        outcomes = run_study(study, store)
+        assert [o.status for o in outcomes] == ["failed", "completed"]
+        failed, fine = store.runs()
+        assert failed.status == "failed" and failed.error is not None
+        assert failed.error.startswith("RuntimeError: boom in round 1")
+        assert failed.summary is None and failed.ended is not None
+        assert [r.round for r in store.rounds(failed.id)] == [0]  # round 0 was recorded
+        assert fine.status == "completed" and len(store.rounds(fine.id)) == 3
+
+
+def test_interrupt_marks_failed_and_propagates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (cfg,) = study_from_mapping(tiny(), default_name="s").runs
+
+    def interrupt(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SerialExecutor, "execute", interrupt)
+    with ResultsStore(results_path(tmp_path)) as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, store)
+        (row,) = store.runs()
+        assert row.status == "failed" and row.error == "KeyboardInterrupt"
+
+
+def test_errors_before_the_run_write_nothing(tmp_path: Path) -> None:
+    doc = tiny(algorithm={"clients_per_round": 11})  # 10 natural clients
+    (cfg,) = study_from_mapping(doc, default_name="s").runs  # population unknown until loaded
+    with ResultsStore(results_path(tmp_path)) as store:
+        with pytest.raises(ConfigError, match=r"clients_per_round must be in \[1, 10\]"):
+            run_experiment(cfg, store)
+        doc = tiny(model={"hidden": 3})
+        with pytest.raises(ConfigError, match=r"model\.hidden"):
+            study_from_mapping(doc, default_name="s")
+        assert store.runs() == []
+
+
+def test_algorithm_name_mapping() -> None:
+    def a(**kw: object) -> AlgorithmSettings:
+        return AlgorithmSettings(**kw)  # type: ignore[arg-type]
+
+    assert build_server_optimizer(a(name="fedavg")) == SGD(lr=1.0, momentum=0.0)
+    assert build_server_optimizer(a(name="fedavgm")) == SGD(lr=1.0, momentum=0.9)
+    assert build_server_optimizer(a(name="fedavgm", server_lr=0.5, server_momentum=0.5)) == SGD(
+        lr=0.5, momentum=0.5
+    )
+    assert build_server_optimizer(a(name="fedadam", server_lr=0.1)) == Adam(lr=0.1)
+    assert build_server_optimizer(a(name="fedyogi", tau=1e-2)) == Yogi(lr=1e-2, tau=1e-2)
+    assert build_server_optimizer(a(name="fedadagrad")) == Adagrad(lr=1e-2)
+    assert build_server_optimizer(a(name="fedsgd", lr=0.3)) == SGD(lr=0.3)
+    prox = build_algorithm(a(name="fedprox", mu=0.2, lr=0.05, local_epochs=3))
+    assert isinstance(prox, FedProx) and prox.mu == 0.2
+    assert prox.local == LocalTraining(lr=0.05, epochs=3, batch_size=10)
+    assert isinstance(build_algorithm(a(name="scaffold")), Scaffold)
+    sgd = build_algorithm(a(name="fedsgd", server_lr=2.0))
+    assert isinstance(sgd, FedSGD) and sgd.server == SGD(lr=2.0)
+    assert build_algorithm(a(name="fedavg", weighting="uniform")).weighting == "uniform"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="centralized"):
+        build_algorithm(a(name="centralized"))
