@@ -7,8 +7,9 @@ Sources, tried in this order with ``source="auto"``:
    their published MD5s. They are pickles; fedkit never unpickles untrusted bytes, so (a) a file is
    read only after its checksum matched the published one, i.e. only the exact published bytes
    are ever unpickled, and (b) even then a restricted unpickler is used that resolves only the
-   three globals such a batch needs (numpy's ``_reconstruct``, ``ndarray`` and ``dtype``) and
-   refuses any other (``os.system`` and the like), so a tampered file cannot run code.
+   globals such a batch needs (numpy's ``_reconstruct``, ``ndarray`` and ``dtype``, and
+   ``_codecs.encode`` for bytes in protocol-2 pickles written by Python 3) and refuses any
+   other (``os.system`` and the like), so a tampered file cannot run code.
 2. (CIFAR-100 only) ``cifar100/cifar100_rebuilt_uint8.npz`` with ``x_train`` (50000, 32, 32, 3)
    uint8, ``y_train_fine``, ``x_test``, ``y_test_fine``, read with ``allow_pickle=False``. Its
    splits are grouped by class, so they are shuffled with a fixed permutation
@@ -21,6 +22,7 @@ CIFAR-100, or ``label="coarse"`` from the pickles). No natural clients.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import pickle
@@ -118,6 +120,8 @@ def _numpy_globals() -> dict[tuple[str, str], Any]:
         allowed[(module, "_reconstruct")] = _reconstruct
     allowed[("numpy", "ndarray")] = np.ndarray
     allowed[("numpy", "dtype")] = np.dtype
+    # Python 3 writes bytes in protocol-2 pickles as _codecs.encode(text, "latin1"); a pure function
+    allowed[("_codecs", "encode")] = codecs.encode
     return allowed
 
 
@@ -151,9 +155,11 @@ def read_cifar_batch(path: Path) -> dict[str, Any]:
         obj = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise FedkitDataError(f"{path}: not a CIFAR python batch: {e}") from e
-    if not isinstance(obj, dict) or "data" not in obj:
-        raise FedkitDataError(f"{path}: not a CIFAR python batch (no 'data' entry)")
+    if not isinstance(obj, dict):
+        raise FedkitDataError(f"{path}: not a CIFAR python batch (not a dict)")
     batch = {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+    if "data" not in batch:
+        raise FedkitDataError(f"{path}: not a CIFAR python batch (no 'data' entry)")
     data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise FedkitDataError(f"{path}: 'data' is not a uint8 matrix")
