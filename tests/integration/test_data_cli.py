@@ -61,6 +61,7 @@ def test_json_has_per_client_counts_and_histograms() -> None:
         "test_partition": "auto",
     }
     assert 0.0 <= doc["mean_total_variation"] <= 1.0
+    assert doc["histogram_counts"] == "samples"
 
 
 def test_file_with_set_overrides(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ of an experiment (a :class:`~fedkit.data.spec.DataSpec`) from an experiment TOML
 dataset option), partitions the dataset and prints per-client sample counts and label histograms:
 a table (the first ``--rows`` clients, with a summary of all of them), JSON with ``--json`` (a
 ``clients`` list of objects with ``num_samples`` and ``label_histogram``), and with ``--plot`` a
-PNG of stacked per-client label counts.
+PNG of stacked per-client label counts. For next-token datasets (targets ``(N, T)``) a sample is
+a window and the histograms count the targets at every position (``"histogram_counts": "tokens"``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def describe_json(spec: DataSpec, fd: FederatedData) -> dict[str, Any]:
         "num_classes": ds.num_classes,
         "num_clients": fd.num_clients,
         "num_train_samples": sum(len(p) for p in fd.train_parts),
+        # "samples": one label per sample; "tokens": every next-token target (padding included)
+        "histogram_counts": "samples" if ds.train.y.dim() == 1 else "tokens",
         "mean_total_variation": mean_total_variation(
             label_histograms(ds.train.y, fd.train_parts, ds.num_classes)
         ),
@@ -135,7 +138,7 @@ def describe_json(spec: DataSpec, fd: FederatedData) -> dict[str, Any]:
 def _hist_cell(row: list[int], wide: bool) -> str:
     if not wide:
         return " ".join(str(c) for c in row)
-    top = sorted(((c, k) for k, c in enumerate(row) if c > 0), reverse=True)[:4]
+    top = sorted(((c, k) for k, c in enumerate(row) if c > 0), reverse=True)[:3]
     more = sum(1 for c in row if c > 0) - len(top)
     text = ", ".join(f"{k}:{c}" for c, k in top)
     return text + (f", +{more} classes" if more > 0 else "")
@@ -181,6 +184,8 @@ def _print_table(console: Console, doc: dict[str, Any], rows: int) -> None:
         cells += [str(k), _hist_cell(c["label_histogram"], wide)]
         table.add_row(*cells)
     console.print(table)
+    if doc["histogram_counts"] == "tokens":
+        console.print("label counts are next-token targets at every position (padding included)")
     if len(clients) > rows:
         console.print(f"… {len(clients) - rows} more clients (use --rows N or --json to see all)")
 
@@ -211,7 +216,8 @@ def _save_plot(doc: dict[str, Any], path: Path) -> None:
         f"{doc['num_clients']} clients{shown}"
     )
     ax.set_xlabel("client")
-    ax.set_ylabel("training samples by label")
+    tokens = doc["histogram_counts"] == "tokens"
+    ax.set_ylabel("next-token targets by id" if tokens else "training samples by label")
     if num_classes <= 20:
         ax.legend(title="label", fontsize="small", ncol=2, loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
