@@ -39,15 +39,19 @@ class DatasetNotFoundError(FedkitDataError):
 class ChecksumError(FedkitDataError):
     """A file's content does not match its published checksum (corrupted, truncated or wrong)."""
 
-    def __init__(self, path: Path, algorithm: str, expected: str, actual: str) -> None:
+    def __init__(self, path: Path | str, algorithm: str, expected: str, actual: str) -> None:
         self.path = path
         self.algorithm = algorithm
         self.expected = expected
         self.actual = actual
+        advice = (
+            "the server did not send the published file; nothing was saved"
+            if isinstance(path, str)
+            else "delete it and put the published file in its place (or load with download=True)"
+        )
         super().__init__(
-            f"{path}: {algorithm} checksum mismatch: expected {expected}, got {actual}. "
-            "The file is corrupted, truncated or not the published file; delete it and put the "
-            "original in its place (or load with download=True)."
+            f"{path}: {algorithm} checksum mismatch: expected {expected}, got {actual}. The file "
+            f"is corrupted, truncated or not the published file: {advice}."
         )
 
 

@@ -201,7 +201,7 @@ def _download_verified(url: str, remote: RemoteFile, dest: Path) -> None:
             _extract_member(fetched, remote.member, payload)
         actual = file_digest(payload, remote.algorithm)
         if actual != remote.digest:
-            raise ChecksumError(Path(url), remote.algorithm, remote.digest, actual)
+            raise ChecksumError(url, remote.algorithm, remote.digest, actual)
         os.replace(payload, dest)
 
 
