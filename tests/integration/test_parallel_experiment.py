@@ -1,0 +1,68 @@
+"""A ``[parallel]`` experiment through the experiment layer: parsed, run, recorded in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedkit.experiment.config import ConfigError, load_study, study_from_mapping
+from fedkit.experiment.results import ResultsStore
+from fedkit.experiment.runner import run_study
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_parallel_arm_is_recorded(tmp_path: Path) -> None:
+    doc = {
+        "study": {"name": "parallel-smoke"},
+        "data": {"dataset": "synthetic", "partition": "iid", "num_clients": 1, "seed": 0},
+        "model": {"name": "logreg"},
+        "parallel": {
+            "method": "local_sgd",
+            "workers": 2,
+            "local_steps": 4,
+            "batch_size": 16,
+            "lr": 0.1,
+            "sample_budget": 3200,
+            "eval_every_samples": 1600,
+        },
+    }
+    study = study_from_mapping(doc, default_name="x", overrides={})
+    store = ResultsStore(tmp_path / "results.sqlite")
+    (outcome,) = run_study(study, store)
+    assert outcome.status == "completed", outcome.error
+    rounds = store.rounds(outcome.run_id)
+    assert len(rounds) == 2
+    assert rounds[-1].test_accuracy is not None and rounds[-1].test_accuracy > 0.5
+    assert all(r.bytes_up is not None and r.bytes_up > 0 for r in rounds)
+    (run,) = store.runs()
+    assert run.config["parallel"]["method"] == "local_sgd"
+
+
+def test_bad_parallel_key_is_a_config_error() -> None:
+    doc = {
+        "data": {"dataset": "synthetic", "partition": "iid", "num_clients": 1},
+        "model": {"name": "logreg"},
+        "parallel": {"method": "local_sgd", "local_step": 4},
+    }
+    with pytest.raises(ConfigError, match="local_step"):
+        study_from_mapping(doc, default_name="x", overrides={})
+
+
+def test_cifar100_study_file_parses() -> None:
+    study = load_study(REPO / "examples" / "cifar100_parallel.toml")
+    names = [r.name for r in study.runs]
+    assert names == [
+        "minibatch-sgd",
+        "largebatch-sgd",
+        "largebatch-lars",
+        "localsgd-h1",
+        "localsgd-h4",
+        "localsgd-h16",
+        "slowmo-h16",
+    ]
+    budgets = {r.parallel.sample_budget for r in study.runs if r.parallel is not None}
+    assert budgets == {1_000_000}  # an equal sample budget for every arm
+    hs = {r.name: r.parallel.local_steps for r in study.runs if r.parallel is not None}
+    assert (hs["localsgd-h1"], hs["localsgd-h4"], hs["localsgd-h16"]) == (1, 4, 16)
