@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedkit.data.datasets import Dataset, Split
 from fedkit.data.spec import DataSpec, FederatedData, build_federated, partition_dataset
@@ -326,3 +328,45 @@ def test_dirichlet_mnist_real_labels() -> None:
     y = fd.dataset.train.y
     mean_classes = sum(len(y[p].unique()) for p in fd.train_parts) / 50
     assert mean_classes < 4  # alpha = 0.1: strongly skewed
+
+
+# ------------------------------------------------------------------------------- properties
+
+
+@st.composite
+def valid_tables(draw: st.DrawFn) -> dict[str, object]:
+    partition = draw(st.sampled_from(["iid", "dirichlet", "shards", "one_class", "quantity"]))
+    table: dict[str, object] = {
+        "dataset": draw(st.sampled_from(["mnist", "cifar10", "femnist", "synthetic"])),
+        "partition": partition,
+        "num_clients": draw(st.integers(1, 10_000)),
+        "seed": draw(st.integers(0, 2**31)),
+    }
+    if partition == "dirichlet":
+        table["alpha"] = draw(st.floats(1e-6, 1e6))
+        table["dirichlet_method"] = draw(st.sampled_from(["hsu", "per_class"]))
+        table["min_size"] = draw(st.integers(0, 50))
+    if partition == "shards":
+        table["shards_per_client"] = draw(st.integers(1, 10))
+    if partition == "quantity":
+        table["sigma"] = draw(st.floats(0, 5))
+    table["test_partition"] = draw(st.sampled_from(["auto", "proportional", "none"]))
+    return table
+
+
+@settings(max_examples=100, deadline=None)
+@given(table=valid_tables())
+def test_from_mapping_round_trips(table: dict[str, object]) -> None:
+    s = DataSpec.from_mapping(table)
+    assert DataSpec.from_mapping(s.to_mapping()) == s
+    assert {k: v for k, v in s.to_mapping().items() if k in table} == table
+
+
+@settings(max_examples=50, deadline=None)
+@given(table=valid_tables(), key=st.text(min_size=1, max_size=12))
+def test_any_unknown_key_is_rejected_by_name(table: dict[str, object], key: str) -> None:
+    if key in DataSpec.__dataclass_fields__:
+        return
+    with pytest.raises(ValueError, match="unknown key") as info:
+        DataSpec.from_mapping({**table, key: 1})
+    assert repr(key)[1:-1] in str(info.value) or key in str(info.value)

@@ -18,7 +18,8 @@ Keys of the ``[data]`` table (see :class:`DataSpec` for each one's meaning and r
 Dirichlet concentration; with ``dataset = "synthetic"`` (and any other partition) ``alpha`` and
 ``beta`` are the α and β of Synthetic(α, β) (Li et al. 2020). To set Synthetic's α while
 partitioning it by Dirichlet, put it in ``options`` (``[data.options]``), whose keys go to
-``load_dataset`` unchanged.
+``load_dataset`` unchanged (e.g. Synthetic's generator ``seed``, ``num_users``; ``cache``). The
+spec's own ``seed`` drives only the partition, the natural-client subset and the local test split.
 
 Local test sets (``test_partition``): ``"natural"`` keeps each natural client's own test samples
 (the default for ``partition = "natural"``); ``"proportional"`` splits the test set so every
