@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +163,16 @@ def test_real_mnist_dirichlet(tmp_path: Path) -> None:
     assert totals == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert sum(c["num_test_samples"] for c in clients) == 10_000
     assert doc["mean_total_variation"] > 0.5  # type: ignore[operator]
+
+
+def test_mounted_under_the_fedkit_command() -> None:
+    """`fedkit data describe` is reachable from the console-script entry point."""
+    code = "from fedkit.cli import main; main()"
+    args = ["data", "describe", "--set", "dataset=synthetic", "--set", "partition=iid"]
+    args += ["--set", "num_clients=4", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [c["num_samples"] > 0 for c in json.loads(proc.stdout)["clients"]] == [True] * 4
