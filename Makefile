@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	bash scripts/install.sh
 	touch $@
 
+demo: setup
+	VENV=$(VENV) bash scripts/demo.sh
+
 test: setup
 	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
 

@@ -14,13 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from fedkit.experiment.report import ReportSourceError, load_arms, write_report
-from fedkit.experiment.report_html import summary_rows
-
 __all__ = ["DEFAULT_RUNS_DIR", "report"]
 
 DEFAULT_RUNS_DIR = Path("runs")
-"""The output directory bare run ids refer to when ``--runs`` is not given."""
+"""The output directory bare run ids refer to when ``--runs`` is not given (``fedkit run``'s
+default ``--out``)."""
 
 
 def report(
@@ -44,6 +42,10 @@ def report(
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
 ) -> None:
     """Compare runs: accuracy vs rounds, time and bytes; per-client accuracy; summary table."""
+    # Imported here: matplotlib is only loaded when a report is made, not for every `fedkit` call.
+    from fedkit.experiment.report import ReportSourceError, load_arms, write_report
+    from fedkit.experiment.report_html import summary_rows
+
     console = Console(stderr=True)
     try:
         arms = load_arms(sources, runs_dir=runs, study=study, include_unfinished=include_unfinished)

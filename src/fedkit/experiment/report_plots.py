@@ -139,6 +139,8 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
             widths=0.5,
             showmeans=True,
             flierprops={"markersize": 3},
+            medianprops={"color": "black"},
+            meanprops={"marker": "^", "markerfacecolor": "white", "markeredgecolor": "black"},
         )
         for pos, (values, _, color) in zip(positions, data, strict=True):
             # The individual clients, jittered deterministically so small cohorts stay visible.
