@@ -38,6 +38,8 @@ def test_example_validates(path: Path) -> None:
     names = [r.name for r in study.runs]
     assert len(set(names)) == len(names), f"{path.name}: run names repeat: {names}"
     for run in study.runs:
+        if run.parallel is not None:  # a data-parallel study: [parallel] replaces rounds
+            continue
         assert run.algorithm is not None and run.algorithm.name in ALGORITHMS
         assert run.run.rounds is not None and run.run.rounds >= 1
         assert run.run.target_accuracy is not None, f"{run.name}: no run.target_accuracy"

@@ -83,6 +83,10 @@ def _target(run: RunRow) -> float | None:
 
 
 def _algorithm(run: RunRow) -> str:
+    """``[algorithm] name``, or ``parallel:<method>`` for a data-parallel (``[parallel]``) run."""
+    parallel = run.config.get("parallel")
+    if isinstance(parallel, Mapping) and isinstance(parallel.get("method"), str):
+        return f"parallel:{parallel['method']}"
     section = run.config.get("algorithm")
     if isinstance(section, Mapping) and isinstance(section.get("name"), str):
         return str(section["name"])
