@@ -135,6 +135,12 @@ def _open(runs_dir: Path) -> ResultsStore:
         raise _fail(str(e), 2) from None
 
 
+def _out() -> Console:
+    """Standard output; wide when it is not a terminal, so piped tables are not truncated."""
+    con = Console()
+    return con if con.is_terminal else Console(width=200)
+
+
 def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "—" if v is None else format(v, spec)
 
@@ -164,7 +170,7 @@ def list_runs(
             "" if s is None or s.rounds_to_target is None else str(s.rounds_to_target),
             "" if s is None else f"{s.wall_seconds:.1f}",
         )
-    Console().print(table)
+    _out().print(table)
 
 
 def _run_dict(r: RunRow) -> dict[str, Any]:
@@ -195,7 +201,7 @@ def show_run(
         d["clients"] = [dataclasses.asdict(x) for x in clients]
         typer.echo(json.dumps(d, indent=2))
         return
-    con = Console()
+    con = _out()
     con.print(
         f"[bold]run {r.id}[/bold] {escape(r.name)}  study={escape(str(r.study))}  "
         f"status={r.status}",
