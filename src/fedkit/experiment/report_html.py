@@ -30,7 +30,7 @@ _COLUMNS = (
     "best acc. (round)",
     "target",
     "rounds to target",
-    "wall time",
+    "wall time (rounds)",
     "bytes up + down",
     "client acc. mean / p10 (n)",
 )
@@ -118,8 +118,10 @@ def render_markdown(doc: ReportDocument) -> str:
     out += [
         "",
         "Accuracy is centralised test accuracy; *rounds to target* is the first round at which it "
-        "reached the run's `target_accuracy`; client accuracy is the mean and 10th percentile over "
-        "clients at the last federated evaluation.",
+        "reached the run's `target_accuracy`; for a centralised arm a round is one epoch over the "
+        "pooled data; wall time sums the rounds (training and evaluation, not data loading); "
+        "client accuracy is the mean and 10th percentile over clients at the last federated "
+        "evaluation.",
         "",
         "## Figures",
         "",
@@ -181,8 +183,10 @@ def render_html(doc: ReportDocument) -> str:
     out += _html_table(_COLUMNS, summary_rows(doc.arms))
     out += [
         '<p class="note">Accuracy is centralised test accuracy; <em>rounds to target</em> is the '
-        "first round at which it reached the run's <code>target_accuracy</code>; client accuracy "
-        "is the mean and 10th percentile over clients at the last federated evaluation.</p>",
+        "first round at which it reached the run's <code>target_accuracy</code>; for a centralised "
+        "arm a round is one epoch over the pooled data; wall time sums the rounds (training and "
+        "evaluation, not data loading); client accuracy is the mean and 10th percentile over "
+        "clients at the last federated evaluation.</p>",
         "<h2>Figures</h2>",
     ]
     for plot in doc.plots:
