@@ -210,3 +210,15 @@ def test_algorithm_name_mapping() -> None:
     assert build_algorithm(a(name="fedavg", weighting="uniform")).weighting == "uniform"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="centralized"):
         build_algorithm(a(name="centralized"))
+
+
+@pytest.mark.dist
+def test_processes_executor_matches_serial(tmp_path: Path) -> None:
+    """`run.executor = "processes"` is wired through the factory: same final model as serial."""
+    doc = tiny(run={"executor": "processes", "processes": 2, "rounds": 2})
+    (cfg,) = study_from_mapping(doc, default_name="p").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        outcome = run_experiment(cfg, store)
+    assert outcome.status == "completed", outcome.error
+    assert outcome.summary is not None
+    assert outcome.summary.model_sha256 == direct_fedavg_sha(seed=7, rounds=2, cohort=4)

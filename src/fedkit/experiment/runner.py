@@ -28,6 +28,7 @@ Algorithm names map to core objects as follows (server learning rate ``η_s = se
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import traceback
@@ -41,7 +42,7 @@ from torch import Tensor
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
 from fedkit.centralized import train_centralized
-from fedkit.data.spec import FederatedData, build_federated
+from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, Distribution
 from fedkit.executor import Executor, RoundOutput
@@ -321,6 +322,11 @@ class _Built:
     model_spec: ModelSpec
 
 
+def _store_from_mapping(data: dict[str, Any], root: Path | None) -> ClientStore:
+    """Rebuild the client store on another rank from the plain ``[data]`` table (picklable)."""
+    return ClientStore.from_federated(build_federated(DataSpec.from_mapping(data), root=root))
+
+
 def _warm_up() -> None:
     """Pay torch's one-time lazy imports (the first ``torch.optim`` optimiser imports
     ``torch._dynamo``, seconds on a small machine) before the clock of round 0 starts."""
@@ -426,7 +432,7 @@ def _run_federated(
                 model_fn=spec,
                 processes=cfg.run.processes,
                 threads=cfg.run.threads,
-                data_spec=cfg.data,
+                store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
                 model_spec=spec,
             )
         except ImportError as e:
