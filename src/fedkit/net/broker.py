@@ -384,7 +384,8 @@ class Broker:
             self._lock.notify_all()
             while True:
                 now = time.monotonic()
-                live = {w for w, r in self._workers.items() if now - r.last_seen <= self.liveness_s}
+                recent = 3 * self.heartbeat_interval_s  # dead workers stop heartbeating
+                live = {w for w, r in self._workers.items() if now - r.last_seen <= recent}
                 if live <= self._told_to_stop or now >= end:
                     return
                 self._lock.wait(min(end - now, 0.25))
