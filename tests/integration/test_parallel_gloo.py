@@ -39,28 +39,30 @@ def tiny_mlp() -> nn.Module:
 
 
 def test_replicas_equal_gloo_ranks() -> None:
+    """Post-local SGD covers both collectives: 6 gradient all-reduces, then model averages."""
     data = blobs()
-    for method, extra in (("local_sgd", {"local_steps": 3}), ("sync", {})):
-        table: dict[str, object] = {
-            "method": method,
-            "workers": 2,
-            "batch_size": 8,
-            "lr": 0.1,
-            "momentum": 0.9,
-            "sample_budget": 16 * 15,
-            "eval_every_samples": 16 * 6,
-            **extra,
-        }
-        replicas = run_parallel(ParallelSpec.from_mapping(table), data, tiny_mlp)
-        gloo = run_parallel(ParallelSpec.from_mapping({**table, "mode": "gloo"}), data, tiny_mlp)
-        assert replicas.final_params.keys() == gloo.final_params.keys()
-        for k, v in replicas.final_params.items():
-            torch.testing.assert_close(gloo.final_params[k], v, atol=1e-6, rtol=0)
-        assert [p.step for p in gloo.history] == [p.step for p in replicas.history]
-        assert [p.syncs for p in gloo.history] == [p.syncs for p in replicas.history]
-        assert gloo.final.bytes_per_worker == replicas.final.bytes_per_worker
-        assert gloo.final.train_loss == pytest.approx(replicas.final.train_loss, abs=1e-5)
-        assert gloo.final.test_accuracy == pytest.approx(replicas.final.test_accuracy)
+    table: dict[str, object] = {
+        "method": "post_local_sgd",
+        "post_local_warmup_steps": 6,
+        "local_steps": 3,
+        "workers": 2,
+        "batch_size": 8,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "sample_budget": 16 * 16,
+        "eval_every_samples": 16 * 6,
+    }
+    replicas = run_parallel(ParallelSpec.from_mapping(table), data, tiny_mlp)
+    gloo = run_parallel(ParallelSpec.from_mapping({**table, "mode": "gloo"}), data, tiny_mlp)
+    assert replicas.final_params.keys() == gloo.final_params.keys()
+    for k, v in replicas.final_params.items():
+        torch.testing.assert_close(gloo.final_params[k], v, atol=1e-6, rtol=0)
+    assert [p.step for p in gloo.history] == [p.step for p in replicas.history] == [6, 12, 16]
+    assert [p.syncs for p in gloo.history] == [p.syncs for p in replicas.history] == [6, 8, 10]
+    assert [p.local_steps for p in gloo.history] == [1, 3, 3]
+    assert gloo.final.bytes_per_worker == replicas.final.bytes_per_worker
+    assert gloo.final.train_loss == pytest.approx(replicas.final.train_loss, abs=1e-5)
+    assert gloo.final.test_accuracy == pytest.approx(replicas.final.test_accuracy)
 
 
 def test_async_parameter_server_over_gloo_ranks() -> None:
