@@ -35,6 +35,10 @@ def _mount() -> None:
 
     app.command("report")(report)
 
+    from fedkit.net.cli import register as register_net
+
+    register_net(app)  # coordinator, worker, launch, certs
+
 
 def main() -> None:
     """Console-script entry point."""
