@@ -304,3 +304,30 @@ def test_restricted_unpickler_rejects_non_batch(tmp_path: Path) -> None:
     path.write_bytes(io.BytesIO(b"garbage").getvalue())
     with pytest.raises(FedkitDataError):
         cifar.read_cifar_batch(path)
+
+
+def test_fashion_mnist_from_idx_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    files: dict[str, RemoteFile] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for split, n in (("train", 5), ("test", 3)):
+        arrays[f"x_{split}"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"y_{split}"] = rng.integers(0, 10, n, dtype=np.uint8)
+    for key, remote in mnist.FASHION_MNIST_FILES.items():
+        a = arrays[key]
+        blob = gzip.compress(_idx(a.tobytes(), a.shape))
+        path = tmp_path / remote.relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+        digest = hashlib.md5(blob).hexdigest()
+        files[key] = RemoteFile(relpath=remote.relpath, algorithm="md5", digest=digest)
+    monkeypatch.setattr(mnist, "FASHION_MNIST_FILES", files)
+    ds = load_dataset("fashion_mnist", root=tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.train.x.shape == (5, 1, 28, 28) and ds.test.x.shape == (3, 1, 28, 28)
+    expected = torch.from_numpy(arrays["x_train"]).float().unsqueeze(1) / 255
+    assert torch.allclose(ds.train.x, expected)
+    assert ds.test.y.tolist() == arrays["y_test"].tolist()
+    normed = load_dataset(
+        "fashion_mnist", root=tmp_path, cache_dir=tmp_path / "cache", normalize=True
+    )
+    assert torch.allclose(normed.train.x, (expected - 0.2860) / 0.3530, atol=1e-6)
