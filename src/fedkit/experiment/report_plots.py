@@ -19,7 +19,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from fedkit.experiment.report_model import Arm, RoundPoint, labels
 
@@ -76,6 +76,7 @@ def _accuracy_figure(
     xlabel: str,
     title: str,
     bytes_axis: bool = False,
+    integer_x: bool = False,
 ) -> None:
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -109,6 +110,8 @@ def _accuracy_figure(
             xytext=(2, 2),
             textcoords="offset points",
         )
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if bytes_axis:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
     ax.set_xlabel(xlabel)
@@ -184,6 +187,7 @@ def write_plots(arms: Sequence[Arm], out_dir: Path) -> list[Plot]:
         x_of=lambda p: float(p.round),
         xlabel="round",
         title=titles["accuracy_vs_rounds"],
+        integer_x=True,
     )
     _accuracy_figure(
         arms,
