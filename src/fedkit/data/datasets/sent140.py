@@ -3,7 +3,9 @@
 The file is the original CSV layout, latin-1, six columns: polarity (0 negative, 2 neutral,
 4 positive), tweet id, date, query, user, text. fedkit's test data holds the official
 hand-labelled test set (``sent140/testdata.manual.2009.06.14.csv``, 498 rows); the 1.6M-tweet
-training file has no checksum fedkit can verify offline and is not read.
+training file has no checksum fedkit can verify offline and is not read. The SHA-256 checked is
+that of the shipped CSV; it is expected to equal the member of the official zip that
+``download=True`` extracts, but that has not been verified against the zip itself.
 
 Labels: 0 -> 0 and 4 -> 1. Neutral tweets (2) are dropped by default (``neutral="drop"``, the
 binary task of LEAF/FedProx, 359 rows); ``neutral="keep"`` keeps them as class 2 (3 classes).

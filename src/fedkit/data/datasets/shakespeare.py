@@ -13,7 +13,10 @@ LEAF version (``shakespeare_leaf``): ``shakespeare/leaf_sample/all_data_niid_023
 {train,test}_9.json.gz``; ``user_data[role] = {"x": [80-char strings], "y": [next char]}``.
 Encoded with the same character vocabulary. With ``targets="all"`` (default) ``y`` is the
 next character at every position (``x[1:] + next``), the same task as the TFF version; with
-``targets="last"`` ``y`` is LEAF's single next character, shape ``(N,)``.
+``targets="last"`` ``y`` is LEAF's single next character, shape ``(N,)``. Samples are counted from
+the ``x``/``y`` lists, not from ``num_samples``: in the shipped test file ``num_samples`` sums to
+4,671 but the lists hold 3,881 samples (LEAF drops the windows that overlap the training text
+without updating the count).
 """
 
 from __future__ import annotations
