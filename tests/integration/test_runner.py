@@ -222,3 +222,29 @@ def test_processes_executor_matches_serial(tmp_path: Path) -> None:
     assert outcome.status == "completed", outcome.error
     assert outcome.summary is not None
     assert outcome.summary.model_sha256 == direct_fedavg_sha(seed=7, rounds=2, cohort=4)
+
+
+def test_parallel_section_dispatches_to_data_parallel_track(tmp_path: Path) -> None:
+    doc = tiny()
+    del doc["algorithm"]
+    doc["parallel"] = {
+        "method": "local_sgd",
+        "workers": 2,
+        "local_steps": 4,
+        "batch_size": 16,
+        "lr": 0.05,
+        "sample_budget": 2000,
+        "eval_every_samples": 1000,
+    }
+    (cfg,) = study_from_mapping(doc, default_name="par").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        outcome = run_experiment(cfg, store)
+        rounds = store.rounds(outcome.run_id)
+        row = store.run(outcome.run_id)
+    assert outcome.status == "completed", outcome.error
+    s = outcome.summary
+    assert s is not None and s.rounds == len(rounds) >= 2
+    assert s.final_accuracy == rounds[-1].test_accuracy
+    assert s.bytes_up == sum(r.bytes_up for r in rounds) > 0
+    assert all(r.cohort_size == 2 for r in rounds)
+    assert row.config["parallel"]["method"] == "local_sgd" and "algorithm" not in row.config

@@ -545,6 +545,7 @@ def _run_parallel(
         model_spec.build()
     except ValueError as e:
         raise ConfigError(f"model: {e}") from e
+    _warm_up()
     expected = max(1, spec.sample_budget // max(1, spec.eval_every_samples))
     run_id = _start(results, cfg)
     progress.start_run(cfg.name, expected)
