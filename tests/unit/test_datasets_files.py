@@ -331,3 +331,31 @@ def test_fashion_mnist_from_idx_files(tmp_path: Path, monkeypatch: pytest.Monkey
         "fashion_mnist", root=tmp_path, cache_dir=tmp_path / "cache", normalize=True
     )
     assert torch.allclose(normed.train.x, (expected - 0.2860) / 0.3530, atol=1e-6)
+
+
+def test_cifar100_pickles_fine_and_coarse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    files: dict[str, list[RemoteFile]] = {}
+    fine: dict[str, list[int]] = {}
+    for split, n in (("train", 6), ("test", 2)):
+        fine[split] = rng.integers(0, 100, n).tolist()
+        obj = {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"fine_labels": fine[split],
+            b"coarse_labels": [f // 5 for f in fine[split]],
+        }
+        blob = pickle.dumps(obj, protocol=2)
+        relpath = f"cifar100/cifar-100-python/{split}"
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relpath).write_bytes(blob)
+        digest = hashlib.md5(blob).hexdigest()
+        files[split] = [RemoteFile(relpath=relpath, algorithm="md5", digest=digest)]
+    monkeypatch.setattr(cifar, "CIFAR100_PICKLES", files)
+    cache = tmp_path / "cache"
+    ds = load_dataset("cifar100", root=tmp_path, cache_dir=cache, source="pickle")
+    assert ds.num_classes == 100 and ds.train.y.tolist() == fine["train"]
+    coarse = load_dataset("cifar100", root=tmp_path, cache_dir=cache, label="coarse")
+    assert coarse.num_classes == 20
+    assert coarse.test.y.tolist() == [f // 5 for f in fine["test"]]
+    with pytest.raises(ValueError, match="coarse"):
+        load_dataset("cifar100", root=tmp_path, cache_dir=cache, source="npz", label="coarse")

@@ -143,6 +143,18 @@ def test_shakespeare_tff_roles_and_snippets(cache_dir: Path) -> None:
     assert CHAR_VOCAB.decode(ds.train.x[first]).startswith(train[ds.client_names[role]][0][:20])
 
 
+def test_shakespeare_next_word_windows(cache_dir: Path) -> None:
+    root = require_data("shakespeare/shakespeare_train.h5", "shakespeare/shakespeare_test.h5")
+    ds = load_dataset("shakespeare", root=root, cache_dir=cache_dir, tokens="word", seq_len=20)
+    _check(ds)
+    assert ds.vocab_size == ds.num_classes == 10000 + 4
+    assert ds.train.x.shape[1:] == (20,) and ds.input_shape == (20,)
+    assert torch.equal(ds.train.y[:, :-1], ds.train.x[:, 1:])
+    assert int(ds.train.x.max()) < ds.vocab_size
+    oov = 10001
+    assert 0 < float((ds.test.y == oov).double().mean()) < 0.05  # a few unseen words
+
+
 def test_shakespeare_leaf_sample(cache_dir: Path) -> None:
     root = require_data("shakespeare/leaf_sample")
     ds = load_dataset("shakespeare_leaf", root=root, cache_dir=cache_dir)
