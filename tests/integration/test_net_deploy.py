@@ -91,12 +91,12 @@ def serial_sha(path: Path, rounds: int | None = None) -> str:
     model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
     init = exp.initial_params(model)
     res = run(
-        exp.algorithm.build(),
+        exp.build_algorithm(),
         SerialExecutor(ClientStore.from_federated(fd), model),
         init,
         RunConfig(
             rounds=rounds or exp.rounds,
-            clients_per_round=exp.algorithm.clients_per_round,
+            clients_per_round=exp.cohort_size(len(fd.train_parts)),
             seed=exp.seed,
             eval_every=0,
         ),

@@ -92,7 +92,7 @@ def serve(
     ds = fd.dataset
     model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
     init = exp.initial_params(model)
-    algorithm = exp.algorithm.build()
+    algorithm = exp.build_algorithm()
     sample = ClientData(x_train=ds.test.x[:2], y_train=ds.test.y[:2])
     template = probe_update_template(exp, algorithm, model, init, sample)
     s = exp.deploy
@@ -161,7 +161,7 @@ def serve(
             init,
             RunConfig(
                 rounds=exp.rounds,
-                clients_per_round=exp.algorithm.clients_per_round,
+                clients_per_round=exp.cohort_size(len(fd.train_parts)),
                 seed=exp.seed,
                 eval_every=exp.eval_every,
                 checkpoint_dir=ckpt_dir,

@@ -1,51 +1,30 @@
-"""A small typed adapter from an experiment TOML file to what a deployment needs.
+"""Experiment files for deployments: the ``fedkit run`` format plus a ``[deploy]`` section.
 
-The experiment file format belongs to ``fedkit.experiment.config`` (issue 4); until that module
-exists this adapter reads the contract keys it needs — ``[data]`` (via
-:class:`fedkit.data.spec.DataSpec`), ``[model]`` name (+ options), ``[algorithm]`` (name,
-clients_per_round, local_epochs, local_steps, batch_size, lr, momentum, weight_decay, mu,
-server_lr, server_momentum), ``[run]`` (rounds, eval_every, seed) — plus the ``[deploy]`` section
-that only deployments use (:class:`DeploySettings`). The coordinator and every worker build their
-model and algorithm from the same file; the coordinator refuses workers whose file differs
-(SHA-256 digest).
+The sections ``[data]``, ``[model]``, ``[algorithm]`` and ``[run]`` are parsed and validated by
+:mod:`fedkit.experiment.config`, and the model and algorithm are built exactly as ``fedkit run``
+builds them (:mod:`fedkit.experiment.runner`), so a deployment of a file ends with the same model
+as ``fedkit run`` of it. ``[deploy]`` (:class:`DeploySettings`) holds the round policy only a
+coordinator uses; studies (``arms``/``grid``) are not deployable. The coordinator and every worker
+load the same file; the coordinator refuses workers whose file differs (SHA-256 digest).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-import torch
 from torch import nn
 
-from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
 from fedkit.data.spec import DataSpec
-from fedkit.local import LocalTraining
-from fedkit.models import build_model
+from fedkit.experiment.config import ConfigError, ExperimentConfig, experiment_from_mapping
+from fedkit.experiment.runner import build_algorithm, model_init_seed
 from fedkit.params import Params, model_params
-from fedkit.rng import SERVER, derive_seed
-from fedkit.server_opt import SGD, ServerOptimizer, make_server_optimizer
+from fedkit.sim.factory import ModelSpec
 
-ALGORITHMS = (
-    "fedavg",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedprox",
-    "fedsgd",
-    "scaffold",
-)
 ON_ABORT = ("skip", "stop")
-_ALGO_KEYS = {
-    "name", "clients_per_round", "local_epochs", "local_steps", "batch_size", "lr", "momentum",
-    "weight_decay", "mu", "server_lr", "server_momentum", "weighting",
-}  # fmt: skip
-_RUN_KEYS = {"rounds", "eval_every", "seed", "executor", "processes", "threads", "target_accuracy"}
 
 
 class ExperimentError(ValueError):
@@ -117,158 +96,104 @@ class DeploySettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AlgorithmSpec:
-    """The ``[algorithm]`` section (contract keys of issue 4)."""
-
-    name: str = "fedavg"
-    clients_per_round: int = 10
-    local_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 10
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    mu: float = 0.01
-    server_lr: float | None = None
-    server_momentum: float | None = None
-    weighting: Literal["examples", "uniform"] | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in ALGORITHMS:
-            raise ExperimentError(f"algorithm.name = {self.name!r}: allowed {ALGORITHMS}")
-        if self.clients_per_round < 1:
-            raise ExperimentError(
-                f"algorithm.clients_per_round = {self.clients_per_round}: must be >= 1"
-            )
-
-    def local(self) -> LocalTraining:
-        """Client optimiser settings."""
-        return LocalTraining(
-            lr=self.lr,
-            epochs=self.local_epochs,
-            steps=self.local_steps,
-            batch_size=self.batch_size,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-        )
-
-    def server(self) -> ServerOptimizer:
-        """The server optimiser implied by the algorithm name."""
-        if self.name in ("fedadam", "fedyogi", "fedadagrad"):
-            kw = {} if self.server_lr is None else {"lr": self.server_lr}
-            return make_server_optimizer(self.name[3:], **kw)
-        momentum = self.server_momentum
-        if momentum is None:
-            momentum = 0.9 if self.name == "fedavgm" else 0.0
-        return SGD(lr=1.0 if self.server_lr is None else self.server_lr, momentum=momentum)
-
-    def build(self) -> Any:
-        """The algorithm object."""
-        kw: dict[str, Any] = {"server": self.server()}
-        if self.weighting is not None:
-            kw["weighting"] = self.weighting
-        if self.name == "fedsgd":
-            return FedSGD(**kw)
-        if self.name == "fedprox":
-            return FedProx(local=self.local(), mu=self.mu, **kw)
-        if self.name == "scaffold":
-            return Scaffold(local=self.local(), **kw)
-        return FedAvg(local=self.local(), **kw)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Experiment:
     """What a coordinator and its workers build from one experiment file."""
 
-    data: DataSpec
-    model: str
-    model_options: Mapping[str, Any]
-    algorithm: AlgorithmSpec
-    rounds: int
-    eval_every: int
-    seed: int
+    config: ExperimentConfig
     deploy: DeploySettings
     digest: str
 
+    @property
+    def data(self) -> DataSpec:
+        """The ``[data]`` section."""
+        return self.config.data
+
+    @property
+    def rounds(self) -> int:
+        """``run.rounds``."""
+        assert self.config.run.rounds is not None  # checked at load
+        return self.config.run.rounds
+
+    @property
+    def seed(self) -> int:
+        """``run.seed``."""
+        return self.config.run.seed
+
+    @property
+    def eval_every(self) -> int:
+        """``run.eval_every``."""
+        return self.config.run.eval_every
+
+    def cohort_size(self, num_clients: int) -> int:
+        """Clients per round for a population of ``num_clients``."""
+        assert self.config.algorithm is not None  # checked at load
+        return self.config.algorithm.cohort_size(num_clients)
+
+    def build_algorithm(self) -> Any:
+        """The algorithm object, as ``fedkit run`` builds it."""
+        assert self.config.algorithm is not None
+        return build_algorithm(self.config.algorithm)
+
     def build_model(self, *, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-        """The model, initialised from the run seed (same on every machine)."""
-        torch.manual_seed(derive_seed(self.seed, 0, SERVER, "model-init"))
-        return build_model(
-            self.model, num_classes=num_classes, input_shape=input_shape, **self.model_options
-        )
+        """The model, initialised from the run seed as ``fedkit run`` does (same everywhere)."""
+        m = self.config.model
+        return ModelSpec(
+            name=m.name,
+            num_classes=num_classes,
+            input_shape=tuple(input_shape),
+            options=dict(m.options),
+            init_seed=model_init_seed(self.seed),
+        ).build()
 
     def initial_params(self, model: nn.Module) -> Params:
         """A detached copy of the model's initial parameters."""
         return {k: v.detach().clone() for k, v in model_params(model).items()}
 
 
-def _table(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
-    t = doc.get(name, {})
-    if not isinstance(t, dict):
-        raise ExperimentError(f"[{name}] must be a table")
-    return dict(t)
-
-
-def _build(cls: type[Any], section: str, values: Mapping[str, Any], allowed: set[str]) -> Any:
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ExperimentError(f"[{section}] unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    try:
-        return cls(**{k: v for k, v in values.items() if k in fields})
-    except TypeError as exc:
-        raise ExperimentError(f"[{section}]: {exc}") from None
-
-
 def load_experiment(path: Path) -> Experiment:
-    """Parse and validate an experiment file.
+    """Parse and validate an experiment file for deployment.
 
     Raises:
-        ExperimentError: a missing file, malformed TOML, an unknown key or an out-of-range value.
+        ExperimentError: a missing file, malformed TOML, an unknown key or an out-of-range value
+            (messages from :mod:`fedkit.experiment.config` name the key and the allowed values).
     """
+    path = Path(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ExperimentError(f"cannot read experiment file {path}: {exc}") from None
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ExperimentError(f"{path} is not valid TOML: {exc}") from None
+    deploy_t = doc.pop("deploy", {})
+    if not isinstance(deploy_t, dict):
+        raise ExperimentError("[deploy] must be a table")
+    for key in ("arms", "grid"):
+        if key in doc:
+            raise ExperimentError(
+                f"{path}: a deployment runs one experiment; remove `{key}` (studies run with "
+                "`fedkit run`)"
+            )
+    doc.pop("study", None)
     try:
-        data = DataSpec.from_mapping(_table(doc, "data"))
-    except ValueError as exc:
+        cfg = experiment_from_mapping(doc, name=path.stem, study=path.stem)
+    except ConfigError as exc:
         raise ExperimentError(str(exc)) from None
-    model_t = _table(doc, "model")
-    if "name" not in model_t:
-        raise ExperimentError("[model] name is required")
-    model_name = str(model_t.pop("name"))
-    options = model_t.pop("options", {}) if isinstance(model_t.get("options"), dict) else {}
-    options.update(model_t)
-    algo_t = _table(doc, "algorithm")
-    algorithm = _build(AlgorithmSpec, "algorithm", algo_t, _ALGO_KEYS)
-    run_t = _table(doc, "run")
-    unknown = sorted(set(run_t) - _RUN_KEYS)
-    if unknown:
-        raise ExperimentError(f"[run] unknown key(s) {unknown}; allowed: {sorted(_RUN_KEYS)}")
-    rounds, eval_every, seed = (
-        run_t.get("rounds", 1),
-        run_t.get("eval_every", 1),
-        run_t.get("seed", 0),
-    )
-    for key, v, low in (("rounds", rounds, 1), ("eval_every", eval_every, 0), ("seed", seed, 0)):
-        if not (isinstance(v, int) and v >= low):
-            raise ExperimentError(f"run.{key} = {v!r}: must be an integer >= {low}")
-    deploy_t = _table(doc, "deploy")
+    if cfg.algorithm is None or cfg.algorithm.name == "centralized" or cfg.parallel is not None:
+        raise ExperimentError(
+            "a deployment needs a federated [algorithm] (not 'centralized', not [parallel])"
+        )
+    if cfg.run.rounds is None:
+        raise ExperimentError("run.rounds is required")
     deploy_keys = {f.name for f in dataclasses.fields(DeploySettings)}
-    deploy = _build(DeploySettings, "deploy", deploy_t, deploy_keys)
-    return Experiment(
-        data=data,
-        model=model_name,
-        model_options=options,
-        algorithm=algorithm,
-        rounds=rounds,
-        eval_every=eval_every,
-        seed=seed,
-        deploy=deploy,
-        digest=hashlib.sha256(raw).hexdigest(),
-    )
+    unknown = sorted(set(deploy_t) - deploy_keys)
+    if unknown:
+        raise ExperimentError(
+            f"[deploy] unknown key(s) {unknown}; allowed: {', '.join(sorted(deploy_keys))}"
+        )
+    try:
+        deploy = DeploySettings(**deploy_t)
+    except TypeError as exc:
+        raise ExperimentError(f"[deploy]: {exc}") from None
+    return Experiment(config=cfg, deploy=deploy, digest=hashlib.sha256(raw).hexdigest())

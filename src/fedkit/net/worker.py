@@ -103,13 +103,13 @@ class Worker:
         self.poll_s = poll_s
         self.give_up_s = give_up_s
         self.model = exp.build_model(num_classes=local.num_classes, input_shape=local.input_shape)
-        self.algorithm = exp.algorithm.build()
+        self.algorithm = exp.build_algorithm()
         init = exp.initial_params(self.model)
         info0 = RoundInfo(
             round=0,
             seed=exp.seed,
             num_clients=local.num_clients,
-            cohort_size=exp.algorithm.clients_per_round,
+            cohort_size=exp.cohort_size(local.num_clients),
         )
         self.msg_template = self.algorithm.broadcast(self.algorithm.init_state(init), info0)
         self.state_template = self.algorithm.client_state_template(init)
