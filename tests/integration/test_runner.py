@@ -248,3 +248,30 @@ def test_parallel_section_dispatches_to_data_parallel_track(tmp_path: Path) -> N
     assert s.bytes_up == sum(r.bytes_up for r in rounds) > 0
     assert all(r.cohort_size == 2 for r in rounds)
     assert row.config["parallel"]["method"] == "local_sgd" and "algorithm" not in row.config
+
+
+@pytest.mark.slow
+def test_parallel_jobs_record_every_run_with_serial_results(tmp_path: Path) -> None:
+    """`jobs=2`: runs in two spawned processes write one database; models equal serial runs."""
+    doc = tiny(run={"rounds": 2})
+    doc["arms"] = [{"name": "a"}, {"name": "b", "run": {"seed": 8}}, {"name": "c"}]
+    study = study_from_mapping(doc, default_name="j")
+    with ResultsStore(results_path(tmp_path / "par")) as store:
+        parallel = run_study(study, store, jobs=2)
+        assert sorted(r.name for r in store.runs()) == ["a", "b", "c"]
+        assert all(r.status == "completed" for r in store.runs())
+        assert all(len(store.rounds(r.id)) == 2 for r in store.runs())
+    assert [o.name for o in parallel] == ["a", "b", "c"]
+    with ResultsStore(results_path(tmp_path / "ser")) as store:
+        serial = run_study(study, store)
+    assert [o.summary.model_sha256 for o in parallel if o.summary] == [
+        o.summary.model_sha256 for o in serial if o.summary
+    ]
+    assert parallel[0].summary is not None
+    assert parallel[0].summary.model_sha256 == direct_fedavg_sha(seed=7, rounds=2, cohort=4)
+
+
+def test_jobs_must_be_positive(tmp_path: Path) -> None:
+    study = study_from_mapping(tiny(), default_name="j")
+    with ResultsStore(results_path(tmp_path)) as store, pytest.raises(ValueError, match="jobs"):
+        run_study(study, store, jobs=0)

@@ -1,14 +1,15 @@
 """``fedkit run FILE`` and ``fedkit runs list|show|export``: run experiments, browse their results.
 
-``fedkit run FILE [--set key=value]… [--out DIR] [--json]`` validates the whole file (every arm and
-grid point) first — an invalid file exits with status 2 and writes nothing — then runs each run in
-turn with a progress bar on standard error, recording it in ``DIR/results.sqlite`` (default
-``runs/``). With ``--json``, standard output carries one JSON object per run, one per line, as each
-run ends (so for a single run the final line is its object): ``run_id``, ``name``, ``status``,
-``rounds``, ``final_accuracy``, ``best_accuracy``, ``rounds_to_target`` (null when not reached),
-``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down``, ``model_sha256``,
-``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run completed, 1 when
-a run failed, 2 when the file or a dataset could not be used.
+``fedkit run FILE [--set key=value]… [--out DIR] [--json] [--jobs N]`` validates the whole file
+(every arm and grid point) first — an invalid file exits with status 2 and writes nothing — then
+runs each run in turn (``--jobs N``: up to N at once, each in its own process) with a progress bar
+on standard error, recording it in ``DIR/results.sqlite`` (default ``runs/``). With ``--json``,
+standard output carries one JSON object per run, one per line, as each run ends (so for a single
+run the final line is its object; with ``--jobs`` in the order runs finish): ``run_id``, ``name``,
+``status``, ``rounds``, ``final_accuracy``, ``best_accuracy``, ``rounds_to_target`` (null when
+not reached), ``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down``,
+``model_sha256``, ``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run
+completed, 1 when a run failed, 2 when the file or a dataset could not be used.
 
 ``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
 output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
@@ -64,6 +65,15 @@ def run(
         bool, typer.Option("--json", help="Print one JSON object per run on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Runs of a study at once, each in its own process (default 1: one after another).",
+        ),
+    ] = 1,
     data_root: Annotated[
         Path | None,
         typer.Option("--data", help="Data directory (default: $FEDKIT_DATA or ~/.cache/fedkit)."),
@@ -103,7 +113,7 @@ def run(
     try:
         with RunProgress(enabled=not quiet, console=_err) as progress:
             outcomes = run_study(
-                study, store, progress=progress, data_root=data_root, on_outcome=report
+                study, store, progress=progress, data_root=data_root, on_outcome=report, jobs=jobs
             )
     except ConfigError as e:
         raise _fail(f"{file}: {e}", 2) from None

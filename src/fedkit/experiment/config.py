@@ -399,6 +399,8 @@ class ExperimentConfig:
         run: The ``[run]`` section.
         parallel: The ``[parallel]`` section (a data-parallel run), or ``None``.
         grid_point: The grid values (dotted key -> value) that produced this run.
+        source: The resolved document (plain TOML values) this config was validated from; it
+            rebuilds the config in another process (``experiment_from_mapping``).
     """
 
     name: str
@@ -409,6 +411,9 @@ class ExperimentConfig:
     run: RunSettings
     parallel: ParallelSpec | None = None
     grid_point: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+    source: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, hash=False, compare=False, repr=False
+    )
 
     def to_mapping(self) -> dict[str, Any]:
         """The resolved config as plain JSON-ready tables (what the results store records)."""
@@ -493,6 +498,7 @@ def experiment_from_mapping(
         run=run,
         parallel=parallel,
         grid_point=dict(grid_point or {}),
+        source=_merge(doc, {}),
     )
 
 

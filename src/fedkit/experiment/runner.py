@@ -27,9 +27,11 @@ Algorithm names map to core objects as follows (server learning rate ``η_s = se
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import multiprocessing
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -46,7 +48,13 @@ from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, Distribution
 from fedkit.executor import Executor, RoundOutput
-from fedkit.experiment.config import AlgorithmSettings, ConfigError, ExperimentConfig, Study
+from fedkit.experiment.config import (
+    AlgorithmSettings,
+    ConfigError,
+    ExperimentConfig,
+    Study,
+    experiment_from_mapping,
+)
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.results import (
     ClientRow,
@@ -620,6 +628,20 @@ def _run_parallel(
         progress.end_run(status)
 
 
+def _run_in_worker(
+    source: dict[str, Any],
+    name: str,
+    study: str,
+    grid_point: dict[str, Any],
+    db_path: str,
+    data_root: Path | None,
+) -> RunOutcome:
+    """One run of a parallel study, in a worker process with its own store connection."""
+    cfg = experiment_from_mapping(source, name=name, study=study, grid_point=grid_point)
+    with ResultsStore(db_path) as store:
+        return run_experiment(cfg, store, data_root=data_root)
+
+
 def run_study(
     study: Study,
     results: ResultsStore,
@@ -627,11 +649,19 @@ def run_study(
     progress: RunProgress | None = None,
     data_root: Path | None = None,
     on_outcome: Callable[[RunOutcome], None] | None = None,
+    jobs: int = 1,
 ) -> list[RunOutcome]:
-    """Run every run of ``study`` one after another, recording each in ``results``.
+    """Run every run of ``study``, recording each in ``results``.
+
+    With ``jobs = 1`` runs go one after another in this process, each with its own progress bar.
+    With ``jobs > 1`` up to ``jobs`` runs go at once, each in a fresh (spawned) process that
+    writes to the same database; the progress bar then counts finished runs and ``on_outcome``
+    sees runs in the order they finish. Each run uses ``[run] threads`` torch threads, so keep
+    ``jobs × threads`` within the machine's cores.
 
     A run that fails is marked failed and the study goes on; a run that cannot start
-    (:class:`ConfigError`, missing dataset) stops the study with that error.
+    (:class:`ConfigError`, missing dataset) stops the study with that error (with ``jobs > 1``,
+    runs not yet started are cancelled and runs under way finish).
 
     Args:
         study: The validated study.
@@ -639,11 +669,50 @@ def run_study(
         progress: Progress display.
         data_root: Data directory.
         on_outcome: Called after each run (e.g. to print its ``--json`` line).
+        jobs: Runs at once (>= 1).
+
+    Returns:
+        The outcomes, in the study's run order.
     """
-    outcomes: list[RunOutcome] = []
-    for cfg in study.runs:
-        outcome = run_experiment(cfg, results, progress=progress, data_root=data_root)
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
-    return outcomes
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if jobs == 1 or len(study.runs) == 1:
+        outcomes: list[RunOutcome] = []
+        for cfg in study.runs:
+            outcome = run_experiment(cfg, results, progress=progress, data_root=data_root)
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+        return outcomes
+    progress = progress or RunProgress(enabled=False)
+    progress.start_run(f"{study.name}: {len(study.runs)} runs, {jobs} at a time", len(study.runs))
+    done: dict[int, RunOutcome] = {}
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(
+                _run_in_worker,
+                dict(cfg.source),
+                cfg.name,
+                cfg.study,
+                dict(cfg.grid_point),
+                str(results.path),
+                data_root,
+            ): i
+            for i, cfg in enumerate(study.runs)
+        }
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                outcome = fut.result()
+                done[futures[fut]] = outcome
+                acc = outcome.summary.final_accuracy if outcome.summary is not None else None
+                progress.update(len(done), loss=None, accuracy=acc)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            progress.end_run("stopped")
+            raise
+    progress.end_run("done")
+    return [done[i] for i in sorted(done)]
