@@ -12,6 +12,10 @@ One step (K workers, per-worker batch B, step t of the ``BatchStream``)::
 
 The same function runs all K workers in one process (``ReplicaCollective``) or one worker per
 gloo rank (``GlooCollective``), so the two modes execute identical arithmetic.
+
+Model averages include floating-point buffers (BatchNorm statistics); synchronous steps average
+gradients only, so such buffers stay per worker until the next model average. Evaluation uses
+worker 0's model right after a synchronisation (the consensus model), on the main process only.
 """
 
 from __future__ import annotations
