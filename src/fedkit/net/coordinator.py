@@ -43,10 +43,14 @@ class Summary:
     """The outcome of a coordinator run (the fields of ``fedkit run --json``)."""
 
     run_id: str
+    name: str
+    status: str
     rounds: int
     final_accuracy: float | None
     best_accuracy: float | None
     rounds_to_target: int | None
+    target_accuracy: float | None
+    final_loss: float | None
     wall_seconds: float
     bytes_up: int
     bytes_down: int
@@ -122,11 +126,13 @@ def serve(
         on_round=on_round,
     )
     accuracies: list[float] = []
+    losses: list[float] = []
 
     def commit(record: RoundRecord, params: Params) -> None:
         acc = record.central.accuracy if record.central is not None else None
-        if acc is not None:
-            accuracies.append(acc)
+        if record.central is not None:
+            accuracies.append(record.central.accuracy)
+            losses.append(record.central.loss)
         for row in attempts:
             last = row is attempts[-1]
             db.stage_round(
@@ -175,12 +181,18 @@ def serve(
     rows = db.round_rows()
     db.close()
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]
+    target = exp.config.run.target_accuracy
+    reached = [r.round + 1 for r in rows if target is not None and (r.accuracy or 0.0) >= target]
     return Summary(
         run_id=run_id,
+        name=exp.config.name,
+        status="completed",
         rounds=exp.rounds,
         final_accuracy=accuracies[-1] if accuracies else (all_acc[-1] if all_acc else None),
         best_accuracy=max(all_acc) if all_acc else None,
-        rounds_to_target=None,
+        rounds_to_target=min(reached) if reached else None,
+        target_accuracy=target,
+        final_loss=losses[-1] if losses else None,
         wall_seconds=time.perf_counter() - t0,
         bytes_up=sum(r.bytes_up for r in rows),
         bytes_down=sum(r.bytes_down for r in rows),
@@ -188,25 +200,3 @@ def serve(
         committed_rounds=sum(1 for r in rows if r.committed),
         start_round=start_round,
     )
-
-
-def run_coordinator(
-    *,
-    experiment: Path,
-    listen: str,
-    out_dir: Path,
-    data_root: Path | None = None,
-    security: Security | None = None,
-    threads: int = 1,
-) -> Summary:
-    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
-    torch.set_num_threads(max(1, threads))
-    summary = serve(
-        load_experiment(experiment),
-        listen=listen,
-        security=security or Security(),
-        out_dir=out_dir,
-        data_root=data_root,
-    )
-    write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
-    return summary

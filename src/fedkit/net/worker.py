@@ -261,6 +261,9 @@ def run_worker(
     set_threads(threads)
     exp = load_experiment(experiment)
     local = load_local_data(exp, client_id, data_root)
+    # Pay torch's one-time lazy import (the first optimiser imports torch._dynamo, seconds on a
+    # small machine) before registering, not inside the first round's deadline.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     client = CoordinatorClient(
         coordinator,
         client_id=str(client_id),
