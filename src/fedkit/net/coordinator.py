@@ -200,3 +200,25 @@ def serve(
         committed_rounds=sum(1 for r in rows if r.committed),
         start_round=start_round,
     )
+
+
+def run_coordinator(
+    *,
+    experiment: Path,
+    listen: str,
+    out_dir: Path,
+    data_root: Path | None = None,
+    security: Security | None = None,
+    threads: int = 1,
+) -> Summary:
+    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
+    torch.set_num_threads(max(1, threads))
+    summary = serve(
+        load_experiment(experiment),
+        listen=listen,
+        security=security or Security(),
+        out_dir=out_dir,
+        data_root=data_root,
+    )
+    write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
+    return summary
