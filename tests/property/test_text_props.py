@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit.data.text import CHAR_VOCAB, WordVocab, char_windows, tokenize, windows
+from fedkit.local import IGNORE_INDEX
 
 vocab_text = st.text(alphabet=st.sampled_from(CHAR_VOCAB.chars), max_size=300)
 id_seqs = st.lists(st.lists(st.integers(1, 50), max_size=40), max_size=8)
@@ -35,7 +36,9 @@ def test_windows_reconstruct_sequences(seqs: list[list[int]], seq_len: int) -> N
     arrays = [np.array(s, dtype=np.int64) for s in seqs]
     x, y, owner = windows(arrays, seq_len=seq_len, pad=pad, bos=bos, eos=eos)
     assert x.shape == y.shape == (len(owner), seq_len)
-    assert np.array_equal(y[:, :-1], x[:, 1:])  # targets are the next token at every position
+    # targets are the next token at every position, padding targets replaced by IGNORE_INDEX
+    assert np.array_equal(y[:, :-1], np.where(x[:, 1:] == pad, IGNORE_INDEX, x[:, 1:]))
+    y = np.where(y == IGNORE_INDEX, pad, y)
     assert np.all(np.diff(owner) >= 0)
     for k, s in enumerate(seqs):
         rows = np.nonzero(owner == k)[0]
@@ -49,7 +52,8 @@ def test_windows_reconstruct_sequences(seqs: list[list[int]], seq_len: int) -> N
 @given(st.lists(vocab_text, max_size=5), st.integers(1, 90))
 def test_char_windows_cover_every_character(texts: list[str], seq_len: int) -> None:
     x, y, _ = char_windows(texts, seq_len=seq_len)
-    chunks = np.concatenate([x, y[:, -1:]], axis=1)  # the seq_len + 1 ids each window came from
+    last = np.where(y[:, -1:] == IGNORE_INDEX, CHAR_VOCAB.pad, y[:, -1:])
+    chunks = np.concatenate([x, last], axis=1)  # the seq_len + 1 ids each window came from
     specials = [CHAR_VOCAB.pad, CHAR_VOCAB.bos, CHAR_VOCAB.eos]
     assert int((~np.isin(chunks, specials)).sum()) == sum(len(t) for t in texts)
     assert int((chunks == CHAR_VOCAB.bos).sum()) == len(texts)

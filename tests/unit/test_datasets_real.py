@@ -18,6 +18,7 @@ from fedkit.data.datasets.mnist import MNIST_FILES
 from fedkit.data.datasets.sent140 import read_sent140_csv
 from fedkit.data.datasets.shakespeare import read_tff_snippets
 from fedkit.data.text import CHAR_VOCAB
+from fedkit.local import IGNORE_INDEX
 from tests.conftest import require_data
 
 MNIST = [f"mnist/{r.name}" for r in MNIST_FILES.values()]
@@ -135,7 +136,8 @@ def test_shakespeare_tff_roles_and_snippets(cache_dir: Path) -> None:
     # one window per 81 ids of [bos] + snippet + [eos]
     expected = sum((len(s) + 2 + 80) // 81 for v in train.values() for s in v)
     assert ds.train.x.shape[0] == expected
-    assert torch.equal(ds.train.y[:, :-1], ds.train.x[:, 1:])
+    nxt = ds.train.x[:, 1:]  # padding targets are IGNORE_INDEX
+    assert torch.equal(ds.train.y[:, :-1], torch.where(nxt == 0, IGNORE_INDEX, nxt))
     assert ds.train.client is not None and ds.train.client.unique().numel() == 715
     role = ds.client_names.index("ALL_S_WELL_THAT_ENDS_WELL_ADAM")
     first = int((ds.train.client == role).nonzero()[0])
@@ -149,7 +151,8 @@ def test_shakespeare_next_word_windows(cache_dir: Path) -> None:
     _check(ds)
     assert ds.vocab_size == ds.num_classes == 10000 + 4
     assert ds.train.x.shape[1:] == (20,) and ds.input_shape == (20,)
-    assert torch.equal(ds.train.y[:, :-1], ds.train.x[:, 1:])
+    nxt = ds.train.x[:, 1:]  # padding targets are IGNORE_INDEX
+    assert torch.equal(ds.train.y[:, :-1], torch.where(nxt == 0, IGNORE_INDEX, nxt))
     assert int(ds.train.x.max()) < ds.vocab_size
     oov = 10001
     assert 0 < float((ds.test.y == oov).double().mean()) < 0.05  # a few unseen words
@@ -163,7 +166,8 @@ def test_shakespeare_leaf_sample(cache_dir: Path) -> None:
     assert ds.train.x.shape == (41990, 80) and ds.train.y.shape == (41990, 80)
     # the test file's num_samples sum to 4,671 but its x/y lists hold 3,881 samples
     assert ds.test.x.shape == (3881, 80)
-    assert torch.equal(ds.train.y[:, :-1], ds.train.x[:, 1:])
+    nxt = ds.train.x[:, 1:]  # padding targets are IGNORE_INDEX
+    assert torch.equal(ds.train.y[:, :-1], torch.where(nxt == 0, IGNORE_INDEX, nxt))
     last = load_dataset("shakespeare_leaf", root=root, cache_dir=cache_dir, targets="last")
     assert last.train.y.shape == (41990,)
     assert torch.equal(last.train.y, ds.train.y[:, -1])

@@ -14,6 +14,9 @@ from fedkit.data.text import (
     tokenize,
     word_windows,
 )
+from fedkit.local import IGNORE_INDEX
+
+IGN = IGNORE_INDEX
 
 
 def test_char_vocab_layout() -> None:
@@ -33,7 +36,7 @@ def test_char_windows_by_hand() -> None:
     x, y, owner = char_windows(["abcab", "c"], seq_len=3, vocab=v)
     # "abcab" -> [5 1 2 3 1 2 6] -> chunks of 4: [5 1 2 3] [1 2 6 0]; "c" -> [5 3 6 0]
     assert x.tolist() == [[5, 1, 2], [1, 2, 6], [5, 3, 6]]
-    assert y.tolist() == [[1, 2, 3], [2, 6, 0], [3, 6, 0]]
+    assert y.tolist() == [[1, 2, 3], [2, 6, IGN], [3, 6, IGN]]  # padding targets are ignored
     assert owner.tolist() == [0, 0, 1]
     empty_x, empty_y, empty_owner = char_windows([], seq_len=80)
     assert empty_x.shape == (0, 80) and empty_y.shape == (0, 80) and empty_owner.shape == (0,)
@@ -57,7 +60,7 @@ def test_word_windows_and_pad_truncate() -> None:
     vocab = WordVocab(("the", "cat"))  # the=1 cat=2 oov=3 bos=4 eos=5
     x, y, owner = word_windows(["The cat sat", "cat"], vocab, seq_len=4)
     assert x.tolist() == [[4, 1, 2, 3], [4, 2, 5, 0]]
-    assert y.tolist() == [[1, 2, 3, 5], [2, 5, 0, 0]]
+    assert y.tolist() == [[1, 2, 3, 5], [2, 5, IGN, IGN]]
     assert owner.tolist() == [0, 1]
     out = pad_truncate([np.array([1, 2, 3]), np.array([4])], length=2)
     assert out.tolist() == [[1, 2], [4, 0]] and out.dtype == np.int64

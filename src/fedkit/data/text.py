@@ -4,7 +4,8 @@ Character task (Shakespeare; McMahan et al. 2017, Reddi et al. 2021 "Adaptive Fe
 Optimization"): every snippet becomes ``[bos] + chars + [eos]``, padded with ``pad`` to a multiple
 of ``seq_len + 1`` and cut into chunks of ``seq_len + 1``; each chunk gives one window with
 ``x = chunk[:-1]`` and ``y = chunk[1:]``, i.e. a next-character target at every position. With
-``seq_len = 80`` this is the setup of Reddi et al.; a loss should ignore targets equal to ``pad``.
+``seq_len = 80`` this is the setup of Reddi et al. Targets at padding positions are
+``IGNORE_INDEX`` (-100), which fedkit's loss and accuracy skip.
 
 The character vocabulary is fixed: the 86 characters of the vocabulary used in TFF's Shakespeare
 experiments (letters, digits, space, newline, carriage return and 22 punctuation marks), here in
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from fedkit.local import IGNORE_INDEX
 
 __all__ = [
     "CHAR_VOCAB",
@@ -217,6 +220,8 @@ def windows(
 
     Each sequence becomes ``[bos] + seq + [eos]``, padded with ``pad`` to a multiple of
     ``seq_len + 1`` and split into chunks; chunk ``c`` gives ``x = c[:-1]``, ``y = c[1:]``.
+    Targets at padding positions are :data:`fedkit.local.IGNORE_INDEX`, so losses and accuracy
+    skip them (padding is not a character to predict).
 
     Args:
         sequences: one int64 id array per text.
@@ -255,7 +260,8 @@ def windows(
         flat[positions] = content
     chunks = flat.reshape(total, span)
     owner = np.repeat(np.arange(len(sequences), dtype=np.int64), n_windows)
-    return np.ascontiguousarray(chunks[:, :-1]), np.ascontiguousarray(chunks[:, 1:]), owner
+    targets = np.where(chunks[:, 1:] == pad, IGNORE_INDEX, chunks[:, 1:])
+    return np.ascontiguousarray(chunks[:, :-1]), np.ascontiguousarray(targets), owner
 
 
 def char_windows(

@@ -48,7 +48,7 @@ __all__ = [
     "read_tff_snippets",
 ]
 
-_VERSION = 1
+_VERSION = 2  # 2: padding targets are IGNORE_INDEX
 _TFF_URL = "https://storage.googleapis.com/tff-datasets-public/shakespeare.tar.bz2"
 
 SHAKESPEARE_FILES = {
