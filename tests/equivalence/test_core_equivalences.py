@@ -56,15 +56,14 @@ def test_fedavgm_zero_momentum_unit_lr_equals_fedavg_bitwise() -> None:
     )
 
 
-def test_one_full_batch_step_equals_centralised_gradient_descent() -> None:
-    """FedAvg, every client, one full-batch local step == GD on the union (example weighting)."""
-    lr, rounds = 0.3, 4
-    clients = toy_clients(5)
+def _assert_equals_full_batch_gd(alg: object, num_clients: int, lr: float, rounds: int) -> None:
+    """``alg`` with every client each round == plain full-batch GD on the union of their data."""
+    clients = toy_clients(num_clients)
     fed = run(
-        FedAvg(local=LocalTraining(lr=lr, steps=1, batch_size=0)),
-        SerialExecutor(toy_store(5), toy_model()),
+        alg,  # type: ignore[arg-type]
+        SerialExecutor(toy_store(num_clients), toy_model()),
         model_params(toy_model()),
-        RunConfig(rounds=rounds, clients_per_round=5, seed=1),
+        RunConfig(rounds=rounds, clients_per_round=num_clients, seed=1),
     ).params
     model = toy_model()
     x = torch.cat([c.x_train for c in clients])
@@ -74,30 +73,18 @@ def test_one_full_batch_step_equals_centralised_gradient_descent() -> None:
         opt.zero_grad()
         classification_loss(model(x), y).backward()
         opt.step()
-    central = model_params(model)
-    for k in central:
-        assert torch.allclose(fed[k], central[k], rtol=1e-5, atol=1e-6), k
+    for k, v in model_params(model).items():
+        assert torch.allclose(fed[k], v, rtol=1e-5, atol=1e-6), k
+
+
+def test_one_full_batch_step_equals_centralised_gradient_descent() -> None:
+    """FedAvg, every client, one full-batch local step == GD on the union (example weighting)."""
+    local = LocalTraining(lr=0.3, steps=1, batch_size=0)
+    _assert_equals_full_batch_gd(FedAvg(local=local), num_clients=5, lr=0.3, rounds=4)
 
 
 def test_fedsgd_equals_centralised_gradient_descent() -> None:
-    eta, rounds = 0.2, 3
-    clients = toy_clients(4)
-    fed = run(
-        FedSGD(server=SGD(lr=eta)),
-        SerialExecutor(toy_store(4), toy_model()),
-        model_params(toy_model()),
-        RunConfig(rounds=rounds, clients_per_round=4, seed=3),
-    ).params
-    model = toy_model()
-    x = torch.cat([c.x_train for c in clients])
-    y = torch.cat([c.y_train for c in clients])
-    opt = torch.optim.SGD(model.parameters(), lr=eta)
-    for _ in range(rounds):
-        opt.zero_grad()
-        classification_loss(model(x), y).backward()
-        opt.step()
-    for k, v in model_params(model).items():
-        assert torch.allclose(fed[k], v, rtol=1e-5, atol=1e-6), k
+    _assert_equals_full_batch_gd(FedSGD(server=SGD(lr=0.2)), num_clients=4, lr=0.2, rounds=3)
 
 
 def test_scaffold_first_round_equals_fedavg_first_round() -> None:

@@ -33,6 +33,18 @@ from fedkit.params import Params, clone
 from fedkit.server_opt import SGD, OptState, ServerOptimizer
 
 WEIGHTINGS = ("examples", "uniform")
+Weighting = Literal["examples", "uniform"]
+
+
+def check_weighting(weighting: str) -> None:
+    """Reject a client-weighting name other than those in :data:`WEIGHTINGS`."""
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def client_weight(weighting: Weighting, num_examples: int) -> float:
+    """Aggregation weight of a client: its example count, or 1 with uniform weighting."""
+    return float(num_examples) if weighting == "examples" else 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +81,10 @@ class FedAvg:
 
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     server: ServerOptimizer = dataclasses.field(default_factory=SGD)
-    weighting: Literal["examples", "uniform"] = "examples"
+    weighting: Weighting = "examples"
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_weighting(self.weighting)
         if not (hasattr(self.server, "init") and hasattr(self.server, "step")):
             raise TypeError(
                 f"server must be a server optimizer (SGD, Adam, Yogi, Adagrad), got {self.server!r}"
@@ -96,10 +107,6 @@ class FedAvg:
         """Extra gradient term for local training (none for FedAvg)."""
         return None
 
-    def client_weight(self, num_examples: int) -> float:
-        """Aggregation weight of a client with ``num_examples`` examples."""
-        return float(num_examples) if self.weighting == "examples" else 1.0
-
     def client_update(
         self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
     ) -> ClientResult[ModelDelta, None]:
@@ -117,7 +124,7 @@ class FedAvg:
         n = data.num_examples
         return ClientResult(
             update=ModelDelta(delta_from(ctx.model, msg.params)),
-            weight=self.client_weight(n),
+            weight=client_weight(self.weighting, n),
             num_examples=n,
             stats=stats,
         )

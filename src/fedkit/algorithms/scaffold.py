@@ -16,7 +16,6 @@ The paper averages uniformly over the cohort (``weighting="uniform"``, the defau
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 from torch import nn
 
@@ -29,7 +28,7 @@ from fedkit.algorithm import (
     delta_from,
     load_into,
 )
-from fedkit.algorithms.fedavg import WEIGHTINGS
+from fedkit.algorithms.fedavg import Weighting, check_weighting, client_weight
 from fedkit.local import LocalTraining, train_local
 from fedkit.params import Params, clone, zeros_like
 from fedkit.server_opt import SGD, OptState, ServerOptimizer
@@ -73,11 +72,10 @@ class Scaffold:
 
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     server: ServerOptimizer = dataclasses.field(default_factory=SGD)
-    weighting: Literal["examples", "uniform"] = "uniform"
+    weighting: Weighting = "uniform"
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        check_weighting(self.weighting)
 
     @property
     def name(self) -> str:
@@ -129,7 +127,7 @@ class Scaffold:
         n = data.num_examples
         return ClientResult(
             update=ScaffoldUpdate(delta=delta, control_delta={k: new_c[k] - c_i[k] for k in c_i}),
-            weight=float(n) if self.weighting == "examples" else 1.0,
+            weight=client_weight(self.weighting, n),
             num_examples=n,
             stats=stats,
             client_state=ScaffoldClientState(control=new_c),
