@@ -317,3 +317,25 @@ def test_report_command(results_dir: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["42", "--runs", str(results_dir), "--out", str(out)])
     assert bad.exit_code == 2
     assert "no run 42" in bad.output
+
+
+def test_report_with_a_failed_run_without_rounds(results_dir: Path, tmp_path: Path) -> None:
+    """``--all`` brings in a failed run that recorded nothing; the report still renders."""
+    arms = load_arms([str(results_dir)], runs_dir=results_dir, include_unfinished=True)
+    files = write_report(arms, tmp_path / "all")
+    for plot in files.plots:
+        assert_valid_png(plot.path)
+    md = files.markdown.read_text(encoding="utf-8")
+    assert "| broken | 3 | fedavg | failed | 0 | – | – | – | – |" in md
+
+
+def test_report_of_arms_without_federated_evaluation(tmp_path: Path) -> None:
+    arms = [
+        Arm(run_id="1", name="a", algorithm="fedavg", points=(_point(1, 0.5, up=10, down=10),)),
+        Arm(run_id="2", name="b", algorithm="centralized", points=(_point(1, 0.7),)),
+    ]
+    files = write_report(arms, tmp_path / "nofed", title="no clients <&>")
+    for plot in files.plots:
+        assert_valid_png(plot.path)
+    html = files.html.read_text(encoding="utf-8")
+    assert "<title>no clients &lt;&amp;&gt;</title>" in html
