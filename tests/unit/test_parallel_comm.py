@@ -11,6 +11,7 @@ from torch import nn
 from fedkit.parallel import (
     NetworkSpec,
     ParallelSpec,
+    directional_bytes,
     model_bytes,
     ps_bytes_per_worker,
     ps_server_bytes,
@@ -52,6 +53,8 @@ def test_byte_formulas() -> None:
     assert ps_bytes_per_worker(1000, 4) == 2000.0
     assert ps_server_bytes(1000, 4) == 8000.0  # K × 2M
     assert ps_bytes_per_worker(1000, 1) == 0.0
+    assert directional_bytes(1000, 4, "ring") == (1500.0, 1500.0)  # sends and receives 2(K−1)/K·M
+    assert directional_bytes(1000, 4, "ps") == (1000.0, 1000.0)  # pushes M, pulls M
 
 
 def test_sync_seconds_by_hand() -> None:
@@ -92,6 +95,9 @@ def test_run_reports_formula_bytes(method: str, h: int, topology: str) -> None:
     assert out.model_bytes == MLP_BYTES
     assert out.final.syncs == syncs
     assert out.final.bytes_per_worker == pytest.approx(syncs * per_sync)
+    up, down = directional_bytes(MLP_BYTES, k, topology)
+    assert out.final.bytes_up_per_worker == pytest.approx(syncs * up)
+    assert out.final.bytes_down_per_worker == pytest.approx(syncs * down)
     # per step: the formula divided by H
     assert out.final.bytes_per_worker / steps == pytest.approx(per_sync / h)
     expected_server = syncs * ps_server_bytes(MLP_BYTES, k) if topology == "ps" else 0.0

@@ -59,6 +59,7 @@ from __future__ import annotations
 from fedkit.parallel.comm import (
     CommLedger,
     bytes_per_worker,
+    directional_bytes,
     model_bytes,
     ps_bytes_per_worker,
     ps_server_bytes,
@@ -80,6 +81,7 @@ __all__ = [
     "ParallelResult",
     "ParallelSpec",
     "bytes_per_worker",
+    "directional_bytes",
     "lamb_trust_ratio",
     "lars_trust_ratio",
     "model_bytes",

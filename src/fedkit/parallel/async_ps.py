@@ -260,6 +260,8 @@ def _point(
         comm_seconds=comm_seconds,
         sim_seconds=sim_seconds,
         bytes_per_worker=per_push * sum(pushes) / spec.workers,
+        bytes_up_per_worker=per_push / 2 * sum(pushes) / spec.workers,
+        bytes_down_per_worker=per_push / 2 * sum(pushes) / spec.workers,
         server_bytes=per_push * sum(pushes),
         syncs=sum(pushes),
         local_steps=1,

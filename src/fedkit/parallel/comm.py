@@ -1,11 +1,15 @@
 """Communication accounting and a simulated network clock for data-parallel training.
 
-Bytes one worker sends per synchronisation of a model of M bytes over K workers:
+Bytes per worker per synchronisation of a model of M bytes over K workers (``bytes_per_worker``,
+the formulas of the issue):
 
 * ring all-reduce (Patarasuk & Yuan 2009): reduce-scatter then all-gather, 2(K−1) rounds of
-  M/K bytes each, so ``2 (K − 1) / K · M`` per worker;
-* parameter server: push M (gradient or model) and pull M, so ``2 M`` per worker, and
-  ``K · 2 M`` through the server's link.
+  M/K bytes each, so ``2 (K − 1) / K · M`` — what each worker sends (it receives as much);
+* parameter server: push M (gradient or model) and pull M, so ``2 M`` per worker (sent plus
+  received), and ``K · 2 M`` through the server's link.
+
+``directional_bytes`` splits them into bytes sent (up) and received (down) per worker: ring
+``(2(K−1)/K · M, 2(K−1)/K · M)``, parameter server ``(M, M)``.
 
 Local methods synchronise every H steps, so their bytes per step are these divided by H; the
 trainer counts actual synchronisations, which also covers adaptive H.
@@ -56,6 +60,15 @@ def bytes_per_worker(model_size: int, workers: int, topology: str) -> float:
     raise ValueError(f"topology = {topology!r} is invalid; allowed: ring | ps")
 
 
+def directional_bytes(model_size: int, workers: int, topology: str) -> tuple[float, float]:
+    """Bytes one worker sends and receives per synchronisation: ``(up, down)``."""
+    if topology == "ring":
+        ring = ring_bytes_per_worker(model_size, workers)
+        return ring, ring
+    half = bytes_per_worker(model_size, workers, topology) / 2
+    return half, half
+
+
 def sync_seconds(model_size: int, workers: int, topology: str, network: NetworkSpec) -> float:
     """Simulated wall time of one synchronisation (see module docstring)."""
     if workers == 1:
@@ -83,6 +96,8 @@ class CommLedger:
     network: NetworkSpec
     syncs: int = 0
     bytes_per_worker: float = 0.0
+    bytes_up_per_worker: float = 0.0
+    bytes_down_per_worker: float = 0.0
     server_bytes: float = 0.0
     comm_seconds: float = 0.0
 
@@ -90,6 +105,9 @@ class CommLedger:
         """Account one synchronisation (all-reduce or parameter-server round)."""
         self.syncs += 1
         self.bytes_per_worker += bytes_per_worker(self.model_size, self.workers, self.topology)
+        up, down = directional_bytes(self.model_size, self.workers, self.topology)
+        self.bytes_up_per_worker += up
+        self.bytes_down_per_worker += down
         if self.topology == "ps":
             self.server_bytes += ps_server_bytes(self.model_size, self.workers)
         self.comm_seconds += sync_seconds(

@@ -27,7 +27,10 @@ class EvalPoint:
         compute_seconds: measured compute time on the critical path (slowest worker).
         comm_seconds: simulated communication time on the chosen network.
         sim_seconds: simulated elapsed time (compute + communication, or the async event clock).
-        bytes_per_worker: bytes each worker has sent so far (accounting formulas).
+        bytes_per_worker: bytes per worker so far by the issue's formulas (ring: sent, which
+            equals received; parameter server: sent plus received).
+        bytes_up_per_worker: bytes each worker has sent so far.
+        bytes_down_per_worker: bytes each worker has received so far.
         server_bytes: bytes through the parameter server's link so far (``ps`` only).
         syncs: synchronisations (all-reduces or server rounds) so far.
         local_steps: current H.
@@ -46,6 +49,8 @@ class EvalPoint:
     comm_seconds: float
     sim_seconds: float
     bytes_per_worker: float
+    bytes_up_per_worker: float
+    bytes_down_per_worker: float
     server_bytes: float
     syncs: int
     local_steps: int

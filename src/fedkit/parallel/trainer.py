@@ -291,6 +291,8 @@ def train_sync_family(
                     comm_seconds=ledger.comm_seconds,
                     sim_seconds=compute_s + ledger.comm_seconds,
                     bytes_per_worker=ledger.bytes_per_worker,
+                    bytes_up_per_worker=ledger.bytes_up_per_worker,
+                    bytes_down_per_worker=ledger.bytes_down_per_worker,
                     server_bytes=ledger.server_bytes,
                     syncs=ledger.syncs,
                     local_steps=1 if synchronous else h,
