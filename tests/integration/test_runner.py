@@ -275,3 +275,21 @@ def test_jobs_must_be_positive(tmp_path: Path) -> None:
     study = study_from_mapping(tiny(), default_name="j")
     with ResultsStore(results_path(tmp_path)) as store, pytest.raises(ValueError, match="jobs"):
         run_study(study, store, jobs=0)
+
+
+def test_missing_executor_names_the_available_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedkit.experiment.runner as runner_mod
+
+    def missing(kind: str, **kw: object) -> None:
+        raise ImportError(f"No module named 'fedkit.sim.{kind}'")
+
+    monkeypatch.setattr(runner_mod, "build_executor", missing)
+    (cfg,) = study_from_mapping(tiny(run={"executor": "vectorized"}), default_name="v").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        with pytest.raises(
+            ConfigError, match=r"'vectorized' is not available .* available: serial"
+        ):
+            run_experiment(cfg, store)
+        assert store.runs() == []

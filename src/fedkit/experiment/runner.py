@@ -74,6 +74,7 @@ from fedkit.sim.serial import SerialExecutor
 
 __all__ = [
     "RunOutcome",
+    "available_executors",
     "build_algorithm",
     "build_server_optimizer",
     "local_training",
@@ -109,6 +110,17 @@ class RunOutcome:
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+_EXECUTOR_MODULES = {"processes": "fedkit.sim.distributed", "vectorized": "fedkit.sim.vectorized"}
+
+
+def available_executors() -> tuple[str, ...]:
+    """The ``[run] executor`` values whose implementation is installed."""
+    import importlib.util
+
+    found = [k for k, mod in _EXECUTOR_MODULES.items() if importlib.util.find_spec(mod) is not None]
+    return ("serial", *found)
 
 
 def model_init_seed(seed: int) -> int:
@@ -446,7 +458,7 @@ def _run_federated(
         except ImportError as e:
             raise ConfigError(
                 f"run.executor = {cfg.run.executor!r} is not available in this installation "
-                f"({e}); use run.executor = 'serial'"
+                f"({e}); available: {', '.join(available_executors())}"
             ) from e
         capture = _EvalCapture(executor)
     fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
