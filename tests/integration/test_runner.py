@@ -293,3 +293,13 @@ def test_missing_executor_names_the_available_ones(
         ):
             run_experiment(cfg, store)
         assert store.runs() == []
+
+
+def test_data_errors_found_when_loading_are_config_errors(tmp_path: Path) -> None:
+    doc = tiny()
+    doc["data"]["num_clients"] = 11  # Synthetic here has 10 natural clients
+    (cfg,) = study_from_mapping(doc, default_name="d").runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        with pytest.raises(ConfigError, match=r"data: data\.num_clients must be <= 10"):
+            run_experiment(cfg, store)
+        assert store.runs() == []

@@ -354,8 +354,11 @@ def _warm_up() -> None:
 
 
 def _build(cfg: ExperimentConfig, data_root: Path | None) -> _Built:
-    fd = build_federated(cfg.data, root=data_root)
-    store = ClientStore.from_federated(fd)
+    try:
+        fd = build_federated(cfg.data, root=data_root)
+        store = ClientStore.from_federated(fd)
+    except ValueError as e:  # e.g. more clients than the dataset's natural ones
+        raise ConfigError(f"data: {e}") from e
     spec = ModelSpec(
         name=cfg.model.name,
         num_classes=fd.dataset.num_classes,
@@ -553,7 +556,10 @@ def _run_parallel(
 
     spec = cfg.parallel
     assert spec is not None
-    ds = load_dataset(cfg.data.dataset, root=data_root, **cfg.data.dataset_options())
+    try:
+        ds = load_dataset(cfg.data.dataset, root=data_root, **cfg.data.dataset_options())
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from e
     model_spec = ModelSpec(
         name=cfg.model.name,
         num_classes=ds.num_classes,
