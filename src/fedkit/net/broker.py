@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from fedkit.net.codec import Reassembler
+from fedkit.net.codec import Buffer, Reassembler
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.proto import fedkit_pb2 as pb
 
@@ -50,7 +50,7 @@ class Result:
     worker_id: str
     round: int
     task_id: str
-    payload: bytes
+    payload: Buffer
     rtt_s: float
     compute_s: float
     arrival: float
@@ -74,7 +74,7 @@ class _Round:
     closed: bool = False
 
 
-ResultCheck = Callable[[bytes], None]
+ResultCheck = Callable[[Buffer], None]
 
 
 class Broker:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fedkit.net.codec import Reassembler, split
+from fedkit.net.codec import Buffer, Reassembler, split
 from fedkit.net.errors import ErrorCode, NetError, raise_for
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
@@ -35,7 +35,7 @@ class Task:
     client_id: str
     work_fraction: float
     deadline_s: float
-    payload: bytes
+    payload: Buffer
 
 
 class CoordinatorClient:

@@ -14,8 +14,10 @@ import hashlib
 import json
 import math
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -45,6 +47,11 @@ _DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+_NAMES: dict[torch.dtype, str] = {v: k for k, v in _DTYPES.items()}
+
+Buffer = bytes | bytearray
+"""Payload bytes: ``bytes``, or the ``bytearray`` a :class:`Reassembler` fills (decoded in
+place)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,28 +78,67 @@ def template_of(tensors: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
     return {k: TensorSpec(dtype=v.dtype, shape=tuple(v.shape)) for k, v in tensors.items()}
 
 
+def _raw_bytes(t: torch.Tensor) -> memoryview:
+    """The little-endian bytes of a contiguous CPU tensor, without copying."""
+    if t.numel() == 0:
+        return memoryview(b"")
+    flat = t.reshape(-1)
+    if t.dtype == torch.bfloat16:
+        flat = flat.view(torch.int16)
+    arr: Any = flat.numpy()
+    return memoryview(arr).cast("B")
+
+
 def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialise named tensors (and string metadata) to safetensors bytes.
 
-    Tensors are detached and copied to contiguous CPU storage (safetensors refuses shared storage).
+    The header is written here (JSON, padded to 8 bytes as the format recommends) and the tensor
+    bytes are joined straight from the tensors' storage: one copy in all. On a big-endian host the
+    reference ``safetensors`` writer is used instead.
     """
-    flat: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        if t.dtype not in _DTYPES.values():
+        if t.dtype not in _NAMES:
             raise NetError(
                 ErrorCode.SCHEMA_MISMATCH, f"tensor {name!r}: dtype {t.dtype} unsupported"
             )
-        flat[name] = t.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-    return bytes(st_save(flat, metadata=dict(metadata) if metadata else None))
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if sys.byteorder != "little":
+        flat = {k: v.clone() for k, v in cpu.items()}
+        return bytes(st_save(flat, metadata=dict(metadata) if metadata else None))
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    parts: list[memoryview] = []
+    offset = 0
+    for name, t in cpu.items():
+        raw = _raw_bytes(t)
+        header[name] = {
+            "dtype": _NAMES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + raw.nbytes],
+        }
+        parts.append(raw)
+        offset += raw.nbytes
+    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    h += b" " * (-len(h) % 8)
+    return b"".join([struct.pack("<Q", len(h)), h, *parts])
 
 
-def read_header(data: bytes) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+def read_header(data: Buffer) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     """Parse and validate the safetensors header of ``data`` without touching tensor bytes.
+
+    Returns the tensor specs by name and the string metadata.
 
     Raises:
         NetError: ``MALFORMED`` when the header is truncated, not JSON, or its offsets do not tile
             the buffer; ``SCHEMA_MISMATCH`` for an unknown dtype.
     """
+    specs, meta, _ = _parse_header(data)
+    return specs, meta
+
+
+def _parse_header(data: Buffer) -> tuple[dict[str, TensorSpec], dict[str, str], dict[str, int]]:
+    """:func:`read_header` plus each tensor's absolute byte offset in ``data``."""
     if len(data) < 8:
         raise NetError(
             ErrorCode.MALFORMED, f"payload of {len(data)} bytes has no safetensors header"
@@ -112,6 +158,7 @@ def read_header(data: bytes) -> tuple[dict[str, TensorSpec], dict[str, str]]:
     ):
         raise NetError(ErrorCode.MALFORMED, "safetensors __metadata__ must map strings to strings")
     specs: dict[str, TensorSpec] = {}
+    starts: dict[str, int] = {}
     spans: list[tuple[int, int]] = []
     for name, entry in raw.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
@@ -135,6 +182,7 @@ def read_header(data: bytes) -> tuple[dict[str, TensorSpec], dict[str, str]]:
         if offs[1] - offs[0] != math.prod(shape) * itemsize or offs[0] < 0:
             raise NetError(ErrorCode.MALFORMED, f"tensor {name!r}: offsets do not match its shape")
         specs[name] = TensorSpec(dtype=dtype, shape=tuple(shape))
+        starts[name] = 8 + n + offs[0]
         spans.append((offs[0], offs[1]))
     spans.sort()
     end = 0
@@ -146,7 +194,7 @@ def read_header(data: bytes) -> tuple[dict[str, TensorSpec], dict[str, str]]:
         raise NetError(
             ErrorCode.MALFORMED, f"payload is {len(data)} bytes, header describes {8 + n + end}"
         )
-    return specs, dict(meta_raw)
+    return specs, dict(meta_raw), starts
 
 
 def check_template(specs: Mapping[str, TensorSpec], template: Template) -> None:
@@ -168,9 +216,13 @@ def check_template(specs: Mapping[str, TensorSpec], template: Template) -> None:
 
 
 def decode(
-    data: bytes, *, template: Template | None = None, max_bytes: int | None = None
+    data: Buffer, *, template: Template | None = None, max_bytes: int | None = None
 ) -> Decoded:
     """Validate and load a safetensors payload.
+
+    Everything is checked (header structure, offsets tiling the buffer, template) before a tensor
+    is made. Tensors are views into ``data`` when it is a ``bytearray`` (what a
+    :class:`Reassembler` returns) and the offset is aligned, copies otherwise.
 
     Args:
         data: The payload bytes.
@@ -182,14 +234,32 @@ def decode(
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise NetError(ErrorCode.PAYLOAD_TOO_LARGE, f"payload {len(data)} B > cap {max_bytes} B")
-    specs, metadata = read_header(data)
+    specs, metadata, starts = _parse_header(data)
     if template is not None:
         check_template(specs, template)
-    try:
-        tensors = st_load(bytes(data))
-    except Exception as exc:  # safetensors raises its own error types
-        raise NetError(ErrorCode.MALFORMED, f"safetensors rejected the payload: {exc}") from None
-    return Decoded(tensors=dict(tensors), metadata=metadata)
+    if sys.byteorder != "little":
+        try:
+            return Decoded(tensors=dict(st_load(bytes(data))), metadata=metadata)
+        except Exception as exc:  # safetensors raises its own error types
+            raise NetError(
+                ErrorCode.MALFORMED, f"safetensors rejected the payload: {exc}"
+            ) from None
+    buf = data if isinstance(data, bytearray) else bytearray(data)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, spec in specs.items():
+        count = math.prod(spec.shape)
+        if count == 0:
+            tensors[name] = torch.empty(spec.shape, dtype=spec.dtype)
+            continue
+        size = torch.empty((), dtype=spec.dtype).element_size()
+        start = starts[name]
+        if start % size == 0:
+            t = torch.frombuffer(buf, dtype=spec.dtype, count=count, offset=start)
+        else:  # unaligned: copy the bytes into fresh (aligned) storage
+            raw = torch.frombuffer(buf, dtype=torch.uint8, count=count * size, offset=start)
+            t = raw.clone().view(spec.dtype)
+        tensors[name] = t.view(spec.shape)
+    return Decoded(tensors=tensors, metadata=metadata)
 
 
 def sha256(data: bytes | memoryview) -> bytes:
@@ -277,12 +347,12 @@ class Reassembler:
         self._offset += n
         self._next += 1
 
-    def result(self) -> bytes:
-        """The reassembled payload; raises ``MALFORMED`` if chunks are missing."""
+    def result(self) -> bytearray:
+        """The reassembled payload (the buffer itself, no copy); ``MALFORMED`` if incomplete."""
         if not self.complete or self._offset != len(self._buf):
             raise NetError(
                 ErrorCode.MALFORMED,
                 f"payload incomplete: {self._next}/{self._chunks} chunks, "
                 f"{self._offset}/{len(self._buf)} B",
             )
-        return bytes(self._buf)
+        return self._buf

@@ -31,7 +31,7 @@ from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.net.broker import Assignment, Broker, Result
-from fedkit.net.codec import split
+from fedkit.net.codec import Buffer, split
 from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import (
     ResultMeta,
@@ -98,7 +98,7 @@ class RemoteExecutor:
         order = torch.randperm(len(pool), generator=g).tolist()
         return sorted(pool[i] for i in order[:want])
 
-    def _check(self, payload: bytes) -> None:
+    def _check(self, payload: Buffer) -> None:
         check_tree_header(payload, self.update_template)
 
     def execute(

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from torch import Tensor
 
 from fedkit.algorithm import RoundInfo
-from fedkit.net.codec import check_template, decode, encode, read_header, template_of
+from fedkit.net.codec import Buffer, check_template, decode, encode, read_header, template_of
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.params import tree_flatten, tree_unflatten
 
@@ -100,7 +100,7 @@ def encode_tree(tree: Any, extra: Mapping[str, str] | None = None) -> bytes:
     return encode(tree_flatten(tree), meta)
 
 
-def check_tree_header(data: bytes, template: Any) -> None:
+def check_tree_header(data: Buffer, template: Any) -> None:
     """Validate only the header of ``data`` against ``template`` (cheap; used before buffering
     more results)."""
     specs, meta = read_header(data)
@@ -114,7 +114,7 @@ def check_tree_header(data: bytes, template: Any) -> None:
 
 
 def decode_tree(
-    data: bytes, template: T, *, max_bytes: int | None = None
+    data: Buffer, template: T, *, max_bytes: int | None = None
 ) -> tuple[T, dict[str, str]]:
     """Rebuild a payload shaped like ``template`` from ``data``; returns it and the metadata.
 
