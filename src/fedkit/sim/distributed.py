@@ -45,6 +45,7 @@ import torch.distributed as dist
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
+from torch._C._distributed_c10d import FileStore
 
 from fedkit.aggregate import MeanAcc
 from fedkit.algorithm import Algorithm, ClientContext, ClientData, RoundInfo
@@ -577,9 +578,11 @@ def _worker(
     """Entry point of a spawned rank ``index + 1``: build store and model, then serve."""
     torch.set_num_threads(threads)
     rank = index + 1
+    store = FileStore(init_file, world_size)
+    store.set(f"fedkit-up-{rank}", "1")
     dist.init_process_group(
         "gloo",
-        init_method=f"file://{init_file}",
+        store=store,
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
@@ -688,9 +691,11 @@ class ProcessExecutor:
                 join=False,
                 start_method="spawn",
             )
+        store = FileStore(path, self.world_size)
+        self._await_workers(store)
         dist.init_process_group(
             "gloo",
-            init_method=f"file://{path}",
+            store=store,
             rank=0,
             world_size=self.world_size,
             timeout=datetime.timedelta(seconds=self.timeout_s),
@@ -717,6 +722,30 @@ class ProcessExecutor:
             inner.load_client_state_tensors(self.store.state_tensors(), self._pending_template)
             self._pending_template = None
         return inner
+
+    def _await_workers(self, store: FileStore) -> None:
+        """Wait until every spawned rank checked in, failing fast if one of them died."""
+        keys = [f"fedkit-up-{r}" for r in range(1, self.world_size)]
+        deadline = time.monotonic() + self.timeout_s
+        while keys:
+            try:
+                store.wait(keys, datetime.timedelta(seconds=0.5))
+                return
+            except RuntimeError:
+                pass
+            dead = [
+                (i + 1, p.exitcode)
+                for i, p in enumerate(self._context.processes if self._context else [])
+                if not p.is_alive()
+            ]
+            if dead or time.monotonic() > deadline:
+                self._teardown(join=True)
+                what = ", ".join(f"rank {r} exited with code {c}" for r, c in dead)
+                raise RemoteRankError(
+                    f"worker ranks failed to start ({what or 'timed out'}); a script that uses "
+                    "executor='processes' must guard its entry point with "
+                    "`if __name__ == '__main__':` (ranks are spawned), see the rank's stderr"
+                )
 
     def execute(
         self,

@@ -16,7 +16,9 @@ from torch import nn
 
 from fedkit.data.store import ClientStore
 from fedkit.executor import Executor
+from fedkit.local import LocalTraining
 from fedkit.sim.serial import Participation, SerialExecutor, full_participation
+from fedkit.sim.system import SimulatedClock, SystemModel, SystemParticipation
 
 if TYPE_CHECKING:
     from fedkit.data.spec import DataSpec
@@ -75,6 +77,8 @@ def build_executor(
     model_spec: ModelSpec | None = None,
     store_fn: Callable[[], ClientStore] | None = None,
     eval_batch_size: int = 1000,
+    system: SystemModel | None = None,
+    local: LocalTraining | None = None,
 ) -> Executor:
     """Build the executor ``kind`` for a population held in ``store``.
 
@@ -89,11 +93,39 @@ def build_executor(
         model_spec: how other ranks build the model; defaults to ``model_fn`` when it is picklable.
         store_fn: a picklable zero-argument function rebuilding ``store`` on other ranks.
         eval_batch_size: batch size of federated evaluation.
+        system: a system-heterogeneity model; the executor then drops or cuts clients as it
+            says and reports ``sim_seconds`` (needs ``local``; excludes ``participation``).
+        local: the clients' local-training settings (how much work a client's round is).
 
     Raises:
         ValueError: unknown ``kind`` (the message lists the allowed ones) or bad settings.
     """
+    if system is not None:
+        if participation is not None:
+            raise ValueError("give either participation or system, not both")
+        if local is None:
+            raise ValueError("system needs local (the LocalTraining settings) to time clients")
+        sys_part = SystemParticipation(
+            system,
+            num_examples=[store.num_examples(c) for c in range(store.num_clients)],
+            local=local,
+        )
+        inner = build_executor(
+            kind,
+            store=store,
+            model_fn=model_fn,
+            processes=processes,
+            threads=threads,
+            participation=sys_part,
+            data_spec=data_spec,
+            model_spec=model_spec,
+            store_fn=store_fn,
+            eval_batch_size=eval_batch_size,
+        )
+        return SimulatedClock(inner, sys_part)
     part = participation if participation is not None else full_participation
+    if kind not in EXECUTORS:
+        raise ValueError(f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
     if kind == "serial":
         return SerialExecutor(
             store, model_fn(), participation=part, eval_batch_size=eval_batch_size

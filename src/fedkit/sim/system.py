@@ -1,0 +1,328 @@
+"""System heterogeneity: per-client speed and links, availability, dropout, deadlines, a clock.
+
+A :class:`SystemModel` describes the devices: compute speed (samples per second) and link
+bandwidth/latency per client, drawn from distributions or read from traces; the probability that
+a selected client is reachable (availability) and that it fails mid-round (dropout); a round
+deadline; and FedProx-style stragglers (Li et al. 2020, "Federated Optimization in Heterogeneous
+Networks", §5.2: a share of the selected devices can only do a random fraction of the local work).
+
+:class:`SystemParticipation` binds a model to a population and a workload and is the executors'
+``participation`` hook ``(client_id, info) -> work fraction | None``. The straggler ``policy``
+decides what happens to late clients: ``"drop"`` discards them (FedAvg's behaviour in the paper)
+and ``"partial"`` accepts the work they finished (FedProx). :class:`SimulatedClock` wraps any
+executor and fills in :attr:`RoundOutput.sim_seconds`, the simulated wall-clock duration of the
+round (the server waits for the slowest client it keeps, or until the deadline).
+
+Every draw comes from :mod:`fedkit.rng`: fixed device traits from ``(model.seed, client_id)``,
+per-round events from ``(run seed, round, client_id)`` — the same under every executor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.evaluate import ClientEval
+from fedkit.executor import Executor, RoundOutput
+from fedkit.local import LocalTraining
+from fedkit.params import Params, tree_nbytes
+from fedkit.rng import generator
+
+POLICIES = ("drop", "partial")
+
+
+def _uniform(seed: int, round_: int, client_id: int, stream: str) -> float:
+    """One U[0, 1) draw from the stream ``(seed, round, client_id, stream)``."""
+    return float(
+        torch.rand((), generator=generator(seed, round_, client_id, stream), dtype=torch.float64)
+    )
+
+
+def _normal(seed: int, round_: int, client_id: int, stream: str) -> float:
+    g = generator(seed, round_, client_id, stream)
+    return float(torch.randn((), generator=g, dtype=torch.float64))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Constant:
+    """The same value for every client."""
+
+    value: float
+
+    def __post_init__(self) -> None:
+        if not (self.value > 0 and math.isfinite(self.value)):
+            raise ValueError(f"Constant.value must be a finite number > 0, got {self.value!r}")
+
+    def draw(self, seed: int, client_id: int, stream: str) -> float:
+        """The constant."""
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogNormal:
+    """``median · exp(sigma · N(0, 1))`` per client (device speeds and bandwidths are skewed)."""
+
+    median: float
+    sigma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not (self.median > 0 and math.isfinite(self.median)):
+            raise ValueError(f"LogNormal.median must be a finite number > 0, got {self.median!r}")
+        if not (self.sigma >= 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"LogNormal.sigma must be a finite number >= 0, got {self.sigma!r}")
+
+    def draw(self, seed: int, client_id: int, stream: str) -> float:
+        """One client's value."""
+        return self.median * math.exp(self.sigma * _normal(seed, 0, client_id, stream))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Uniform:
+    """Uniform on ``[low, high]`` per client."""
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        if not (0 < self.low <= self.high and math.isfinite(self.high)):
+            raise ValueError(
+                f"Uniform needs 0 < low <= high < inf, got low={self.low!r}, high={self.high!r}"
+            )
+
+    def draw(self, seed: int, client_id: int, stream: str) -> float:
+        """One client's value."""
+        return self.low + (self.high - self.low) * _uniform(seed, 0, client_id, stream)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Trace:
+    """Measured per-device values (e.g. from a device trace); client ``i`` gets
+    ``values[i % len(values)]``."""
+
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("Trace.values must not be empty")
+        bad = [v for v in self.values if not (v > 0 and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"Trace.values must be finite numbers > 0, got {bad[:3]}")
+
+    def draw(self, seed: int, client_id: int, stream: str) -> float:
+        """The trace value of this client."""
+        return self.values[client_id % len(self.values)]
+
+
+Distribution = Constant | LogNormal | Uniform | Trace
+
+
+def _check_prob(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SystemModel:
+    """The devices and the round rules (see module docstring).
+
+    Attributes:
+        compute_speed: training samples per second of each client.
+        bandwidth_down: bytes per second from server to client.
+        bandwidth_up: bytes per second from client to server.
+        latency: seconds of latency per message (paid once each way).
+        speed_jitter: per-round lognormal noise (sigma) on each client's speed.
+        availability: probability that a selected client is reachable this round.
+        dropout: probability that a reachable client fails before reporting.
+        deadline: seconds after which the server stops waiting (``None``: wait for everyone).
+        stragglers: share of the selected clients that can only do part of the local work this
+            round (FedProx's 0/50/90 % settings), each with a work fraction drawn uniformly from
+            ``straggler_work``.
+        straggler_work: ``(low, high)`` bounds of a straggler's work fraction, ``0 <= low <= high
+            <= 1`` (at least one local step is always taken).
+        policy: ``"drop"`` (late clients and stragglers are discarded) or ``"partial"`` (their
+            finished work is accepted).
+        seed: seed of the fixed per-device traits.
+    """
+
+    compute_speed: Distribution = dataclasses.field(default_factory=lambda: Constant(value=1e4))
+    bandwidth_down: Distribution = dataclasses.field(default_factory=lambda: Constant(value=1e7))
+    bandwidth_up: Distribution = dataclasses.field(default_factory=lambda: Constant(value=1e6))
+    latency: Distribution = dataclasses.field(default_factory=lambda: Constant(value=0.05))
+    speed_jitter: float = 0.0
+    availability: float = 1.0
+    dropout: float = 0.0
+    deadline: float | None = None
+    stragglers: float = 0.0
+    straggler_work: tuple[float, float] = (0.0, 1.0)
+    policy: Literal["drop", "partial"] = "drop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_prob("availability", self.availability)
+        _check_prob("dropout", self.dropout)
+        _check_prob("stragglers", self.stragglers)
+        if not (self.speed_jitter >= 0 and math.isfinite(self.speed_jitter)):
+            raise ValueError(
+                f"speed_jitter must be a finite number >= 0, got {self.speed_jitter!r}"
+            )
+        if self.deadline is not None and not (self.deadline > 0 and math.isfinite(self.deadline)):
+            raise ValueError(f"deadline must be a number > 0 or unset, got {self.deadline!r}")
+        lo, hi = self.straggler_work
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"straggler_work must be (low, high) with 0 <= low <= high <= 1, got "
+                f"{self.straggler_work!r}"
+            )
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTiming:
+    """One selected client in one round, as the system model sees it.
+
+    Attributes:
+        client_id: the client.
+        work: work fraction it does (``None``: its update does not reach the aggregate).
+        seconds: simulated time from the broadcast until its update arrives (or until it
+            stopped mattering: the deadline, or the moment it failed).
+        reason: ``"ok"``, ``"partial"``, ``"unavailable"``, ``"dropout"``, ``"late"`` or
+            ``"straggler"``.
+    """
+
+    client_id: int
+    work: float | None
+    seconds: float
+    reason: str
+
+
+class SystemParticipation:
+    """A :class:`SystemModel` bound to a population and a workload: the ``participation`` hook.
+
+    Args:
+        model: the devices and rules.
+        num_examples: training examples of each client (index = client id).
+        local: the clients' local-training settings (how many samples a full unit of work is).
+        bytes_down: bytes of the broadcast message; ``bytes_up``: bytes of one update
+            (defaults to ``bytes_down``). Left unset, :class:`SimulatedClock` measures the
+            message of each round (updates are taken to be as large as the message).
+    """
+
+    def __init__(
+        self,
+        model: SystemModel,
+        *,
+        num_examples: Sequence[int],
+        local: LocalTraining,
+        bytes_down: int | None = None,
+        bytes_up: int | None = None,
+    ) -> None:
+        self.model = model
+        self.num_examples = tuple(int(n) for n in num_examples)
+        self.local = local
+        self.auto_bytes = bytes_down is None
+        self.bytes_down = int(bytes_down or 0)
+        self.bytes_up = int(self.bytes_down if bytes_up is None else bytes_up)
+
+    def work_samples(self, client_id: int) -> int:
+        """Samples processed by a full unit of local work."""
+        n = self.num_examples[client_id]
+        b = n if self.local.batch_size == 0 else self.local.batch_size
+        return self.local.planned_steps(n) * min(max(b, 1), max(n, 1))
+
+    def timing(self, client_id: int, info: RoundInfo) -> ClientTiming:
+        """What happens to ``client_id`` in the round ``info`` (deterministic)."""
+        m, s, r = self.model, info.seed, info.round
+        speed = m.compute_speed.draw(m.seed, client_id, "system/speed")
+        if m.speed_jitter > 0:
+            speed *= math.exp(m.speed_jitter * _normal(s, r, client_id, "system/jitter"))
+        latency = m.latency.draw(m.seed, client_id, "system/latency")
+        down = latency + self.bytes_down / m.bandwidth_down.draw(m.seed, client_id, "system/down")
+        up = latency + self.bytes_up / m.bandwidth_up.draw(m.seed, client_id, "system/up")
+        compute = self.work_samples(client_id) / speed
+        deadline = math.inf if m.deadline is None else m.deadline
+        if _uniform(s, r, client_id, "system/available") >= m.availability:
+            return ClientTiming(client_id, None, 0.0, "unavailable")
+        work = 1.0
+        reason = "ok"
+        if _uniform(s, r, client_id, "system/straggler") < m.stragglers:
+            lo, hi = m.straggler_work
+            work = lo + (hi - lo) * _uniform(s, r, client_id, "system/straggler-work")
+            reason = "straggler"
+        if _uniform(s, r, client_id, "system/dropout") < m.dropout:
+            fail_at = down + compute * _uniform(s, r, client_id, "system/dropout-at")
+            return ClientTiming(client_id, None, min(fail_at, deadline), "dropout")
+        if down + compute * work + up > deadline:
+            reason = "late"
+            work = min(work, (deadline - down - up) / compute) if compute > 0 else 0.0
+        if reason != "ok":
+            if m.policy == "drop" or work <= 0.0:
+                seconds = deadline if reason == "late" else down + compute * work + up
+                return ClientTiming(client_id, None, seconds, reason)
+            reason = "partial"
+        work = min(max(work, 1e-9), 1.0)
+        return ClientTiming(client_id, work, down + compute * work + up, reason)
+
+    def __call__(self, client_id: int, info: RoundInfo) -> float | None:
+        """The participation hook: this client's work fraction, or ``None`` when dropped."""
+        return self.timing(client_id, info).work
+
+    def round_seconds(self, cohort: Sequence[int], info: RoundInfo) -> float:
+        """Simulated duration of the round: until the last kept update arrives, or the server
+        gives up on a late or failed client (at the deadline when there is one)."""
+        times = [self.timing(c, info) for c in cohort]
+        kept = [t.seconds for t in times if t.work is not None]
+        waited = [t.seconds for t in times if t.work is None and t.reason != "unavailable"]
+        if self.model.deadline is not None and waited:
+            return self.model.deadline
+        return max(kept + waited, default=0.0)
+
+
+class SimulatedClock:
+    """Wraps an executor whose ``participation`` hook is ``system``; adds ``sim_seconds``."""
+
+    def __init__(self, executor: Executor, system: SystemParticipation) -> None:
+        self.executor = executor
+        self.system = system
+
+    @property
+    def num_clients(self) -> int:
+        """Population size."""
+        return self.executor.num_clients
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        """Run the round on the wrapped executor and stamp its simulated duration."""
+        if self.system.auto_bytes:
+            self.system.bytes_down = self.system.bytes_up = tree_nbytes(msg)
+        out = self.executor.execute(algorithm, msg, cohort, info)
+        return dataclasses.replace(out, sim_seconds=self.system.round_seconds(cohort, info))
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Delegated."""
+        return self.executor.evaluate(params, clients)
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        """Delegated."""
+        return self.executor.client_state_tensors()
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        """Delegated."""
+        self.executor.load_client_state_tensors(flat, template)
+
+    def close(self) -> None:
+        """Close the wrapped executor when it has resources (worker processes)."""
+        close = getattr(self.executor, "close", None)
+        if callable(close):
+            close()
