@@ -1,4 +1,4 @@
-"""System heterogeneity: deterministic device draws, availability, dropout, stragglers, deadlines."""
+"""System heterogeneity: deterministic device draws, availability, dropout, stragglers, deadline."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_distributions_validate_and_draw_in_range() -> None:
         Uniform(low=3.0, high=2.0)
     with pytest.raises(ValueError, match="availability"):
         SystemModel(availability=1.5)
-    with pytest.raises(ValueError, match="policy.*drop"):
+    with pytest.raises(ValueError, match=r"policy.*drop"):
         SystemModel(policy="wait")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="straggler_work"):
         SystemModel(straggler_work=(0.5, 0.2))
