@@ -53,8 +53,12 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _new_figure() -> Figure:
-    fig = Figure(figsize=_SIZE, dpi=_DPI, layout="constrained")
+_INSIDE_LEGEND = 4
+"""Up to this many arms the legend sits inside the axes; more go in columns below them."""
+
+
+def _new_figure(extra_height: float = 0.0) -> Figure:
+    fig = Figure(figsize=(_SIZE[0], _SIZE[1] + extra_height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -78,7 +82,8 @@ def _accuracy_figure(
     bytes_axis: bool = False,
     integer_x: bool = False,
 ) -> None:
-    fig = _new_figure()
+    below = len(arms) > _INSIDE_LEGEND
+    fig = _new_figure(extra_height=0.2 * math.ceil(len(arms) / 2) if below else 0.0)
     ax = fig.add_subplot()
     names = labels(arms)
     drawn = 0
@@ -119,14 +124,18 @@ def _accuracy_figure(
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     if drawn:
-        ax.legend(fontsize=8, loc="best")
+        if below:
+            fig.legend(loc="outside lower center", ncols=2, fontsize=7)
+        else:
+            ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "no evaluated rounds", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path, format="png")
 
 
 def _client_figure(arms: Sequence[Arm], path: Path) -> None:
-    fig = _new_figure()
+    longest = max((len(label) for label in labels(arms)), default=0)
+    fig = _new_figure(extra_height=0.05 * longest if len(arms) > _INSIDE_LEGEND else 0.0)
     ax = fig.add_subplot()
     names = labels(arms)
     data = [
@@ -141,7 +150,7 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
             positions=positions,
             widths=0.5,
             showmeans=True,
-            flierprops={"markersize": 3},
+            showfliers=False,  # every client is drawn as a point below
             medianprops={"color": "black"},
             meanprops={"marker": "^", "markerfacecolor": "white", "markeredgecolor": "black"},
         )
@@ -149,8 +158,12 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
             # The individual clients, jittered deterministically so small cohorts stay visible.
             xs = [pos + 0.18 * (((i * 0.618034) % 1.0) - 0.5) for i in range(len(values))]
             ax.scatter(xs, values, s=6, alpha=0.35, color=color, zorder=3)
-        ticks = [f"{label}\n(n={len(v)})" for v, label, _ in data]
-        ax.set_xticks(positions, ticks, fontsize=8, rotation=30 if len(data) > 4 else 0)
+        if len(data) > _INSIDE_LEGEND:  # many arms: slanted one-line labels, right-aligned
+            ticks = [f"{label} (n={len(v)})" for v, label, _ in data]
+            ax.set_xticks(positions, ticks, fontsize=7, rotation=30, ha="right")
+        else:
+            ticks = [f"{label}\n(n={len(v)})" for v, label, _ in data]
+            ax.set_xticks(positions, ticks, fontsize=8)
     else:
         ax.text(
             0.5,
