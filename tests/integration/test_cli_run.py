@@ -208,3 +208,13 @@ def test_bad_override_and_missing_database(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "key=value" in res.stderr
     res = runner.invoke(cli(), ["runs", "list", "-o", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no results database" in res.stderr
+
+
+def test_error_found_when_loading_data_exits_2_and_leaves_no_database(tmp_path: Path) -> None:
+    exp = tmp_path / "tiny.toml"
+    exp.write_text(TINY)
+    out = tmp_path / "out"
+    res = runner.invoke(cli(), ["run", str(exp), "-o", str(out), "--set", "data.num_clients=11"])
+    assert res.exit_code == 2 and "data.num_clients must be <= 10" in res.stderr
+    assert not results_path(out).exists()
+    assert list(out.iterdir()) == []

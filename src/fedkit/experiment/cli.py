@@ -88,7 +88,9 @@ def run(
         study = load_study(file, set_ or [])
     except ConfigError as e:
         raise _fail(str(e), 2) from None
-    store = ResultsStore(results_path(out))
+    db = results_path(out)
+    created = not db.exists()
+    store = ResultsStore(db)
 
     def report(outcome: RunOutcome) -> None:
         if as_json:
@@ -116,14 +118,24 @@ def run(
                 study, store, progress=progress, data_root=data_root, on_outcome=report, jobs=jobs
             )
     except ConfigError as e:
+        _discard_if_empty(store, created)
         raise _fail(f"{file}: {e}", 2) from None
     except FedkitDataError as e:
+        _discard_if_empty(store, created)
         raise _fail(str(e), 2) from None
     finally:
         store.close()
     _err.print(f"results: {results_path(out)}", markup=False, highlight=False)
     if any(o.status != "completed" for o in outcomes):
         raise typer.Exit(code=1)
+
+
+def _discard_if_empty(store: ResultsStore, created: bool) -> None:
+    """Remove a database this command created when no run was recorded in it."""
+    if created and not store.runs():
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store.path}{suffix}").unlink(missing_ok=True)
 
 
 # -- runs ----------------------------------------------------------------------------------------
