@@ -131,7 +131,8 @@ def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
         client_accuracy=client_acc,
         client_round=None if last is None else last + 1,
         settings=tuple(flatten_config(run.config)),
-        source=str(store.path) + ("" if run.study is None else f" (study {run.study})"),
+        study=run.study,
+        source=str(store.path),
     )
 
 
@@ -209,8 +210,8 @@ def load_arms(
 
 
 def _title(arms: Sequence[Arm]) -> str:
-    studies = {a.source.rpartition("(study ")[2].rstrip(")") for a in arms if "(study " in a.source}
-    if len(studies) == 1:
+    studies = {a.study for a in arms}
+    if len(studies) == 1 and None not in studies:
         return f"fedkit report — study {studies.pop()}"
     return f"fedkit report — {len(arms)} runs"
 

@@ -90,6 +90,10 @@ def summary_rows(arms: Sequence[Arm]) -> list[list[str]]:
     return [_row(a, lab, summarize(a)) for a, lab in zip(arms, labels(arms), strict=True)]
 
 
+def _where(arm: Arm) -> str:
+    return arm.source + ("" if arm.study is None else f" (study {arm.study})")
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -138,7 +142,7 @@ def render_markdown(doc: ReportDocument) -> str:
         out += _md_table(["setting", "value"], common)
         out.append("")
     out += ["## Sources", ""]
-    out += [f"- `{a.run_id}` ({a.name}): {a.source}" for a in doc.arms]
+    out += [f"- `{a.run_id}` ({a.name}): {_where(a)}" for a in doc.arms]
     out.append("")
     return "\n".join(out)
 
@@ -207,7 +211,7 @@ def render_html(doc: ReportDocument) -> str:
     out.append("<h2>Sources</h2>")
     out.append("<ul>")
     out += [
-        f"<li><code>{esc(a.run_id)}</code> ({esc(a.name)}): {esc(a.source)}</li>" for a in doc.arms
+        f"<li><code>{esc(a.run_id)}</code> ({esc(a.name)}): {esc(_where(a))}</li>" for a in doc.arms
     ]
     out += ["</ul>", "</body>", "</html>", ""]
     return "\n".join(out)

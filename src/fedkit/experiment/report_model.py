@@ -64,6 +64,7 @@ class Arm:
             run had none).
         client_round: the round (1-based) of that federated evaluation.
         settings: flattened run configuration, ``(dotted key, value as text)`` pairs.
+        study: the study the run belongs to, if any.
         source: where the run was read from (a results directory or database).
     """
 
@@ -76,6 +77,7 @@ class Arm:
     client_accuracy: tuple[float, ...] = ()
     client_round: int | None = None
     settings: tuple[tuple[str, str], ...] = ()
+    study: str | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
