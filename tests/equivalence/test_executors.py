@@ -8,18 +8,21 @@ practice the float32 results agree bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
 import pytest
 import torch
 
+from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, FedProx, Scaffold
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.run import RunConfig, RunResult, run
 from fedkit.sim.distributed import ProcessExecutor
 from fedkit.sim.serial import SerialExecutor
+from fedkit.sim.vectorized import VectorizedExecutor, vectorizable
 from tests.helpers.toy import toy_model, toy_store
 
 LOCAL = LocalTraining(lr=0.05, epochs=2, batch_size=8)
@@ -65,3 +68,53 @@ def test_two_gloo_ranks_equal_serial_for_fedavg_fedprox_scaffold() -> None:
         if name == "scaffold":
             # client control variates stay on their owner ranks and come back for checkpoints
             assert len(states) > 0 and all(k.split("/")[0].isdigit() for k in states)
+
+
+def _partial(client_id: int, info: RoundInfo) -> float | None:
+    """Unequal work: some clients drop, some do part of their steps (exercises masking)."""
+    if (client_id + info.round) % 5 == 0:
+        return None
+    return 1.0 if client_id % 2 else 0.4
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_vectorized_equals_serial(name: str) -> None:
+    local = LocalTraining(lr=0.05, epochs=2, batch_size=8, momentum=0.5, weight_decay=1e-3)
+    alg = dataclasses.replace(ALGORITHMS[name], local=local)
+    ref = run(
+        alg,
+        SerialExecutor(toy_store(8), toy_model(), participation=_partial),
+        model_params(toy_model()),
+        CONFIG,
+    )
+    ex = VectorizedExecutor(toy_store(8), toy_model(), participation=_partial, chunk_size=3)
+    got = run(alg, ex, model_params(toy_model()), CONFIG)
+    assert _close(ref.params, got.params), name
+    for r_ref, r_got in zip(ref.history, got.history, strict=True):
+        assert r_ref.dropped == r_got.dropped
+        assert [(c.client_id, c.steps) for c in r_ref.clients] == [
+            (c.client_id, c.steps) for c in r_got.clients
+        ]
+        assert r_ref.train_loss == pytest.approx(r_got.train_loss, rel=1e-5)
+        assert r_ref.bytes_up == r_got.bytes_up
+
+
+def test_vectorized_full_batch_and_fallback_for_buffers() -> None:
+    full = FedAvg(local=LocalTraining(lr=0.1, epochs=3, batch_size=0))
+    ref = run(full, SerialExecutor(toy_store(8), toy_model()), model_params(toy_model()), CONFIG)
+    got = run(
+        full, VectorizedExecutor(toy_store(8), toy_model()), model_params(toy_model()), CONFIG
+    )
+    assert _close(ref.params, got.params)
+
+    def bn_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+        )
+
+    assert not vectorizable(bn_model())
+    alg = full  # full batches: BatchNorm cannot train on a last batch of one example
+    ref = run(alg, SerialExecutor(toy_store(8), bn_model()), model_params(bn_model()), CONFIG)
+    got = run(alg, VectorizedExecutor(toy_store(8), bn_model()), model_params(bn_model()), CONFIG)
+    assert all(torch.equal(ref.params[k], got.params[k]) for k in ref.params)
