@@ -21,7 +21,9 @@ import typer
 from typer.testing import CliRunner
 
 from fedkit.experiment.cli import run
+from fedkit.experiment.report import load_arms
 from fedkit.experiment.report_cli import report
+from fedkit.experiment.report_model import summarize
 from fedkit.experiment.results import ResultsStore, results_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,6 +69,16 @@ def test_quickstart_runs_and_reports(tmp_path: Path) -> None:
             ("centralized", "completed"),
         ]
         assert all(len(store.rounds(r.id)) == 2 for r in rows)
+    # The report's numbers agree with the runner's own summary of each run.
+    for arm in load_arms([str(runs)], runs_dir=runs):
+        with ResultsStore(results_path(runs), create=False) as store:
+            recorded = store.run(int(arm.run_id)).summary
+        assert recorded is not None
+        mine = summarize(arm)
+        assert mine.final_accuracy == pytest.approx(recorded.final_accuracy)
+        assert mine.best_accuracy == pytest.approx(recorded.best_accuracy)
+        assert mine.rounds_to_target == recorded.rounds_to_target
+        assert (mine.bytes_up, mine.bytes_down) == (recorded.bytes_up, recorded.bytes_down)
     result = cli.invoke(_app(), ["report", str(runs), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == str(out / "report.html")
