@@ -348,6 +348,10 @@ class ResultsStore:
         )
         self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._conn.execute("PRAGMA foreign_keys = ON")
+        # WAL + NORMAL: commits never corrupt the file, a crashed process loses nothing it
+        # committed; only an OS crash or power cut may drop the last few commits. (FULL costs
+        # an fsync per round: ~2.5 ms against ~0.15 ms on this machine.)
+        self._conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
 
     @classmethod
