@@ -46,7 +46,7 @@ hidden = [32]
 [algorithm]
 name = "fedavgm"
 clients_per_round = {per_round}
-local_steps = {steps}
+{local}
 batch_size = 10
 lr = 0.05
 
@@ -61,6 +61,7 @@ select_timeout_s = 20
 heartbeat_s = 0.3
 liveness_s = {liveness}
 quorum = {quorum}
+{deploy}
 """
 
 
@@ -74,11 +75,14 @@ def write_experiment(
     deadline: float = 30,
     liveness: float = 1.5,
     quorum: float = 1.0,
+    local: str | None = None,
+    deploy: str = "",
 ) -> Path:
     path.write_text(
         EXPERIMENT.format(
-            clients=clients, per_round=per_round, rounds=rounds, steps=steps,
-            deadline=deadline, liveness=liveness, quorum=quorum,
+            clients=clients, per_round=per_round, rounds=rounds,
+            local=local or f"local_steps = {steps}", deadline=deadline, liveness=liveness,
+            quorum=quorum, deploy=deploy,
         )
     )  # fmt: skip
     return path
@@ -271,3 +275,41 @@ def test_coordinator_killed_and_restarted_resumes(
     for w in c.workers.values():
         w.join(10)
         assert w.exitcode == 0
+
+
+def test_over_selection_commits_first_arrivals(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=4, per_round=2, rounds=2, deploy="over_selection = 2.0"
+    )
+    c = cluster(exp)
+    c.start_coordinator()
+    c.start_workers(range(4))
+    summary = c.summary(timeout=40)
+    assert summary["committed_rounds"] == 2
+    with sqlite3.connect(c.out / "coordinator.db") as con:
+        asked = con.execute("SELECT round, count(*) FROM worker_rtt GROUP BY round").fetchall()
+    # 2 x over-selection asks all 4 clients; exactly clients_per_round = 2 results are used
+    assert all(n == 2 for _, n in asked)
+    assert all(len(r[3]) == 2 for r in c.rounds())
+
+
+def test_slow_worker_gets_fewer_local_steps(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    # client 0 holds 370 examples, the others about 50: with local epochs it is several times
+    # slower, so from round 1 on it is given a proportionally smaller share of its local work.
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, local="local_epochs = 10",
+        deploy="balance_stragglers = true\nmin_work_fraction = 0.1",
+    )  # fmt: skip
+    c = cluster(exp)
+    c.start_coordinator()
+    c.start_workers(range(5))
+    assert c.summary(timeout=50)["committed_rounds"] == 3
+    with sqlite3.connect(c.out / "coordinator.db") as con:
+        rows = con.execute("SELECT round, client_id, work_fraction FROM worker_rtt").fetchall()
+    frac = {(r, cid): f for r, cid, f in rows}
+    assert all(frac[(0, cid)] == 1.0 for cid in range(5))  # nothing measured yet
+    assert frac[(1, 0)] < 0.75 and frac[(2, 0)] < 0.75, frac
