@@ -80,6 +80,9 @@ def coordinator(
     tls_dir: TlsOpt = None,
     insecure: InsecureOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
+    min_workers: Annotated[
+        int, typer.Option("--min-workers", help="Wait for this many workers before round 0.")
+    ] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
@@ -89,7 +92,9 @@ def coordinator(
     exp = _load(experiment)
     sec = _security(tls_dir, insecure)
     try:
-        summary = serve(exp, listen=listen, security=sec, out_dir=out, data_root=data)
+        summary = serve(
+            exp, listen=listen, security=sec, out_dir=out, data_root=data, min_workers=min_workers
+        )
     except (PermissionError, FileNotFoundError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -86,8 +86,13 @@ def serve(
     data_root: Path | None = None,
     on_listening: Callable[[int], None] | None = None,
     shutdown_grace_s: float = 10.0,
+    min_workers: int = 0,
 ) -> Summary:
-    """Run the experiment as a coordinator (see module docstring)."""
+    """Run the experiment as a coordinator (see module docstring).
+
+    With ``min_workers``, round 0 waits (up to ``deploy.select_timeout_s``) until that many
+    workers have registered, so that every launched worker takes part from the start.
+    """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     db = CoordinatorDB(out_dir / "coordinator.db")
@@ -161,6 +166,9 @@ def serve(
     if on_listening is not None:
         on_listening(port)
     try:
+        if min_workers > 0:
+            everyone = {str(c) for c in range(len(fd.train_parts))}
+            broker.wait_for_clients(everyone, min_workers, s.select_timeout_s)
         result = run(
             algorithm,
             executor,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
 from torch import nn
 
 from fedkit.data.spec import DataSpec

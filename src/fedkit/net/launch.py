@@ -76,6 +76,7 @@ def launch(
             out_dir=out_dir,
             data_root=data_root,
             on_listening=start_workers,
+            min_workers=workers,
         )
     finally:
         for p in procs:
