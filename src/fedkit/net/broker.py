@@ -14,6 +14,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -114,7 +115,8 @@ class Broker:
         self._told_to_stop: set[str] = set()
         self._result_check: ResultCheck | None = None
         self._counter = 0
-        self.rejections: list[tuple[str, ErrorCode]] = []
+        self.rejections: deque[tuple[str, ErrorCode]] = deque(maxlen=10_000)
+        """Recent refusals (who, code), for logs and tests."""
 
     # ----------------------------------------------------------------- authentication
     def _authenticate(self, header: pb.Header, tls_identity: str | None) -> WorkerRecord:

@@ -31,11 +31,14 @@ from fedkit.net.experiment import Experiment, load_experiment
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow
 from fedkit.net.transport import Security, make_server
-from fedkit.params import Params, sha256
+from fedkit.params import Params, sha256, tree_nbytes
 from fedkit.rng import SERVER, generator
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
 
 log = logging.getLogger("fedkit.coordinator")
+
+RESULT_HEADER_ALLOWANCE = 1 << 20
+"""Bytes allowed for a result's safetensors header and metadata beyond its tensors (1 MiB)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,7 +110,9 @@ def serve(
     s = exp.deploy
     broker = Broker(
         run_id=run_id,
-        max_result_bytes=s.max_update_bytes,
+        # A result is the update template's tensors plus a small header: anything declared larger
+        # is refused before one byte of it is buffered.
+        max_result_bytes=min(s.max_update_bytes, tree_nbytes(template) + RESULT_HEADER_ALLOWANCE),
         heartbeat_interval_s=s.heartbeat_s,
         liveness_s=s.liveness_s,
         require_tls_identity=security.tls,

@@ -1,0 +1,117 @@
+"""The remote executor's round policy, against the broker directly (no sockets): quorum, retries,
+abort policy, and aggregation in client-id order whatever the arrival order."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+
+from fedkit.aggregate import WeightedMean
+from fedkit.algorithm import RoundInfo
+from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
+from fedkit.local import LocalTraining
+from fedkit.net.broker import Broker
+from fedkit.net.codec import split
+from fedkit.net.executor import QuorumError, RemoteExecutor
+from fedkit.net.experiment import DeploySettings
+from fedkit.net.payload import ResultMeta, encode_tree
+from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.state import RoundRow, RttRow
+
+PARAMS = {"w": torch.randn(5, 3), "b": torch.randn(3)}
+TEMPLATE = ModelDelta(delta={k: torch.zeros_like(v) for k, v in PARAMS.items()})
+INFO = RoundInfo(round=0, seed=1, num_clients=3, cohort_size=3)
+
+
+def update_of(cid: int) -> ModelDelta:
+    g = torch.Generator().manual_seed(cid)
+    return ModelDelta(delta={k: torch.randn(v.shape, generator=g) for k, v in PARAMS.items()})
+
+
+def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event) -> None:
+    reply = broker.register(pb.RegisterRequest(client_id=str(cid)), None)
+    header = pb.Header(run_id=reply.run_id, worker_id=reply.worker_id, token=reply.token)
+    while not stop.is_set():
+        info, _ = broker.next_task(pb.GetTaskRequest(header=header, wait_s=0.2), None)
+        if info.kind != pb.TRAIN:
+            continue
+        time.sleep(delay_s)
+        meta = ResultMeta(weight=float(cid + 1), num_examples=cid + 1, steps=1, train_loss=0.0,
+                          work_fraction=info.work_fraction, compute_s=delay_s)  # fmt: skip
+        payload = encode_tree(update_of(cid), meta.to_metadata())
+        chunks = split(payload, 256)
+        rinfo = pb.ResultInfo(
+            header=pb.Header(run_id=reply.run_id, round=info.header.round,
+                             task_id=info.header.task_id, worker_id=reply.worker_id,
+                             token=reply.token),
+            client_id=str(cid), payload_bytes=len(payload), num_chunks=len(chunks),
+        )  # fmt: skip
+        broker.accept_result(rinfo, iter(chunks), None)
+
+
+def make(settings: DeploySettings) -> tuple[Broker, RemoteExecutor, list[RoundRow]]:
+    broker = Broker(run_id="r", max_result_bytes=1 << 20, heartbeat_interval_s=0.2, liveness_s=5)
+    rows: list[RoundRow] = []
+
+    def on_round(row: RoundRow, rtts: list[RttRow]) -> None:
+        rows.append(row)
+
+    ex = RemoteExecutor(broker, num_clients=3, settings=settings, update_template=TEMPLATE,
+                        on_round=on_round)  # fmt: skip
+    return broker, ex, rows
+
+
+def run_round(ex: RemoteExecutor, broker: Broker, delays: dict[int, float]) -> Any:
+    stop = threading.Event()
+    threads = [threading.Thread(target=fake_worker, args=(broker, c, d, stop), daemon=True)
+               for c, d in delays.items()]  # fmt: skip
+    for t in threads:
+        t.start()
+    try:
+        algo = FedAvg(local=LocalTraining(steps=1))
+        return ex.execute(algo, ModelMessage(params=PARAMS), [0, 1, 2], INFO)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+
+def test_updates_are_added_in_client_id_order_whatever_the_arrival_order() -> None:
+    broker, ex, rows = make(DeploySettings(deadline_s=20, select_timeout_s=5))
+    out = run_round(ex, broker, {0: 0.6, 1: 0.3, 2: 0.0})  # arrive 2, 1, 0
+    agg = WeightedMean[ModelDelta]()
+    ref = agg.zero(TEMPLATE)
+    for c in (0, 1, 2):
+        ref = agg.add(ref, update_of(c), float(c + 1))
+    assert [m.client_id for m in out.clients] == [0, 1, 2]
+    assert all(torch.equal(out.accumulator.total.delta[k], ref.total.delta[k]) for k in PARAMS)
+    assert float(out.accumulator.weight) == 6.0
+    assert rows[0].committed and rows[0].accepted == (0, 1, 2)
+
+
+def test_quorum_missed_retries_then_skips_with_model_unchanged() -> None:
+    s = DeploySettings(deadline_s=1.0, select_timeout_s=1, quorum=1.0, round_retries=2)
+    broker, ex, rows = make(s)
+    out = run_round(ex, broker, {0: 0.0, 1: 0.0})  # client 2 never shows up
+    assert out.accumulator is None and out.dropped == (0, 1, 2)
+    assert [(r.attempt, r.committed) for r in rows] == [(0, False), (1, False), (2, False)]
+
+
+def test_quorum_met_commits_with_survivors() -> None:
+    broker, ex, rows = make(DeploySettings(deadline_s=1.0, select_timeout_s=1, quorum=0.6))
+    out = run_round(ex, broker, {0: 0.0, 2: 0.0})
+    assert out.accumulator is not None and out.dropped == (1,)
+    assert float(out.accumulator.weight) == 1.0 + 3.0  # clients 0 and 2 only
+    assert rows[0].committed and rows[0].accepted == (0, 2)
+    assert [m.client_id for m in out.clients] == [0, 2]
+
+
+def test_on_abort_stop_raises() -> None:
+    s = DeploySettings(deadline_s=0.5, select_timeout_s=0.5, on_abort="stop")
+    broker, ex, _ = make(s)
+    with pytest.raises(QuorumError, match="on_abort = 'stop'"):
+        run_round(ex, broker, {})
