@@ -33,6 +33,8 @@ import contextlib
 import datetime
 import functools
 import math
+import multiprocessing
+import multiprocessing.process
 import os
 import tempfile
 import time
@@ -76,20 +78,23 @@ class RemoteRankError(RuntimeError):
     """A rank failed while running its share; the message names the rank and its error."""
 
 
-def _store_from_spec(spec: DataSpec) -> ClientStore:
-    from fedkit.data.spec import build_federated
+def _store_from_table(table: dict[str, Any]) -> ClientStore:
+    from fedkit.data.spec import DataSpec, build_federated
 
-    return ClientStore.from_federated(build_federated(spec))
+    return ClientStore.from_federated(build_federated(DataSpec.from_mapping(table)))
 
 
 def store_recipe(
     *, data_spec: DataSpec | None = None, store_fn: Callable[[], ClientStore] | None = None
 ) -> Callable[[], ClientStore] | None:
-    """A picklable zero-argument function that rebuilds the client store on another rank."""
+    """A picklable zero-argument function that rebuilds the client store on another rank.
+
+    A ``data_spec`` travels as its ``[data]`` table (plain scalars) and is validated again there.
+    """
     if data_spec is not None and store_fn is not None:
         raise ValueError("give data_spec or store_fn, not both")
     if data_spec is not None:
-        return functools.partial(_store_from_spec, data_spec)
+        return functools.partial(_store_from_table, data_spec.to_mapping())
     return store_fn
 
 
@@ -566,7 +571,7 @@ class DistributedExecutor:
 
 
 def _worker(
-    index: int,
+    rank: int,
     world_size: int,
     init_file: str,
     threads: int,
@@ -575,9 +580,11 @@ def _worker(
     model_fn: Callable[[], nn.Module],
     store_fn: Callable[[], ClientStore],
 ) -> None:
-    """Entry point of a spawned rank ``index + 1``: build store and model, then serve."""
+    """Entry point of a spawned rank: build store and model, then serve until shut down.
+
+    A failure to build is reported to rank 0 (which raises it) and the process exits normally.
+    """
     torch.set_num_threads(threads)
-    rank = index + 1
     store = FileStore(init_file, world_size)
     store.set(f"fedkit-up-{rank}", "1")
     dist.init_process_group(
@@ -594,7 +601,10 @@ def _worker(
             ex = DistributedExecutor(store_fn(), model_fn())
         except Exception as exc:
             error = f"{type(exc).__name__} while building rank {rank}: {exc}"
-        _startup_check(world_size, rank, error)
+        try:
+            _startup_check(world_size, rank, error)
+        except RemoteRankError:
+            return  # rank 0 raises it with every rank's message
         if ex is not None:
             ex.serve(algorithm)
     finally:
@@ -651,7 +661,7 @@ class ProcessExecutor:
         self.eval_batch_size = eval_batch_size
         self.timeout_s = timeout_s
         self._inner: DistributedExecutor | None = None
-        self._context: Any = None
+        self._procs: list[multiprocessing.process.BaseProcess] = []
         self._init_file: str | None = None
         self._pending_template: Any = None
 
@@ -659,6 +669,10 @@ class ProcessExecutor:
     def num_clients(self) -> int:
         """Population size."""
         return self.store.num_clients
+
+    def start(self, algorithm: Algorithm[Any, Any, Any, Any]) -> None:
+        """Spawn and connect the ranks now (otherwise the first :meth:`execute` does it)."""
+        self._start(algorithm)
 
     def _start(self, algorithm: Algorithm[Any, Any, Any, Any]) -> DistributedExecutor:
         if self._inner is not None:
@@ -674,23 +688,25 @@ class ProcessExecutor:
         os.unlink(path)
         self._init_file = path
         if self.world_size > 1:
-            from torch.multiprocessing.spawn import start_processes
-
-            self._context = start_processes(  # type: ignore[no-untyped-call]
-                _worker,
-                args=(
-                    self.world_size,
-                    path,
-                    self.threads,
-                    self.timeout_s,
-                    algorithm,
-                    self.model_fn,
-                    self.store_fn,
-                ),
-                nprocs=self.world_size - 1,
-                join=False,
-                start_method="spawn",
-            )
+            ctx = multiprocessing.get_context("spawn")
+            for rank in range(1, self.world_size):
+                proc = ctx.Process(
+                    target=_worker,
+                    args=(
+                        rank,
+                        self.world_size,
+                        path,
+                        self.threads,
+                        self.timeout_s,
+                        algorithm,
+                        self.model_fn,
+                        self.store_fn,
+                    ),
+                    name=f"fedkit-rank-{rank}",
+                    daemon=True,
+                )
+                proc.start()
+                self._procs.append(proc)
         store = FileStore(path, self.world_size)
         self._await_workers(store)
         dist.init_process_group(
@@ -733,11 +749,7 @@ class ProcessExecutor:
                 return
             except RuntimeError:
                 pass
-            dead = [
-                (i + 1, p.exitcode)
-                for i, p in enumerate(self._context.processes if self._context else [])
-                if not p.is_alive()
-            ]
+            dead = [(i + 1, p.exitcode) for i, p in enumerate(self._procs) if not p.is_alive()]
             if dead or time.monotonic() > deadline:
                 self._teardown(join=True)
                 what = ", ".join(f"rank {r} exited with code {c}" for r, c in dead)
@@ -798,15 +810,14 @@ class ProcessExecutor:
                 self._inner = None
         if dist.is_initialized():
             dist.destroy_process_group()
-        if self._context is not None and join:
+        if self._procs and join:
             deadline = time.monotonic() + 30.0
-            while not self._context.join(timeout=max(deadline - time.monotonic(), 0.1)):
-                if time.monotonic() > deadline:
-                    for p in self._context.processes:
-                        if p.is_alive():
-                            p.terminate()
-                    break
-            self._context = None
+            for p in self._procs:
+                p.join(timeout=max(deadline - time.monotonic(), 0.1))
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5.0)
+            self._procs = []
         if self._init_file is not None and os.path.exists(self._init_file):
             os.unlink(self._init_file)
         self._init_file = None
@@ -818,6 +829,6 @@ class ProcessExecutor:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_context", None) is not None:
+        if getattr(self, "_procs", None):
             with contextlib.suppress(Exception):  # best effort at interpreter exit
                 self._teardown(join=True)
