@@ -104,6 +104,17 @@ def test_round_trip_and_typed_refusals(coord: Coordinator) -> None:
     )
     parts = itertools.chain([pb.ResultPart(info=info)], [pb.ResultPart(chunk=chunks[0])])
     assert refused(lambda: bad.push_parts(parts)) is ErrorCode.CHECKSUM_MISMATCH
+    # wrong schema is refused from the first chunk: the rest of the payload is never buffered
+    wrong_big = encode({"w": torch.zeros(64, 32, dtype=torch.float64), "b": torch.zeros(32)})
+    first = split(wrong_big, 1024)[0]
+    info = pb.ResultInfo(
+        header=bad.header(round_=3, task_id=t_bad.task_id),
+        client_id="1",
+        payload_bytes=len(wrong_big),
+        num_chunks=len(split(wrong_big, 1024)),
+    )
+    parts = itertools.chain([pb.ResultPart(info=info)], [pb.ResultPart(chunk=first)])
+    assert refused(lambda: bad.push_parts(parts)) is ErrorCode.SCHEMA_MISMATCH
     # stale round
     stale = type(t_bad)(**{**t_bad.__dict__, "round": 2})
     assert refused(lambda: bad.push_result(stale, payload, compute_s=0)) is ErrorCode.STALE_ROUND

@@ -262,10 +262,15 @@ class Broker:
                 raise self._reject(rec_name(info), err) from None
             check = self._result_check
         try:  # read outside the lock: other workers keep being served meanwhile
+            checked = check is None
             for chunk in chunks:
                 assembler.add(chunk)
+                if not checked and assembler.header_received:
+                    assert check is not None
+                    check(assembler.peek())  # schema refused before the rest is buffered
+                    checked = True
             payload = assembler.result()
-            if check is not None:
+            if not checked and check is not None:
                 check(payload)
         except NetError as err:
             with self._lock:

@@ -320,6 +320,19 @@ class Reassembler:
         self._offset = 0
 
     @property
+    def header_received(self) -> bool:
+        """Whether the safetensors header (length prefix and JSON) has fully arrived, so that it
+        can be checked against a template before the rest of the payload is buffered."""
+        if self._offset < 8:
+            return False
+        (n,) = struct.unpack("<Q", self._buf[:8])
+        return bool(self._offset >= 8 + n)
+
+    def peek(self) -> bytearray:
+        """The buffer as filled so far (declared size; bytes not yet received are zero)."""
+        return self._buf
+
+    @property
     def complete(self) -> bool:
         """Whether every declared chunk has arrived."""
         return self._next == self._chunks
