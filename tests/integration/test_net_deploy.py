@@ -23,6 +23,8 @@ from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
 from fedkit.net.coordinator import run_coordinator
 from fedkit.net.experiment import load_experiment
+from fedkit.net.tls import create_certs
+from fedkit.net.transport import Security
 from fedkit.net.worker import run_worker
 from fedkit.params import sha256
 from fedkit.run import RunConfig, run
@@ -44,7 +46,7 @@ name = "mlp"
 hidden = [32]
 
 [algorithm]
-name = "fedavgm"
+name = "{algorithm}"
 clients_per_round = {per_round}
 {local}
 batch_size = 10
@@ -77,12 +79,13 @@ def write_experiment(
     quorum: float = 1.0,
     local: str | None = None,
     deploy: str = "",
+    algorithm: str = "fedavgm",
 ) -> Path:
     path.write_text(
         EXPERIMENT.format(
             clients=clients, per_round=per_round, rounds=rounds,
             local=local or f"local_steps = {steps}", deadline=deadline, liveness=liveness,
-            quorum=quorum, deploy=deploy,
+            quorum=quorum, deploy=deploy, algorithm=algorithm,
         )
     )  # fmt: skip
     return path
@@ -129,6 +132,7 @@ class Cluster:
         self.procs: list[BaseProcess] = []
         self.workers: dict[int, BaseProcess] = {}
         self.coordinator: BaseProcess | None = None
+        self.security = Security()
 
     def _start(self, target: Callable[..., object], kwargs: dict[str, object]) -> BaseProcess:
         p = self.ctx.Process(target=target, kwargs=kwargs, daemon=True)
@@ -139,7 +143,12 @@ class Cluster:
     def start_coordinator(self) -> None:
         self.coordinator = self._start(
             run_coordinator,
-            {"experiment": self.exp, "listen": self.address, "out_dir": self.out},
+            {
+                "experiment": self.exp,
+                "listen": self.address,
+                "out_dir": self.out,
+                "security": self.security,
+            },
         )
 
     def start_workers(self, ids: range) -> None:
@@ -147,7 +156,7 @@ class Cluster:
             self.workers[cid] = self._start(
                 run_worker,
                 {"coordinator": self.address, "experiment": self.exp, "client_id": cid,
-                 "give_up_s": 30.0},
+                 "give_up_s": 30.0, "security": self.security, "tls_name": f"worker-{cid}"},
             )  # fmt: skip
 
     def completed_rounds(self) -> int:
@@ -202,8 +211,14 @@ def cluster(ctx: ForkServerContext, tmp_path: Path) -> Iterator[Callable[[Path],
         c.stop()
 
 
-def test_parity_with_serial_simulator(cluster: Callable[[Path], Cluster], tmp_path: Path) -> None:
-    exp = write_experiment(tmp_path / "exp.toml", clients=4, per_round=3, rounds=3)
+@pytest.mark.parametrize("algorithm", ["fedavgm", "scaffold"])
+def test_parity_with_serial_simulator(
+    cluster: Callable[[Path], Cluster], tmp_path: Path, algorithm: str
+) -> None:
+    # SCAFFOLD also checks client state: each worker keeps its own control variate.
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=4, per_round=3, rounds=3, algorithm=algorithm
+    )
     c = cluster(exp)
     c.start_coordinator()
     c.start_workers(range(4))
@@ -216,6 +231,19 @@ def test_parity_with_serial_simulator(cluster: Callable[[Path], Cluster], tmp_pa
     with sqlite3.connect(c.out / "coordinator.db") as con:
         rtts = con.execute("SELECT round, client_id, rtt_s FROM worker_rtt").fetchall()
     assert len(rtts) == 9 and all(r[2] > 0 for r in rtts)
+
+
+def test_parity_under_mutual_tls(cluster: Callable[[Path], Cluster], tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    create_certs(certs, coordinator_hosts=["127.0.0.1"], workers=3)
+    exp = write_experiment(tmp_path / "exp.toml", clients=3, per_round=3, rounds=2)
+    c = cluster(exp)
+    c.security = Security(cert_dir=certs)
+    c.start_coordinator()
+    c.start_workers(range(3))
+    summary = c.summary(timeout=50)
+    assert summary["committed_rounds"] == 2
+    assert summary["model_sha256"] == serial_sha(exp)
 
 
 def test_killed_worker_round_commits_with_survivors(
