@@ -43,7 +43,7 @@ class Coordinator:
 
     def open(self, round_: int, clients: list[str], deadline_s: float = 20.0) -> None:
         data = encode(MODEL)
-        a = Assignment(chunks=split(data, 1024), payload_bytes=len(data))
+        a = Assignment.of(split(data, 1024), len(data))
         self.broker.open_round(
             round_, {c: a for c in clients}, deadline_s=deadline_s, result_check=_check
         )

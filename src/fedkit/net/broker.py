@@ -36,11 +36,29 @@ class WorkerRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class Assignment:
-    """What one client is asked to do this round: a shared payload and its share of the work."""
+    """What one client is asked to do this round: a shared payload and its share of the work.
 
-    chunks: list[pb.Chunk]
+    ``wire`` holds the payload's ``TaskPart`` chunk messages already serialised, so that the same
+    bytes go to every worker without being serialised again per worker.
+    """
+
+    wire: list[bytes]
     payload_bytes: int
     work_fraction: float = 1.0
+
+    @classmethod
+    def of(
+        cls, chunks: list[pb.Chunk], payload_bytes: int, work_fraction: float = 1.0
+    ) -> Assignment:
+        """Serialise ``chunks`` once."""
+        wire = [pb.TaskPart(chunk=c).SerializeToString() for c in chunks]
+        return cls(wire=wire, payload_bytes=payload_bytes, work_fraction=work_fraction)
+
+    def with_fraction(self, work_fraction: float) -> Assignment:
+        """The same payload with another work fraction (the bytes are shared, not copied)."""
+        return Assignment(
+            wire=self.wire, payload_bytes=self.payload_bytes, work_fraction=work_fraction
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,8 +219,11 @@ class Broker:
 
     def next_task(
         self, req: pb.GetTaskRequest, tls_identity: str | None, *, max_wait_s: float = 5.0
-    ) -> tuple[pb.TaskInfo, list[pb.Chunk]]:
-        """The worker's task for the open round, waiting up to ``wait_s`` for one to appear."""
+    ) -> tuple[pb.TaskInfo, list[bytes]]:
+        """The worker's task for the open round, waiting up to ``wait_s`` for one to appear.
+
+        Returns the task info and the payload as serialised ``TaskPart`` chunk messages.
+        """
         end = time.monotonic() + min(max(req.wait_s, 0.0), max_wait_s)
         with self._lock:
             while True:
@@ -233,9 +254,9 @@ class Broker:
                         work_fraction=a.work_fraction,
                         deadline_s=max(rnd.deadline - time.monotonic(), 0.0),
                         payload_bytes=a.payload_bytes,
-                        num_chunks=len(a.chunks),
+                        num_chunks=len(a.wire),
                     )
-                    return info, a.chunks
+                    return info, a.wire
                 left = end - time.monotonic()
                 if left <= 0:
                     return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.WAIT), []

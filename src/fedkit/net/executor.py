@@ -112,9 +112,9 @@ class RemoteExecutor:
         s = self.settings
         need = max(1, math.ceil(s.quorum * len(cohort)))
         payload = encode_tree(msg, info_metadata(info))
-        chunks = split(payload)
+        shared = Assignment.of(split(payload), len(payload))  # serialised once per round
         for attempt in range(s.round_retries + 1):
-            out = self._attempt(algorithm, payload, chunks, cohort, info, attempt, need)
+            out = self._attempt(algorithm, payload, shared, cohort, info, attempt, need)
             if out.accumulator is not None:
                 return out
         if s.on_abort == "stop":
@@ -128,7 +128,7 @@ class RemoteExecutor:
         self,
         algorithm: Algorithm[Any, Any, Any, Any],
         payload: bytes,
-        chunks: list[Any],
+        shared: Assignment,
         cohort: Sequence[int],
         info: RoundInfo,
         attempt: int,
@@ -142,12 +142,7 @@ class RemoteExecutor:
         fractions = {c: self.stragglers.fraction(c) for c in asked}
         self.broker.open_round(
             info.round,
-            {
-                str(c): Assignment(
-                    chunks=chunks, payload_bytes=len(payload), work_fraction=fractions[c]
-                )
-                for c in asked
-            },
+            {str(c): shared.with_fraction(fractions[c]) for c in asked},
             deadline_s=s.deadline_s,
             result_check=self._check,
         )

@@ -16,6 +16,9 @@ from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
 from fedkit.net.tls import peer_common_name
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+"""``fedkit.net.v1.Coordinator``."""
+
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """Serves workers from a shared :class:`Broker`."""
@@ -34,16 +37,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.TaskPart]:
-        """Stream the worker's task info, then its payload chunks."""
+    ) -> Iterator[pb.TaskPart | bytes]:
+        """Stream the worker's task info, then its payload chunks (already serialised)."""
         try:
-            info, chunks = self.broker.next_task(request, peer_common_name(context))
+            info, wire = self.broker.next_task(request, peer_common_name(context))
         except NetError as err:
             yield pb.TaskPart(info=pb.TaskInfo(error=err.to_proto()))
             return
         yield pb.TaskPart(info=info)
-        for chunk in chunks:
-            yield pb.TaskPart(chunk=chunk)
+        yield from wire
 
     def PushResult(
         self, request_iterator: Iterator[pb.ResultPart], context: grpc.ServicerContext
@@ -79,8 +81,40 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             return pb.HeartbeatReply(error=err.to_proto())
 
 
+def _serialize_part(part: pb.TaskPart | bytes) -> bytes:
+    """``TaskPart`` serialiser that passes pre-serialised chunk messages through unchanged."""
+    return part if isinstance(part, bytes) else part.SerializeToString()
+
+
 def add_service(server: grpc.Server, broker: Broker) -> CoordinatorService:
-    """Register a :class:`CoordinatorService` for ``broker`` on ``server``."""
+    """Register a :class:`CoordinatorService` for ``broker`` on ``server``.
+
+    The method table mirrors the generated one (same service and method names, same messages)
+    except that ``GetTask`` accepts pre-serialised chunk messages, so a broadcast is serialised
+    once per round rather than once per worker.
+    """
     service = CoordinatorService(broker)
-    pb_grpc.add_CoordinatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    handlers = {
+        "Register": grpc.unary_unary_rpc_method_handler(
+            service.Register,
+            request_deserializer=pb.RegisterRequest.FromString,
+            response_serializer=pb.RegisterReply.SerializeToString,
+        ),
+        "GetTask": grpc.unary_stream_rpc_method_handler(
+            service.GetTask,
+            request_deserializer=pb.GetTaskRequest.FromString,
+            response_serializer=_serialize_part,
+        ),
+        "PushResult": grpc.stream_unary_rpc_method_handler(
+            service.PushResult,
+            request_deserializer=pb.ResultPart.FromString,
+            response_serializer=pb.Ack.SerializeToString,
+        ),
+        "Heartbeat": grpc.unary_unary_rpc_method_handler(
+            service.Heartbeat,
+            request_deserializer=pb.HeartbeatRequest.FromString,
+            response_serializer=pb.HeartbeatReply.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     return service
