@@ -181,3 +181,27 @@ def test_simulated_clock_through_the_factory_and_run_loop() -> None:
 
 def _info(r: int) -> RoundInfo:
     return RoundInfo(round=r, seed=1, num_clients=8, cohort_size=6)
+
+
+def test_system_model_from_experiment_table() -> None:
+    m = SystemModel.from_mapping(
+        {
+            "compute_speed": {"dist": "lognormal", "median": 100.0, "sigma": 1.0},
+            "bandwidth_up": 2e6,
+            "latency": [0.01, 0.2],
+            "stragglers": 0.5,
+            "straggler_work": [0.1, 0.9],
+            "policy": "partial",
+            "deadline": 30,
+        }
+    )
+    assert m.compute_speed == LogNormal(median=100.0, sigma=1.0)
+    assert m.bandwidth_up == Constant(value=2e6)
+    assert m.latency == Trace(values=(0.01, 0.2))
+    assert m.straggler_work == (0.1, 0.9) and m.policy == "partial" and m.deadline == 30
+    with pytest.raises(ValueError, match=r"system: unknown key\(s\) \['stragglers_share'\]"):
+        SystemModel.from_mapping({"stragglers_share": 0.5})
+    with pytest.raises(ValueError, match=r"system.compute_speed.dist must be one of"):
+        SystemModel.from_mapping({"compute_speed": {"dist": "pareto"}})
+    with pytest.raises(ValueError, match=r"system: policy must be one of"):
+        SystemModel.from_mapping({"policy": "wait"})

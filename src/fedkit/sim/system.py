@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -122,6 +122,49 @@ class Trace:
 Distribution = Constant | LogNormal | Uniform | Trace
 
 
+DISTRIBUTIONS = ("constant", "lognormal", "uniform", "trace")
+
+
+def distribution_from(key: str, value: Any) -> Distribution:
+    """A distribution from its experiment-file form (``key`` names it in errors).
+
+    A number is a :class:`Constant`, a list a :class:`Trace`, and a table names its ``dist``
+    (``"constant"``, ``"lognormal"``, ``"uniform"``, ``"trace"``) with that class's fields, e.g.
+    ``{ dist = "lognormal", median = 100.0, sigma = 1.0 }``.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be a number, a list or a table, got {value!r}")
+    if isinstance(value, (int, float)):
+        return Constant(value=float(value))
+    if isinstance(value, (list, tuple)):
+        return Trace(values=tuple(float(v) for v in value))
+    if isinstance(value, Mapping):
+        table = dict(value)
+        kind = table.pop("dist", None)
+        classes: dict[str, type[Constant | LogNormal | Uniform | Trace]] = {
+            "constant": Constant,
+            "lognormal": LogNormal,
+            "uniform": Uniform,
+            "trace": Trace,
+        }
+        if kind not in classes:
+            raise ValueError(f"{key}.dist must be one of {', '.join(DISTRIBUTIONS)}, got {kind!r}")
+        cls = classes[kind]
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{key}: unknown key(s) {unknown} for dist {kind!r}; allowed: {allowed}"
+            )
+        if cls is Trace and "values" in table:
+            table["values"] = tuple(float(v) for v in table["values"])
+        try:
+            return cls(**table)
+        except TypeError as e:
+            raise ValueError(f"{key}: {e}") from e
+    raise ValueError(f"{key} must be a number, a list or a table, got {value!r}")
+
+
 def _check_prob(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -181,6 +224,29 @@ class SystemModel:
             )
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], *, section: str = "system") -> SystemModel:
+        """Validate a ``[system]`` table (keys as the attributes; distributions as accepted by
+        :func:`distribution_from`). Errors name ``section.key``, the value and what is allowed."""
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(table) - set(allowed))
+        if unknown:
+            raise ValueError(f"{section}: unknown key(s) {unknown}; allowed: {allowed}")
+        kw: dict[str, Any] = {}
+        for key, value in table.items():
+            if key in ("compute_speed", "bandwidth_down", "bandwidth_up", "latency"):
+                kw[key] = distribution_from(f"{section}.{key}", value)
+            elif key == "straggler_work":
+                if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                    raise ValueError(f"{section}.straggler_work must be [low, high], got {value!r}")
+                kw[key] = (float(value[0]), float(value[1]))
+            else:
+                kw[key] = value
+        try:
+            return cls(**kw)
+        except ValueError as e:
+            raise ValueError(f"{section}: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
