@@ -9,6 +9,9 @@ update of the model's size (a zero delta: no local training). Reported:
 * seconds per round (mean over the measured rounds, after one warm-up round), against the
   in-process floor measured in the same run: the same codec work (encode, chunk + hash,
   reassemble + verify, decode) done for 50 workers in one process without gRPC;
+* CPU seconds per round of the coordinator process (its part of the critical path when workers
+  run on their own machines) and of the workers (on one machine they share its cores, so the sum
+  over all processes divided by the core count bounds the round time from below);
 * bytes on the wire per worker per direction (protobuf message bytes, what gRPC frames; HTTP/2
   framing adds 9 bytes per 16 KiB frame) against the raw model bytes (4 x 1,663,370).
 
@@ -64,8 +67,10 @@ def null_worker(address: str, client_id: int, stats_q: Any) -> None:
     client.register()
     down: list[int] = []
     up: list[int] = []
+    cpu: list[float] = []
     while True:
         before_down, before_up = client.bytes_received, client.bytes_sent
+        cpu0 = time.process_time()
         task = client.get_task(wait_s=5.0)
         if task.kind == pb.SHUTDOWN:
             break
@@ -79,8 +84,9 @@ def null_worker(address: str, client_id: int, stats_q: Any) -> None:
         client.push_result(task, encode_tree(zero, meta_out.to_metadata()), compute_s=0.0)
         down.append(client.bytes_received - before_down)
         up.append(client.bytes_sent - before_up)
+        cpu.append(time.process_time() - cpu0)
     client.close()
-    stats_q.put((client_id, down, up))
+    stats_q.put((client_id, down, up, cpu))
 
 
 def codec_floor(params: dict[str, torch.Tensor], workers: int) -> float:
@@ -133,9 +139,18 @@ def main() -> None:
     template = ModelDelta(delta={k: torch.zeros_like(v) for k, v in params.items()})
     executor = RemoteExecutor(broker, num_clients=n, settings=settings, update_template=template)
     algorithm = FedAvg(local=LocalTraining(lr=0.1, steps=1))
+    coord_cpu: list[float] = []
+    last = [time.process_time()]
+
+    def cpu_meter(record: object, params: object) -> None:
+        now = time.process_time()  # this process: run loop, gRPC threads, hashing, aggregation
+        coord_cpu.append(now - last[0])
+        last[0] = now
+
     result = run(
         algorithm, executor, params,
         RunConfig(rounds=args.rounds + 1, clients_per_round=n, seed=0, eval_every=0),
+        callbacks=[cpu_meter],
     )  # fmt: skip
     broker.shutdown(grace_s=30)
     stats = [stats_q.get(timeout=60) for _ in range(n)]
@@ -145,8 +160,9 @@ def main() -> None:
 
     walls = [r.wall_seconds for r in result.history[1:]]
     committed = all(r.committed and len(r.clients) == n for r in result.history)
-    down = [d for _, ds, _ in stats for d in ds[1:]]
-    up = [u for _, _, us in stats for u in us[1:]]
+    down = [d for _, ds, _, _ in stats for d in ds[1:]]
+    up = [u for _, _, us, _ in stats for u in us[1:]]
+    worker_cpu = [c for *_, cs in stats for c in cs[1:]]
     floor = codec_floor(params, n)
     out = {
         "workers": n,
@@ -157,6 +173,10 @@ def main() -> None:
         "round_seconds_mean": statistics.mean(walls),
         "round_seconds_min": min(walls),
         "round_seconds_max": max(walls),
+        "coordinator_cpu_seconds_per_round": statistics.mean(coord_cpu[1:]),
+        "worker_cpu_seconds_per_round_mean": statistics.mean(worker_cpu),
+        "all_processes_cpu_seconds_per_round": statistics.mean(coord_cpu[1:])
+        + n * statistics.mean(worker_cpu),
         "codec_floor_seconds": floor,
         "round_over_floor": statistics.mean(walls) / floor,
         "down_bytes_per_worker": statistics.mean(down),
@@ -172,6 +192,11 @@ def main() -> None:
     print(f"{'seconds per round (mean)':40s} {out['round_seconds_mean']:14.3f} "
           f"{'target <= 0.5':>22s}")  # fmt: skip
     print(f"{'  min / max':40s} {out['round_seconds_min']:6.3f} / {out['round_seconds_max']:.3f}")
+    print(f"{'coordinator CPU s / round':40s} {out['coordinator_cpu_seconds_per_round']:14.3f}")
+    print(f"{'one worker CPU s / round':40s} {out['worker_cpu_seconds_per_round_mean']:14.3f}")
+    print(f"{'all 1+N processes CPU s / round':40s} "
+          f"{out['all_processes_cpu_seconds_per_round']:14.3f} "
+          f"{'/ ' + str(out['cpus']) + ' CPUs':>22s}")  # fmt: skip
     print(f"{'in-process codec floor (s, same work)':40s} {floor:14.3f} "
           f"{'ratio ' + format(out['round_over_floor'], '.2f') + 'x':>22s}")  # fmt: skip
     print(f"{'down bytes / worker / round':40s} {out['down_bytes_per_worker']:14.0f} "
