@@ -99,8 +99,9 @@ def test_adaptive_h_shrinks_as_loss_falls() -> None:
     spec = ParallelSpec.from_mapping({**BASE, "method": "adaptive_h", "local_steps": 16})
     out = run_parallel(spec, blobs(), mlp)
     hs = [p.local_steps for p in out.history]
-    assert hs[0] <= 16 and hs[-1] < 16 and hs[-1] >= 1
-    assert hs == sorted(hs, reverse=True)
+    # H = ⌈√(F_now / F_0) · 16⌉ follows the (noisy) training loss down from H0 = 16
+    assert all(1 <= h <= 16 for h in hs)
+    assert hs[-1] < 16 and min(hs) <= 8
 
 
 def test_adaptive_batch_grows_instead_of_decaying_lr() -> None:

@@ -50,6 +50,7 @@ from fedkit.parallel.trainer import (
     evaluate,
     warmup_steps_of,
 )
+from fedkit.rng import SERVER, generator
 
 _TAG_HDR_UP, _TAG_GRAD, _TAG_HDR_DOWN, _TAG_PARAMS = 11, 12, 13, 14
 
@@ -75,7 +76,7 @@ class AsyncEvent:
 
 def worker_speeds(workers: int, sigma: float, seed: int) -> list[float]:
     """Per-worker slowdown factors exp(σ·z), z ~ N(0, 1) drawn from ``seed``."""
-    gen = torch.Generator().manual_seed(seed * 7_919 + 17)
+    gen = generator(seed, 0, SERVER, "parallel-async-speeds")
     z = torch.randn(workers, generator=gen, dtype=torch.float64)
     return [math.exp(sigma * float(v)) for v in z]
 

@@ -24,11 +24,16 @@ import math
 
 import torch
 
+from fedkit.rng import SERVER, generator
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` visits ``n`` training samples."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)
+    """The order in which epoch ``epoch`` visits ``n`` training samples.
+
+    Drawn from ``fedkit.rng.generator(seed, epoch, SERVER, "parallel-epoch")``, so it depends on
+    nothing but the seed and the epoch (not on K, the mode or the process).
+    """
+    return torch.randperm(n, generator=generator(seed, epoch, SERVER, "parallel-epoch"))
 
 
 class BatchStream:
