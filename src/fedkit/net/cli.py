@@ -87,6 +87,7 @@ def coordinator(
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
     from fedkit.net.coordinator import serve
+    from fedkit.net.executor import QuorumError
 
     _logging(verbose)
     exp = _load(experiment)
@@ -98,6 +99,9 @@ def coordinator(
     except (PermissionError, FileNotFoundError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except QuorumError as exc:
+        typer.echo(f"error: {exc} (the last committed round is kept in {out})", err=True)
+        raise typer.Exit(1) from None
     _print_summary(summary, as_json)
 
 
@@ -119,7 +123,7 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
-    from fedkit.net.errors import TLSHandshakeError
+    from fedkit.net.errors import NetError, TLSHandshakeError
     from fedkit.net.experiment import ExperimentError
     from fedkit.net.worker import run_worker
 
@@ -138,7 +142,13 @@ def worker(
     except ExperimentError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (TLSHandshakeError, PermissionError, FileNotFoundError, ConnectionError) as exc:
+    except (
+        TLSHandshakeError,
+        PermissionError,
+        FileNotFoundError,
+        ConnectionError,
+        NetError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from None
     typer.echo(f"worker {client_id}: {rounds} rounds served")
