@@ -11,7 +11,7 @@ One run times, on the same MNIST clients, FedAvg rounds (E local epochs, batch B
 for the 2NN (``mlp``) and the CNN (``cnn``), with 100 clients × 600 samples and with 1000 clients
 × 60 samples. Every method draws the same cohorts and the same mini-batches (the plain loop uses
 fedkit's ``(seed, round, client)`` generators), so the final models are compared too. Each round
-is timed separately, methods are interleaved over ``--repeats`` repetitions after one untimed
+is timed separately, methods are interleaved over ``--repeats`` repetitions after a small untimed
 warm-up round each, and the median per-round time is reported; the processes' one-time start-up
 (spawning and loading data on the other rank) is reported apart. It prints a table of times and
 ratios and writes JSON.
@@ -161,15 +161,15 @@ def bench_case(model_name: str, num_clients: int, args: argparse.Namespace) -> d
         out["processes_startup_s"] = time.perf_counter() - t0
         executors["processes"] = ex
 
-    def once(name: str, n_rounds: int) -> tuple[list[float], Params]:
+    def once(name: str, n_rounds: int, cohort: int = k) -> tuple[list[float], Params]:
         if name == "plain":
-            return time_plain(spec, store, n_rounds, k, local)
-        return time_fedkit(executors[name], spec, n_rounds, k, local)
+            return time_plain(spec, store, n_rounds, cohort, local)
+        return time_fedkit(executors[name], spec, n_rounds, cohort, local)
 
     results: dict[str, tuple[list[float], Params]] = {}
     try:
-        for name in executors:  # warm-up: one untimed round each
-            once(name, 1)
+        for name in executors:  # warm-up: one small untimed round each
+            once(name, 1, min(k, 4))
         for _ in range(args.repeats):  # interleaved, so machine-load drift hits all alike
             for name in executors:
                 times, params = once(name, rounds)
