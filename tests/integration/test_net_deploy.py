@@ -21,6 +21,7 @@ import pytest
 
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
+from fedkit.experiment.results import ResultsStore
 from fedkit.net.coordinator import run_coordinator
 from fedkit.net.experiment import load_experiment
 from fedkit.net.tls import create_certs
@@ -300,6 +301,14 @@ def test_coordinator_killed_and_restarted_resumes(
     summary = c.summary(timeout=50)
     assert summary["start_round"] >= 2
     assert summary["model_sha256"] == serial_sha(exp)
+    # the results database holds one run, continued across the restart, with every round and
+    # each worker's round-trip time per round
+    with ResultsStore.in_dir(c.out, create=False) as store:
+        (run,) = store.runs()
+        assert run.status == "completed" and run.id == summary["run_id"]
+        assert [r.round for r in store.rounds(run.id)] == [0, 1, 2, 3, 4]
+        rows = store.clients(run.id)
+        assert len(rows) == 15 and all(r.seconds is not None and r.seconds > 0 for r in rows)
     for w in c.workers.values():
         w.join(10)
         assert w.exitcode == 0

@@ -25,9 +25,11 @@ import torch
 from fedkit.algorithm import ClientContext, ClientData, RoundInfo
 from fedkit.checkpoint import FILENAME, write_atomic
 from fedkit.data.spec import build_federated
+from fedkit.experiment.results import ResultsStore, RunSummary
 from fedkit.net.broker import Broker
 from fedkit.net.executor import RemoteExecutor
 from fedkit.net.experiment import Experiment, load_experiment
+from fedkit.net.results import ResultsRecorder
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow
 from fedkit.net.transport import Security, make_server
@@ -45,7 +47,7 @@ RESULT_HEADER_ALLOWANCE = 1 << 20
 class Summary:
     """The outcome of a coordinator run (the fields of ``fedkit run --json``)."""
 
-    run_id: str
+    run_id: int
     name: str
     status: str
     rounds: int
@@ -60,6 +62,7 @@ class Summary:
     model_sha256: str
     committed_rounds: int
     start_round: int
+    deployment_id: str
 
 
 def probe_update_template(
@@ -100,6 +103,10 @@ def serve(
     out_dir.mkdir(parents=True, exist_ok=True)
     db = CoordinatorDB(out_dir / "coordinator.db")
     run_id = db.run_id(exp.digest)
+    results = ResultsStore.in_dir(out_dir)
+    known = db.get_meta("results_run_id")
+    recorder = ResultsRecorder(results, exp, int(known) if known else None)
+    db.set_meta("results_run_id", str(recorder.run_id))
     fd = build_federated(exp.data, data_root)
     ds = fd.dataset
     model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
@@ -157,6 +164,7 @@ def serve(
         attempts.clear()
         blob = (ckpt_dir / FILENAME).read_bytes() if record.committed else None
         db.commit(completed_rounds=record.round + 1 if blob else None, checkpoint=blob)
+        recorder.record(record)
         log.info(
             "round %d %s: %d clients, loss %.4f, accuracy %s",
             record.round,
@@ -188,6 +196,10 @@ def serve(
             evaluator=central_evaluator(model, ds.test.x, ds.test.y),
             callbacks=[commit],
         )
+    except BaseException as exc:
+        recorder.fail(f"{type(exc).__name__}: {exc}")
+        results.close()
+        raise
     finally:
         broker.shutdown(grace_s=shutdown_grace_s)
         server.stop(grace=1.0)
@@ -196,8 +208,8 @@ def serve(
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]
     target = exp.config.run.target_accuracy
     reached = [r.round + 1 for r in rows if target is not None and (r.accuracy or 0.0) >= target]
-    return Summary(
-        run_id=run_id,
+    summary = Summary(
+        run_id=recorder.run_id,
         name=exp.config.name,
         status="completed",
         rounds=exp.rounds,
@@ -212,7 +224,24 @@ def serve(
         model_sha256=sha256(result.params),
         committed_rounds=sum(1 for r in rows if r.committed),
         start_round=start_round,
+        deployment_id=run_id,
     )
+    recorder.finish(
+        RunSummary(
+            rounds=summary.rounds,
+            final_accuracy=summary.final_accuracy,
+            best_accuracy=summary.best_accuracy,
+            rounds_to_target=summary.rounds_to_target,
+            target_accuracy=summary.target_accuracy,
+            wall_seconds=summary.wall_seconds,
+            bytes_up=summary.bytes_up,
+            bytes_down=summary.bytes_down,
+            model_sha256=summary.model_sha256,
+            final_loss=summary.final_loss,
+        )
+    )
+    results.close()
+    return summary
 
 
 def run_coordinator(

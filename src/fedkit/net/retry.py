@@ -38,9 +38,9 @@ class RetryPolicy:
         multiplier: Growth of the bound per attempt (>= 1).
     """
 
-    max_attempts: int = 8
+    max_attempts: int = 10
     base_delay_s: float = 0.1
-    max_delay_s: float = 5.0
+    max_delay_s: float = 2.0
     multiplier: float = 2.0
 
     def __post_init__(self) -> None:

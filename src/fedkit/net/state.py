@@ -117,6 +117,16 @@ class CoordinatorDB:
             self._db.execute("INSERT INTO meta VALUES ('digest', ?)", (experiment_digest,))
         return new
 
+    def get_meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table, or None."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table."""
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def _tx(self) -> _Tx:
         self._db.execute("BEGIN IMMEDIATE")
         return _Tx(self._db)
