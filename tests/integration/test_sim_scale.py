@@ -47,7 +47,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("kind", ["serial", "vectorized"])
+@pytest.mark.parametrize("kind", ["serial", pytest.param("vectorized", marks=pytest.mark.slow)])
 def test_ten_thousand_clients_fit_in_two_gigabytes_and_round_time_ignores_population(
     kind: str,
 ) -> None:
