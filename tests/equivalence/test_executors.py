@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,8 +41,16 @@ def _close(a: Params, b: Params, rtol: float = 1e-5) -> bool:
     )
 
 
+def _partial(client_id: int, info: RoundInfo) -> float | None:
+    """Unequal work: some clients drop, some do part of their steps (exercises masking)."""
+    if (client_id + info.round) % 5 == 0:
+        return None
+    return 1.0 if client_id % 2 else 0.4
+
+
 def _serial(alg: Any) -> RunResult[Any]:
-    return run(alg, SerialExecutor(toy_store(8), toy_model()), model_params(toy_model()), CONFIG)
+    ex = SerialExecutor(toy_store(8), toy_model(), participation=_partial)
+    return run(alg, ex, model_params(toy_model()), CONFIG)
 
 
 @pytest.mark.dist
@@ -53,11 +62,13 @@ def test_two_gloo_ranks_equal_serial_for_fedavg_fedprox_scaffold() -> None:
             model_fn=toy_model,
             store_fn=functools.partial(toy_store, 8),
             world_size=2,
+            participation=_partial,
         ) as ex:
             got = run(alg, ex, model_params(toy_model()), CONFIG)
             states = ex.client_state_tensors()
         assert _close(ref.params, got.params), name
         for r_ref, r_got in zip(ref.history, got.history, strict=True):
+            assert r_ref.dropped == r_got.dropped
             assert [c.client_id for c in r_ref.clients] == [c.client_id for c in r_got.clients]
             assert [c.steps for c in r_ref.clients] == [c.steps for c in r_got.clients]
             assert r_ref.bytes_up == r_got.bytes_up and r_ref.bytes_down == r_got.bytes_down
@@ -70,11 +81,30 @@ def test_two_gloo_ranks_equal_serial_for_fedavg_fedprox_scaffold() -> None:
             assert len(states) > 0 and all(k.split("/")[0].isdigit() for k in states)
 
 
-def _partial(client_id: int, info: RoundInfo) -> float | None:
-    """Unequal work: some clients drop, some do part of their steps (exercises masking)."""
-    if (client_id + info.round) % 5 == 0:
-        return None
-    return 1.0 if client_id % 2 else 0.4
+@pytest.mark.dist
+@pytest.mark.slow
+def test_processes_resume_from_checkpoint_equals_uninterrupted_serial(tmp_path: Path) -> None:
+    """SCAFFOLD's client states are checkpointed from their owner ranks and handed back."""
+    alg = ALGORITHMS["scaffold"]
+    ref = _serial(alg)
+
+    def processes() -> ProcessExecutor:
+        return ProcessExecutor(
+            store=toy_store(8),
+            model_fn=toy_model,
+            store_fn=functools.partial(toy_store, 8),
+            world_size=2,
+            participation=_partial,
+        )
+
+    first = dataclasses.replace(CONFIG, rounds=2, checkpoint_dir=tmp_path, federated_eval_every=0)
+    with processes() as ex:
+        run(alg, ex, model_params(toy_model()), first)
+    resumed = dataclasses.replace(CONFIG, checkpoint_dir=tmp_path)
+    with processes() as ex:
+        got = run(alg, ex, model_params(toy_model()), resumed)
+    assert got.start_round == 2
+    assert _close(ref.params, got.params)
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
