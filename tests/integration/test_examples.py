@@ -15,6 +15,18 @@ from fedkit.experiment.config import ALGORITHMS, ConfigError, load_study
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = sorted(EXAMPLES.glob("*.toml"))
 
+# Examples waiting for a config section the runner does not know yet (each file says so). Strict:
+# once the section lands, the test passes and the xfail must be removed.
+PENDING = {
+    "fedprox_stragglers": "[system] is not yet an experiment section (see the file's NOTE)",
+}
+
+
+def _param(path: Path) -> object:
+    reason = PENDING.get(path.stem)
+    marks = [pytest.mark.xfail(reason=reason, raises=ConfigError, strict=True)] if reason else []
+    return pytest.param(path, id=path.stem, marks=marks)
+
 
 def test_examples_exist() -> None:
     names = {p.stem for p in FILES}
@@ -30,7 +42,7 @@ def test_examples_exist() -> None:
     } <= names
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+@pytest.mark.parametrize("path", [_param(p) for p in FILES])
 def test_example_validates(path: Path) -> None:
     study = load_study(path)
     assert study.runs, f"{path.name} expands to no runs"
