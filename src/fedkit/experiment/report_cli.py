@@ -14,9 +14,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fedkit.experiment.cli import DEFAULT_OUT
+
 __all__ = ["DEFAULT_RUNS_DIR", "report"]
 
-DEFAULT_RUNS_DIR = Path("runs")
+DEFAULT_RUNS_DIR: Path = DEFAULT_OUT
 """The output directory bare run ids refer to when ``--runs`` is not given (``fedkit run``'s
 default ``--out``)."""
 
