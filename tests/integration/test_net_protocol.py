@@ -221,3 +221,17 @@ def test_mutual_tls_and_fail_fast(tmp_path: Path) -> None:
 def test_plaintext_refused_off_loopback() -> None:
     with pytest.raises(PermissionError, match="--insecure"):
         make_server("0.0.0.0:0", Security(), max_workers=2)
+
+
+def test_second_worker_for_a_live_client_is_refused(coord: Coordinator) -> None:
+    first = client(coord, "5")
+    with pytest.raises(NetError) as e:
+        client(coord, "5")
+    assert e.value.code is ErrorCode.CLIENT_TAKEN
+    first.heartbeat()  # the first worker is still served
+    coord.broker.liveness_s = 0.0  # once it has gone silent, a newcomer takes over
+    time.sleep(0.01)
+    client(coord, "5")
+    with pytest.raises(NetError) as e:
+        first.heartbeat()
+    assert e.value.code is ErrorCode.UNKNOWN_WORKER

@@ -160,7 +160,12 @@ class Broker:
 
     # ----------------------------------------------------------------- servicer side
     def register(self, req: pb.RegisterRequest, tls_identity: str | None) -> pb.RegisterReply:
-        """Admit a worker serving ``req.client_id``, replacing an earlier worker of that client."""
+        """Admit a worker serving ``req.client_id``.
+
+        An earlier worker of that client is replaced when it has gone silent (or, under mutual
+        TLS, when the same certificate registers again: the worker restarted); while it is live
+        the newcomer is refused with ``CLIENT_TAKEN``.
+        """
         with self._lock:
             if self.require_tls_identity and tls_identity is None:
                 raise self._reject(
@@ -183,9 +188,19 @@ class Broker:
                 )
             if not req.client_id:
                 raise self._reject("register", NetError(ErrorCode.MALFORMED, "empty client_id"))
-            old = self._by_client.get(req.client_id)
+            old = self._workers.get(self._by_client.get(req.client_id, ""))
             if old is not None:
-                self._workers.pop(old, None)
+                same_cert = tls_identity is not None and old.tls_identity == tls_identity
+                if not same_cert and time.monotonic() - old.last_seen <= self.liveness_s:
+                    raise self._reject(
+                        "register",
+                        NetError(
+                            ErrorCode.CLIENT_TAKEN,
+                            f"client {req.client_id} is served by a live worker; retry after "
+                            f"{self.liveness_s:.0f} s without its heartbeat",
+                        ),
+                    )
+                self._workers.pop(old.worker_id, None)  # a restarted worker takes over
             self._counter += 1
             worker_id = f"{req.client_id}#{self._counter}-{secrets.token_hex(4)}"
             token = secrets.token_urlsafe(32)

@@ -165,6 +165,11 @@ class Worker:
                         f"coordinator {self.client.address} unreachable for {self.give_up_s:.0f} s"
                     ) from err
                 time.sleep(0.5)
+            except NetError as err:
+                if err.code != ErrorCode.CLIENT_TAKEN or time.monotonic() - start > self.give_up_s:
+                    raise
+                log.warning("%s; retrying", err)
+                time.sleep(1.0)
 
     def run(self) -> int:
         """Serve tasks until the coordinator says the run is over; returns rounds completed."""
