@@ -18,6 +18,9 @@ stays with the rank that owns it. Errors on any rank surface on rank 0 as
 :class:`RemoteRankError` naming the rank and its message; the ranks stay in step and can be shut
 down cleanly.
 
+Communication uses CPU tensors, so the process group must be gloo (clients train on CPU); an
+NCCL group is refused with a clear error.
+
 Two ways to start it:
 
 * ``executor = "processes"`` (:class:`ProcessExecutor`): this process is rank 0; ``K - 1`` worker
@@ -179,6 +182,11 @@ class DistributedExecutor:
             raise RuntimeError(
                 "DistributedExecutor needs an initialised torch.distributed process group "
                 "(launch with torchrun, or use executor='processes' to spawn ranks locally)"
+            )
+        if dist.get_backend() == "nccl":
+            raise ValueError(
+                "DistributedExecutor exchanges CPU tensors and needs a process group that "
+                "supports them: initialise it with backend 'gloo' (NCCL is not supported yet)"
             )
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
