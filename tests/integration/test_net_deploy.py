@@ -11,6 +11,7 @@ import json
 import multiprocessing as mp
 import socket
 import sqlite3
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.context import ForkServerContext
@@ -338,7 +339,7 @@ def test_slow_worker_gets_fewer_local_steps(
     # client 0 holds 370 examples, the others about 50: with local epochs it is several times
     # slower, so from round 1 on it is given a proportionally smaller share of its local work.
     exp = write_experiment(
-        tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, local="local_epochs = 10",
+        tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, local="local_epochs = 20",
         deploy="balance_stragglers = true\nmin_work_fraction = 0.1",
     )  # fmt: skip
     c = cluster(exp)
@@ -349,4 +350,6 @@ def test_slow_worker_gets_fewer_local_steps(
         rows = con.execute("SELECT round, client_id, work_fraction FROM worker_rtt").fetchall()
     frac = {(r, cid): f for r, cid, f in rows}
     assert all(frac[(0, cid)] == 1.0 for cid in range(5))  # nothing measured yet
-    assert frac[(1, 0)] < 0.75 and frac[(2, 0)] < 0.75, frac
+    for r in (1, 2):  # the slow client gets a share well below the full work and the others'
+        others = statistics.median(frac[(r, c)] for c in range(1, 5))
+        assert frac[(r, 0)] < 0.8 and frac[(r, 0)] < others, frac
