@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from fedkit.data.spec import DataSpec
 
 _HEADER = 8
+_INLINE = 2048  # cohorts up to this size travel inside the header (one broadcast per round)
 _MSG_LEN = 2000
 _CMD_EXECUTE, _CMD_EVALUATE, _CMD_STATE_GET, _CMD_STATE_LOAD, _CMD_SHUTDOWN = 1, 2, 3, 4, 5
 _METRIC_COLS = 7  # done, num_examples, steps, loss, work_fraction, seconds, bytes_up
@@ -202,6 +203,8 @@ class DistributedExecutor:
         self._acc_template: Any = None
         self._stateful = False
         self._closed = False
+        self.last_rank_cpu_seconds: list[float] = []
+        """CPU seconds each rank spent on its share of the last round (rank 0 only)."""
 
     @property
     def num_clients(self) -> int:
@@ -226,11 +229,9 @@ class DistributedExecutor:
             f = self.participation(cid, info)
             fracs.append(math.nan if f is None else float(f))
         header = [_CMD_EXECUTE, info.round, info.seed, info.num_clients, info.cohort_size, len(ids)]
-        self._bcast_header(header)
         cohort_t = torch.tensor(ids, dtype=torch.int64)
         frac_t = torch.tensor(fracs, dtype=torch.float64)
-        dist.broadcast(cohort_t, 0)
-        dist.broadcast(frac_t, 0)
+        self._bcast_header(header, cohort_t, frac_t)
         self._bcast_tree(msg)
         acc, metrics, bytes_up = self._run_share(algorithm, msg, cohort_t, frac_t, info)
         done: list[ClientMetrics] = []
@@ -313,7 +314,7 @@ class DistributedExecutor:
             raise RuntimeError("serve() is for ranks > 0; rank 0 drives the run loop")
         self._bind(algorithm)
         while True:
-            header = torch.zeros(_HEADER, dtype=torch.int64)
+            header = torch.zeros(_HEADER + 2 * _INLINE, dtype=torch.int64)
             dist.broadcast(header, 0)
             cmd, n = int(header[0]), int(header[5])
             if cmd == _CMD_SHUTDOWN:
@@ -325,10 +326,15 @@ class DistributedExecutor:
                     num_clients=int(header[3]),
                     cohort_size=int(header[4]),
                 )
-                cohort_t = torch.zeros(n, dtype=torch.int64)
-                frac_t = torch.zeros(n, dtype=torch.float64)
-                dist.broadcast(cohort_t, 0)
-                dist.broadcast(frac_t, 0)
+                if n <= _INLINE:
+                    cohort_t = header[_HEADER : _HEADER + n].clone()
+                    frac_t = header[_HEADER + _INLINE : _HEADER + _INLINE + n].clone()
+                    frac_t = frac_t.view(torch.float64)
+                else:
+                    cohort_t = torch.zeros(n, dtype=torch.int64)
+                    frac_t = torch.zeros(n, dtype=torch.float64)
+                    dist.broadcast(cohort_t, 0)
+                    dist.broadcast(frac_t, 0)
                 msg = self._recv_tree(self._msg_template)
                 try:
                     self._run_share(algorithm, msg, cohort_t, frac_t, info)
@@ -379,10 +385,21 @@ class DistributedExecutor:
         self._msg_template = algorithm.broadcast(algorithm.init_state(params), info0)
         self._stateful = algorithm.client_state_template(params) is not None
 
-    def _bcast_header(self, values: Sequence[int]) -> None:
-        header = torch.zeros(_HEADER, dtype=torch.int64)
+    def _bcast_header(
+        self, values: Sequence[int], ids: Tensor | None = None, fracs: Tensor | None = None
+    ) -> None:
+        """One broadcast: the command, and a cohort with its work fractions (bit-exact, as int64
+        views) when it fits; larger cohorts follow in two more broadcasts."""
+        header = torch.zeros(_HEADER + 2 * _INLINE, dtype=torch.int64)
         header[: len(values)] = torch.tensor(list(values), dtype=torch.int64)
+        n = 0 if ids is None else int(ids.numel())
+        if ids is not None and fracs is not None and n <= _INLINE:
+            header[_HEADER : _HEADER + n] = ids
+            header[_HEADER + _INLINE : _HEADER + _INLINE + n] = fracs.view(torch.int64)
         dist.broadcast(header, 0)
+        if ids is not None and fracs is not None and n > _INLINE:
+            dist.broadcast(ids, 0)
+            dist.broadcast(fracs, 0)
 
     def _bcast_tree(self, tree: Any) -> None:
         for _, buf in sorted(_pack([t for _, t in tree_leaves(tree)]).items(), key=str):
@@ -437,6 +454,7 @@ class DistributedExecutor:
         ids = cohort_t.tolist()
         fracs = frac_t.tolist()
         index = {c: i for i, c in enumerate(ids)}
+        cpu0 = time.process_time()
         metrics = torch.zeros(len(ids), _METRIC_COLS, dtype=torch.float64)
         agg = algorithm.aggregator()
         acc: Any = None
@@ -467,21 +485,43 @@ class DistributedExecutor:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
             has = 0
-        self._check_errors(error)
-        # Everybody is healthy: merge partial accumulators and metrics.
-        flags = torch.zeros(self.world_size, dtype=torch.int64)
-        flags[self.rank] = has
-        dist.all_reduce(flags)
-        dist.all_reduce(metrics)
+        # One all-reduce carries every rank's error message, accumulator flag, CPU time and
+        # client metrics; a second one (below) the accumulators.
+        w = self.world_size
+        width = _MSG_LEN + 2
+        status = torch.zeros(w * width + 2 * w + metrics.numel(), dtype=torch.float64)
+        if error:
+            status[self.rank * width : (self.rank + 1) * width] = _encode(error).double()
+        status[w * width + self.rank] = has
+        status[w * width + w + self.rank] = time.process_time() - cpu0
+        status[w * width + 2 * w :] = metrics.reshape(-1)
+        dist.all_reduce(status)
+        rows = status[: w * width].view(w, width).to(torch.int32)
+        failed = [(r, _decode(rows[r])) for r in range(w) if rows[r, 0] > 0]
+        if failed:
+            text = "; ".join(f"rank {r}: {m}" for r, m in failed)
+            raise RemoteRankError(f"{len(failed)} rank(s) failed — {text}")
+        flags = status[w * width : w * width + w].to(torch.int64)
+        self.last_rank_cpu_seconds = status[w * width + w : w * width + 2 * w].tolist()
+        metrics = status[w * width + 2 * w :].view(len(ids), _METRIC_COLS)
         leaves = [t for _, t in tree_leaves(acc)]
-        if isinstance(acc, MeanAcc):
+        paths = [p for p, _ in tree_leaves(acc)]
+        if isinstance(acc, MeanAcc) and all(
+            t.dtype in (torch.float64, torch.int64) for t in leaves
+        ):
+            # float64 sums and int64 counts (< 2**53) are exact in one float64 buffer
+            buf = torch.cat([t.reshape(-1).to(torch.float64) for t in leaves])
+            dist.all_reduce(buf)
+            parts, offset = [], 0
+            for t in leaves:
+                parts.append(buf[offset : offset + t.numel()].view(t.shape).to(t.dtype))
+                offset += t.numel()
+            merged = tree_unflatten(acc, dict(zip(paths, parts, strict=True)))
+        elif isinstance(acc, MeanAcc):
             bufs = _pack(leaves)
-            for _, buf in sorted(bufs.items(), key=str):
-                dist.all_reduce(buf)
-            merged = tree_unflatten(
-                acc,
-                {p: t for (p, _), t in zip(tree_leaves(acc), _unpack(leaves, bufs), strict=True)},
-            )
+            for _, b in sorted(bufs.items(), key=str):
+                dist.all_reduce(b)
+            merged = tree_unflatten(acc, dict(zip(paths, _unpack(leaves, bufs), strict=True)))
         else:
             merged = self._gather_merge(algorithm, acc, leaves, flags)
         bytes_up = int(metrics[:, 6].sum())
@@ -746,6 +786,11 @@ class ProcessExecutor:
             inner.load_client_state_tensors(self.store.state_tensors(), self._pending_template)
             self._pending_template = None
         return inner
+
+    @property
+    def last_rank_cpu_seconds(self) -> list[float]:
+        """CPU seconds each rank spent on its share of the last round."""
+        return [] if self._inner is None else self._inner.last_rank_cpu_seconds
 
     def _await_workers(self, store: FileStore) -> None:
         """Wait until every spawned rank checked in, failing fast if one of them died."""
