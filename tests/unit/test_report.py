@@ -127,6 +127,18 @@ def test_differing_settings() -> None:
     assert differing == ["algorithm.name", "algorithm.mu"]
 
 
+def test_format_bytes() -> None:
+    from fedkit.experiment.report_plots import format_bytes
+
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(999) == "999 B"
+    assert format_bytes(1536) == "1.54 KB"
+    assert format_bytes(1_250_000) == "1.25 MB"
+    assert format_bytes(999_999) == "1 MB"
+    assert format_bytes(318_736_000) == "319 MB"
+    assert format_bytes(5e15) == "5000 TB"
+
+
 def test_flatten_config() -> None:
     flat = flatten_config({"run": {"rounds": 5, "target_accuracy": None}, "data": {"a": "x"}})
     assert flat == [("run.rounds", "5"), ("run.target_accuracy", "null"), ("data.a", "x")]
@@ -297,7 +309,7 @@ def test_write_report_files(results_dir: Path, tmp_path: Path) -> None:
     assert (
         "| centralized | 2 | centralized | completed | 4 | 71.00% | 72.00% (3) | 50.00% | 1 |" in md
     )
-    assert "0 B" in md and "12.0 KB" in md
+    assert "0 B" in md and "12 KB" in md
     # Settings that differ between the arms are listed per arm.
     assert "| algorithm.name | fedavg | centralized |" in md
 

@@ -45,10 +45,10 @@ class Plot:
 
 
 def format_bytes(n: float) -> str:
-    """``1536`` -> ``"1.5 KB"`` (powers of 1000, as link bandwidth is quoted)."""
+    """``1536`` -> ``"1.54 KB"``: 3 significant digits, powers of 1000 (as bandwidth is quoted)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        if abs(n) < 999.5 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" or abs(n) >= 999.5 else f"{n:.3g} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
 
@@ -115,6 +115,7 @@ def _accuracy_figure(
             xytext=(2, 2),
             textcoords="offset points",
         )
+    ax.set_xlim(left=0)  # rounds, seconds and bytes all start at zero
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if bytes_axis:
