@@ -45,6 +45,31 @@ def assert_valid_png(path: Path) -> None:
     assert float(image.std()) > 0.0, f"{path} is a blank image"
 
 
+def _assert_balanced_html(text: str) -> None:
+    """Every opened element (other than void ones) is closed, in order."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "img", "br", "hr", "link", "input"}
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag: str) -> None:
+            assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+            self.stack.pop()
+
+    checker = Checker()
+    checker.feed(text)
+    checker.close()
+    assert checker.stack == []
+
+
 # -- summaries -------------------------------------------------------------------------------
 
 
@@ -301,6 +326,7 @@ def test_write_report_files(results_dir: Path, tmp_path: Path) -> None:
     assert len(images) == 4
     assert all(base64.b64decode(img)[:8] == PNG_SIGNATURE for img in images)
     assert "study unit" in html
+    _assert_balanced_html(html)
     md = files.markdown.read_text(encoding="utf-8")
     for plot in files.plots:
         assert f"]({plot.path.name})" in md
