@@ -347,16 +347,17 @@ class Reassembler:
             raise NetError(
                 ErrorCode.MALFORMED, f"chunk {chunk.index} arrived, expected {self._next}"
             )
-        n = len(chunk.data)
+        data = chunk.data  # read once: each access of a protobuf bytes field may copy it
+        n = len(data)
         if n == 0 or n > self._chunk_bytes or self._offset + n > len(self._buf):
             raise NetError(
                 ErrorCode.MALFORMED,
                 f"chunk {chunk.index} of {n} B overruns the declared {len(self._buf)} B "
                 f"(max {self._chunk_bytes} B per chunk)",
             )
-        if sha256(chunk.data) != chunk.sha256:
+        if sha256(data) != chunk.sha256:
             raise NetError(ErrorCode.CHECKSUM_MISMATCH, f"chunk {chunk.index}: SHA-256 mismatch")
-        self._buf[self._offset : self._offset + n] = chunk.data
+        self._buf[self._offset : self._offset + n] = data
         self._offset += n
         self._next += 1
 
