@@ -142,6 +142,8 @@ def serve(
         update_template=template,
         on_round=on_round,
     )
+    for past in db.rtt_rows():  # after a restart, straggler estimates continue where they were
+        executor.stragglers.observe(past.client_id, past.rtt_s, past.work_fraction)
     accuracies: list[float] = []
     losses: list[float] = []
 
