@@ -22,6 +22,7 @@ import pytest
 
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
+from fedkit.evaluate import Distribution
 from fedkit.experiment.results import ResultsStore
 from fedkit.net.coordinator import run_coordinator
 from fedkit.net.experiment import load_experiment
@@ -57,6 +58,7 @@ lr = 0.05
 [run]
 rounds = {rounds}
 eval_every = 1
+federated_eval_every = {fed_every}
 seed = 7
 
 [deploy]
@@ -82,26 +84,28 @@ def write_experiment(
     local: str | None = None,
     deploy: str = "",
     algorithm: str = "fedavgm",
+    fed_every: int = 0,
 ) -> Path:
     path.write_text(
         EXPERIMENT.format(
             clients=clients, per_round=per_round, rounds=rounds,
             local=local or f"local_steps = {steps}", deadline=deadline, liveness=liveness,
-            quorum=quorum, deploy=deploy, algorithm=algorithm,
+            quorum=quorum, deploy=deploy, algorithm=algorithm, fed_every=fed_every,
         )
     )  # fmt: skip
     return path
 
 
-def serial_sha(path: Path, rounds: int | None = None) -> str:
-    """The serial simulator's final model for the same experiment file."""
+def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]:
+    """The serial simulator's final model (SHA-256) and its mean per-client test accuracy."""
     exp = load_experiment(path)
     fd = build_federated(exp.data)
     model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
     init = exp.initial_params(model)
+    executor = SerialExecutor(ClientStore.from_federated(fd), model)
     res = run(
         exp.build_algorithm(),
-        SerialExecutor(ClientStore.from_federated(fd), model),
+        executor,
         init,
         RunConfig(
             rounds=rounds or exp.rounds,
@@ -110,7 +114,13 @@ def serial_sha(path: Path, rounds: int | None = None) -> str:
             eval_every=0,
         ),
     )
-    return sha256(res.params)
+    fed = Distribution.of(executor.evaluate(res.params, range(len(fd.train_parts))))
+    return sha256(res.params), fed.mean
+
+
+def serial_sha(path: Path, rounds: int | None = None) -> str:
+    """The serial simulator's final model for the same experiment file."""
+    return serial_reference(path, rounds)[0]
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +145,7 @@ class Cluster:
         self.workers: dict[int, BaseProcess] = {}
         self.coordinator: BaseProcess | None = None
         self.security = Security()
+        self.min_workers = 0
 
     def _start(self, target: Callable[..., object], kwargs: dict[str, object]) -> BaseProcess:
         p = self.ctx.Process(target=target, kwargs=kwargs, daemon=True)
@@ -219,14 +230,21 @@ def test_parity_with_serial_simulator(
 ) -> None:
     # SCAFFOLD also checks client state: each worker keeps its own control variate.
     exp = write_experiment(
-        tmp_path / "exp.toml", clients=4, per_round=3, rounds=3, algorithm=algorithm
+        tmp_path / "exp.toml", clients=4, per_round=3, rounds=3, algorithm=algorithm, fed_every=1
     )
     c = cluster(exp)
+    c.min_workers = 4  # every worker takes part from round 0 (federated evaluation included)
     c.start_coordinator()
     c.start_workers(range(4))
     summary = c.summary(timeout=50)
     assert summary["committed_rounds"] == 3
-    assert summary["model_sha256"] == serial_sha(exp)
+    sha, fed_mean = serial_reference(exp)
+    assert summary["model_sha256"] == sha
+    # federated evaluation ran on the workers' own test data, every round, as in the simulator
+    with ResultsStore.in_dir(c.out, create=False) as store:
+        rounds = store.rounds(summary["run_id"])  # type: ignore[arg-type]
+        assert [r.fed_clients for r in rounds] == [4, 4, 4]
+        assert rounds[-1].fed_mean == fed_mean
     for w in c.workers.values():
         w.join(10)
         assert w.exitcode == 0

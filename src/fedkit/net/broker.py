@@ -10,6 +10,7 @@ against the declared size before anything is buffered), corrupted or of the wron
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import secrets
 import threading
@@ -45,20 +46,17 @@ class Assignment:
     wire: list[bytes]
     payload_bytes: int
     work_fraction: float = 1.0
+    kind: int = pb.TRAIN
 
     @classmethod
-    def of(
-        cls, chunks: list[pb.Chunk], payload_bytes: int, work_fraction: float = 1.0
-    ) -> Assignment:
+    def of(cls, chunks: list[pb.Chunk], payload_bytes: int, *, kind: int = pb.TRAIN) -> Assignment:
         """Serialise ``chunks`` once."""
         wire = [pb.TaskPart(chunk=c).SerializeToString() for c in chunks]
-        return cls(wire=wire, payload_bytes=payload_bytes, work_fraction=work_fraction)
+        return cls(wire=wire, payload_bytes=payload_bytes, kind=kind)
 
     def with_fraction(self, work_fraction: float) -> Assignment:
         """The same payload with another work fraction (the bytes are shared, not copied)."""
-        return Assignment(
-            wire=self.wire, payload_bytes=self.payload_bytes, work_fraction=work_fraction
-        )
+        return dataclasses.replace(self, work_fraction=work_fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,7 +256,7 @@ class Broker:
                     a = task.assignment
                     info = pb.TaskInfo(
                         error=pb.Error(code=pb.OK),
-                        kind=pb.TRAIN,
+                        kind=pb.TaskKind.ValueType(a.kind),
                         header=pb.Header(
                             run_id=self.run_id,
                             round=rnd.round,

@@ -65,6 +65,12 @@ class Summary:
     deployment_id: str
 
 
+def _federated_every(exp: Experiment) -> int:
+    """``run.federated_eval_every``; unset means after the last round only (as ``fedkit run``)."""
+    every = exp.config.run.federated_eval_every
+    return exp.rounds if every is None else every
+
+
 def probe_update_template(
     exp: Experiment, algorithm: Any, model: torch.nn.Module, init: Params, sample: ClientData
 ) -> Any:
@@ -166,7 +172,7 @@ def serve(
         attempts.clear()
         blob = (ckpt_dir / FILENAME).read_bytes() if record.committed else None
         db.commit(completed_rounds=record.round + 1 if blob else None, checkpoint=blob)
-        recorder.record(record)
+        recorder.record(record, executor.last_evals if record.federated is not None else ())
         log.info(
             "round %d %s: %d clients, loss %.4f, accuracy %s",
             record.round,
@@ -193,6 +199,7 @@ def serve(
                 clients_per_round=exp.cohort_size(len(fd.train_parts)),
                 seed=exp.seed,
                 eval_every=exp.eval_every,
+                federated_eval_every=_federated_every(exp),
                 checkpoint_dir=ckpt_dir,
             ),
             evaluator=central_evaluator(model, ds.test.x, ds.test.y),
@@ -254,6 +261,7 @@ def run_coordinator(
     data_root: Path | None = None,
     security: Security | None = None,
     threads: int = 1,
+    min_workers: int = 0,
 ) -> Summary:
     """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
     torch.set_num_threads(max(1, threads))
@@ -263,6 +271,7 @@ def run_coordinator(
         security=security or Security(),
         out_dir=out_dir,
         data_root=data_root,
+        min_workers=min_workers,
     )
     write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
     return summary

@@ -28,18 +28,20 @@ import torch
 from torch import Tensor
 
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.evaluate import ClientEval
+from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.net.broker import Assignment, Broker, Result
 from fedkit.net.codec import Buffer, split
 from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import (
+    EvalMeta,
     ResultMeta,
     check_tree_header,
     decode_tree,
     encode_tree,
     info_metadata,
 )
+from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.state import RoundRow, RttRow
 from fedkit.net.straggler import StragglerPolicy
 from fedkit.params import Params
@@ -77,6 +79,9 @@ class RemoteExecutor:
         self.settings = settings
         self.update_template = update_template
         self.on_round = on_round
+        self._last_info = RoundInfo(round=0, seed=0, num_clients=num_clients, cohort_size=0)
+        self.last_evals: list[ClientEval] = []
+        """The per-client evaluations of the last :meth:`evaluate` (for the results database)."""
         self.stragglers = StragglerPolicy(
             enabled=settings.balance_stragglers, min_fraction=settings.min_work_fraction
         )
@@ -111,6 +116,7 @@ class RemoteExecutor:
         """Run ``cohort`` on the workers; aggregate in ascending client id order."""
         s = self.settings
         need = max(1, math.ceil(s.quorum * len(cohort)))
+        self._last_info = info
         payload = encode_tree(msg, info_metadata(info))
         shared = Assignment.of(split(payload), len(payload))  # serialised once per round
         for attempt in range(s.round_retries + 1):
@@ -204,8 +210,38 @@ class RemoteExecutor:
         return [int(r.client_id) for r in ordered[:k]]
 
     def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
-        """Federated evaluation is not run on workers in this version: no evaluations."""
-        return []
+        """Federated evaluation on the workers: each live listed client scores ``params`` on its
+        own local test data (clients without any are left out, as in the simulator).
+
+        Uses the round of the last :meth:`execute`; workers that miss the deadline are left out.
+        """
+        live = {int(c) for c in self.broker.live_clients() if c.isdigit()}
+        asked = sorted(live & set(clients))
+        if not asked:
+            self.last_evals = []
+            return []
+        payload = encode_tree(dict(params), info_metadata(self._last_info))
+        task = Assignment.of(split(payload), len(payload), kind=pb.EVALUATE)
+        self.broker.open_round(
+            self._last_info.round,
+            {str(c): task for c in asked},
+            deadline_s=self.settings.deadline_s,
+            result_check=self._check_eval,
+        )
+        results = self.broker.collect(want=len(asked))
+        evals: list[ClientEval] = []
+        for cid in sorted(int(c) for c in results):
+            _, meta = decode_tree(results[str(cid)].payload, {})
+            m = EvalMeta.from_metadata(meta)
+            if m.num_examples > 0:
+                r = EvalResult(loss=m.loss, accuracy=m.accuracy, num_examples=m.num_examples)
+                evals.append(ClientEval(client_id=cid, result=r))
+        self.last_evals = evals
+        return evals
+
+    @staticmethod
+    def _check_eval(payload: Buffer) -> None:
+        check_tree_header(payload, {})
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Workers keep their own client state: nothing to checkpoint here."""

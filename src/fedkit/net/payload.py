@@ -202,3 +202,41 @@ class ResultMeta:
                 "must be finite and >= 0",
             )
         return r
+
+
+_EVAL = "eval:"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalMeta:
+    """A worker's evaluation of the global parameters on its local test data."""
+
+    loss: float
+    accuracy: float
+    num_examples: int
+
+    def to_metadata(self) -> dict[str, str]:
+        """Metadata entries (floats as exact hex)."""
+        return {
+            _EVAL + "loss": self.loss.hex(),
+            _EVAL + "accuracy": self.accuracy.hex(),
+            _EVAL + "num_examples": str(self.num_examples),
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> EvalMeta:
+        """Parse and validate; ``MALFORMED`` on missing or invalid entries."""
+        try:
+            r = cls(
+                loss=float.fromhex(meta[_EVAL + "loss"]),
+                accuracy=float.fromhex(meta[_EVAL + "accuracy"]),
+                num_examples=int(meta[_EVAL + "num_examples"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise NetError(ErrorCode.MALFORMED, f"evaluation metadata invalid: {exc}") from None
+        if r.num_examples < 0 or not (0.0 <= r.accuracy <= 1.0 or math.isnan(r.accuracy)):
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"evaluation accuracy {r.accuracy} / num_examples {r.num_examples} out of range",
+            )
+        return r

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
+from fedkit.evaluate import ClientEval
 from fedkit.experiment.results import ClientRow, ResultsStore, RoundRow, RunSummary
 from fedkit.net.experiment import Experiment
 from fedkit.run import RoundRecord
@@ -35,7 +37,7 @@ class ResultsRecorder:
         self.run_id = run_id
         self._recorded = {r.round for r in store.rounds(run_id)}
 
-    def record(self, record: RoundRecord) -> None:
+    def record(self, record: RoundRecord, evals: Sequence[ClientEval] = ()) -> None:
         """Add one round and its clients (round-trip time in ``seconds``).
 
         A round already recorded (an aborted round re-run after a coordinator restart) is kept
@@ -45,6 +47,8 @@ class ResultsRecorder:
             return
         self._recorded.add(record.round)
         central = record.central
+        fed = record.federated
+        scored = fed is not None and not fed.is_empty()
         self.store.add_round(
             self.run_id,
             RoundRow(
@@ -52,11 +56,11 @@ class ResultsRecorder:
                 train_loss=_real(record.train_loss),
                 test_loss=_real(central.loss) if central else None,
                 test_accuracy=_real(central.accuracy) if central else None,
-                fed_mean=None,
-                fed_p10=None,
-                fed_var=None,
-                fed_min=None,
-                fed_clients=None,
+                fed_mean=fed.mean if fed is not None and scored else None,
+                fed_p10=fed.p10 if fed is not None and scored else None,
+                fed_var=fed.variance if fed is not None and scored else None,
+                fed_min=fed.minimum if fed is not None and scored else None,
+                fed_clients=None if fed is None else fed.clients,
                 cohort_size=len(record.cohort),
                 dropped=len(record.dropped),
                 bytes_up=record.bytes_up,
@@ -65,20 +69,35 @@ class ResultsRecorder:
                 sim_seconds=None,
                 committed=record.committed,
             ),
-            [
-                ClientRow(
-                    round=record.round,
-                    client_id=c.client_id,
-                    trained=True,
-                    num_examples=c.num_examples,
-                    steps=c.steps,
-                    train_loss=_real(c.train_loss),
-                    work_fraction=c.work_fraction,
-                    seconds=c.seconds,
-                )
-                for c in sorted(record.clients, key=lambda c: c.client_id)
-            ],
+            self._client_rows(record, evals),
         )
+
+    @staticmethod
+    def _client_rows(record: RoundRecord, evals: Sequence[ClientEval]) -> list[ClientRow]:
+        rows = {
+            c.client_id: ClientRow(
+                round=record.round,
+                client_id=c.client_id,
+                trained=True,
+                num_examples=c.num_examples,
+                steps=c.steps,
+                train_loss=_real(c.train_loss),
+                work_fraction=c.work_fraction,
+                seconds=c.seconds,
+            )
+            for c in record.clients
+        }
+        for e in evals:
+            base = rows.get(
+                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
+            )
+            rows[e.client_id] = dataclasses.replace(
+                base,
+                eval_examples=e.result.num_examples,
+                eval_loss=_real(e.result.loss),
+                eval_accuracy=_real(e.result.accuracy),
+            )
+        return [rows[k] for k in sorted(rows)]
 
     def finish(self, summary: RunSummary) -> None:
         """Mark the run completed."""

@@ -12,6 +12,7 @@ errors are retried with backoff; a TLS handshake failure stops it at once.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -27,13 +28,14 @@ from fedkit.algorithm import ClientContext, ClientData, RoundInfo
 from fedkit.checkpoint import write_atomic
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
+from fedkit.evaluate import evaluate
 from fedkit.net.client import CoordinatorClient, Task
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.experiment import Experiment, load_experiment
-from fedkit.net.payload import ResultMeta, decode_tree, encode_tree, info_from_metadata
+from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.transport import Security
-from fedkit.params import tree_flatten, tree_unflatten
+from fedkit.params import load_params, tree_flatten, tree_unflatten
 from fedkit.rng import generator
 
 log = logging.getLogger("fedkit.worker")
@@ -112,6 +114,7 @@ class Worker:
             cohort_size=exp.cohort_size(local.num_clients),
         )
         self.msg_template = self.algorithm.broadcast(self.algorithm.init_state(init), info0)
+        self.params_template = init
         self.state_template = self.algorithm.client_state_template(init)
         self.client_state: Any = self._load_state()
         self.rounds_done = 0
@@ -202,6 +205,8 @@ class Worker:
                     return self.rounds_done
                 if task.kind == pb.TRAIN:
                     self._train(task)
+                elif task.kind == pb.EVALUATE:
+                    self._evaluate(task)
         finally:
             self._stop.set()
             hb.join(timeout=5.0)
@@ -230,21 +235,39 @@ class Worker:
             work_fraction=task.work_fraction,
             compute_s=compute_s,
         )
-        payload = encode_tree(update, rmeta.to_metadata())
+        if not self._push(task, encode_tree(update, rmeta.to_metadata()), compute_s):
+            return
+        # The client state advances only when the coordinator accepted the update.
+        self.client_state = res.client_state
+        self._save_state()
+        self.rounds_done += 1
+
+    def _evaluate(self, task: Task) -> None:
+        """Score the broadcast parameters on this client's local test data."""
+        t0 = time.perf_counter()
+        params, _ = decode_tree(task.payload, self.params_template)
+        load_params(self.model, params)
+        d = self.local.data
+        if d.x_test is None or d.y_test is None or d.y_test.shape[0] == 0:
+            meta = EvalMeta(loss=math.nan, accuracy=math.nan, num_examples=0)
+        else:
+            r = evaluate(self.model, d.x_test, d.y_test)
+            meta = EvalMeta(loss=r.loss, accuracy=r.accuracy, num_examples=r.num_examples)
+        self._push(task, encode_tree({}, meta.to_metadata()), time.perf_counter() - t0)
+
+    def _push(self, task: Task, payload: bytes, compute_s: float) -> bool:
+        """Send a result; False when the coordinator refused it in a way to shrug off."""
         try:
             self.client.push_result(task, payload, compute_s=compute_s)
         except NetError as err:
             if err.code in _DROP:
                 log.warning("round %d result dropped: %s", task.round, err)
-                return
+                return False
             if err.code in _REREGISTER:
                 self._need_register.set()
-                return
+                return False
             raise
-        # The client state advances only when the coordinator accepted the update.
-        self.client_state = res.client_state
-        self._save_state()
-        self.rounds_done += 1
+        return True
 
 
 def run_worker(

@@ -30,6 +30,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAIT: _ClassVar[TaskKind]
     TRAIN: _ClassVar[TaskKind]
     SHUTDOWN: _ClassVar[TaskKind]
+    EVALUATE: _ClassVar[TaskKind]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 OK: ErrorCode
 UNAUTHENTICATED: ErrorCode
@@ -49,6 +50,7 @@ TASK_KIND_UNSPECIFIED: TaskKind
 WAIT: TaskKind
 TRAIN: TaskKind
 SHUTDOWN: TaskKind
+EVALUATE: TaskKind
 
 class Error(_message.Message):
     __slots__ = ("code", "detail")
