@@ -93,6 +93,7 @@ def test_summarize_final_best_and_rounds_to_target() -> None:
     assert s.final_accuracy == pytest.approx(0.62)
     assert (s.best_accuracy, s.best_round) == (pytest.approx(0.7), 4)
     assert s.rounds_to_target == 3
+    assert (s.seconds_to_target, s.bytes_to_target) == (3.0, 90)
     assert (s.wall_seconds, s.bytes_up, s.bytes_down) == (5.5, 50, 100)
     assert s.client_mean == pytest.approx(0.5)
     # 10th percentile of [0, .25, .5, .75, 1] by linear interpolation: position 0.4 -> 0.1.
@@ -331,7 +332,10 @@ def test_write_report_files(results_dir: Path, tmp_path: Path) -> None:
     for plot in files.plots:
         assert f"]({plot.path.name})" in md
     # The summary rows: final, best (round), target and rounds to target per arm.
-    assert "| fedavg | 1 | fedavg | completed | 4 | 60.00% | 60.00% (4) | 50.00% | 3 |" in md
+    assert (
+        "| fedavg | 1 | fedavg | completed | 4 | 60.00% | 60.00% (4) | 50.00% | 3 | 1.5 s / 9 KB |"
+        in md
+    )
     assert (
         "| centralized | 2 | centralized | completed | 4 | 71.00% | 72.00% (3) | 50.00% | 1 |" in md
     )

@@ -231,7 +231,7 @@ def write_report(
     plots = tuple(write_plots(arms, out))
     doc = ReportDocument(
         title=title or _title(arms),
-        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         arms=tuple(arms),
         plots=plots,
     )

@@ -30,6 +30,7 @@ _COLUMNS = (
     "best acc. (round)",
     "target",
     "rounds to target",
+    "time / bytes to target",
     "wall time (rounds)",
     "bytes up + down",
     "client acc. mean / p10 (n)",
@@ -60,10 +61,13 @@ def _pct(value: float | None) -> str:
 def _row(arm: Arm, label: str, s: ArmSummary) -> list[str]:
     best = "–" if s.best_accuracy is None else f"{_pct(s.best_accuracy)} ({s.best_round})"
     if arm.target_accuracy is None:
-        target, to_target = "–", "–"
+        target, to_target, cost = "–", "–", "–"
     else:
         target = _pct(arm.target_accuracy)
         to_target = "not reached" if s.rounds_to_target is None else str(s.rounds_to_target)
+        cost = "–"
+        if s.seconds_to_target is not None and s.bytes_to_target is not None:
+            cost = f"{s.seconds_to_target:.1f} s / {format_bytes(s.bytes_to_target)}"
     clients = (
         "–"
         if s.client_count == 0
@@ -79,6 +83,7 @@ def _row(arm: Arm, label: str, s: ArmSummary) -> list[str]:
         best,
         target,
         to_target,
+        cost,
         f"{s.wall_seconds:.1f} s",
         format_bytes(s.bytes_up + s.bytes_down),
         clients,

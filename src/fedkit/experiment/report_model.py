@@ -95,6 +95,8 @@ class ArmSummary:
     best_accuracy: float | None
     best_round: int | None
     rounds_to_target: int | None
+    seconds_to_target: float | None
+    bytes_to_target: int | None
     wall_seconds: float
     bytes_up: int
     bytes_down: int
@@ -120,16 +122,17 @@ def summarize(arm: Arm) -> ArmSummary:
     """Final and best accuracy, rounds to the target, totals and the client-accuracy summary.
 
     ``rounds_to_target`` is the first round whose evaluated accuracy is at least
-    ``arm.target_accuracy`` (``None`` when no target is set or it was never reached).
+    ``arm.target_accuracy`` (``None`` when no target is set or it was never reached);
+    ``seconds_to_target`` and ``bytes_to_target`` are the wall time and the bytes (up + down)
+    spent until the end of that round — the fair costs when arms' rounds differ in size (a
+    centralised epoch against an FL round).
     """
     scored = [p for p in arm.points if _finite(p.accuracy)]
     final = scored[-1].accuracy if scored else None
     best_point = max(scored, key=lambda p: (p.accuracy or 0.0, -p.round)) if scored else None
-    to_target = None
+    hit = None
     if arm.target_accuracy is not None:
-        to_target = next(
-            (p.round for p in scored if (p.accuracy or 0.0) >= arm.target_accuracy), None
-        )
+        hit = next((p for p in scored if (p.accuracy or 0.0) >= arm.target_accuracy), None)
     last = arm.points[-1] if arm.points else None
     clients = [a for a in arm.client_accuracy if math.isfinite(a)]
     return ArmSummary(
@@ -137,7 +140,9 @@ def summarize(arm: Arm) -> ArmSummary:
         final_accuracy=final,
         best_accuracy=best_point.accuracy if best_point else None,
         best_round=best_point.round if best_point else None,
-        rounds_to_target=to_target,
+        rounds_to_target=hit.round if hit else None,
+        seconds_to_target=hit.wall_seconds if hit else None,
+        bytes_to_target=hit.bytes_total if hit else None,
         wall_seconds=last.wall_seconds if last else 0.0,
         bytes_up=last.bytes_up if last else 0,
         bytes_down=last.bytes_down if last else 0,
