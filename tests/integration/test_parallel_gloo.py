@@ -65,6 +65,7 @@ def test_replicas_equal_gloo_ranks() -> None:
     assert gloo.final.test_accuracy == pytest.approx(replicas.final.test_accuracy)
 
 
+@pytest.mark.slow  # 3 spawned ranks: ~10 s idle, ~30 s on a loaded 2-core machine
 def test_async_parameter_server_over_gloo_ranks() -> None:
     data = blobs()
     table: dict[str, object] = {
