@@ -65,9 +65,12 @@ def test_summary_invariants(arm: Arm) -> None:
         assert arm.target_accuracy is not None
         hit = next(p for p in scored if p.round == s.rounds_to_target)
         assert hit.accuracy is not None and hit.accuracy >= arm.target_accuracy
+        assert (s.seconds_to_target, s.bytes_to_target) == (hit.wall_seconds, hit.bytes_total)
         earlier = [p for p in scored if p.round < s.rounds_to_target]
         assert all(p.accuracy is not None and p.accuracy < arm.target_accuracy for p in earlier)
-    elif arm.target_accuracy is not None:
+    else:
+        assert s.seconds_to_target is None and s.bytes_to_target is None
+    if s.rounds_to_target is None and arm.target_accuracy is not None:
         assert all(p.accuracy is not None and p.accuracy < arm.target_accuracy for p in scored)
     if arm.points:
         last = arm.points[-1]
