@@ -235,3 +235,12 @@ def test_second_worker_for_a_live_client_is_refused(coord: Coordinator) -> None:
     with pytest.raises(NetError) as e:
         first.heartbeat()
     assert e.value.code is ErrorCode.UNKNOWN_WORKER
+
+
+def test_client_id_outside_the_population_is_refused(coord: Coordinator) -> None:
+    coord.broker.num_clients = 10
+    for bad in ("10", "-1", "abc", ""):
+        with pytest.raises(NetError) as e:
+            client(coord, bad)
+        assert e.value.code is ErrorCode.MALFORMED
+    client(coord, "9")

@@ -104,6 +104,7 @@ class Broker:
         liveness_s: A worker not heard from for this long is not considered live.
         require_tls_identity: Whether every call must carry a client certificate (mutual TLS).
         experiment_digest: SHA-256 of the experiment file; workers with another digest are refused.
+        num_clients: Size of the client population; client ids must be ``0..num_clients-1``.
     """
 
     def __init__(
@@ -115,8 +116,10 @@ class Broker:
         liveness_s: float = 10.0,
         require_tls_identity: bool = False,
         experiment_digest: str = "",
+        num_clients: int | None = None,
     ) -> None:
         self.run_id = run_id
+        self.num_clients = num_clients
         self.max_result_bytes = max_result_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
         self.liveness_s = liveness_s
@@ -184,8 +187,13 @@ class Broker:
                         "the worker's experiment file differs from the coordinator's",
                     ),
                 )
-            if not req.client_id:
-                raise self._reject("register", NetError(ErrorCode.MALFORMED, "empty client_id"))
+            n = self.num_clients
+            if not (req.client_id.isdigit() and (n is None or int(req.client_id) < n)):
+                allowed = "a non-negative integer" if n is None else f"0..{n - 1}"
+                raise self._reject(
+                    "register",
+                    NetError(ErrorCode.MALFORMED, f"client id {req.client_id!r} is not {allowed}"),
+                )
             old = self._workers.get(self._by_client.get(req.client_id, ""))
             if old is not None:
                 same_cert = tls_identity is not None and old.tls_identity == tls_identity

@@ -130,6 +130,7 @@ def serve(
         liveness_s=s.liveness_s,
         require_tls_identity=security.tls,
         experiment_digest=exp.digest,
+        num_clients=len(fd.train_parts),
     )
     server, port = make_server(listen, security, max_workers=max(32, 2 * len(fd.train_parts) + 8))
     add_service(server, broker)
