@@ -150,7 +150,7 @@ def bench_case(model_name: str, num_clients: int, args: argparse.Namespace) -> d
     executors: dict[str, Any] = {
         "plain": None,
         "serial": SerialExecutor(store, spec.build()),
-        "vectorized": VectorizedExecutor(store, spec.build(), chunk_size=args.chunk_size),
+        "vectorized": VectorizedExecutor(store, spec.build(), chunk_size=args.chunk_size or None),
     }
     if args.processes > 1:
         ex = ProcessExecutor(
@@ -200,6 +200,7 @@ def bench_case(model_name: str, num_clients: int, args: argparse.Namespace) -> d
             "max_rel_diff_vs_plain": max_rel_diff(results["plain"][1], params),
         }
     out["methods"] = rows
+    out["vectorized_chunk_size"] = executors["vectorized"].chunk_size
     return out
 
 
@@ -213,7 +214,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--chunk-size", type=int, default=128)
+    ap.add_argument(
+        "--chunk-size", type=int, default=0, help="vectorised clients per chunk (0: automatic)"
+    )
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/sim_speed.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -226,7 +229,7 @@ def main() -> None:
                 f"\n{case['model']}: {case['num_clients']} clients × "
                 f"{case['samples_per_client']} samples, {case['clients_per_round']} per round, "
                 f"E={args.epochs}, B={args.batch_size}, {case['rounds']} rounds × "
-                f"{args.repeats} repeats"
+                f"{args.repeats} repeats, vectorized chunk {case['vectorized_chunk_size']}"
                 + (
                     f" (processes start-up {case['processes_startup_s']:.1f} s, not in the times)"
                     if "processes_startup_s" in case

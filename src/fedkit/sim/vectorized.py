@@ -17,8 +17,14 @@ ascending client order, as the serial executor does. Other algorithms, and model
 (BatchNorm statistics are updated in place, which ``vmap`` cannot batch), run client by client
 through :meth:`SerialExecutor.run_client` — correct, not vectorised.
 
-On a CPU this is about as fast as the serial loop (the Python overhead it removes is small next to
-the arithmetic); on a GPU it batches many small clients into large kernels.
+Chunk size. Stacking C clients makes every step stream C copies of the weights (and their
+gradients) through memory, while the serial loop keeps one copy in cache; with the small batches
+of federated learning (B = 10) a CPU is then memory-bound. By default (``chunk_size=None``) the
+chunk is sized so that the stacked parameters stay within ``cache_bytes`` (12 MiB: about 15 clients
+of the 2NN, one client of the McMahan CNN) on a CPU, and 256 clients on an accelerator.
+Measured on the 2-core CPU this was developed on: the 2NN runs about 1.2–1.5× faster than serial
+at 10–16 clients per chunk and 0.9× at 100; the CNN about 0.9× at one client per chunk and 0.7×
+at 20. On a GPU it batches many small clients into large kernels.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage
+from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage, client_weight
 from fedkit.algorithms.fedprox import FedProx
 from fedkit.algorithms.scaffold import (
     Scaffold,
@@ -101,7 +107,9 @@ class VectorizedExecutor:
         store: the clients' data and state.
         model: the resident model (its architecture; parameters are loaded per round).
         participation: the system-heterogeneity hook.
-        chunk_size: at most this many clients are stacked at once (bounds memory).
+        chunk_size: at most this many clients are stacked at once; ``None`` sizes it from
+            ``cache_bytes`` (see the module docstring).
+        cache_bytes: on a CPU, the budget for the stacked parameters of one chunk.
         eval_batch_size: batch size of federated evaluation.
     """
 
@@ -111,14 +119,22 @@ class VectorizedExecutor:
         model: nn.Module,
         *,
         participation: Participation = full_participation,
-        chunk_size: int = 128,
+        chunk_size: int | None = None,
+        cache_bytes: int = 12 * 2**20,
         eval_batch_size: int = 1000,
     ) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None (automatic), got {chunk_size}")
+        if cache_bytes < 1:
+            raise ValueError(f"cache_bytes must be >= 1, got {cache_bytes}")
         self.store = store
         self.model = model
         self.participation = participation
+        if chunk_size is None:
+            params = list(model.parameters())
+            nbytes = sum(p.numel() * p.element_size() for p in params)
+            on_cpu = all(p.device.type == "cpu" for p in params)
+            chunk_size = max(1, min(256, cache_bytes // max(nbytes, 1))) if on_cpu else 256
         self.chunk_size = chunk_size
         self._serial = SerialExecutor(store, model, eval_batch_size=eval_batch_size)
         self._vectorizable = vectorizable(model)
@@ -300,7 +316,7 @@ class VectorizedExecutor:
                 self.store.set_state(cid, ScaffoldClientState(control=new_c))
             else:
                 update = ModelDelta(delta)
-            weight = float(n) if algorithm.weighting == "examples" else 1.0
+            weight = client_weight(algorithm.weighting, n)
             update = agg.prepare(update, weight)
             mean_loss = float(loss_sum[pos] / max(float(seen[pos]), 1.0)) if n else math.nan
             metrics = ClientMetrics(
