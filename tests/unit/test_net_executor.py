@@ -16,6 +16,7 @@ from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.net.broker import Broker
 from fedkit.net.codec import split
+from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.executor import QuorumError, RemoteExecutor
 from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import ResultMeta, encode_tree
@@ -32,6 +33,9 @@ def update_of(cid: int) -> ModelDelta:
     return ModelDelta(delta={k: torch.randn(v.shape, generator=g) for k, v in PARAMS.items()})
 
 
+REFUSED: list[tuple[int, ErrorCode]] = []
+
+
 def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event) -> None:
     reply = broker.register(pb.RegisterRequest(client_id=str(cid)), None)
     header = pb.Header(run_id=reply.run_id, worker_id=reply.worker_id, token=reply.token)
@@ -39,9 +43,10 @@ def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event)
         info, _ = broker.next_task(pb.GetTaskRequest(header=header, wait_s=0.2), None)
         if info.kind != pb.TRAIN:
             continue
-        time.sleep(delay_s)
-        meta = ResultMeta(weight=float(cid + 1), num_examples=cid + 1, steps=1, train_loss=0.0,
-                          work_fraction=info.work_fraction, compute_s=delay_s)  # fmt: skip
+        time.sleep(max(delay_s, 0.0))
+        weight = -1.0 if delay_s < 0 else float(cid + 1)  # delay < 0: a worker sending garbage
+        meta = ResultMeta(weight=weight, num_examples=cid + 1, steps=1, train_loss=0.0,
+                          work_fraction=info.work_fraction, compute_s=0.0)  # fmt: skip
         payload = encode_tree(update_of(cid), meta.to_metadata())
         chunks = split(payload, 256)
         rinfo = pb.ResultInfo(
@@ -50,7 +55,10 @@ def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event)
                              token=reply.token),
             client_id=str(cid), payload_bytes=len(payload), num_chunks=len(chunks),
         )  # fmt: skip
-        broker.accept_result(rinfo, iter(chunks), None)
+        try:
+            broker.accept_result(rinfo, iter(chunks), None)
+        except NetError as err:
+            REFUSED.append((cid, err.code))
 
 
 def make(settings: DeploySettings) -> tuple[Broker, RemoteExecutor, list[RoundRow]]:
@@ -115,3 +123,35 @@ def test_on_abort_stop_raises() -> None:
     broker, ex, _ = make(s)
     with pytest.raises(QuorumError, match="on_abort = 'stop'"):
         run_round(ex, broker, {})
+
+
+def test_invalid_result_metadata_is_refused_and_the_round_goes_on() -> None:
+    REFUSED.clear()
+    broker, ex, rows = make(DeploySettings(deadline_s=1.0, select_timeout_s=1, quorum=0.6))
+    out = run_round(ex, broker, {0: 0.0, 1: -1.0, 2: 0.0})
+    assert (1, ErrorCode.MALFORMED) in REFUSED  # negative weight: typed refusal to the worker
+    assert out.accumulator is not None and out.dropped == (1,)
+    assert rows[0].accepted == (0, 2)
+
+
+def test_fold_adds_in_id_order_and_holds_only_out_of_order_results() -> None:
+    from fedkit.net.broker import Result
+    from fedkit.net.executor import _OrderedFold
+
+    def res(cid: int) -> Result:
+        meta = ResultMeta(weight=1.0, num_examples=1, steps=1, train_loss=0.0, work_fraction=1.0,
+                          compute_s=0.0)  # fmt: skip
+        return Result(client_id=str(cid), worker_id=f"w{cid}", round=0, task_id="t",
+                      payload=encode_tree(update_of(cid), meta.to_metadata()), rtt_s=0.1,
+                      compute_s=0.0, arrival=0.0)  # fmt: skip
+
+    fold = _OrderedFold(FedAvg(), TEMPLATE, order=[0, 1, 2, 3], limit=3, info=INFO, attempt=0)
+    fold.offer(res(2))
+    assert set(fold.pending) == {2} and not fold.metrics  # waits for 0 and 1
+    fold.offer(res(0))
+    assert set(fold.pending) == {2} and [m.client_id for m in fold.metrics] == [0]
+    fold.offer(res(3))
+    fold.offer(res(1))  # past the limit of 3 arrivals: ignored
+    fold.finish()  # 1 never came: skipped; 2 and 3 follow in order
+    assert [m.client_id for m in fold.metrics] == [0, 2, 3] and not fold.pending
+    assert fold.accepted == [2, 0, 3]

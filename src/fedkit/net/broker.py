@@ -88,6 +88,7 @@ class _Round:
     deadline: float
     tasks: dict[str, _Task]  # by client id
     results: dict[str, Result] = field(default_factory=dict)
+    arrivals: list[str] = field(default_factory=list)  # client ids in arrival order
     closed: bool = False
 
 
@@ -335,6 +336,7 @@ class Broker:
                 compute_s=info.compute_s,
                 arrival=now,
             )
+            rnd2.arrivals.append(rec.client_id)
             self._lock.notify_all()
 
     def _task_for(self, rec: WorkerRecord, info: pb.ResultInfo) -> tuple[_Round, _Task]:
@@ -399,17 +401,33 @@ class Broker:
             self._result_check = result_check
             self._lock.notify_all()
 
-    def collect(self, want: int) -> dict[str, Result]:
+    def collect(
+        self, want: int, on_result: Callable[[Result], None] | None = None
+    ) -> dict[str, Result]:
         """Wait for ``want`` results, closing the round when they are in, when every outstanding
         client's worker is gone (no heartbeat within the liveness window), or at the deadline.
 
-        Returns the accepted results by client id.
+        With ``on_result``, each result is handed over as it arrives (in arrival order, outside
+        the lock, so workers keep being served) and the broker drops its payload right after,
+        so the caller can fold results in without the round holding every payload at once.
+
+        Returns the accepted results by client id (without payloads when ``on_result`` took them).
         """
+        handed = 0
         with self._lock:
             rnd = self._round
             if rnd is None:
                 raise RuntimeError("collect() without an open round")
             while True:
+                if on_result is not None and handed < len(rnd.arrivals):
+                    fresh = rnd.arrivals[handed:]
+                    handed = len(rnd.arrivals)
+                    self._lock.release()
+                    try:
+                        self._hand_over(rnd, fresh, on_result)
+                    finally:
+                        self._lock.acquire()
+                    continue
                 now = time.monotonic()
                 left = rnd.deadline - now
                 if len(rnd.results) >= min(want, len(rnd.tasks)) or left <= 0:
@@ -422,7 +440,18 @@ class Broker:
             self._last_round = rnd.round
             self._round = None
             self._result_check = None
-            return dict(rnd.results)
+            rest = rnd.arrivals[handed:]
+        if on_result is not None:  # the round is closed: nothing arrives any more
+            self._hand_over(rnd, rest, on_result)
+        return dict(rnd.results)
+
+    def _hand_over(
+        self, rnd: _Round, clients: list[str], on_result: Callable[[Result], None]
+    ) -> None:
+        for c in clients:
+            res = rnd.results[c]
+            on_result(res)
+            rnd.results[c] = dataclasses.replace(res, payload=b"")
 
     def shutdown(self, grace_s: float = 0.0) -> None:
         """Tell every polling worker the run is over; wait up to ``grace_s`` until every live

@@ -19,6 +19,7 @@ Every worker's round-trip time is recorded each round and feeds the straggler po
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.net.broker import Assignment, Broker, Result
 from fedkit.net.codec import Buffer, split
+from fedkit.net.errors import NetError
 from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import (
     EvalMeta,
@@ -46,6 +48,8 @@ from fedkit.net.state import RoundRow, RttRow
 from fedkit.net.straggler import StragglerPolicy
 from fedkit.params import Params
 from fedkit.rng import SERVER, generator
+
+log = logging.getLogger("fedkit.coordinator")
 
 
 class QuorumError(RuntimeError):
@@ -104,7 +108,7 @@ class RemoteExecutor:
         return sorted(pool[i] for i in order[:want])
 
     def _check(self, payload: Buffer) -> None:
-        check_tree_header(payload, self.update_template)
+        ResultMeta.from_metadata(check_tree_header(payload, self.update_template))
 
     def execute(
         self,
@@ -152,39 +156,17 @@ class RemoteExecutor:
             deadline_s=s.deadline_s,
             result_check=self._check,
         )
-        results = self.broker.collect(want=len(cohort))
-        accepted = self._first(results, len(cohort))
-        agg = algorithm.aggregator()
-        acc: Any = None
-        metrics: list[ClientMetrics] = []
-        rtts: list[RttRow] = []
-        bytes_up = 0
-        for cid in sorted(accepted):
-            res = results[str(cid)]
-            update, meta = decode_tree(res.payload, self.update_template)
-            rmeta = ResultMeta.from_metadata(meta)
-            rtts.append(
-                RttRow(
-                    round=info.round, attempt=attempt, client_id=cid, worker_id=res.worker_id,
-                    rtt_s=res.rtt_s, compute_s=rmeta.compute_s, work_fraction=rmeta.work_fraction,
-                    bytes_up=len(res.payload),
-                )
-            )  # fmt: skip
-            self.stragglers.observe(cid, res.rtt_s, rmeta.work_fraction)
-            bytes_up += len(res.payload)
-            if len(accepted) < need:
-                continue
-            acc = agg.add(agg.zero(update) if acc is None else acc, update, rmeta.weight)
-            metrics.append(
-                ClientMetrics(
-                    client_id=cid,
-                    num_examples=rmeta.num_examples,
-                    steps=rmeta.steps,
-                    train_loss=rmeta.train_loss,
-                    work_fraction=rmeta.work_fraction,
-                    seconds=res.rtt_s,
-                )
-            )
+        folder = _OrderedFold(
+            algorithm, self.update_template, order=asked, limit=len(cohort), info=info,
+            attempt=attempt,
+        )  # fmt: skip
+        self.broker.collect(want=len(cohort), on_result=folder.offer)
+        folder.finish()
+        accepted, acc, metrics, rtts, bytes_up = (
+            folder.accepted, folder.acc, folder.metrics, folder.rtts, folder.bytes_up
+        )  # fmt: skip
+        for trip in rtts:
+            self.stragglers.observe(trip.client_id, trip.rtt_s, trip.work_fraction)
         committed = len(accepted) >= need
         dropped = tuple(sorted(set(cohort) - set(accepted))) if committed else tuple(cohort)
         out = RoundOutput(
@@ -202,12 +184,6 @@ class RemoteExecutor:
             )  # fmt: skip
             self.on_round(row, rtts)
         return out
-
-    @staticmethod
-    def _first(results: dict[str, Result], k: int) -> list[int]:
-        """The ``k`` earliest results (all of them without over-selection), as client ids."""
-        ordered = sorted(results.values(), key=lambda r: (r.arrival, int(r.client_id)))
-        return [int(r.client_id) for r in ordered[:k]]
 
     def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
         """Federated evaluation on the workers: each live listed client scores ``params`` on its
@@ -241,7 +217,7 @@ class RemoteExecutor:
 
     @staticmethod
     def _check_eval(payload: Buffer) -> None:
-        check_tree_header(payload, {})
+        EvalMeta.from_metadata(check_tree_header(payload, {}))
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Workers keep their own client state: nothing to checkpoint here."""
@@ -249,3 +225,90 @@ class RemoteExecutor:
 
     def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
         """Nothing to restore (client state lives on the workers)."""
+
+
+class _OrderedFold:
+    """Folds results into the aggregator in ascending client-id order as they stream in.
+
+    A result is added as soon as every lower client id of the round is either added or known
+    never to come; until then it waits (the only results held in memory). The first ``limit``
+    arrivals are accepted (all of them without over-selection); later ones are ignored. The
+    order of additions is the sorted order of the accepted clients — the serial executor's —
+    whatever the arrival order, which is what makes a seeded deployment bit-identical to it.
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        template: Any,
+        *,
+        order: list[int],
+        limit: int,
+        info: RoundInfo,
+        attempt: int,
+    ) -> None:
+        self.agg = algorithm.aggregator()
+        self.template = template
+        self.order = order
+        self.limit = limit
+        self.info = info
+        self.attempt = attempt
+        self.pos = 0
+        self.pending: dict[int, Result] = {}
+        self.accepted: list[int] = []
+        self.acc: Any = None
+        self.metrics: list[ClientMetrics] = []
+        self.rtts: list[RttRow] = []
+        self.bytes_up = 0
+
+    def offer(self, res: Result) -> None:
+        """Take one arriving result (ignored past the first ``limit``)."""
+        if len(self.accepted) >= self.limit:
+            return
+        cid = int(res.client_id)
+        self.accepted.append(cid)
+        self.pending[cid] = res
+        self._drain(final=False)
+
+    def finish(self) -> None:
+        """The round is closed: add what waits, skipping clients that never answered."""
+        self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> None:
+        while self.pos < len(self.order):
+            cid = self.order[self.pos]
+            res = self.pending.pop(cid, None)
+            if res is not None:
+                self._add(cid, res)
+            elif not final:
+                return
+            self.pos += 1
+
+    def _add(self, cid: int, res: Result) -> None:
+        try:  # validated on arrival already; a failure here drops the client, not the round
+            update, meta = decode_tree(res.payload, self.template)
+            m = ResultMeta.from_metadata(meta)
+        except NetError as err:
+            log.warning("round %d: result of client %d dropped: %s", self.info.round, cid, err)
+            self.accepted.remove(cid)
+            return
+        zero = self.agg.zero(update) if self.acc is None else self.acc
+        self.acc = self.agg.add(zero, update, m.weight)
+        self.bytes_up += len(res.payload)
+        self.rtts.append(
+            RttRow(
+                round=self.info.round, attempt=self.attempt, client_id=cid,
+                worker_id=res.worker_id, rtt_s=res.rtt_s, compute_s=m.compute_s,
+                work_fraction=m.work_fraction, bytes_up=len(res.payload),
+            )
+        )  # fmt: skip
+        self.metrics.append(
+            ClientMetrics(
+                client_id=cid,
+                num_examples=m.num_examples,
+                steps=m.steps,
+                train_loss=m.train_loss,
+                work_fraction=m.work_fraction,
+                seconds=res.rtt_s,
+            )
+        )

@@ -100,17 +100,17 @@ def encode_tree(tree: Any, extra: Mapping[str, str] | None = None) -> bytes:
     return encode(tree_flatten(tree), meta)
 
 
-def check_tree_header(data: Buffer, template: Any) -> None:
-    """Validate only the header of ``data`` against ``template`` (cheap; used before buffering
-    more results)."""
+def check_tree_header(data: Buffer, template: Any) -> dict[str, str]:
+    """Validate only the header of ``data`` against ``template`` (cheap: no tensor is read, so
+    it also works on a partly received payload); returns the header's metadata.
+    """
     specs, meta = read_header(data)
     check_template(specs, template_of(tree_flatten(template)))
     expected = set(_scalars(template))
-    unknown = sorted(k[len(_SCALAR) :] for k in meta if k.startswith(_SCALAR))
-    if not set(unknown) <= expected:
-        raise NetError(
-            ErrorCode.SCHEMA_MISMATCH, f"unexpected fields {sorted(set(unknown) - expected)}"
-        )
+    fields = {k[len(_SCALAR) :] for k in meta if k.startswith(_SCALAR)}
+    if not fields <= expected:
+        raise NetError(ErrorCode.SCHEMA_MISMATCH, f"unexpected fields {sorted(fields - expected)}")
+    return meta
 
 
 def decode_tree(
