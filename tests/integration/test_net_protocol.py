@@ -229,6 +229,8 @@ def test_second_worker_for_a_live_client_is_refused(coord: Coordinator) -> None:
         client(coord, "5")
     assert e.value.code is ErrorCode.CLIENT_TAKEN
     first.heartbeat()  # the first worker is still served
+    first.register()  # and may register again itself (its token proves it is the same worker)
+    first.heartbeat()
     coord.broker.liveness_s = 0.0  # once it has gone silent, a newcomer takes over
     time.sleep(0.01)
     client(coord, "5")

@@ -198,7 +198,11 @@ class Broker:
             old = self._workers.get(self._by_client.get(req.client_id, ""))
             if old is not None:
                 same_cert = tls_identity is not None and old.tls_identity == tls_identity
-                if not same_cert and time.monotonic() - old.last_seen <= self.liveness_s:
+                same_worker = old.worker_id == req.header.worker_id and hmac.compare_digest(
+                    old.token.encode(), req.header.token.encode()
+                )  # the same worker registering again (e.g. after a lost reply)
+                live = time.monotonic() - old.last_seen <= self.liveness_s
+                if not (same_cert or same_worker) and live:
                     raise self._reject(
                         "register",
                         NetError(

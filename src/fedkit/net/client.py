@@ -99,7 +99,7 @@ class CoordinatorClient:
 
         def call() -> pb.RegisterReply:
             req = pb.RegisterRequest(
-                header=pb.Header(run_id=self.run_id),
+                header=self.header(),  # a worker registering again proves it is the same one
                 client_id=self.client_id,
                 experiment_digest=self.experiment_digest,
             )
