@@ -369,6 +369,10 @@ def test_slow_worker_gets_fewer_local_steps(
         rows = con.execute("SELECT round, client_id, work_fraction FROM worker_rtt").fetchall()
     frac = {(r, cid): f for r, cid, f in rows}
     assert all(frac[(0, cid)] == 1.0 for cid in range(5))  # nothing measured yet
-    for r in (1, 2):  # the slow client gets a share well below the full work and the others'
+    for r in (1, 2):  # the slow client gets a share below the full work and below the others'
         others = statistics.median(frac[(r, c)] for c in range(1, 5))
-        assert frac[(r, 0)] < 0.8 and frac[(r, 0)] < others, frac
+        assert frac[(r, 0)] < 0.9 and frac[(r, 0)] < others, frac
+    with ResultsStore.in_dir(c.out, create=False) as store:
+        (run_row,) = store.runs()
+        steps = {(r.round, r.client_id): r.steps for r in store.clients(run_row.id)}
+    assert steps[(1, 0)] < steps[(0, 0)] and steps[(2, 0)] < steps[(0, 0)]  # fewer local steps
