@@ -46,8 +46,8 @@ from fedkit.params import Params, model_params
 from fedkit.rng import generator
 from fedkit.run import RoundRecord, RunConfig, run
 from fedkit.sampling import UniformSampler
-from fedkit.sim.distributed import ProcessExecutor, store_recipe
 from fedkit.sim.factory import ModelSpec
+from fedkit.sim.processes import ProcessExecutor, store_recipe
 from fedkit.sim.serial import SerialExecutor
 from fedkit.sim.vectorized import VectorizedExecutor
 

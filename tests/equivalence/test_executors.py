@@ -21,7 +21,7 @@ from fedkit.algorithms import FedAvg, FedProx, Scaffold
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.run import RunConfig, RunResult, run
-from fedkit.sim.distributed import ProcessExecutor
+from fedkit.sim.processes import ProcessExecutor
 from fedkit.sim.serial import SerialExecutor
 from fedkit.sim.vectorized import VectorizedExecutor, vectorizable
 from tests.helpers.toy import toy_model, toy_store

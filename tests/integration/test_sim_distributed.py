@@ -19,8 +19,9 @@ from fedkit.algorithms.fedavg import ModelDelta, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.params import model_params
 from fedkit.run import RunConfig, run
-from fedkit.sim.distributed import ProcessExecutor, RemoteRankError, greedy_assign, owner_table
+from fedkit.sim.distributed import RemoteRankError, greedy_assign, owner_table
 from fedkit.sim.factory import ModelSpec, build_executor
+from fedkit.sim.processes import ProcessExecutor
 from tests.helpers.toy import toy_model, toy_store
 
 LOCAL = LocalTraining(lr=0.05, epochs=1, batch_size=8)

@@ -131,7 +131,7 @@ def build_executor(
             store, model_fn(), participation=part, eval_batch_size=eval_batch_size
         )
     if kind == "processes":
-        from fedkit.sim.distributed import ProcessExecutor, store_recipe
+        from fedkit.sim.processes import ProcessExecutor, store_recipe
 
         recipe = store_recipe(data_spec=data_spec, store_fn=store_fn)
         return ProcessExecutor(
