@@ -79,7 +79,7 @@ def write_experiment(
     rounds: int,
     steps: int = 5,
     deadline: float = 30,
-    liveness: float = 1.5,
+    liveness: float = 5.0,
     quorum: float = 1.0,
     local: str | None = None,
     deploy: str = "",
@@ -271,7 +271,7 @@ def test_killed_worker_round_commits_with_survivors(
     cluster: Callable[[Path], Cluster], tmp_path: Path
 ) -> None:
     exp = write_experiment(
-        tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, steps=150, quorum=0.6
+        tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, steps=150, quorum=0.6, liveness=4
     )
     c = cluster(exp)
     c.start_coordinator()
