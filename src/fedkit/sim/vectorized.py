@@ -22,9 +22,10 @@ gradients) through memory, while the serial loop keeps one copy in cache; with t
 of federated learning (B = 10) a CPU is then memory-bound. By default (``chunk_size=None``) the
 chunk is sized so that the stacked parameters stay within ``cache_bytes`` (12 MiB: about 15 clients
 of the 2NN, one client of the McMahan CNN) on a CPU, and 256 clients on an accelerator.
-Measured on the 2-core CPU this was developed on: the 2NN runs about 1.2–1.5× faster than serial
-at 10–16 clients per chunk and 0.9× at 100; the CNN about 0.9× at one client per chunk and 0.7×
-at 20. On a GPU it batches many small clients into large kernels.
+Measured (CPU seconds, benchmarks/sim_speed.py) on the shared 2-core CPU this was developed on:
+the 2NN about 1.2× faster than serial at 15 clients per chunk (0.9× at 100); the CNN 0.8–0.85× of
+serial at one client per chunk (0.6–0.75× at 20). On a GPU it batches many small clients into
+large kernels.
 """
 
 from __future__ import annotations
