@@ -1,9 +1,20 @@
 """Deployment: a coordinator and real workers talking gRPC.
 
-Layers, bottom up: :mod:`~fedkit.net.codec` (safetensors payloads in SHA-256-checked chunks),
-:mod:`~fedkit.net.errors` (typed refusals), :mod:`~fedkit.net.tls` (certificates, mutual TLS),
-:mod:`~fedkit.net.retry` (bounded backoff with jitter), :mod:`~fedkit.net.transport` (servers and
-channels with the security policy), :mod:`~fedkit.net.broker` and :mod:`~fedkit.net.service` (the
-coordinator's task board behind the gRPC servicer), :mod:`~fedkit.net.client` (the worker's
-connection). See docs/deploy.md.
+Layers, bottom up:
+
+* wire: :mod:`~fedkit.net.codec` (safetensors payloads in SHA-256-checked chunks, caps before
+  buffering), :mod:`~fedkit.net.payload` (typed payload trees on a receiver-built template),
+  :mod:`~fedkit.net.errors` (typed refusals), ``proto/`` (the generated gRPC schema);
+* transport: :mod:`~fedkit.net.tls` (certificates, mutual TLS), :mod:`~fedkit.net.transport`
+  (servers and channels with the security policy and message limits), :mod:`~fedkit.net.retry`
+  (bounded backoff with jitter, TLS fail-fast);
+* coordinator: :mod:`~fedkit.net.broker` and :mod:`~fedkit.net.service` (task board behind the
+  servicer), :mod:`~fedkit.net.executor` (the remote executor: round policy, ordered aggregation),
+  :mod:`~fedkit.net.straggler`, :mod:`~fedkit.net.state` (SQLite commits),
+  :mod:`~fedkit.net.results` (the experiment results database), :mod:`~fedkit.net.coordinator`;
+* worker: :mod:`~fedkit.net.client` (its connection), :mod:`~fedkit.net.worker` (the loop);
+* edges: :mod:`~fedkit.net.experiment` (experiment files + ``[deploy]``), :mod:`~fedkit.net.launch`,
+  :mod:`~fedkit.net.cli`.
+
+See docs/deploy.md.
 """

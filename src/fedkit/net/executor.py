@@ -9,9 +9,10 @@ run loop (:func:`fedkit.run.run`) exactly as the simulator does. One round:
 3. the broadcast message is encoded once (safetensors chunks) and published with a deadline;
 4. results are validated as they stream in (see :class:`~fedkit.net.broker.Broker`); the phase
    ends when enough results arrived, every outstanding worker is gone, or the deadline passes;
-5. with at least ``ceil(quorum * clients_per_round)`` results the updates are added to the
-   algorithm's aggregator **in ascending client id order** — the serial executor's order, so a
-   seeded run is bit-identical to the simulator; otherwise the attempt is aborted (model
+5. results are added to the algorithm's aggregator as they arrive but **in ascending client id
+   order** (a result waits only for lower ids still outstanding) — the serial executor's order, so
+   a seeded run is bit-identical to the simulator. With at least ``ceil(quorum *
+   clients_per_round)`` results the round commits; otherwise the attempt is aborted (model
    unchanged) and retried ``round_retries`` times, then skipped or the run stopped (``on_abort``).
 
 Every worker's round-trip time is recorded each round and feeds the straggler policy.
