@@ -117,6 +117,7 @@ class Worker:
         self.params_template = init
         self.state_template = self.algorithm.client_state_template(init)
         self.client_state: Any = self._load_state()
+        self._before: tuple[int, Any] | None = None  # (round, client state before that round)
         self.rounds_done = 0
         self._stop = threading.Event()
         self._need_register = threading.Event()
@@ -224,7 +225,10 @@ class Worker:
             generator=generator(info.seed, info.round, self.client_id, "client"),
             work_fraction=task.work_fraction,
         )
-        res = self.algorithm.client_update(ctx, msg, self.local.data, self.client_state)
+        # A round retried after an aborted attempt starts again from the state before that round.
+        retry = self._before is not None and self._before[0] == info.round
+        start_state = self._before[1] if self._before is not None and retry else self.client_state
+        res = self.algorithm.client_update(ctx, msg, self.local.data, start_state)
         update = self.algorithm.aggregator().prepare(res.update, res.weight)
         compute_s = time.perf_counter() - t0
         rmeta = ResultMeta(
@@ -238,6 +242,7 @@ class Worker:
         if not self._push(task, encode_tree(update, rmeta.to_metadata()), compute_s):
             return
         # The client state advances only when the coordinator accepted the update.
+        self._before = (info.round, start_state)
         self.client_state = res.client_state
         self._save_state()
         self.rounds_done += 1
