@@ -156,12 +156,13 @@ def test_timing_invariants(
         assert t.work in (None, 1.0)
 
 
-def test_simulated_clock_through_the_factory_and_run_loop() -> None:
+@pytest.mark.parametrize("kind", ["serial", "vectorized"])
+def test_simulated_clock_through_the_factory_and_run_loop(kind: str) -> None:
     store = toy_store(8)
     system = SystemModel(
         compute_speed=LogNormal(median=200.0, sigma=1.0), availability=0.8, deadline=1.0
     )
-    ex = build_executor("serial", store=store, model_fn=toy_model, system=system, local=LOCAL)
+    ex = build_executor(kind, store=store, model_fn=toy_model, system=system, local=LOCAL)
     assert isinstance(ex, SimulatedClock)
     res = run(
         FedAvg(local=LOCAL),
