@@ -15,17 +15,10 @@ from fedkit.experiment.config import ALGORITHMS, ConfigError, load_study
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = sorted(EXAMPLES.glob("*.toml"))
 
-# Examples waiting for a config section the runner does not know yet (each file says so). Strict:
-# once the section lands, the test passes and the xfail must be removed.
-PENDING = {
-    "fedprox_stragglers": "[system] is not yet an experiment section (see the file's NOTE)",
-}
 
 
 def _param(path: Path) -> object:
-    reason = PENDING.get(path.stem)
-    marks = [pytest.mark.xfail(reason=reason, raises=ConfigError, strict=True)] if reason else []
-    return pytest.param(path, id=path.stem, marks=marks)
+    return pytest.param(path, id=path.stem)
 
 
 def test_examples_exist() -> None:

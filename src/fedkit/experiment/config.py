@@ -53,14 +53,14 @@ import dataclasses
 import inspect
 import itertools
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import tomllib
-
 from fedkit.data.spec import DataSpec
+from fedkit.sim.system import SystemModel
 
 if TYPE_CHECKING:
     from fedkit.parallel.spec import ParallelSpec
@@ -99,7 +99,7 @@ EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
 
 WEIGHTINGS: tuple[str, ...] = ("examples", "uniform")
 
-SECTIONS: tuple[str, ...] = ("data", "model", "algorithm", "run", "parallel")
+SECTIONS: tuple[str, ...] = ("data", "model", "algorithm", "run", "parallel", "system", "deploy")
 """The sections of one experiment."""
 
 STUDY_KEYS: tuple[str, ...] = ("study", "arms", "grid")
@@ -398,6 +398,8 @@ class ExperimentConfig:
         algorithm: The ``[algorithm]`` section (``None`` for a ``[parallel]`` run).
         run: The ``[run]`` section.
         parallel: The ``[parallel]`` section (a data-parallel run), or ``None``.
+        system: The ``[system]`` section (system heterogeneity: speeds, links, availability,
+            stragglers, deadline; :class:`fedkit.sim.system.SystemModel`), or ``None``.
         grid_point: The grid values (dotted key -> value) that produced this run.
         source: The resolved document (plain TOML values) this config was validated from; it
             rebuilds the config in another process (``experiment_from_mapping``).
@@ -410,6 +412,7 @@ class ExperimentConfig:
     algorithm: AlgorithmSettings | None
     run: RunSettings
     parallel: ParallelSpec | None = None
+    system: SystemModel | None = None
     grid_point: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     source: Mapping[str, Any] = dataclasses.field(
         default_factory=dict, hash=False, compare=False, repr=False
@@ -426,6 +429,8 @@ class ExperimentConfig:
             out["algorithm"] = _plain(dataclasses.asdict(self.algorithm))
         if self.parallel is not None:
             out["parallel"] = _plain(dataclasses.asdict(self.parallel))
+        if self.system is not None:  # as written (distributions stay in their TOML form)
+            out["system"] = _plain(dict(self.source.get("system", {})))
         if self.grid_point:
             out["grid_point"] = dict(self.grid_point)
         return out
@@ -489,6 +494,14 @@ def experiment_from_mapping(
             raise ConfigError("missing key run.rounds (an int >= 1) in [run]")
         if data.num_clients is not None and algorithm.name != "centralized":
             algorithm.cohort_size(data.num_clients)
+    system = _system(doc)
+    if "deploy" in doc:  # the coordinator's round policy: validated here, used by deployments
+        from fedkit.net.experiment import deploy_from_mapping
+
+        try:
+            deploy_from_mapping(_table("deploy", doc["deploy"]))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     return ExperimentConfig(
         name=name,
         study=study,
@@ -497,9 +510,24 @@ def experiment_from_mapping(
         algorithm=algorithm,
         run=run,
         parallel=parallel,
+        system=system,
         grid_point=dict(grid_point or {}),
         source=_merge(doc, {}),
     )
+
+
+def _system(doc: Mapping[str, Any]) -> SystemModel | None:
+    """The validated ``[system]`` table, or ``None`` when the file has none."""
+    if "system" not in doc:
+        return None
+    if "parallel" in doc:
+        raise ConfigError("[system] applies to federated runs; remove it from a [parallel] run")
+    try:
+        return SystemModel.from_mapping(_table("system", doc["system"]))
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from e
 
 
 # -- studies -----------------------------------------------------------------------------------

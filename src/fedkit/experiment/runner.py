@@ -457,6 +457,8 @@ def _run_federated(
                 threads=cfg.run.threads,
                 store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
                 model_spec=spec,
+                system=cfg.system,
+                local=local_training(a) if cfg.system is not None else None,
             )
         except ImportError as e:
             raise ConfigError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,14 +187,23 @@ def load_experiment(path: Path) -> Experiment:
         )
     if cfg.run.rounds is None:
         raise ExperimentError("run.rounds is required")
+    deploy = deploy_from_mapping(deploy_t)
+    return Experiment(config=cfg, deploy=deploy, digest=hashlib.sha256(raw).hexdigest())
+
+
+def deploy_from_mapping(table: Mapping[str, Any]) -> DeploySettings:
+    """Validate a ``[deploy]`` table (also called by ``fedkit run``, which ignores the policy).
+
+    Raises:
+        ExperimentError: an unknown key or a value out of range, named with what is allowed.
+    """
     deploy_keys = {f.name for f in dataclasses.fields(DeploySettings)}
-    unknown = sorted(set(deploy_t) - deploy_keys)
+    unknown = sorted(set(table) - deploy_keys)
     if unknown:
         raise ExperimentError(
             f"[deploy] unknown key(s) {unknown}; allowed: {', '.join(sorted(deploy_keys))}"
         )
     try:
-        deploy = DeploySettings(**deploy_t)
+        return DeploySettings(**table)
     except TypeError as exc:
         raise ExperimentError(f"[deploy]: {exc}") from None
-    return Experiment(config=cfg, deploy=deploy, digest=hashlib.sha256(raw).hexdigest())
