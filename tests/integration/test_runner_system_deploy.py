@@ -64,5 +64,5 @@ def test_deploy_section_is_accepted_by_fedkit_run_and_validated() -> None:
     assert _one(tiny(deploy={"quorum": 0.5, "over_selection": 1.2})).algorithm is not None
     with pytest.raises(ConfigError, match=r"deploy.*unknown key\(s\) \['quorom'\]"):
         _one(tiny(deploy={"quorom": 0.5}))
-    with pytest.raises(ConfigError, match="deploy.quorum"):
+    with pytest.raises(ConfigError, match=r"deploy\.quorum"):
         _one(tiny(deploy={"quorum": 2.0}))
