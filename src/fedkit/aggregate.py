@@ -86,7 +86,8 @@ class WeightedMean(Generic[U]):
         """Add ``weight * update`` in place into the float64 sums."""
         if not weight >= 0.0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
-        tree_map(lambda s, u: s.add_(u.to(torch.float64), alpha=weight), acc.total, update)
+        # in-place add promotes each element to float64 without materialising a float64 copy
+        tree_map(lambda s, u: s.add_(u, alpha=weight), acc.total, update)
         acc.weight += weight
         acc.count += 1
         return acc

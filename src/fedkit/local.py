@@ -144,18 +144,20 @@ def train_local(
     )
     model.train()
     batches = batch_indices(n, cfg.batch_size, generator)
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    seen = 0
+    losses: list[Tensor] = []  # summed once at the end: no per-step bookkeeping ops
+    sizes: list[int] = []
     for _ in range(steps):
         idx = next(batches)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x[idx]), y[idx])
-        loss_sum += loss.detach().double() * idx.numel()
-        seen += idx.numel()
+        losses.append(loss.detach())
+        sizes.append(idx.numel())
         if loss_hook is not None:
             loss = loss + loss_hook(model)
         loss.backward()  # type: ignore[no-untyped-call]
         if grad_hook is not None:
             grad_hook(model)
         opt.step()
-    return LocalStats(steps=steps, examples=seen, mean_loss=float(loss_sum) / max(seen, 1))
+    seen = sum(sizes)
+    weighted = torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64)
+    return LocalStats(steps=steps, examples=seen, mean_loss=float(weighted) / max(seen, 1))
