@@ -20,9 +20,11 @@ def data_dir() -> Path:
 
 
 def require_data(*relative: str) -> Path:
-    """Skip the calling test, naming the missing file, unless every path exists under FEDKIT_DATA."""
+    """Skip the calling test, naming the missing file, unless all paths exist under FEDKIT_DATA."""
     root = data_dir()
     for rel in relative:
         if not (root / rel).exists():
-            pytest.skip(f"dataset file {root / rel} not present (set FEDKIT_DATA to a data directory)")
+            pytest.skip(
+                f"dataset file {root / rel} not present (set FEDKIT_DATA to a data directory)"
+            )
     return root

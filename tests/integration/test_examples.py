@@ -16,7 +16,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 FILES = sorted(EXAMPLES.glob("*.toml"))
 
 
-
 def _param(path: Path) -> object:
     return pytest.param(path, id=path.stem)
 

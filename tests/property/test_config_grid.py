@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-
 import tomllib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-import tomllib
 import typer
 from rich.console import Console
 from rich.table import Table

@@ -22,7 +22,7 @@ import dataclasses
 import io
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -256,14 +256,14 @@ def show_run(
     con.print(table)
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     """Formats of ``fedkit runs export``."""
 
     csv = "csv"
     json = "json"
 
 
-class ExportTable(str, Enum):
+class ExportTable(StrEnum):
     """What ``fedkit runs export`` writes."""
 
     runs = "runs"
