@@ -120,7 +120,7 @@ def results_path(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _real(value: float | None) -> float | None:
