@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -70,9 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             main_rank = dist.get_rank() == 0
             result = run_rank(spec, ds, model_fn, callback=_print_point if main_rank else None)
+            dist.barrier()  # leave together (see launch._rank_main)
         finally:
             dist.destroy_process_group()
         if not main_rank or result is None:
+            _leave()
             return
     else:
         result = run_parallel(spec, ds, model_fn, callback=_print_point)
@@ -80,6 +83,15 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         write_result(result, args.out)
         print(f"wrote {args.out / 'history.json'} and {args.out / 'final.safetensors'}")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        _leave()
+
+
+def _leave() -> None:
+    """Exit a torchrun rank without interpreter teardown (see ``launch._rank_main``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
