@@ -103,3 +103,69 @@ def test_module_entry_point_writes_a_readable_result(
     assert direct.final_params.keys() == result.final_params.keys()
     for k, v in direct.final_params.items():
         assert torch.equal(v, result.final_params[k]), k
+
+
+def _parallel_doc(topology: str) -> dict[str, object]:
+    return {
+        "data": {"dataset": "synthetic", "partition": "iid", "num_clients": 1, "seed": 0},
+        "model": {"name": "logreg"},
+        "parallel": {
+            "method": "local_sgd",
+            "workers": 4,
+            "local_steps": 2,
+            "batch_size": 8,
+            "lr": 0.1,
+            "sample_budget": 1280,
+            "eval_every_samples": 640,
+            "topology": topology,
+        },
+    }
+
+
+@pytest.mark.parametrize("topology", ["ring", "ps"])
+def test_evaluation_points_keep_their_details_and_directional_bytes(
+    topology: str, tmp_path: Path
+) -> None:
+    """Every measurement of a point is stored; up/down bytes follow the topology's formulas."""
+    (cfg,) = study_from_mapping(_parallel_doc(topology), default_name="d").runs
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        (outcome,) = run_study(study_from_mapping(_parallel_doc(topology), default_name="d"), store)
+        rounds = store.rounds(outcome.run_id)
+    assert outcome.status == "completed" and cfg.parallel is not None
+    last = rounds[-1].details
+    assert last is not None
+    for key in ("samples", "epoch", "compute_seconds", "comm_seconds", "syncs", "local_steps"):
+        assert key in last, key
+    assert last["samples"] == 1280 and last["syncs"] == 1280 // (4 * 8 * 2)
+    k = 4
+    up = sum(r.bytes_up for r in rounds)
+    down = sum(r.bytes_down for r in rounds)
+    assert up == round(last["bytes_up_per_worker"] * k)
+    assert down == round(last["bytes_down_per_worker"] * k)
+    model_bytes = (60 * 10 + 10) * 4  # logreg on Synthetic: d = 60, 10 classes, float32
+    syncs = int(last["syncs"])
+    if topology == "ring":  # each worker sends and receives 2(K-1)/K model bytes per sync
+        assert up == down == round(k * syncs * 2 * (k - 1) / k * model_bytes)
+    else:  # parameter server: each worker sends one model and receives one per sync
+        assert up == down == k * syncs * model_bytes
+        assert last["server_bytes"] == k * 2 * model_bytes * syncs
+
+
+def test_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """A results database written before per-round details existed still opens and gains them."""
+    import sqlite3
+
+    path = tmp_path / "results.sqlite"
+    with ResultsStore(path):
+        pass
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE r2 AS SELECT * FROM rounds")  # rebuild rounds without `details`
+    cols = [r[1] for r in con.execute("PRAGMA table_info(rounds)") if r[1] != "details"]
+    con.execute("DROP TABLE rounds")
+    con.execute(f"CREATE TABLE rounds AS SELECT {', '.join(cols)} FROM r2")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    with ResultsStore(path) as store:
+        (outcome,) = run_study(study_from_mapping(_parallel_doc("ring"), default_name="m"), store)
+        assert store.rounds(outcome.run_id)[-1].details is not None

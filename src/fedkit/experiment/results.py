@@ -51,7 +51,7 @@ __all__ = [
 DB_NAME = "results.sqlite"
 """File name of the database inside an output directory."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the schema below; stored as ``PRAGMA user_version``."""
 
 RunStatus = Literal["running", "completed", "failed"]
@@ -93,6 +93,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     wall_seconds  REAL NOT NULL,
     sim_seconds   REAL,
     committed     INTEGER NOT NULL,
+    details       TEXT,
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS clients (
@@ -267,6 +268,9 @@ class RoundRow:
         wall_seconds: Wall-clock seconds of the round (training, aggregation, evaluation).
         sim_seconds: Simulated round duration under a system model, else ``None``.
         committed: Whether the server applied an update (some client finished).
+        details: Extra per-row measurements of the run's kind as a flat mapping (a
+            data-parallel run's evaluation point: samples, epoch, compute vs communication
+            seconds, syncs, H, batch size, LR, staleness, server bytes), else ``None``.
     """
 
     round: int
@@ -285,6 +289,7 @@ class RoundRow:
     wall_seconds: float
     sim_seconds: float | None
     committed: bool
+    details: Mapping[str, float | int] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -395,6 +400,8 @@ class ResultsStore:
         if version == SCHEMA_VERSION:
             return
         with self._write() as c:
+            if version == 1:  # 1 -> 2: per-round details (data-parallel evaluation points)
+                c.execute("ALTER TABLE rounds ADD COLUMN details TEXT")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
@@ -444,8 +451,8 @@ class ResultsStore:
             c.execute(
                 "INSERT INTO rounds (run_id, round, train_loss, test_loss, test_accuracy, "
                 "fed_mean, fed_p10, fed_var, fed_min, fed_clients, cohort_size, dropped, "
-                "bytes_up, bytes_down, wall_seconds, sim_seconds, committed) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "bytes_up, bytes_down, wall_seconds, sim_seconds, committed, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     row.round,
@@ -464,6 +471,7 @@ class ResultsStore:
                     row.wall_seconds,
                     _real(row.sim_seconds),
                     int(row.committed),
+                    None if row.details is None else json.dumps(dict(row.details)),
                 ),
             )
             c.executemany(
@@ -557,6 +565,7 @@ class ResultsStore:
                 wall_seconds=r["wall_seconds"],
                 sim_seconds=r["sim_seconds"],
                 committed=bool(r["committed"]),
+                details=None if r["details"] is None else json.loads(r["details"]),
             )
             for r in rows
         ]

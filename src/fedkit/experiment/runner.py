@@ -540,7 +540,8 @@ class _Tally:
 
     t: float
     i: int = 0
-    bytes: float = 0.0
+    bytes_up: float = 0.0
+    bytes_down: float = 0.0
     sim: float = 0.0
 
 
@@ -585,8 +586,7 @@ def _run_parallel(
     def on_point(p: EvalPoint) -> None:
         i = state.i
         now = time.perf_counter()
-        sent = p.bytes_per_worker * spec.workers
-        step_bytes = round(sent - state.bytes)
+        up, down = p.bytes_up_per_worker * spec.workers, p.bytes_down_per_worker * spec.workers
         results.add_round(
             run_id,
             RoundRow(
@@ -601,18 +601,20 @@ def _run_parallel(
                 fed_clients=None,
                 cohort_size=spec.workers,
                 dropped=0,
-                bytes_up=step_bytes,
-                bytes_down=step_bytes,
+                bytes_up=round(up - state.bytes_up),
+                bytes_down=round(down - state.bytes_down),
                 wall_seconds=now - state.t,
                 sim_seconds=p.sim_seconds - state.sim,
                 committed=True,
+                details=p.to_dict(),
             ),
         )
         if not math.isnan(p.test_accuracy):
             accs.append(p.test_accuracy)
             if target is not None and not reached and p.test_accuracy >= target:
                 reached.append(i + 1)
-        state.i, state.bytes, state.sim, state.t = i + 1, sent, p.sim_seconds, now
+        state.i, state.bytes_up, state.bytes_down = i + 1, up, down
+        state.sim, state.t = p.sim_seconds, now
         progress.update(
             i + 1, loss=_nan_to_none(p.train_loss), accuracy=_nan_to_none(p.test_accuracy)
         )
@@ -621,7 +623,6 @@ def _run_parallel(
     try:
         result = run_parallel(spec, ds, model_spec, callback=on_point)
         last = result.history[-1] if result.history else None
-        total = round(state.bytes)
         summary = RunSummary(
             rounds=state.i,
             final_accuracy=None if last is None else _nan_to_none(last.test_accuracy),
@@ -629,8 +630,8 @@ def _run_parallel(
             rounds_to_target=reached[0] if reached else None,
             target_accuracy=target,
             wall_seconds=time.perf_counter() - t0,
-            bytes_up=total,
-            bytes_down=total,
+            bytes_up=round(state.bytes_up),
+            bytes_down=round(state.bytes_down),
             model_sha256=sha256(result.final_params),
             final_loss=None if last is None else _nan_to_none(last.test_loss),
         )
