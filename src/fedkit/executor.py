@@ -78,3 +78,48 @@ class Executor(Protocol):
     def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
         """Restore what :meth:`client_state_tensors` returned."""
         ...
+
+
+class ExecutorWrapper:
+    """An executor that forwards everything to ``inner``: subclass it and override what changes.
+
+    Wrappers add behaviour around a round without re-implementing the contract (the simulated
+    clock stamps ``sim_seconds``; the experiment runner keeps per-client evaluations). ``close``
+    is forwarded to executors that hold resources such as worker processes.
+    """
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    @property
+    def num_clients(self) -> int:
+        """Population size of the wrapped executor."""
+        return self.inner.num_clients
+
+    def execute(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cohort: Sequence[int],
+        info: RoundInfo,
+    ) -> RoundOutput:
+        """Forwarded."""
+        return self.inner.execute(algorithm, msg, cohort, info)
+
+    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Forwarded."""
+        return self.inner.evaluate(params, clients)
+
+    def client_state_tensors(self) -> dict[str, Tensor]:
+        """Forwarded."""
+        return self.inner.client_state_tensors()
+
+    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
+        """Forwarded."""
+        self.inner.load_client_state_tensors(flat, template)
+
+    def close(self) -> None:
+        """Close the wrapped executor when it has resources (worker processes)."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()

@@ -39,15 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.algorithm import Algorithm
 from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
 from fedkit.centralized import train_centralized
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, Distribution
-from fedkit.executor import Executor, RoundOutput
+from fedkit.executor import Executor, ExecutorWrapper
 from fedkit.experiment.config import (
     AlgorithmSettings,
     ConfigError,
@@ -184,35 +183,17 @@ def build_algorithm(a: AlgorithmSettings) -> Algorithm[Any, Any, Any, Any]:
 # -- recording ---------------------------------------------------------------------------------
 
 
-class _EvalCapture:
+class _EvalCapture(ExecutorWrapper):
     """Delegates to an executor and keeps the per-client results of its last ``evaluate``."""
 
     def __init__(self, inner: Executor) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.evals: list[ClientEval] | None = None
 
-    @property
-    def num_clients(self) -> int:
-        return self.inner.num_clients
-
-    def execute(
-        self,
-        algorithm: Algorithm[Any, Any, Any, Any],
-        msg: Any,
-        cohort: Sequence[int],
-        info: RoundInfo,
-    ) -> RoundOutput:
-        return self.inner.execute(algorithm, msg, cohort, info)
-
     def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+        """Forwarded; the per-client results are kept for the round's record."""
         self.evals = self.inner.evaluate(params, clients)
         return self.evals
-
-    def client_state_tensors(self) -> dict[str, Tensor]:
-        return self.inner.client_state_tensors()
-
-    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
-        self.inner.load_client_state_tensors(flat, template)
 
     def take(self) -> list[ClientEval] | None:
         """The captured evaluations (once)."""

@@ -25,13 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
 
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.evaluate import ClientEval
-from fedkit.executor import Executor, RoundOutput
+from fedkit.executor import Executor, ExecutorWrapper, RoundOutput
 from fedkit.local import LocalTraining
-from fedkit.params import Params, tree_nbytes
+from fedkit.params import tree_nbytes
 from fedkit.rng import generator
 
 POLICIES = ("drop", "partial")
@@ -350,17 +348,12 @@ class SystemParticipation:
         return max(kept + waited, default=0.0)
 
 
-class SimulatedClock:
+class SimulatedClock(ExecutorWrapper):
     """Wraps an executor whose ``participation`` hook is ``system``; adds ``sim_seconds``."""
 
     def __init__(self, executor: Executor, system: SystemParticipation) -> None:
-        self.executor = executor
+        super().__init__(executor)
         self.system = system
-
-    @property
-    def num_clients(self) -> int:
-        """Population size."""
-        return self.executor.num_clients
 
     def execute(
         self,
@@ -372,23 +365,5 @@ class SimulatedClock:
         """Run the round on the wrapped executor and stamp its simulated duration."""
         if self.system.auto_bytes:
             self.system.bytes_down = self.system.bytes_up = tree_nbytes(msg)
-        out = self.executor.execute(algorithm, msg, cohort, info)
+        out = self.inner.execute(algorithm, msg, cohort, info)
         return dataclasses.replace(out, sim_seconds=self.system.round_seconds(cohort, info))
-
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
-        """Delegated."""
-        return self.executor.evaluate(params, clients)
-
-    def client_state_tensors(self) -> dict[str, Tensor]:
-        """Delegated."""
-        return self.executor.client_state_tensors()
-
-    def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
-        """Delegated."""
-        self.executor.load_client_state_tensors(flat, template)
-
-    def close(self) -> None:
-        """Close the wrapped executor when it has resources (worker processes)."""
-        close = getattr(self.executor, "close", None)
-        if callable(close):
-            close()
