@@ -9,38 +9,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fedkit.parallel import ParallelSpec, run_parallel
 from fedkit.parallel.schedule import epoch_permutation
-
-
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Data:
-    train: Split
-    test: Split
-
-
-def blobs(n: int = 256, d: int = 8, classes: int = 3, seed: int = 1) -> Data:
-    gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=gen) * 2
-    y = torch.randint(0, classes, (n + 64,), generator=gen)
-    x = centers[y] + torch.randn(n + 64, d, generator=gen)
-    return Data(train=Split(x[:n], y[:n]), test=Split(x[n:], y[n:]))
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+from tests.helpers.blobs import Data, blobs, mlp
 
 
 def centralised(

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
-from torch import nn
 
 from fedkit.parallel import ParallelSpec, run_parallel
+from tests.helpers.blobs import blobs
+from tests.helpers.blobs import mlp as tiny_mlp
 
 pytestmark = [pytest.mark.dist, pytest.mark.timeout(60)]
 
 
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Data:
-    train: Split
-    test: Split
-
-
-def blobs(n: int = 192, d: int = 8, classes: int = 3, seed: int = 5) -> Data:
-    gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=gen) * 2
-    y = torch.randint(0, classes, (n + 64,), generator=gen)
-    x = centers[y] + torch.randn(n + 64, d, generator=gen)
-    return Data(train=Split(x[:n], y[:n]), test=Split(x[n:], y[n:]))
-
-
-def tiny_mlp() -> nn.Module:
-    """Module-level so spawned ranks can import it."""
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
 def test_replicas_equal_gloo_ranks() -> None:
     """Post-local SGD covers both collectives: 6 gradient all-reduces, then model averages."""
-    data = blobs()
+    data = blobs(192, seed=5)
     table: dict[str, object] = {
         "method": "post_local_sgd",
         "post_local_warmup_steps": 6,
@@ -67,7 +41,7 @@ def test_replicas_equal_gloo_ranks() -> None:
 
 @pytest.mark.slow  # 3 spawned ranks: ~10 s idle, ~30 s on a loaded 2-core machine
 def test_async_parameter_server_over_gloo_ranks() -> None:
-    data = blobs()
+    data = blobs(192, seed=5)
     table: dict[str, object] = {
         "method": "async_ps",
         "workers": 2,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,30 +9,17 @@ from torch import nn
 
 from fedkit.parallel import METHODS, ParallelSpec, run_parallel
 from fedkit.parallel.schedule import epoch_permutation
+from tests.helpers.blobs import Data
+from tests.helpers.blobs import blobs as make_blobs
+from tests.helpers.blobs import mlp as make_mlp
 
 
-@dataclass(frozen=True)
-class Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class Data:
-    train: Split
-    test: Split
-
-
-def blobs(n: int = 384, d: int = 8, classes: int = 4, seed: int = 2) -> Data:
-    gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, d, generator=gen) * 2
-    y = torch.randint(0, classes, (n + 128,), generator=gen)
-    x = centers[y] + torch.randn(n + 128, d, generator=gen)
-    return Data(train=Split(x[:n], y[:n]), test=Split(x[n:], y[n:]))
+def blobs() -> Data:
+    return make_blobs(384, classes=4, seed=2, n_test=128)
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    return make_mlp(hidden=32, classes=4)
 
 
 BASE: dict[str, object] = {
