@@ -466,8 +466,8 @@ def _run_federated(
         federated_evals=federated_evals,
     )
     progress.start_run(cfg.name, rounds)
-    status = "failed"
-    try:
+
+    def body() -> RunSummary:
         if centralized:
             model = spec.build()
             final = train_centralized(
@@ -497,22 +497,12 @@ def _run_federated(
                 evaluator=evaluator,
                 callbacks=[recorder],
             ).params
-        summary = recorder.summary(final, time.perf_counter() - t0)
-        results.finish_run(run_id, summary)
-        status = "completed"
-        return RunOutcome(run_id=run_id, name=cfg.name, status=status, summary=summary)
-    except Exception as e:
-        error = _describe(e)
-        results.fail_run(run_id, error + "\n" + traceback.format_exc(limit=20))
-        return RunOutcome(run_id=run_id, name=cfg.name, status="failed", error=error)
-    except BaseException as e:
-        results.fail_run(run_id, _describe(e) or type(e).__name__)
-        raise
-    finally:
-        progress.end_run(status)
-        close = getattr(executor, "close", None)
-        if callable(close):
-            close()
+        return recorder.summary(final, time.perf_counter() - t0)
+
+    close = getattr(executor, "close", None)
+    return _recorded(
+        results, run_id, cfg, progress, body, cleanup=close if callable(close) else None
+    )
 
 
 @dataclasses.dataclass
@@ -600,11 +590,10 @@ def _run_parallel(
             i + 1, loss=_nan_to_none(p.train_loss), accuracy=_nan_to_none(p.test_accuracy)
         )
 
-    status = "failed"
-    try:
+    def body() -> RunSummary:
         result = run_parallel(spec, ds, model_spec, callback=on_point)
         last = result.history[-1] if result.history else None
-        summary = RunSummary(
+        return RunSummary(
             rounds=state.i,
             final_accuracy=None if last is None else _nan_to_none(last.test_accuracy),
             best_accuracy=max(accs) if accs else None,
@@ -616,6 +605,27 @@ def _run_parallel(
             model_sha256=sha256(result.final_params),
             final_loss=None if last is None else _nan_to_none(last.test_loss),
         )
+
+    return _recorded(results, run_id, cfg, progress, body)
+
+
+def _recorded(
+    results: ResultsStore,
+    run_id: int,
+    cfg: ExperimentConfig,
+    progress: RunProgress,
+    body: Callable[[], RunSummary],
+    *,
+    cleanup: Callable[[], object] | None = None,
+) -> RunOutcome:
+    """Run ``body`` for a recorded run: completed with its summary, or failed with the error.
+
+    An ordinary exception marks the run failed and is returned as the outcome (a study goes on
+    with its next run); anything else (Ctrl-C) marks it failed and propagates.
+    """
+    status = "failed"
+    try:
+        summary = body()
         results.finish_run(run_id, summary)
         status = "completed"
         return RunOutcome(run_id=run_id, name=cfg.name, status=status, summary=summary)
@@ -628,6 +638,8 @@ def _run_parallel(
         raise
     finally:
         progress.end_run(status)
+        if cleanup is not None:
+            cleanup()
 
 
 def _run_in_worker(
