@@ -126,6 +126,35 @@ def _grads_of(model: torch.nn.Module) -> list[Tensor]:
     ]
 
 
+def _server_step(
+    opt: torch.optim.Optimizer,
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    spec: ParallelSpec,
+    step: int,
+    samples: int,
+    warmup: int,
+    milestones: tuple[int, ...],
+) -> float:
+    """Apply one pushed gradient on the server at the schedule's LR for ``step``; return the LR."""
+    lr = lr_at(
+        step,
+        samples,
+        base_lr=spec.lr,
+        warmup_steps=warmup,
+        schedule=spec.lr_schedule,
+        sample_budget=spec.sample_budget,
+        sample_milestones=milestones,
+        decay=spec.lr_decay,
+    )
+    for group in opt.param_groups:
+        group["lr"] = lr
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    opt.step()
+    return lr
+
+
 def train_async_sim(
     spec: ParallelSpec,
     dataset: DatasetLike,
@@ -173,21 +202,9 @@ def train_async_sim(
             continue
         grads, loss_value, pulled = pending.pop(ev.worker)
         max_stale = max(max_stale, ev.version - pulled)
-        lr = lr_at(
-            updates,
-            samples,
-            base_lr=spec.lr,
-            warmup_steps=warmup,
-            schedule=spec.lr_schedule,
-            sample_budget=spec.sample_budget,
-            sample_milestones=milestones,
-            decay=spec.lr_decay,
+        lr = _server_step(
+            opt, list(server.parameters()), grads, spec, updates, samples, warmup, milestones
         )
-        for group in opt.param_groups:
-            group["lr"] = lr
-        for p, g in zip(server.parameters(), grads, strict=True):
-            p.grad = g
-        opt.step()
         updates += 1
         samples += B
         pushes[ev.worker] += 1
@@ -330,22 +347,9 @@ def async_server(
         dist.recv(grad_buf, src=src, tag=_TAG_GRAD)
         if not stopping:
             max_stale = max(max_stale, version - int(hdr[0]))
-            lr = lr_at(
-                version,
-                samples,
-                base_lr=spec.lr,
-                warmup_steps=warmup,
-                schedule=spec.lr_schedule,
-                sample_budget=spec.sample_budget,
-                sample_milestones=milestones,
-                decay=spec.lr_decay,
-            )
-            for group in opt.param_groups:
-                group["lr"] = lr
-            for p in params:
-                p.grad = torch.empty_like(p)
-            _unflat_into(grad_buf, [p.grad for p in params if p.grad is not None])
-            opt.step()
+            grads = [torch.empty_like(p) for p in params]
+            _unflat_into(grad_buf, grads)
+            lr = _server_step(opt, params, grads, spec, version, samples, warmup, milestones)
             version += 1
             samples += B
             clocks[src] += 1
