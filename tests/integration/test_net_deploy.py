@@ -153,7 +153,8 @@ class Cluster:
         self.procs.append(p)
         return p
 
-    def start_coordinator(self) -> None:
+    def start_coordinator(self, min_workers: int = 0) -> None:
+        """Start the coordinator; with ``min_workers`` round 0 waits for that many workers."""
         self.coordinator = self._start(
             run_coordinator,
             {
@@ -161,6 +162,7 @@ class Cluster:
                 "listen": self.address,
                 "out_dir": self.out,
                 "security": self.security,
+                "min_workers": min_workers,
             },
         )
 
@@ -274,7 +276,9 @@ def test_killed_worker_round_commits_with_survivors(
         tmp_path / "exp.toml", clients=5, per_round=5, rounds=3, steps=150, quorum=0.6, liveness=4
     )
     c = cluster(exp)
-    c.start_coordinator()
+    # with quorum 0.6 a round may open once 3 workers are live: wait for all 5 before round 0,
+    # so that the only worker missing from round 1 is the one killed
+    c.start_coordinator(min_workers=5)
     c.start_workers(range(5))
     c.wait_rounds(1, timeout=40)
     c.workers[2].kill()  # 20% of the workers, during round 1's local training
