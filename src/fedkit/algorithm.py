@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fedkit.aggregate import Aggregator
-from fedkit.local import LocalStats
+from fedkit.local import GradHook, LocalStats, LocalTraining, train_local
 from fedkit.params import Params, load_params
 
 S = TypeVar("S")
@@ -124,12 +124,29 @@ class Algorithm(Protocol[S, M, U, C]):
         ...
 
 
-def load_into(model: nn.Module, params: Params) -> None:
-    """Load parameters into a resident model (re-exported for algorithm modules)."""
-    load_params(model, params)
+def train_from(
+    ctx: ClientContext,
+    start: Params,
+    data: ClientData,
+    local: LocalTraining,
+    *,
+    grad_hook: GradHook | None = None,
+) -> tuple[Params, LocalStats]:
+    """The client step every model-delta algorithm shares.
 
-
-def delta_from(model: nn.Module, start: Params) -> Params:
-    """``trained - start`` for every entry of ``start`` (the model update a client sends)."""
-    state = model.state_dict()
-    return {k: state[k].detach() - v for k, v in start.items()}
+    Loads ``start`` into the resident model, trains it on the client's data with
+    :func:`fedkit.local.train_local` (batch order from ``ctx.generator``, partial work from
+    ``ctx.work_fraction``) and returns ``trained - start`` for every entry of ``start``.
+    """
+    load_params(ctx.model, start)
+    stats = train_local(
+        ctx.model,
+        data.x_train,
+        data.y_train,
+        local,
+        generator=ctx.generator,
+        grad_hook=grad_hook,
+        work_fraction=ctx.work_fraction,
+    )
+    state = ctx.model.state_dict()
+    return {k: state[k].detach() - v for k, v in start.items()}, stats

@@ -153,6 +153,17 @@ class Adagrad(_Adaptive):
         return v + g2
 
 
+def step_along_delta(
+    opt: ServerOptimizer, params: Params, mean_delta: Params, state: OptState
+) -> tuple[Params, OptState]:
+    """One server step with the pseudo-gradient ``g = -mean Δ`` (cast to each parameter's dtype).
+
+    The server half of every algorithm whose clients send model deltas (FedAvg family, SCAFFOLD).
+    """
+    grad = {k: -mean_delta[k].to(p.dtype) for k, p in params.items()}
+    return opt.step(params, grad, state)
+
+
 SERVER_OPTIMIZERS: dict[str, type[Any]] = {
     "sgd": SGD,
     "adam": Adam,

@@ -25,12 +25,11 @@ from fedkit.algorithm import (
     ClientData,
     ClientResult,
     RoundInfo,
-    delta_from,
-    load_into,
+    train_from,
 )
-from fedkit.local import GradHook, LocalTraining, train_local
+from fedkit.local import GradHook, LocalTraining
 from fedkit.params import Params, clone
-from fedkit.server_opt import SGD, OptState, ServerOptimizer
+from fedkit.server_opt import SGD, OptState, ServerOptimizer, step_along_delta
 
 WEIGHTINGS = ("examples", "uniform")
 Weighting = Literal["examples", "uniform"]
@@ -111,19 +110,12 @@ class FedAvg:
         self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
     ) -> ClientResult[ModelDelta, None]:
         """Local SGD from the global model; return the delta."""
-        load_into(ctx.model, msg.params)
-        stats = train_local(
-            ctx.model,
-            data.x_train,
-            data.y_train,
-            self.local,
-            generator=ctx.generator,
-            grad_hook=self.gradient_hook(msg),
-            work_fraction=ctx.work_fraction,
+        delta, stats = train_from(
+            ctx, msg.params, data, self.local, grad_hook=self.gradient_hook(msg)
         )
         n = data.num_examples
         return ClientResult(
-            update=ModelDelta(delta_from(ctx.model, msg.params)),
+            update=ModelDelta(delta),
             weight=client_weight(self.weighting, n),
             num_examples=n,
             stats=stats,
@@ -137,8 +129,7 @@ class FedAvg:
         self, state: FedOptState, aggregate: ModelDelta, info: RoundInfo
     ) -> FedOptState:
         """One server-optimiser step along ``-mean Δ``."""
-        grad = {k: -aggregate.delta[k].to(p.dtype) for k, p in state.params.items()}
-        params, opt = self.server.step(state.params, grad, state.opt)
+        params, opt = step_along_delta(self.server, state.params, aggregate.delta, state.opt)
         return FedOptState(params=params, opt=opt)
 
     def global_params(self, state: FedOptState) -> Params:

@@ -25,13 +25,12 @@ from fedkit.algorithm import (
     ClientData,
     ClientResult,
     RoundInfo,
-    delta_from,
-    load_into,
+    train_from,
 )
 from fedkit.algorithms.fedavg import Weighting, check_weighting, client_weight
-from fedkit.local import LocalTraining, train_local
+from fedkit.local import LocalTraining
 from fedkit.params import Params, clone, zeros_like
-from fedkit.server_opt import SGD, OptState, ServerOptimizer
+from fedkit.server_opt import SGD, OptState, ServerOptimizer, step_along_delta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,17 +108,7 @@ class Scaffold:
                 if p.grad is not None:
                     p.grad.add_(correction[k])
 
-        load_into(ctx.model, msg.params)
-        stats = train_local(
-            ctx.model,
-            data.x_train,
-            data.y_train,
-            self.local,
-            generator=ctx.generator,
-            grad_hook=corrected,
-            work_fraction=ctx.work_fraction,
-        )
-        delta = delta_from(ctx.model, msg.params)
+        delta, stats = train_from(ctx, msg.params, data, self.local, grad_hook=corrected)
         scale = 1.0 / (max(stats.steps, 1) * self.local.lr)
         new_c = {
             k: (c_i[k] - msg.control[k] - scale * delta[k]) if k in names else c_i[k] for k in c_i
@@ -141,8 +130,7 @@ class Scaffold:
         self, state: ScaffoldState, aggregate: ScaffoldUpdate, info: RoundInfo
     ) -> ScaffoldState:
         """``x`` by the server optimiser along ``-mean Δy``; ``c += |S|/N · mean Δc``."""
-        grad = {k: -aggregate.delta[k].to(p.dtype) for k, p in state.params.items()}
-        params, opt = self.server.step(state.params, grad, state.opt)
+        params, opt = step_along_delta(self.server, state.params, aggregate.delta, state.opt)
         frac = info.cohort_size / info.num_clients
         control = {
             k: c + (frac * aggregate.control_delta[k]).to(c.dtype) for k, c in state.control.items()
