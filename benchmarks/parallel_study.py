@@ -50,8 +50,8 @@ def run_arm(config: Path, name: str, budget: int, eval_samples: int, evals: int)
     torch.set_num_threads(1)
     from fedkit.data.datasets import load_dataset
     from fedkit.experiment.config import load_study
+    from fedkit.models.spec import ModelSpec
     from fedkit.parallel import run_parallel
-    from fedkit.sim.factory import ModelSpec
 
     study = load_study(config)
     cfg = next(r for r in study.runs if r.name == name)

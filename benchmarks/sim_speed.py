@@ -42,11 +42,11 @@ from fedkit.algorithms import FedAvg
 from fedkit.data.spec import DataSpec, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.local import LocalTraining
+from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params
 from fedkit.rng import generator
 from fedkit.run import RoundRecord, RunConfig, run
 from fedkit.sampling import UniformSampler
-from fedkit.sim.factory import ModelSpec
 from fedkit.sim.processes import ProcessExecutor, store_recipe
 from fedkit.sim.serial import SerialExecutor
 from fedkit.sim.vectorized import VectorizedExecutor

@@ -13,5 +13,6 @@ Names (see :data:`MODELS`): ``logreg``, ``mlp`` (2NN), ``cnn`` (McMahan et al. 2
 from __future__ import annotations
 
 from fedkit.models.registry import MODELS, build_model, model_names
+from fedkit.models.spec import ModelSpec
 
-__all__ = ["MODELS", "build_model", "model_names"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "model_names"]

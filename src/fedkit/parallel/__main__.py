@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fedkit.data.datasets import load_dataset
     from fedkit.experiment.config import load_study
-    from fedkit.sim.factory import ModelSpec
+    from fedkit.models.spec import ModelSpec
 
     study = load_study(args.config, args.overrides)
     runs = [r for r in study.runs if args.arm is None or r.name == args.arm]

@@ -8,15 +8,15 @@ instead of tensors, so nothing large is serialised.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from fedkit.data.store import ClientStore
 from fedkit.executor import Executor
 from fedkit.local import LocalTraining
+from fedkit.models.spec import ModelSpec
 from fedkit.sim.serial import Participation, SerialExecutor, full_participation
 from fedkit.sim.system import SimulatedClock, SystemModel, SystemParticipation
 
@@ -25,44 +25,6 @@ if TYPE_CHECKING:
 
 EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
 """The executor kinds :func:`build_executor` accepts."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """How to build the model on any process: a name from :mod:`fedkit.models` and its options.
-
-    Attributes:
-        name: registered model name (``fedkit.models.model_names()``).
-        num_classes: number of output classes.
-        input_shape: shape of one input sample.
-        options: builder keyword options.
-        init_seed: ``torch.manual_seed`` applied before building, so every process builds the
-            same initial weights.
-    """
-
-    name: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
-    init_seed: int = 0
-
-    def build(self) -> nn.Module:
-        """A freshly initialised model (deterministic for ``init_seed``)."""
-        import torch
-
-        from fedkit.models import build_model
-
-        torch.manual_seed(self.init_seed)
-        return build_model(
-            self.name,
-            num_classes=self.num_classes,
-            input_shape=tuple(self.input_shape),
-            **dict(self.options),
-        )
-
-    def __call__(self) -> nn.Module:
-        """Same as :meth:`build` (a ModelSpec is a picklable ``model_fn``)."""
-        return self.build()
 
 
 def build_executor(
