@@ -1,7 +1,7 @@
 """The experiment runner: a validated config in, core objects built, the run executed and recorded.
 
 :func:`run_experiment` builds the federated data (``build_federated`` → ``ClientStore``), the model
-(``fedkit.models`` via :class:`fedkit.sim.factory.ModelSpec`, initialised from
+(``fedkit.models`` via :class:`fedkit.models.spec.ModelSpec`, initialised from
 ``derive_seed(run.seed, 0, SERVER, "model-init")`` — the same initial model a deployment builds),
 the algorithm and the executor, then drives the one core run loop (:func:`fedkit.run.run`; for
 ``centralized`` :func:`fedkit.centralized.train_centralized`, one epoch per round; for a
@@ -64,11 +64,12 @@ from fedkit.experiment.results import (
     environment,
 )
 from fedkit.local import LocalTraining
+from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, sha256
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
 from fedkit.server_opt import SGD, Adagrad, Adam, ServerOptimizer, Yogi
-from fedkit.sim.factory import ModelSpec, build_executor
+from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
 
 __all__ = [
