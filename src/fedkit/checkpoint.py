@@ -1,9 +1,19 @@
-"""Atomic checkpoints of a run: server state, committed round, seed and client states.
+"""Round checkpoints: one interface, one encoding, a home per setting.
 
-One safetensors file per run directory, replaced atomically (write to a temporary file in the
-same directory, fsync, ``os.replace``, fsync the directory), so a crash at any point leaves either
-the previous checkpoint or the new one — never a torn file. Nothing is unpickled on load: tensors
-come back through safetensors and are validated against the algorithm's state template.
+The run loop (:func:`fedkit.run.run`) talks to a :class:`Checkpointer` only: ``save`` after every
+committed round (server state, completed-round count, client states, and the :class:`RunKey` the
+checkpoint belongs to), ``load`` once at the start. Two homes implement it:
+
+* :class:`FileCheckpointer` — simulation: one safetensors file per run directory, replaced
+  atomically (write to a temporary file in the same directory, fsync, ``os.replace``, fsync the
+  directory), so a crash at any point leaves the previous checkpoint or the new one;
+* ``fedkit.net.state.SQLiteCheckpointer`` — deployment: a row of the coordinator's SQLite
+  database, written in the same transaction as the round's records.
+
+Both store the same bytes (:func:`encode` / :func:`decode`: safetensors with a small metadata
+header). Nothing is unpickled on load: tensors come back through safetensors and are validated
+against the algorithm's state template. A checkpoint that cannot be used raises
+:class:`CheckpointError` and is left exactly as it was.
 
 Randomness needs no saved generator state: every draw derives from ``(seed, round, client)``
 (:mod:`fedkit.rng`), so the seed and the committed round *are* the RNG state.
@@ -15,8 +25,9 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -35,12 +46,93 @@ class CheckpointError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RunKey:
+    """What a checkpoint belongs to: a resumed run must have the same algorithm and seed."""
+
+    algorithm: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Checkpoint(Generic[S]):
     """A restored checkpoint."""
 
     completed_rounds: int
     state: S
     client_tensors: dict[str, Tensor]
+
+
+class Checkpointer(Protocol):
+    """Where the run loop keeps its last committed round (one home per run)."""
+
+    def save(
+        self, completed_rounds: int, state: Any, client_tensors: Mapping[str, Tensor], key: RunKey
+    ) -> None:
+        """Durably replace the checkpoint: all of it or (after a crash) none of it."""
+        ...
+
+    def load(self, template: S, key: RunKey) -> Checkpoint[S] | None:
+        """The checkpoint, validated against ``template`` and ``key``; ``None`` if there is none.
+
+        Raises:
+            CheckpointError: the stored checkpoint is damaged or belongs to another run; it is
+                left untouched.
+        """
+        ...
+
+
+def encode(
+    completed_rounds: int, state: Any, client_tensors: Mapping[str, Tensor], key: RunKey
+) -> bytes:
+    """The checkpoint as safetensors bytes (``server/…`` and ``clients/…`` tensors, metadata)."""
+    tensors = {
+        f"server/{k}": v.detach().contiguous().clone() for k, v in tree_flatten(state).items()
+    }
+    tensors.update(
+        {f"clients/{k}": v.detach().contiguous().clone() for k, v in client_tensors.items()}
+    )
+    meta = {
+        "format": FORMAT,
+        "algorithm": key.algorithm,
+        "seed": str(key.seed),
+        "completed_rounds": str(completed_rounds),
+    }
+    return st_save(tensors, metadata=meta)
+
+
+def decode(raw: bytes, template: S, key: RunKey, *, where: str) -> Checkpoint[S]:
+    """Parse and validate checkpoint bytes (``where`` names their home in error messages).
+
+    Raises:
+        CheckpointError: unreadable bytes, another format, another run's key, or tensors that do
+            not match ``template``.
+    """
+    try:
+        tensors = st_load(raw)
+        meta = _metadata(raw)
+    except Exception as e:  # safetensors raises several types on malformed input
+        raise CheckpointError(
+            f"checkpoint {where} is unreadable ({e}); move it away to start afresh"
+        ) from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a fedkit checkpoint (format {meta.get('format')!r})")
+    if meta.get("algorithm") != key.algorithm or meta.get("seed") != str(key.seed):
+        raise CheckpointError(
+            f"checkpoint {where} belongs to algorithm {meta.get('algorithm')!r} with seed "
+            f"{meta.get('seed')}, not {key.algorithm!r} with seed {key.seed}; use another "
+            "output directory or remove the checkpoint"
+        )
+    try:
+        completed = int(meta["completed_rounds"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {where} has no valid round count ({e})") from e
+    server = {k[len("server/") :]: v for k, v in tensors.items() if k.startswith("server/")}
+    clients = {k[len("clients/") :]: v for k, v in tensors.items() if k.startswith("clients/")}
+    try:
+        state = tree_unflatten(template, server)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {where} does not match this model: {e}") from e
+    return Checkpoint(completed, state, clients)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -63,59 +155,23 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-class Checkpointer:
-    """Saves and restores the checkpoint of one run directory."""
+class FileCheckpointer:
+    """The simulation's checkpoint: ``DIRECTORY/checkpoint.safetensors``, replaced atomically."""
 
-    def __init__(self, directory: Path, *, algorithm: str, seed: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / FILENAME
-        self.algorithm = algorithm
-        self.seed = seed
 
-    def save(self, state: Any, completed_rounds: int, client_tensors: dict[str, Tensor]) -> None:
-        """Atomically replace the checkpoint with this committed state."""
-        tensors = {
-            f"server/{k}": v.detach().contiguous().clone() for k, v in tree_flatten(state).items()
-        }
-        tensors.update(
-            {f"clients/{k}": v.detach().contiguous().clone() for k, v in client_tensors.items()}
-        )
-        meta = {
-            "format": FORMAT,
-            "algorithm": self.algorithm,
-            "seed": str(self.seed),
-            "completed_rounds": str(completed_rounds),
-        }
-        write_atomic(self.path, st_save(tensors, metadata=meta))
+    def save(
+        self, completed_rounds: int, state: Any, client_tensors: Mapping[str, Tensor], key: RunKey
+    ) -> None:
+        """Atomically replace the checkpoint file with this committed state."""
+        write_atomic(self.path, encode(completed_rounds, state, client_tensors, key))
 
-    def load(self, template: S) -> Checkpoint[S] | None:
+    def load(self, template: S, key: RunKey) -> Checkpoint[S] | None:
         """The saved checkpoint validated against ``template``, or ``None`` when there is none."""
         if not self.path.exists():
             return None
-        raw = self.path.read_bytes()
-        try:
-            tensors = st_load(raw)
-            meta = _metadata(raw)
-        except Exception as e:  # safetensors raises several types on malformed input
-            raise CheckpointError(
-                f"checkpoint {self.path} is unreadable ({e}); move it away to start afresh"
-            ) from e
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(
-                f"{self.path} is not a fedkit checkpoint (format {meta.get('format')!r})"
-            )
-        if meta.get("algorithm") != self.algorithm or meta.get("seed") != str(self.seed):
-            raise CheckpointError(
-                f"checkpoint {self.path} belongs to algorithm {meta.get('algorithm')!r} with seed "
-                f"{meta.get('seed')}, not {self.algorithm!r} with seed {self.seed}; use another "
-                "output directory or remove the checkpoint"
-            )
-        server = {k[len("server/") :]: v for k, v in tensors.items() if k.startswith("server/")}
-        clients = {k[len("clients/") :]: v for k, v in tensors.items() if k.startswith("clients/")}
-        try:
-            state = tree_unflatten(template, server)
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint {self.path} does not match this model: {e}") from e
-        return Checkpoint(int(meta["completed_rounds"]), state, clients)
+        return decode(self.path.read_bytes(), template, key, where=str(self.path))
 
 
 def _metadata(raw: bytes) -> dict[str, str]:

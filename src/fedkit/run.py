@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from torch import Tensor, nn
 
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.checkpoint import Checkpointer
+from fedkit.checkpoint import Checkpointer, FileCheckpointer, RunKey
 from fedkit.evaluate import Distribution, EvalResult, evaluate
 from fedkit.executor import ClientMetrics, Executor, RoundOutput
 from fedkit.params import Params, load_params
@@ -134,22 +134,27 @@ def run(
     evaluator: Evaluator | None = None,
     sampler: ClientSampler | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpointer: Checkpointer | None = None,
 ) -> RunResult[S]:
     """Run ``config.rounds`` rounds of ``algorithm`` on ``executor`` (see module docstring).
 
-    With ``config.checkpoint_dir`` set, an existing checkpoint there is resumed from, and each
-    committed round is checkpointed atomically; a resumed run ends with the same model as an
-    uninterrupted one.
+    With a ``checkpointer`` (or ``config.checkpoint_dir``, a :class:`FileCheckpointer` there), an
+    existing checkpoint is resumed from, and each committed round is checkpointed after the
+    callbacks saw it; a resumed run ends with the same model as an uninterrupted one.
     """
     population = executor.num_clients
     config.validate_population(population)
     sampler = sampler or UniformSampler()
     state = algorithm.init_state(initial_params)
     start = 0
-    ckpt = None
+    key = RunKey(algorithm=algorithm.name, seed=config.seed)
+    ckpt = checkpointer
     if config.checkpoint_dir is not None:
-        ckpt = Checkpointer(config.checkpoint_dir, algorithm=algorithm.name, seed=config.seed)
-        restored = ckpt.load(state)
+        if ckpt is not None:
+            raise ValueError("give config.checkpoint_dir or a checkpointer, not both")
+        ckpt = FileCheckpointer(config.checkpoint_dir)
+    if ckpt is not None:
+        restored = ckpt.load(state, key)
         if restored is not None:
             state, start = restored.state, restored.completed_rounds
             template = algorithm.client_state_template(initial_params)
@@ -175,8 +180,6 @@ def run(
         federated = None
         if _due(config.federated_eval_every, r, config.rounds):
             federated = Distribution.of(executor.evaluate(params, range(population)))
-        if ckpt is not None and committed:
-            ckpt.save(state, r + 1, executor.client_state_tensors())
         record = RoundRecord(
             round=r,
             cohort=tuple(cohort),
@@ -194,6 +197,8 @@ def run(
         history.append(record)
         for cb in callbacks:
             cb(record, params)
+        if ckpt is not None and committed:
+            ckpt.save(r + 1, state, executor.client_state_tensors(), key)
     return RunResult(
         state=state, params=algorithm.global_params(state), history=history, start_round=start
     )
