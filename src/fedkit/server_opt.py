@@ -8,9 +8,12 @@ takes one optimiser step on the global parameters ``x``:
   ``m = μ m + g;  x = x - η m``
 * Adam:    ``m = β1 m + (1-β1) g;  v = β2 v + (1-β2) g²;              x = x - η m / (√v + τ)``
 * Yogi:    ``m = β1 m + (1-β1) g;  v = v - (1-β2) g² sign(v - g²);    x = x - η m / (√v + τ)``
-* Adagrad: ``v = v + g²;                                               x = x - η g / (√v + τ)``
+* Adagrad: ``m = β1 m + (1-β1) g;  v = v + g²;                         x = x - η m / (√v + τ)``
 
-As in the paper, there is no bias correction and ``τ`` (default 1e-3) sets the adaptivity.
+All three adaptive methods keep the first moment ``m`` (Algorithm 2 applies it to each; the paper's
+experiments use ``β1 = 0.9``); ``β1 = 0`` gives the momentum-free Adagrad step ``x = x - η g /
+(√v + τ)``, where ``β2`` plays no part. As in the paper, there is no bias correction and ``τ``
+(default 1e-3) sets the adaptivity.
 Optimisers are frozen dataclasses; their state is a dataclass of tensors, so it checkpoints and
 travels like any other payload. Each step returns new tensors and never mutates its inputs.
 """
@@ -108,13 +111,9 @@ class _Adaptive:
         """The method-specific ``v`` update."""
         raise NotImplementedError
 
-    def first_moment(self, m: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """``m = β1 m + (1-β1) g`` (Adagrad overrides: no momentum)."""
-        return self.beta1 * m + (1.0 - self.beta1) * g
-
     def step(self, params: Params, grad: Params, state: OptState) -> tuple[Params, OptState]:
-        """``x = x - η m / (√v + τ)`` with the subclass's moment updates."""
-        m = {k: self.first_moment(state.m[k], grad[k]) for k in params}
+        """``m = β1 m + (1-β1) g``, the subclass's ``v``, then ``x = x - η m / (√v + τ)``."""
+        m = {k: self.beta1 * state.m[k] + (1.0 - self.beta1) * grad[k] for k in params}
         v = {k: self.second_moment(state.v[k], grad[k] * grad[k]) for k in params}
         new = {k: params[k] - self.lr * m[k] / (v[k].sqrt() + self.tau) for k in params}
         return new, OptState(m=m, v=v)
@@ -140,13 +139,7 @@ class Yogi(_Adaptive):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Adagrad(_Adaptive):
-    """FedAdagrad's server optimiser: accumulated squares, no first-moment decay."""
-
-    beta1: float = 0.0
-
-    def first_moment(self, m: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Adagrad uses the raw pseudo-gradient (``β1 = 0``)."""
-        return g
+    """FedAdagrad's server optimiser: accumulated squares (``beta2`` is unused)."""
 
     def second_moment(self, v: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
         """``v = v + g²``."""

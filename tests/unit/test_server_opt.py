@@ -25,14 +25,14 @@ def test_sgd_momentum_two_steps() -> None:
 
 def test_adam_yogi_adagrad_first_step() -> None:
     g, tau, lr = 0.5, 1e-3, 0.1
-    m = 0.1 * g
+    m = 0.1 * g  # (1 - β1) g with β1 = 0.9, for all three (Reddi et al. Algorithm 2)
     v_adam = 0.99 * tau**2 + 0.01 * g * g
     v_yogi = tau**2 - 0.01 * g * g * math.copysign(1.0, tau**2 - g * g)
     v_ada = tau**2 + g * g
     for opt, m_exp, v_exp in [
         (Adam(lr=lr, beta1=0.9, beta2=0.99, tau=tau), m, v_adam),
         (Yogi(lr=lr, beta1=0.9, beta2=0.99, tau=tau), m, v_yogi),
-        (Adagrad(lr=lr, tau=tau), g, v_ada),
+        (Adagrad(lr=lr, beta1=0.9, tau=tau), m, v_ada),
     ]:
         x, s = opt.step(_p(1.0), _p(g), opt.init(_p(1.0)))
         assert s.m["w"].item() == pytest.approx(m_exp)

@@ -18,7 +18,7 @@ Algorithm names map to core objects as follows (server learning rate ``η_s = se
     fedavg      FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
     fedavgm     FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0.9))
     fedadam     FedAvg(server=Adam(lr=η_s or 0.01, beta1, beta2, tau))   (fedyogi: Yogi,
-    fedadagrad  FedAvg(server=Adagrad(lr=η_s or 0.01, beta2, tau))        fedadagrad: Adagrad)
+    fedadagrad  FedAvg(server=Adagrad(lr=η_s or 0.01, beta1, tau))        fedadagrad: Adagrad)
     fedprox     FedProx(mu, server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
     scaffold    Scaffold(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
     fedsgd      FedSGD(server=SGD(lr=η_s or lr, momentum=server_momentum or 0))
@@ -148,7 +148,7 @@ def build_server_optimizer(a: AlgorithmSettings) -> ServerOptimizer:
             return Adam(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
         if a.name == "fedyogi":
             return Yogi(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
-        return Adagrad(lr=lr, beta2=a.beta2, tau=a.tau)
+        return Adagrad(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
     default_lr = a.lr if a.name == "fedsgd" else 1.0
     default_momentum = 0.9 if a.name == "fedavgm" else 0.0
     return SGD(
