@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fedkit.parallel.async_ps import ssp_events, worker_speeds
 from fedkit.parallel.collective import ReplicaCollective
-from fedkit.parallel.comm import ps_bytes_per_worker, ring_bytes_per_worker
+from fedkit.parallel.comm import directional_bytes, ps_bytes_per_worker, ring_bytes_per_worker
 from fedkit.parallel.schedule import BatchStream, adacomm_h, grown_batch, lr_at
 
 
@@ -33,7 +33,13 @@ def test_each_epoch_visits_distinct_samples(n: int, size: int, seed: int) -> Non
 def test_ring_never_moves_more_than_twice_the_model(k: int, m: int) -> None:
     ring = ring_bytes_per_worker(m, k)
     assert 0 <= ring < 2 * m
-    assert ring <= ps_bytes_per_worker(m, k)
+    # bytes sent per worker, the same count for both topologies: a ring worker sends
+    # 2(K−1)/K·M >= M (K >= 2), a parameter-server worker exactly M (its push)
+    ps = ps_bytes_per_worker(m, k)
+    assert ps == (0.0 if k == 1 else m)
+    assert ring >= ps
+    assert directional_bytes(m, k, "ps") == (ps, ps)
+    assert directional_bytes(m, k, "ring") == (ring, ring)
 
 
 @given(

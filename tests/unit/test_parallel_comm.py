@@ -11,6 +11,7 @@ from torch import nn
 from fedkit.parallel import (
     NetworkSpec,
     ParallelSpec,
+    bytes_per_worker,
     directional_bytes,
     model_bytes,
     ps_bytes_per_worker,
@@ -50,8 +51,12 @@ def test_byte_formulas() -> None:
     assert model_bytes(mlp()) == MLP_BYTES
     assert ring_bytes_per_worker(1000, 4) == pytest.approx(1500.0)  # 2·3/4·M
     assert ring_bytes_per_worker(1000, 1) == 0.0
-    assert ps_bytes_per_worker(1000, 4) == 2000.0
-    assert ps_server_bytes(1000, 4) == 8000.0  # K × 2M
+    # both topologies count bytes a worker sends: a PS worker pushes M (and pulls M), a ring
+    # worker sends 2(K−1)/K·M (and receives as much); the server link carries 2KM in + out
+    assert ps_bytes_per_worker(1000, 4) == 1000.0
+    assert bytes_per_worker(1000, 4, "ps") == 1000.0
+    assert bytes_per_worker(1000, 4, "ring") == pytest.approx(1500.0)
+    assert ps_server_bytes(1000, 4) == 8000.0  # 2 · K · M
     assert ps_bytes_per_worker(1000, 1) == 0.0
     assert directional_bytes(1000, 4, "ring") == (1500.0, 1500.0)  # sends and receives 2(K−1)/K·M
     assert directional_bytes(1000, 4, "ps") == (1000.0, 1000.0)  # pushes M, pulls M

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from fedkit.parallel.large_batch import LAMB, LARS, lamb_trust_ratio, lars_trust_ratio
+from fedkit.parallel.spec import ParallelSpec
+from fedkit.parallel.trainer import build_optimizer
 
 
 def test_lars_trust_ratio_by_hand() -> None:
@@ -62,6 +64,40 @@ def test_lamb_first_step_by_hand() -> None:
     trust = 5.0 / math.hypot(*r)
     expected = [3 - 0.1 * trust * r[0], 4 - 0.1 * trust * r[1]]
     assert w.tolist()[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_lamb_from_a_spec_keeps_the_papers_first_moment() -> None:
+    """``[parallel] optimizer = "lamb"`` without ``momentum`` uses β1 = 0.9 (You et al. 2020).
+
+    Two steps on a 1-D tensor (trust ratio 1), g = 1 then 3, β2 = 0.999, ε ≈ 0, lr = 0.1:
+    m = 0.9·0.1·1 + 0.1·3 = 0.39, m̂ = 0.39 / (1 - 0.81) = 2.0526315789;
+    v = 0.999·0.001·1 + 0.001·9 = 0.009999, v̂ = 0.009999 / (1 - 0.998001) = 5.0020010005;
+    w = 1 - 0.1·1 - 0.1·2.0526315789 / √5.0020010005 = 0.8082219..., where β1 = 0 (the old
+    default) gives w = 1 - 0.1 - 0.1·3/√5.002001 = 0.7658628....
+    """
+    model = torch.nn.Linear(1, 1, bias=False)
+    spec = ParallelSpec.from_mapping({"optimizer": "lamb", "lr": 0.1})
+    assert spec.inner_momentum == 0.9
+    old = ParallelSpec.from_mapping({"optimizer": "lamb", "lr": 0.1, "momentum": 0.0})
+    assert old.inner_momentum == 0.0  # an explicit value is honoured
+    for s, expected in ((spec, 0.8082219), (old, 0.7658628)):
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        opt = build_optimizer(s, model)
+        assert isinstance(opt, LAMB)
+        assert opt.param_groups[0]["betas"] == (s.inner_momentum, 0.999)
+        opt = LAMB([w], lr=0.1, betas=opt.param_groups[0]["betas"], eps=1e-12)
+        for g in (1.0, 3.0):
+            w.grad = torch.tensor([g])
+            opt.step()
+        assert w.item() == pytest.approx(expected, abs=1e-6)
+    m_hat, v_hat = 0.39 / 0.19, 0.009999 / 0.001999
+    assert 1 - 0.1 - 0.1 * m_hat / math.sqrt(v_hat) == pytest.approx(0.8082219, abs=1e-6)
+
+
+@pytest.mark.parametrize(("optimizer", "beta1"), [("sgd", 0.0), ("lars", 0.0), ("adamw", 0.9)])
+def test_unset_momentum_is_each_optimisers_default(optimizer: str, beta1: float) -> None:
+    assert ParallelSpec.from_mapping({"optimizer": optimizer}).inner_momentum == beta1
+    assert ParallelSpec(optimizer=optimizer, momentum=0.5).inner_momentum == 0.5  # type: ignore[arg-type]
 
 
 def test_lars_scales_layers_independently() -> None:

@@ -266,7 +266,7 @@ def _point(
     lr: float,
     max_stale: int,
 ) -> EvalPoint:
-    per_push = 2.0 * size if spec.workers > 1 else 0.0
+    per_push = float(size) if spec.workers > 1 else 0.0  # sent by a worker; it pulls as much
     return EvalPoint(
         step=updates,
         samples=samples,
@@ -278,9 +278,9 @@ def _point(
         comm_seconds=comm_seconds,
         sim_seconds=sim_seconds,
         bytes_per_worker=per_push * sum(pushes) / spec.workers,
-        bytes_up_per_worker=per_push / 2 * sum(pushes) / spec.workers,
-        bytes_down_per_worker=per_push / 2 * sum(pushes) / spec.workers,
-        server_bytes=per_push * sum(pushes),
+        bytes_up_per_worker=per_push * sum(pushes) / spec.workers,
+        bytes_down_per_worker=per_push * sum(pushes) / spec.workers,
+        server_bytes=2 * per_push * sum(pushes),
         syncs=sum(pushes),
         local_steps=1,
         batch_size=spec.batch_size,

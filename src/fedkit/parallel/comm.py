@@ -1,15 +1,16 @@
 """Communication accounting and a simulated network clock for data-parallel training.
 
-Bytes per worker per synchronisation of a model of M bytes over K workers (``bytes_per_worker``,
-the formulas of the issue):
+Bytes per worker per synchronisation of a model of M bytes over K workers. Both topologies count
+the same thing — the bytes one worker **sends** (``bytes_per_worker``, the "MB/worker" figures) —
+so ring and parameter-server numbers compare directly; each worker receives as much again:
 
 * ring all-reduce (Patarasuk & Yuan 2009): reduce-scatter then all-gather, 2(K−1) rounds of
-  M/K bytes each, so ``2 (K − 1) / K · M`` — what each worker sends (it receives as much);
-* parameter server: push M (gradient or model) and pull M, so ``2 M`` per worker (sent plus
-  received), and ``K · 2 M`` through the server's link.
+  M/K bytes each, so a worker sends ``2 (K − 1) / K · M`` (and receives as much);
+* parameter server: a worker pushes M (gradient or model) and pulls M, so it sends ``M``
+  (and receives ``M``); the server's link carries ``2 K M`` (all pushes in, all pulls out).
 
-``directional_bytes`` splits them into bytes sent (up) and received (down) per worker: ring
-``(2(K−1)/K · M, 2(K−1)/K · M)``, parameter server ``(M, M)``.
+``directional_bytes`` gives ``(sent, received)`` per worker: ring ``(2(K−1)/K · M, 2(K−1)/K ·
+M)``, parameter server ``(M, M)``.
 
 Local methods synchronise every H steps, so their bytes per step are these divided by H; the
 trainer counts actual synchronisations, which also covers adaptive H.
@@ -37,22 +38,25 @@ def model_bytes(model: nn.Module) -> int:
 
 
 def ring_bytes_per_worker(model_size: int, workers: int) -> float:
-    """Bytes one worker sends in one ring all-reduce: 2(K−1)/K · M."""
+    """Bytes one worker sends in one ring all-reduce: 2(K−1)/K · M (it receives as much)."""
     return 2 * (workers - 1) / workers * model_size
 
 
 def ps_bytes_per_worker(model_size: int, workers: int) -> float:
-    """Bytes one worker moves per parameter-server round (push + pull): 2 M (0 when K = 1)."""
-    return 0.0 if workers == 1 else 2.0 * model_size
+    """Bytes one worker sends per parameter-server round (its push): M (0 when K = 1).
+
+    It receives as much (the pull), as a ring worker does, so the two compare directly.
+    """
+    return 0.0 if workers == 1 else float(model_size)
 
 
 def ps_server_bytes(model_size: int, workers: int) -> float:
-    """Bytes through the server link per round: K · 2 M (0 when K = 1)."""
-    return workers * ps_bytes_per_worker(model_size, workers)
+    """Bytes through the server link per round, in plus out: 2 K M (0 when K = 1)."""
+    return 2 * workers * ps_bytes_per_worker(model_size, workers)
 
 
 def bytes_per_worker(model_size: int, workers: int, topology: str) -> float:
-    """Bytes one worker moves per synchronisation on ``topology`` (``ring`` or ``ps``)."""
+    """Bytes one worker sends per synchronisation on ``topology`` (``ring`` or ``ps``)."""
     if topology == "ring":
         return ring_bytes_per_worker(model_size, workers)
     if topology == "ps":
@@ -61,12 +65,12 @@ def bytes_per_worker(model_size: int, workers: int, topology: str) -> float:
 
 
 def directional_bytes(model_size: int, workers: int, topology: str) -> tuple[float, float]:
-    """Bytes one worker sends and receives per synchronisation: ``(up, down)``."""
-    if topology == "ring":
-        ring = ring_bytes_per_worker(model_size, workers)
-        return ring, ring
-    half = bytes_per_worker(model_size, workers, topology) / 2
-    return half, half
+    """Bytes one worker sends and receives per synchronisation: ``(up, down)``.
+
+    Both topologies are symmetric for a worker: it receives what it sends.
+    """
+    sent = bytes_per_worker(model_size, workers, topology)
+    return sent, sent
 
 
 def sync_seconds(model_size: int, workers: int, topology: str, network: NetworkSpec) -> float:
@@ -88,7 +92,11 @@ def push_pull_seconds(model_size: int, network: NetworkSpec) -> float:
 
 @dataclass(kw_only=True)
 class CommLedger:
-    """Running totals of the communication of one run (per worker unless named otherwise)."""
+    """Running totals of the communication of one run (per worker unless named otherwise).
+
+    ``bytes_per_worker`` counts bytes sent (equal to ``bytes_up_per_worker``), for both
+    topologies; ``server_bytes`` is the parameter server's link, in plus out.
+    """
 
     model_size: int
     workers: int

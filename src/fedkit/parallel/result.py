@@ -27,11 +27,12 @@ class EvalPoint:
         compute_seconds: measured compute time on the critical path (slowest worker).
         comm_seconds: simulated communication time on the chosen network.
         sim_seconds: simulated elapsed time (compute + communication, or the async event clock).
-        bytes_per_worker: bytes per worker so far by the issue's formulas (ring: sent, which
-            equals received; parameter server: sent plus received).
+        bytes_per_worker: bytes each worker has sent so far, for every topology (ring and
+            parameter-server workers receive as much as they send), so figures compare.
         bytes_up_per_worker: bytes each worker has sent so far.
         bytes_down_per_worker: bytes each worker has received so far.
-        server_bytes: bytes through the parameter server's link so far (``ps`` only).
+        server_bytes: bytes through the parameter server's link so far, in plus out
+            (``ps`` only).
         syncs: synchronisations (all-reduces or server rounds) so far.
         local_steps: current H.
         batch_size: current per-worker batch size.

@@ -33,6 +33,10 @@ TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 MODES: tuple[str, ...] = get_args(Mode)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
+#: Inner momentum of each optimiser when ``momentum`` is unset: heavy ball off for SGD and LARS
+#: (as ``torch.optim.SGD``), β1 = 0.9 for the Adam-family LAMB (You et al. 2020) and AdamW.
+DEFAULT_MOMENTUM: dict[str, float] = {"sgd": 0.0, "lars": 0.0, "lamb": 0.9, "adamw": 0.9}
+
 #: Methods that train locally for several steps between model averages.
 LOCAL_METHODS: frozenset[str] = frozenset(
     {"local_sgd", "post_local_sgd", "slowmo", "diloco", "adaptive_h"}
@@ -84,8 +88,11 @@ class ParallelSpec:
         batch_size: mini-batch size per worker B (the starting size for ``adaptive_batch``).
         max_batch_size: largest per-worker batch ``adaptive_batch`` may grow to (0: no limit).
         lr: base (inner) learning rate.
-        momentum: inner momentum (heavy ball, or the first Adam/LAMB moment coefficient β1
-            for ``lamb``/``adamw``).
+        momentum: inner momentum: heavy ball for ``sgd``/``lars``, the first-moment
+            coefficient β1 for ``lamb``/``adamw``. Unset (``None``) means the optimiser's
+            default, :data:`DEFAULT_MOMENTUM`: 0 for ``sgd``/``lars``, 0.9 for ``lamb`` (You et
+            al. 2020, Algorithm 2) and ``adamw``; read the resolved value from
+            :attr:`inner_momentum`.
         nesterov: Nesterov inner momentum (``sgd`` only).
         weight_decay: L2 weight decay (decoupled for ``lamb``/``adamw``).
         optimizer: inner optimiser.
@@ -123,7 +130,7 @@ class ParallelSpec:
     batch_size: int = 32
     max_batch_size: int = 0
     lr: float = 0.05
-    momentum: float = 0.0
+    momentum: float | None = None
     nesterov: bool = False
     weight_decay: float = 0.0
     optimizer: OptimizerName = "sgd"
@@ -175,7 +182,12 @@ class ParallelSpec:
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, name, value, "an integer >= 1")
         _check(self.lr > 0, "lr", self.lr, "a number > 0")
-        _check(0 <= self.momentum < 1, "momentum", self.momentum, "0 <= momentum < 1")
+        _check(
+            self.momentum is None or 0 <= self.momentum < 1,
+            "momentum",
+            self.momentum,
+            "0 <= momentum < 1 (or unset: the optimiser's default)",
+        )
         _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _check(self.trust_coefficient > 0, "trust_coefficient", self.trust_coefficient, "> 0")
         _check(self.lr_warmup_epochs >= 0, "lr_warmup_epochs", self.lr_warmup_epochs, ">= 0")
@@ -194,7 +206,7 @@ class ParallelSpec:
         _check(self.async_step_seconds > 0, "async_step_seconds", self.async_step_seconds, "> 0")
         _check(self.worker_speed_sigma >= 0, "worker_speed_sigma", self.worker_speed_sigma, ">= 0")
         _check(
-            not (self.nesterov and (self.optimizer != "sgd" or self.momentum == 0)),
+            not (self.nesterov and (self.optimizer != "sgd" or self.inner_momentum == 0)),
             "nesterov",
             self.nesterov,
             "true only with optimizer = 'sgd' and momentum > 0",
@@ -211,6 +223,11 @@ class ParallelSpec:
             self.min_local_steps,
             f"<= local_steps ({self.local_steps})",
         )
+
+    @property
+    def inner_momentum(self) -> float:
+        """``momentum`` if set, else the optimiser's default (:data:`DEFAULT_MOMENTUM`)."""
+        return DEFAULT_MOMENTUM[self.optimizer] if self.momentum is None else self.momentum
 
     @property
     def global_batch(self) -> int:
@@ -242,7 +259,7 @@ class ParallelSpec:
                 kwargs[key] = _network_from(value)
                 continue
             default = getattr(cls(), key)
-            kwargs[key] = _coerce(key, value, default)
+            kwargs[key] = _coerce(key, value, 0.0 if key == "momentum" else default)
         return cls(**kwargs)
 
 

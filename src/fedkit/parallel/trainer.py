@@ -83,7 +83,7 @@ def build_optimizer(spec: ParallelSpec, model: nn.Module) -> torch.optim.Optimiz
         return torch.optim.SGD(
             params,
             lr=spec.lr,
-            momentum=spec.momentum,
+            momentum=spec.inner_momentum,
             weight_decay=spec.weight_decay,
             nesterov=spec.nesterov,
         )
@@ -91,16 +91,16 @@ def build_optimizer(spec: ParallelSpec, model: nn.Module) -> torch.optim.Optimiz
         return LARS(
             params,
             lr=spec.lr,
-            momentum=spec.momentum,
+            momentum=spec.inner_momentum,
             weight_decay=spec.weight_decay,
             trust_coefficient=spec.trust_coefficient,
         )
     if spec.optimizer == "lamb":
         return LAMB(
-            params, lr=spec.lr, betas=(spec.momentum, 0.999), weight_decay=spec.weight_decay
+            params, lr=spec.lr, betas=(spec.inner_momentum, 0.999), weight_decay=spec.weight_decay
         )
     return torch.optim.AdamW(
-        params, lr=spec.lr, betas=(spec.momentum, 0.999), weight_decay=spec.weight_decay
+        params, lr=spec.lr, betas=(spec.inner_momentum, 0.999), weight_decay=spec.weight_decay
     )
 
 
