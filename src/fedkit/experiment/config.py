@@ -60,6 +60,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from fedkit.data.spec import DataSpec
+from fedkit.sampling import cohort_from_fraction
 from fedkit.sim.system import SystemModel
 
 if TYPE_CHECKING:
@@ -240,7 +241,8 @@ class AlgorithmSettings:
         name: One of :data:`ALGORITHMS`.
         clients_per_round: Cohort size (1 to the number of clients); unset with
             ``client_fraction`` unset means every client.
-        client_fraction: McMahan's C: cohort = max(1, round(C · clients)), in (0, 1]; exclusive
+        client_fraction: McMahan's C in (0, 1]: cohort = C · clients rounded half up, at least 1
+            (:func:`fedkit.sampling.cohort_from_fraction`); exclusive
             with ``clients_per_round``.
         local_epochs: Local passes over the client's data (>= 1).
         local_steps: A fixed number of local steps instead of epochs (>= 1, optional).
@@ -337,7 +339,7 @@ class AlgorithmSettings:
                 )
             return self.clients_per_round
         if self.client_fraction is not None:
-            return max(1, min(num_clients, round(self.client_fraction * num_clients)))
+            return cohort_from_fraction(self.client_fraction, num_clients)
         return num_clients
 
 
