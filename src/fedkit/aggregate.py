@@ -2,10 +2,19 @@
 
 An :class:`Aggregator` is a monoid over *accumulators*: ``zero`` is the identity, ``add`` folds
 one client's update in, ``merge`` combines two partial accumulators and ``result`` finishes.
-Memory is one model's worth whatever the cohort size, and ``merge`` is what lets the same round
-run on one process, on N ranks (an all-reduce of partial sums), behind a coordinator or under
-secure aggregation. ``prepare`` runs on the client before its update leaves (clipping,
-quantisation, masking live there in the wrappers that need them).
+Memory is one model's worth whatever the cohort size (a buffering rule such as the median says
+so), and ``merge`` is what lets the same round run on one process, on N ranks, behind a
+coordinator or under secure aggregation. Each aggregator owns its cross-rank reduction
+(``reduce``, over a :class:`Collective`), so no executor inspects accumulator types.
+
+``prepare`` runs on the client before its update leaves (clipping, quantisation, masking, noise
+live there in the stages that need them) and ``result`` on the server; both receive an
+:class:`AggContext` (round, client id, seed and named random streams derived from them), so a
+stage's randomness is reproducible under any executor.
+
+Aggregators are frozen dataclasses: the algorithm holds one as its ``aggregator`` field, the
+experiment file builds it from ``[aggregator]``, and wrappers compose by holding an ``inner``
+aggregator (clip → noise → secure sum → mean).
 
 :class:`WeightedMean` keeps its sums in float64, so the mean does not depend (beyond float64
 rounding) on the order in which clients arrive; the result is cast back to each leaf's dtype.
@@ -20,34 +29,89 @@ import torch
 from torch import Tensor
 
 from fedkit.params import tree_map
+from fedkit.rng import SERVER, generator
 
 U = TypeVar("U")
 A = TypeVar("A")
 R = TypeVar("R", covariant=True)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggContext:
+    """Where an aggregation step runs: the round, the client (``SERVER`` on the server), the seed.
+
+    ``stream(name)`` is a generator derived from ``(seed, round, client_id, "agg/" + name)``:
+    the same draw wherever the step runs, independent of the client's training stream.
+    """
+
+    round: int
+    seed: int
+    client_id: int = SERVER
+
+    def stream(self, name: str) -> torch.Generator:
+        """A named random stream of this step."""
+        return generator(self.seed, self.round, self.client_id, "agg/" + name)
+
+
+class Collective(Protocol):
+    """The cross-rank operations an aggregator's ``reduce`` may use (one call on every rank)."""
+
+    def all_sum(self, tree: T) -> T:
+        """Element-wise sum of ``tree`` over every rank (same structure and shapes everywhere)."""
+        ...
+
+    def gather(self, tree: T) -> list[T] | None:
+        """Every rank's ``tree`` (leading sizes may differ) in rank order at the root; ``None``
+        elsewhere."""
+        ...
 
 
 class Aggregator(Protocol[U, A, R]):
     """The streaming aggregation contract (see module docstring)."""
 
-    def prepare(self, update: U, weight: float) -> U:
+    def prepare(self, update: U, weight: float, ctx: AggContext) -> U:
         """Client-side transformation applied before the update leaves the client."""
         ...
 
     def zero(self, like: U) -> A:
-        """The identity accumulator for updates shaped like ``like``."""
+        """The identity accumulator for (prepared) updates shaped like ``like``."""
         ...
 
     def add(self, acc: A, update: U, weight: float) -> A:
-        """Fold one update with its weight into ``acc`` (may reuse ``acc``'s storage)."""
+        """Fold one prepared update with its weight into ``acc`` (may reuse ``acc``'s storage)."""
         ...
 
     def merge(self, a: A, b: A) -> A:
         """Combine two partial accumulators (associative and commutative)."""
         ...
 
-    def result(self, acc: A) -> R:
+    def reduce(self, acc: A, comm: Collective) -> A:
+        """Combine the partial accumulators of every rank; the root's return value is the total."""
+        ...
+
+    def result(self, acc: A, ctx: AggContext) -> R:
         """Finish: the aggregate the server half consumes."""
         ...
+
+
+def gather_merge(agg: Aggregator[Any, A, Any], acc: A, comm: Collective) -> A:
+    """``reduce`` for any aggregator: gather every rank's accumulator and ``merge`` in rank order.
+
+    Buffering rules (median, Krum) use this; sum-like accumulators use ``comm.all_sum``.
+    """
+    parts = comm.gather(acc)
+    if parts is None:
+        return acc
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = agg.merge(merged, part)
+    return merged
+
+
+def fold(agg: Aggregator[U, A, Any], acc: A | None, update: U, weight: float) -> A:
+    """Add ``update`` into ``acc``, starting a fresh accumulator when ``acc`` is ``None``."""
+    return agg.add(agg.zero(update) if acc is None else acc, update, weight)
 
 
 @dataclasses.dataclass
@@ -67,10 +131,11 @@ class EmptyAggregateError(RuntimeError):
     """Raised when a mean is requested over no updates (or zero total weight)."""
 
 
+@dataclasses.dataclass(frozen=True)
 class WeightedMean(Generic[U]):
     """Weighted mean of updates (any tree of tensors): ``sum(w_i * u_i) / sum(w_i)``."""
 
-    def prepare(self, update: U, weight: float) -> U:
+    def prepare(self, update: U, weight: float, ctx: AggContext) -> U:
         """Identity: the plain mean needs no client-side step."""
         return update
 
@@ -100,7 +165,11 @@ class WeightedMean(Generic[U]):
             count=a.count + b.count,
         )
 
-    def result(self, acc: MeanAcc[U]) -> U:
+    def reduce(self, acc: MeanAcc[U], comm: Collective) -> MeanAcc[U]:
+        """Sums are reduced by one all-reduce SUM of every field."""
+        return comm.all_sum(acc)
+
+    def result(self, acc: MeanAcc[U], ctx: AggContext) -> U:
         """The weighted mean; raises :class:`EmptyAggregateError` when no weight was added."""
         if float(acc.weight) <= 0.0:
             raise EmptyAggregateError(
@@ -110,16 +179,13 @@ class WeightedMean(Generic[U]):
         w = acc.weight
         return tree_map(lambda s: s / w, acc.total)
 
-    def cast_like(self, mean: U, like: U) -> U:
-        """Cast each leaf of ``mean`` to the dtype of the matching leaf of ``like``."""
-        return tree_map(lambda m, t: m.to(t.dtype), mean, like)
-
 
 def aggregate(agg: Aggregator[Any, A, Any], updates: list[tuple[Any, float]]) -> A:
     """Fold ``(update, weight)`` pairs in order into a fresh accumulator (for tests)."""
     if not updates:
         raise EmptyAggregateError("no updates to aggregate")
-    acc = agg.zero(updates[0][0])
+    acc: A | None = None
     for u, w in updates:
-        acc = agg.add(acc, u, w)
+        acc = fold(agg, acc, u, w)
+    assert acc is not None
     return acc

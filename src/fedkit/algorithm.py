@@ -1,8 +1,23 @@
 """The algorithm contract: one object owns both halves of a federated method.
 
-Server half: ``init_state`` → ``broadcast`` → (aggregate) → ``server_update``.
-Client half: ``client_update`` — given the broadcast message, the client's data and its persistent
-client state, train and return a typed update and a weight.
+Server half: ``init_state`` → ``broadcast`` → (aggregate with ``aggregator``) → ``server_update``.
+
+Client half, split as FedJAX's ``for_each_client`` splits it (init / step / final):
+
+* ``client_init(ctx, msg, data, state) -> LocalPlan``: where local training starts and how it is
+  steered — the starting parameters, the optimiser settings, a *linear gradient term*
+  ``g += μ (w - anchor) + offset`` (FedProx's proximal gradient, SCAFFOLD's correction, Ditto's
+  pull to the global model), frozen parameter names (FedBN, FedPer) and anything the final step
+  needs (``carry``);
+* the local step(s): the one local-training helper (:func:`fedkit.local.train_local`) run by
+  :func:`fedkit.client.train_plan` — or, vectorised, by the vectorised executor, which reads the
+  same plan and holds no algorithm code;
+* ``client_final(ctx, msg, plan, outcome) -> ClientResult``: the update, its weight and the new
+  client state from the trained parameters.
+
+:func:`fedkit.client.run_client` runs a client (context, random stream, init, step, final,
+the aggregator's ``prepare``, storing the new state); every executor and the deployment worker
+call it.
 
 Payloads are frozen dataclasses of named tensors (see :mod:`fedkit.params` for tree helpers).
 Client state (SCAFFOLD's control variate, personal layers) is returned by the client half and
@@ -19,23 +34,34 @@ import torch
 from torch import Tensor, nn
 
 from fedkit.aggregate import Aggregator
-from fedkit.local import GradHook, LocalStats, LocalTraining, train_local
-from fedkit.params import Params, load_params
+from fedkit.local import GradHook, LocalStats, LocalTraining, LossHook
+from fedkit.params import Params
 
 S = TypeVar("S")
 M = TypeVar("M")
 U = TypeVar("U")
 C = TypeVar("C")
+X = TypeVar("X")
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundInfo:
-    """What every half knows about the current round."""
+    """What every half knows about the current round.
+
+    Attributes:
+        round: the round index (from 0).
+        seed: the run's seed.
+        num_clients: the population size ``N``.
+        cohort_size: the number of clients selected this round.
+        reported: the number of clients whose updates are in the aggregate; set by the run loop
+            for ``server_update`` (``None`` before the round has run).
+    """
 
     round: int
     seed: int
     num_clients: int
     cohort_size: int
+    reported: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +86,9 @@ class ClientContext:
     Attributes:
         client_id: the client's id in the population.
         info: the round.
-        model: the resident model of this executor/worker (reused for every client: load the
-            broadcast parameters into it first).
-        generator: the client's RNG, derived from ``(seed, round, client_id)``.
+        model: the resident model of this executor/worker (its architecture and parameter
+            names; local training loads the plan's start into it).
+        generator: the client's RNG, derived from ``(seed, round, client_id, "client")``.
         work_fraction: share of the full local work to do (< 1 for stragglers doing partial work
             or slow workers given fewer steps).
     """
@@ -72,6 +98,66 @@ class ClientContext:
     model: nn.Module
     generator: torch.Generator
     work_fraction: float = 1.0
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the model's trainable parameters (what local training updates)."""
+        return tuple(k for k, _ in self.model.named_parameters())
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalPlan(Generic[X]):
+    """How one client's local training starts and is steered (made by ``client_init``).
+
+    Local SGD runs from ``start`` with ``local``'s settings; before every step each trainable
+    parameter's gradient gets ``prox_mu · (w - anchor) + offset`` (the linear term: FedProx's
+    proximal gradient, SCAFFOLD's correction ``c - c_i``); parameters named in ``frozen`` are
+    not trained. ``grad_hook`` / ``loss_hook`` are general escapes for terms that are not linear
+    in ``w``: a plan that uses them runs client by client even under the vectorised executor.
+
+    Attributes:
+        start: the parameters (and float buffers) training starts from.
+        local: the client optimiser settings.
+        prox_mu: coefficient of ``w - anchor`` (>= 0).
+        anchor: the point the proximal term pulls to (``start`` when ``None``).
+        offset: a constant added to the gradient of each named parameter.
+        frozen: parameter names local training leaves unchanged.
+        carry: anything ``client_final`` needs (e.g. the client's previous state).
+        grad_hook: an extra in-place gradient edit (not vectorisable).
+        loss_hook: an extra loss term (not vectorisable).
+    """
+
+    start: Params
+    local: LocalTraining
+    prox_mu: float = 0.0
+    anchor: Params | None = None
+    offset: Params | None = None
+    frozen: frozenset[str] = frozenset()
+    carry: X | None = None
+    grad_hook: GradHook | None = None
+    loss_hook: LossHook | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prox_mu >= 0.0:
+            raise ValueError(f"prox_mu must be >= 0, got {self.prox_mu!r}")
+
+    @property
+    def vectorizable(self) -> bool:
+        """True when the plan's steering is the linear term only (no general hooks)."""
+        return self.grad_hook is None and self.loss_hook is None
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOutcome:
+    """What local training produced: the trained parameters (copies), stats, the client's size."""
+
+    trained: Params
+    stats: LocalStats
+    num_examples: int
+
+    def delta(self, start: Params) -> Params:
+        """``trained - start`` for every entry of ``start``."""
+        return {k: self.trained[k] - v for k, v in start.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +179,11 @@ class Algorithm(Protocol[S, M, U, C]):
         """Short identifier used in results and checkpoints."""
         ...
 
+    @property
+    def aggregator(self) -> Aggregator[U, Any, Any]:
+        """How updates are combined (its ``result`` is what ``server_update`` receives)."""
+        ...
+
     def init_state(self, params: Params) -> S:
         """Server state at round 0 from the initial global parameters."""
         ...
@@ -101,14 +192,20 @@ class Algorithm(Protocol[S, M, U, C]):
         """The message every selected client receives this round."""
         ...
 
-    def client_update(
+    def client_init(
         self, ctx: ClientContext, msg: M, data: ClientData, state: C | None
-    ) -> ClientResult[U, C]:
-        """Local work on one client; ``state`` is ``None`` the first time a client is seen."""
+    ) -> LocalPlan[Any]:
+        """Plan one client's local training; ``state`` is ``None`` the first time it is seen."""
         ...
 
-    def aggregator(self) -> Aggregator[U, Any, Any]:
-        """How updates are combined (its ``result`` is what ``server_update`` receives)."""
+    def client_final(
+        self, ctx: ClientContext, msg: M, plan: LocalPlan[Any], outcome: LocalOutcome
+    ) -> ClientResult[U, C]:
+        """The update, weight and new client state from the trained parameters."""
+        ...
+
+    def update_template(self, params: Params) -> U:
+        """A zero update shaped as the client half produces it (no training needed)."""
         ...
 
     def server_update(self, state: S, aggregate: Any, info: RoundInfo) -> S:
@@ -123,30 +220,7 @@ class Algorithm(Protocol[S, M, U, C]):
         """A client state shaped as this algorithm's (to restore checkpoints), or ``None``."""
         ...
 
-
-def train_from(
-    ctx: ClientContext,
-    start: Params,
-    data: ClientData,
-    local: LocalTraining,
-    *,
-    grad_hook: GradHook | None = None,
-) -> tuple[Params, LocalStats]:
-    """The client step every model-delta algorithm shares.
-
-    Loads ``start`` into the resident model, trains it on the client's data with
-    :func:`fedkit.local.train_local` (batch order from ``ctx.generator``, partial work from
-    ``ctx.work_fraction``) and returns ``trained - start`` for every entry of ``start``.
-    """
-    load_params(ctx.model, start)
-    stats = train_local(
-        ctx.model,
-        data.x_train,
-        data.y_train,
-        local,
-        generator=ctx.generator,
-        grad_hook=grad_hook,
-        work_fraction=ctx.work_fraction,
-    )
-    state = ctx.model.state_dict()
-    return {k: state[k].detach() - v for k, v in start.items()}, stats
+    def personal_params(self, global_params: Params, state: C | None) -> Params | None:
+        """The client's personal model from the global one and its state, or ``None`` when the
+        method has none (then only the global model is evaluated)."""
+        ...

@@ -55,10 +55,11 @@ def evaluate(
 
 @dataclasses.dataclass(frozen=True)
 class ClientEval:
-    """One client's evaluation."""
+    """One client's evaluation: the global model's, and its personal model's when it has one."""
 
     client_id: int
     result: EvalResult
+    personal: EvalResult | None = None
 
 
 @dataclasses.dataclass(frozen=True)

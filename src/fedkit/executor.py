@@ -67,8 +67,14 @@ class Executor(Protocol):
         """Run the client half for every id in ``cohort`` and aggregate their updates."""
         ...
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
-        """Evaluate ``params`` on each listed client's local test data."""
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
+        """Evaluate ``params`` on each listed client's local test data; with ``algorithm``, also
+        each client's personal model (``algorithm.personal_params``) where it has one."""
         ...
 
     def client_state_tensors(self) -> dict[str, Tensor]:
@@ -106,9 +112,14 @@ class ExecutorWrapper:
         """Forwarded."""
         return self.inner.execute(algorithm, msg, cohort, info)
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
         """Forwarded."""
-        return self.inner.evaluate(params, clients)
+        return self.inner.evaluate(params, clients, algorithm)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Forwarded."""

@@ -155,11 +155,13 @@ def tree_flatten(tree: Any) -> dict[str, Tensor]:
     return dict(tree_leaves(tree))
 
 
-def tree_unflatten(template: T, flat: Mapping[str, Tensor]) -> T:
+def tree_unflatten(template: T, flat: Mapping[str, Tensor], *, same_shapes: bool = True) -> T:
     """Rebuild a tree shaped like ``template`` from ``flat`` (as made by :func:`tree_flatten`).
 
-    Every leaf must be present with the template's dtype and shape; extra keys are rejected. This
-    is what makes received or stored bytes safe to use: nothing outside the expected shape gets in.
+    Every leaf must be present with the template's dtype and shape (only the number of
+    dimensions with ``same_shapes=False``, for buffers whose length varies); extra keys are
+    rejected. This is what makes received or stored bytes safe to use: nothing outside the
+    expected shape gets in.
     """
     expected = tree_flatten(template)
     extra = sorted(set(flat) - set(expected))
@@ -169,7 +171,8 @@ def tree_unflatten(template: T, flat: Mapping[str, Tensor]) -> T:
         if path not in flat:
             raise ValueError(f"missing tensor {path!r}")
         got = flat[path]
-        if got.dtype != like.dtype or got.shape != like.shape:
+        shape_ok = got.shape == like.shape if same_shapes else got.dim() == like.dim()
+        if got.dtype != like.dtype or not shape_ok:
             raise ValueError(
                 f"tensor {path!r} has dtype {got.dtype} and shape {tuple(got.shape)}; "
                 f"expected {like.dtype} and {tuple(like.shape)}"

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.checkpoint import Checkpointer, FileCheckpointer, RunKey
+from fedkit.client import server_context
 from fedkit.evaluate import Distribution, EvalResult, evaluate
 from fedkit.executor import ClientMetrics, Executor, RoundOutput
 from fedkit.params import Params, load_params
@@ -171,15 +172,16 @@ def run(
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
         committed = out.accumulator is not None
         if committed:
-            agg = algorithm.aggregator().result(out.accumulator)
-            state = algorithm.server_update(state, agg, info)
+            agg = algorithm.aggregator.result(out.accumulator, server_context(info))
+            done = dataclasses.replace(info, reported=len(out.clients))
+            state = algorithm.server_update(state, agg, done)
         params = algorithm.global_params(state)
         central = (
             evaluator(params) if evaluator and _due(config.eval_every, r, config.rounds) else None
         )
         federated = None
         if _due(config.federated_eval_every, r, config.rounds):
-            federated = Distribution.of(executor.evaluate(params, range(population)))
+            federated = Distribution.of(executor.evaluate(params, range(population), algorithm))
         record = RoundRecord(
             round=r,
             cohort=tuple(cohort),

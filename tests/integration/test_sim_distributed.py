@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
-from fedkit.algorithm import ClientContext, ClientData, ClientResult
+from fedkit.algorithm import ClientContext, ClientData, LocalPlan
 from fedkit.algorithms import FedAvg
-from fedkit.algorithms.fedavg import ModelDelta, ModelMessage
+from fedkit.algorithms.fedavg import ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.params import model_params
 from fedkit.run import RunConfig, run
@@ -33,12 +33,12 @@ class FailOnRank(FedAvg):
 
     bad_rank: int = 1
 
-    def client_update(
+    def client_init(
         self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
-    ) -> ClientResult[ModelDelta, None]:
+    ) -> LocalPlan[None]:
         if dist.is_initialized() and dist.get_rank() == self.bad_rank:
             raise ValueError(f"disk on fire while training client {ctx.client_id}")
-        return super().client_update(ctx, msg, data, state)
+        return super().client_init(ctx, msg, data, state)
 
 
 def _broken_store() -> Any:

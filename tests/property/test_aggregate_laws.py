@@ -9,9 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit import params as P
-from fedkit.aggregate import MeanAcc, WeightedMean
+from fedkit.aggregate import AggContext, MeanAcc, WeightedMean
 
 SHAPES = {"a": (3,), "b": (2, 2)}
+
+CTX = AggContext(round=0, seed=0)
 
 
 @st.composite
@@ -84,7 +86,7 @@ def test_weighted_mean_independent_of_order(x: list, rnd) -> None:  # type: igno
     agg: WeightedMean[P.Params] = WeightedMean()
     shuffled = list(x)
     rnd.shuffle(shuffled)
-    m1, m2 = agg.result(fold(x)), agg.result(fold(shuffled))
+    m1, m2 = agg.result(fold(x), CTX), agg.result(fold(shuffled), CTX)
     for k in m1:
         assert torch.allclose(m1[k], m2[k], rtol=1e-12, atol=1e-9)
 
@@ -103,7 +105,7 @@ def test_split_fold_merge_equals_single_fold(x: list) -> None:
 @given(updates())
 def test_mean_matches_direct_formula(x: list) -> None:
     agg: WeightedMean[P.Params] = WeightedMean()
-    mean = agg.result(fold(x))
+    mean = agg.result(fold(x), CTX)
     wsum = sum(w for _, w in x)
     for k in SHAPES:
         direct = sum(u[k].double() * w for u, w in x) / wsum

@@ -10,25 +10,28 @@ its optimiser: plain FedAvg is SGD with ``lr = 1`` (``x_{t+1} = x_t + mean Δ``)
 FedYogi and FedAdagrad are the same class with ``server=SGD(momentum=…)``, ``Adam``, ``Yogi`` or
 ``Adagrad`` from :mod:`fedkit.server_opt`.
 
-Local training is :func:`fedkit.local.train_local`; subclasses change it only through
-:meth:`FedAvg.gradient_hook` (FedProx).
+The client half is the core seam (:mod:`fedkit.algorithm`): ``client_init`` plans local SGD
+from ``x_t`` (subclasses add a gradient term through :meth:`FedAvg.client_init`, as FedProx
+does), ``client_final`` forms ``Δ_i``. The aggregator is a field (``WeightedMean`` by default,
+any stage chain from :mod:`fedkit.aggregate` or the registry).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-from fedkit.aggregate import WeightedMean
+from fedkit.aggregate import Aggregator, WeightedMean
 from fedkit.algorithm import (
     ClientContext,
     ClientData,
     ClientResult,
+    LocalOutcome,
+    LocalPlan,
     RoundInfo,
-    train_from,
 )
-from fedkit.local import GradHook, LocalTraining
-from fedkit.params import Params, clone
+from fedkit.local import LocalTraining
+from fedkit.params import Params, clone, zeros_like
 from fedkit.server_opt import SGD, OptState, ServerOptimizer, step_along_delta
 
 WEIGHTINGS = ("examples", "uniform")
@@ -76,11 +79,13 @@ class FedAvg:
         local: client optimiser settings.
         server: the server optimiser (``SGD()`` = plain FedAvg).
         weighting: ``"examples"`` (McMahan et al.) or ``"uniform"`` client weights.
+        aggregator: how the deltas are combined (weighted mean by default).
     """
 
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     server: ServerOptimizer = dataclasses.field(default_factory=SGD)
     weighting: Weighting = "examples"
+    aggregator: Aggregator[Any, Any, Any] = dataclasses.field(default_factory=WeightedMean)
 
     def __post_init__(self) -> None:
         check_weighting(self.weighting)
@@ -102,28 +107,27 @@ class FedAvg:
         """Send the global parameters."""
         return ModelMessage(params=state.params)
 
-    def gradient_hook(self, msg: ModelMessage) -> GradHook | None:
-        """Extra gradient term for local training (none for FedAvg)."""
-        return None
-
-    def client_update(
+    def client_init(
         self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
+    ) -> LocalPlan[None]:
+        """Local SGD from the global model, with no gradient term."""
+        return LocalPlan(start=msg.params, local=self.local)
+
+    def client_final(
+        self, ctx: ClientContext, msg: ModelMessage, plan: LocalPlan[Any], outcome: LocalOutcome
     ) -> ClientResult[ModelDelta, None]:
-        """Local SGD from the global model; return the delta."""
-        delta, stats = train_from(
-            ctx, msg.params, data, self.local, grad_hook=self.gradient_hook(msg)
-        )
-        n = data.num_examples
+        """``Δ_i = y_i - x_t`` with weight ``n_i`` (or 1)."""
+        n = outcome.num_examples
         return ClientResult(
-            update=ModelDelta(delta),
+            update=ModelDelta(outcome.delta(msg.params)),
             weight=client_weight(self.weighting, n),
             num_examples=n,
-            stats=stats,
+            stats=outcome.stats,
         )
 
-    def aggregator(self) -> WeightedMean[ModelDelta]:
-        """Weighted mean of deltas."""
-        return WeightedMean()
+    def update_template(self, params: Params) -> ModelDelta:
+        """A zero delta shaped like the parameters."""
+        return ModelDelta(zeros_like(params))
 
     def server_update(
         self, state: FedOptState, aggregate: ModelDelta, info: RoundInfo
@@ -138,4 +142,8 @@ class FedAvg:
 
     def client_state_template(self, params: Params) -> None:
         """FedAvg keeps no client state."""
+        return None
+
+    def personal_params(self, global_params: Params, state: None) -> None:
+        """No personal model: clients use the global one."""
         return None

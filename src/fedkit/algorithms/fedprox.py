@@ -1,9 +1,9 @@
 """FedProx: Li et al. 2020, "Federated Optimization in Heterogeneous Networks".
 
 Each client approximately minimises ``F_i(w) + (μ/2)‖w - w_t‖²`` from the global model ``w_t``;
-the server aggregates exactly as FedAvg. The proximal term enters local training as a gradient
-hook adding ``μ (w - w_t)`` to every parameter's gradient — the exact gradient of the term — so
-FedProx is FedAvg plus that hook, and ``μ = 0`` reproduces FedAvg bit for bit. Partial work from
+the server aggregates exactly as FedAvg. The proximal term enters local training as the plan's
+linear gradient term ``μ (w - w_t)`` on every parameter — the exact gradient of the term — so
+FedProx is FedAvg plus that term, and ``μ = 0`` reproduces FedAvg bit for bit. Partial work from
 stragglers (``work_fraction < 1``) is accepted, as in the paper's systems-heterogeneity setting.
 """
 
@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from torch import nn
-
+from fedkit.algorithm import ClientContext, ClientData, LocalPlan
 from fedkit.algorithms.fedavg import FedAvg, ModelMessage
-from fedkit.local import GradHook
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,14 +32,8 @@ class FedProx(FedAvg):
         """Algorithm identifier."""
         return "fedprox"
 
-    def gradient_hook(self, msg: ModelMessage) -> GradHook:
-        """``grad += μ (w - w_t)`` for every trainable parameter."""
-        anchor = msg.params
-        mu = self.mu
-
-        def proximal(model: nn.Module) -> None:
-            for name, p in model.named_parameters():
-                if p.grad is not None:
-                    p.grad.add_(p.detach() - anchor[name], alpha=mu)
-
-        return proximal
+    def client_init(
+        self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
+    ) -> LocalPlan[None]:
+        """Local SGD from ``w_t`` with ``grad += μ (w - w_t)`` on every trainable parameter."""
+        return LocalPlan(start=msg.params, local=self.local, prox_mu=self.mu)

@@ -4,10 +4,12 @@ Learning" (Algorithm 1, option II).
 Server state: global model ``x`` and server control variate ``c``. Client ``i`` keeps its own
 control variate ``c_i`` (in the client store / on the worker — never in server state).
 
-Client: ``y ← x``; ``K`` local steps ``y ← y - η_l (g_i(y) - c_i + c)`` (a gradient hook); then
-``c_i⁺ = c_i - c + (x - y) / (K η_l)``; send ``Δy = y - x`` and ``Δc = c_i⁺ - c_i``.
+Client: ``y ← x``; ``K`` local steps ``y ← y - η_l (g_i(y) - c_i + c)`` (the plan's gradient
+offset ``c - c_i``); then ``c_i⁺ = c_i - c + (x - y) / (K η_l)``; send ``Δy = y - x`` and
+``Δc = c_i⁺ - c_i``.
 Server: ``x ← x + η_g · mean Δy`` (through the server optimiser, SGD with ``lr = η_g`` in the
-paper) and ``c ← c + (|S| / N) · mean Δc``.
+paper) and ``c ← c + (1/N) Σ_{i∈S} Δc_i = c + (|S|/N) · mean Δc`` where ``S`` is the set of
+clients that *reported* (a client that dropped out contributes no ``Δc_i``).
 
 The paper averages uniformly over the cohort (``weighting="uniform"``, the default here); with
 ``weighting="examples"`` both means are weighted by client size, as FedAvg is.
@@ -16,16 +18,16 @@ The paper averages uniformly over the cohort (``weighting="uniform"``, the defau
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from torch import nn
-
-from fedkit.aggregate import WeightedMean
+from fedkit.aggregate import Aggregator, WeightedMean
 from fedkit.algorithm import (
     ClientContext,
     ClientData,
     ClientResult,
+    LocalOutcome,
+    LocalPlan,
     RoundInfo,
-    train_from,
 )
 from fedkit.algorithms.fedavg import Weighting, check_weighting, client_weight
 from fedkit.local import LocalTraining
@@ -72,6 +74,7 @@ class Scaffold:
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     server: ServerOptimizer = dataclasses.field(default_factory=SGD)
     weighting: Weighting = "uniform"
+    aggregator: Aggregator[Any, Any, Any] = dataclasses.field(default_factory=WeightedMean)
 
     def __post_init__(self) -> None:
         check_weighting(self.weighting)
@@ -91,47 +94,58 @@ class Scaffold:
         """Send ``x`` and ``c``."""
         return ScaffoldMessage(params=state.params, control=state.control)
 
-    def client_update(
+    def client_init(
         self,
         ctx: ClientContext,
         msg: ScaffoldMessage,
         data: ClientData,
         state: ScaffoldClientState | None,
-    ) -> ClientResult[ScaffoldUpdate, ScaffoldClientState]:
-        """Corrected local SGD, then the option-II control-variate update."""
+    ) -> LocalPlan[Params]:
+        """Local SGD from ``x`` with the gradient offset ``c - c_i``; carries ``c_i``."""
         c_i = state.control if state is not None else zeros_like(msg.control)
-        names = {k for k, _ in ctx.model.named_parameters()}
-        correction = {k: msg.control[k] - c_i[k] for k in names}
+        offset = {k: msg.control[k] - c_i[k] for k in ctx.param_names}
+        return LocalPlan(start=msg.params, local=self.local, offset=offset, carry=c_i)
 
-        def corrected(model: nn.Module) -> None:
-            for k, p in model.named_parameters():
-                if p.grad is not None:
-                    p.grad.add_(correction[k])
-
-        delta, stats = train_from(ctx, msg.params, data, self.local, grad_hook=corrected)
-        scale = 1.0 / (max(stats.steps, 1) * self.local.lr)
+    def client_final(
+        self,
+        ctx: ClientContext,
+        msg: ScaffoldMessage,
+        plan: LocalPlan[Params],
+        outcome: LocalOutcome,
+    ) -> ClientResult[ScaffoldUpdate, ScaffoldClientState]:
+        """Option II: ``c_i⁺ = c_i - c + (x - y) / (K η_l)``; send ``Δy`` and ``Δc``."""
+        c_i = plan.carry
+        assert c_i is not None
+        delta = outcome.delta(msg.params)
+        names = set(ctx.param_names)
+        scale = 1.0 / (max(outcome.stats.steps, 1) * self.local.lr)
         new_c = {
             k: (c_i[k] - msg.control[k] - scale * delta[k]) if k in names else c_i[k] for k in c_i
         }
-        n = data.num_examples
+        n = outcome.num_examples
         return ClientResult(
             update=ScaffoldUpdate(delta=delta, control_delta={k: new_c[k] - c_i[k] for k in c_i}),
             weight=client_weight(self.weighting, n),
             num_examples=n,
-            stats=stats,
+            stats=outcome.stats,
             client_state=ScaffoldClientState(control=new_c),
         )
 
-    def aggregator(self) -> WeightedMean[ScaffoldUpdate]:
-        """Mean of both deltas."""
-        return WeightedMean()
+    def update_template(self, params: Params) -> ScaffoldUpdate:
+        """Both deltas are shaped like the parameters."""
+        return ScaffoldUpdate(delta=zeros_like(params), control_delta=zeros_like(params))
 
     def server_update(
         self, state: ScaffoldState, aggregate: ScaffoldUpdate, info: RoundInfo
     ) -> ScaffoldState:
-        """``x`` by the server optimiser along ``-mean Δy``; ``c += |S|/N · mean Δc``."""
+        """``x`` by the server optimiser along ``-mean Δy``; ``c += |S|/N · mean Δc``.
+
+        ``|S|`` is the number of clients that reported (``info.reported``; the planned cohort
+        when the caller did not say).
+        """
         params, opt = step_along_delta(self.server, state.params, aggregate.delta, state.opt)
-        frac = info.cohort_size / info.num_clients
+        reported = info.cohort_size if info.reported is None else info.reported
+        frac = reported / info.num_clients
         control = {
             k: c + (frac * aggregate.control_delta[k]).to(c.dtype) for k, c in state.control.items()
         }
@@ -144,6 +158,10 @@ class Scaffold:
     def client_state_template(self, params: Params) -> ScaffoldClientState:
         """Client control variates are shaped like the parameters."""
         return ScaffoldClientState(control=zeros_like(params))
+
+    def personal_params(self, global_params: Params, state: ScaffoldClientState | None) -> None:
+        """No personal model: the control variate only steers training."""
+        return None
 
 
 __all__ = ["Scaffold", "ScaffoldClientState", "ScaffoldMessage", "ScaffoldState", "ScaffoldUpdate"]

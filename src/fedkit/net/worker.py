@@ -1,6 +1,7 @@
 """A worker: runs the algorithm's client half on its own data for a remote coordinator.
 
-The worker builds the model and the algorithm from the same experiment file as the coordinator,
+The worker runs the same :class:`~fedkit.net.deployment.Deployment` as the coordinator (built
+by the edge from the same experiment file), builds the model,
 loads *its own* partition (by client id) from its own data directory, and keeps its own client
 state (optionally persisted in ``state_dir``). It registers, long-polls for tasks, decodes the
 broadcast against the template it built itself, trains, and pushes the prepared update. A
@@ -24,21 +25,41 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedkit.algorithm import ClientContext, ClientData, RoundInfo
+from fedkit.algorithm import ClientData, RoundInfo
 from fedkit.checkpoint import write_atomic
+from fedkit.client import run_client
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import evaluate
 from fedkit.net.client import CoordinatorClient, Task
+from fedkit.net.deployment import Deployment
 from fedkit.net.errors import ErrorCode, NetError
-from fedkit.net.experiment import Experiment, load_experiment
 from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.transport import Security
 from fedkit.params import load_params, tree_flatten, tree_unflatten
-from fedkit.rng import generator
 
 log = logging.getLogger("fedkit.worker")
+
+
+class _PendingState:
+    """The worker's one client as a :class:`fedkit.client.ClientHost`: the new state is held
+    back until the coordinator accepts the update."""
+
+    def __init__(self, data: ClientData, state: Any) -> None:
+        self._data = data
+        self._state = state
+        self.new_state: Any = None
+
+    def data(self, client_id: int) -> ClientData:
+        return self._data
+
+    def get_state(self, client_id: int) -> Any:
+        return self._state
+
+    def set_state(self, client_id: int, state: Any) -> None:
+        self.new_state = state
+
 
 _REREGISTER = {ErrorCode.UNKNOWN_WORKER, ErrorCode.UNAUTHENTICATED, ErrorCode.RUN_MISMATCH}
 _DROP = {
@@ -59,7 +80,7 @@ class LocalData:
     num_clients: int
 
 
-def load_local_data(exp: Experiment, client_id: int, root: Path | None) -> LocalData:
+def load_local_data(exp: Deployment, client_id: int, root: Path | None) -> LocalData:
     """Load this worker's partition (deterministic from the experiment's data seed)."""
     fd = build_federated(exp.data, root)
     store = ClientStore.from_federated(fd)
@@ -88,7 +109,7 @@ class Worker:
 
     def __init__(
         self,
-        exp: Experiment,
+        exp: Deployment,
         *,
         client_id: int,
         local: LocalData,
@@ -105,7 +126,7 @@ class Worker:
         self.poll_s = poll_s
         self.give_up_s = give_up_s
         self.model = exp.build_model(num_classes=local.num_classes, input_shape=local.input_shape)
-        self.algorithm = exp.build_algorithm()
+        self.algorithm = exp.algorithm
         init = exp.initial_params(self.model)
         info0 = RoundInfo(
             round=0,
@@ -218,32 +239,28 @@ class Worker:
         info = info_from_metadata(meta)
         if info.round != task.round or task.client_id != str(self.client_id):
             raise NetError(ErrorCode.MALFORMED, "task header and payload disagree")
-        ctx = ClientContext(
-            client_id=self.client_id,
-            info=info,
-            model=self.model,
-            generator=generator(info.seed, info.round, self.client_id, "client"),
-            work_fraction=task.work_fraction,
-        )
         # A round retried after an aborted attempt starts again from the state before that round.
         retry = self._before is not None and self._before[0] == info.round
         start_state = self._before[1] if self._before is not None and retry else self.client_state
-        res = self.algorithm.client_update(ctx, msg, self.local.data, start_state)
-        update = self.algorithm.aggregator().prepare(res.update, res.weight)
+        host = _PendingState(self.local.data, start_state)
+        p = run_client(
+            self.algorithm, host, self.model, msg, self.client_id, info, task.work_fraction
+        )
         compute_s = time.perf_counter() - t0
+        m = p.metrics
         rmeta = ResultMeta(
-            weight=float(res.weight),
-            num_examples=res.num_examples,
-            steps=res.stats.steps,
-            train_loss=float(res.stats.mean_loss),
+            weight=float(p.weight),
+            num_examples=m.num_examples,
+            steps=m.steps,
+            train_loss=float(m.train_loss),
             work_fraction=task.work_fraction,
             compute_s=compute_s,
         )
-        if not self._push(task, encode_tree(update, rmeta.to_metadata()), compute_s):
+        if not self._push(task, encode_tree(p.update, rmeta.to_metadata()), compute_s):
             return
         # The client state advances only when the coordinator accepted the update.
         self._before = (info.round, start_state)
-        self.client_state = res.client_state
+        self.client_state = host.new_state
         self._save_state()
         self.rounds_done += 1
 
@@ -278,7 +295,7 @@ class Worker:
 def run_worker(
     *,
     coordinator: str,
-    experiment: Path,
+    exp: Deployment,
     client_id: int,
     data_root: Path | None = None,
     security: Security | None = None,
@@ -287,12 +304,11 @@ def run_worker(
     threads: int = 1,
     give_up_s: float = 120.0,
 ) -> int:
-    """Load the experiment and this client's data, then serve until the run ends.
+    """Load this client's data, then serve ``exp`` until the run ends.
 
     Returns the number of rounds whose result the coordinator accepted.
     """
     set_threads(threads)
-    exp = load_experiment(experiment)
     local = load_local_data(exp, client_id, data_root)
     # Pay torch's one-time lazy import (the first optimiser imports torch._dynamo, seconds on a
     # small machine) before registering, not inside the first round's deadline.

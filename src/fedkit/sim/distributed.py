@@ -6,10 +6,12 @@ run loop; for each round it broadcasts a fixed-size header, the cohort with each
 fraction (decided on rank 0 by the ``participation`` hook, so system-heterogeneity draws happen
 once), and the broadcast message as one flat buffer per dtype (its structure is known on every
 rank from ``algorithm.broadcast(algorithm.init_state(params))``). Each rank runs its share of the
-cohort with :meth:`SerialExecutor.run_client` — the same code path as the serial executor — adds the
-updates in ascending client order into a local accumulator, and the partial accumulators meet in
-one ``all_reduce(SUM)`` over their leaves (the :class:`~fedkit.aggregate.WeightedMean` merge);
-aggregators whose merge is not a leaf-wise sum are gathered to rank 0 and folded with ``merge``.
+cohort with :func:`fedkit.client.run_client` — the same code path as the serial executor — adds
+the updates in ascending client order into a local accumulator, and the partial accumulators
+meet through the aggregator's own ``reduce`` over this module's :class:`RankCollective`: one
+``all_reduce(SUM)`` over the leaves for sums (:class:`~fedkit.aggregate.WeightedMean`), a gather
+to rank 0 and ``merge`` in rank order for buffering rules. The executor never looks at the
+accumulator's type.
 
 Work split: stateless algorithms balance each cohort greedily by ``num_examples × work`` (longest
 job first onto the least-loaded rank). Algorithms with client state (SCAFFOLD) run every client on
@@ -44,15 +46,17 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fedkit.aggregate import MeanAcc
-from fedkit.algorithm import Algorithm, ClientContext, ClientData, RoundInfo
+from fedkit.aggregate import fold
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.client import evaluate_client, prepared_template
 from fedkit.data.store import ClientStore
-from fedkit.evaluate import ClientEval, EvalResult, evaluate
+from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.params import (
     Params,
     load_params,
     model_params,
+    tree_flatten,
     tree_leaves,
     tree_map,
     tree_nbytes,
@@ -65,6 +69,15 @@ _INLINE = 2048  # cohorts up to this size travel inside the header (one broadcas
 _MSG_LEN = 2000
 _CMD_EXECUTE, _CMD_EVALUATE, _CMD_STATE_GET, _CMD_STATE_LOAD, _CMD_SHUTDOWN = 1, 2, 3, 4, 5
 _METRIC_COLS = 7  # done, num_examples, steps, loss, work_fraction, seconds, bytes_up
+_EVAL_COLS = 8  # (done, loss, accuracy, examples) for the global and the personal model
+
+
+def _eval_row(r: EvalResult) -> list[float]:
+    return [1.0, r.loss, r.accuracy, float(r.num_examples)]
+
+
+def _eval_result(row: Tensor) -> EvalResult:
+    return EvalResult(loss=float(row[0]), accuracy=float(row[1]), num_examples=int(row[2]))
 
 
 class RemoteRankError(RuntimeError):
@@ -117,6 +130,57 @@ def _unpack(like: Sequence[Tensor], bufs: dict[torch.dtype, Tensor]) -> list[Ten
         out.append(bufs[t.dtype][o : o + t.numel()].view(t.shape))
         offsets[t.dtype] = o + t.numel()
     return out
+
+
+def _gather_bytes(payload: bytes, world_size: int, rank: int) -> list[bytes] | None:
+    """Every rank's ``payload`` (any length) at rank 0, in rank order; ``None`` elsewhere."""
+    sizes = torch.zeros(world_size, dtype=torch.int64)
+    sizes[rank] = len(payload)
+    dist.all_reduce(sizes)
+    width = max(int(sizes.max()), 1)
+    buf = torch.zeros(width, dtype=torch.uint8)
+    if payload:
+        buf[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    out = [torch.empty_like(buf) for _ in range(world_size)] if rank == 0 else None
+    dist.gather(buf, out, dst=0)
+    if out is None:
+        return None
+    return [out[r][: int(sizes[r])].numpy().tobytes() for r in range(world_size)]
+
+
+class RankCollective:
+    """The :class:`~fedkit.aggregate.Collective` of a gloo process group (every rank calls)."""
+
+    def __init__(self, world_size: int, rank: int) -> None:
+        self.world_size = world_size
+        self.rank = rank
+
+    def all_sum(self, tree: Any) -> Any:
+        """All-reduce SUM of every leaf: one float64 buffer when the leaves are float64 sums and
+        int64 counts (exact below 2**53), else one buffer per dtype."""
+        paths = [p for p, _ in tree_leaves(tree)]
+        leaves = [t for _, t in tree_leaves(tree)]
+        if all(t.dtype in (torch.float64, torch.int64) for t in leaves):
+            buf = torch.cat([t.reshape(-1).to(torch.float64) for t in leaves])
+            dist.all_reduce(buf)
+            parts, offset = [], 0
+            for t in leaves:
+                parts.append(buf[offset : offset + t.numel()].view(t.shape).to(t.dtype))
+                offset += t.numel()
+        else:
+            bufs = _pack(leaves)
+            for _, b in sorted(bufs.items(), key=str):
+                dist.all_reduce(b)
+            parts = _unpack(leaves, bufs)
+        return tree_unflatten(tree, dict(zip(paths, parts, strict=True)))
+
+    def gather(self, tree: Any) -> list[Any] | None:
+        """Every rank's tree at rank 0 (leading sizes may differ; names and dtypes may not)."""
+        flat = {k: v.contiguous() for k, v in tree_flatten(tree).items()}
+        got = _gather_bytes(st_save(flat) if flat else b"", self.world_size, self.rank)
+        if got is None:
+            return None
+        return [tree_unflatten(tree, st_load(b) if b else {}, same_shapes=False) for b in got]
 
 
 def _encode(text: str) -> Tensor:
@@ -228,23 +292,29 @@ class DistributedExecutor:
             bytes_up=bytes_up,
         )
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
-        """Evaluate ``params`` on the listed clients' local test data, spread over the ranks."""
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
+        """Evaluate ``params`` (and, with ``algorithm``, each client's personal model, on the
+        rank that holds its state) on the listed clients' local test data, over the ranks."""
         self._require_rank0()
+        if algorithm is not None:
+            self._bind(algorithm)
+        personal = int(algorithm is not None)
         ids = list(clients)
-        self._bcast_header([_CMD_EVALUATE, 0, 0, 0, 0, len(ids)])
+        self._bcast_header([_CMD_EVALUATE, personal, 0, 0, 0, len(ids)])
         ids_t = torch.tensor(ids, dtype=torch.int64)
         dist.broadcast(ids_t, 0)
         self._bcast_tree(params)
-        rows = self._eval_share(params, ids_t)
+        rows = self._eval_share(params, ids_t, bool(personal))
         return [
             ClientEval(
                 client_id=cid,
-                result=EvalResult(
-                    loss=float(rows[i, 1]),
-                    accuracy=float(rows[i, 2]),
-                    num_examples=int(rows[i, 3]),
-                ),
+                result=_eval_result(rows[i, 1:4]),
+                personal=_eval_result(rows[i, 5:8]) if rows[i, 4] > 0.5 else None,
             )
             for i, cid in enumerate(ids)
             if rows[i, 0] > 0.5
@@ -314,7 +384,7 @@ class DistributedExecutor:
                 dist.broadcast(ids_t, 0)
                 params = self._recv_tree(model_params(self.model))
                 try:
-                    self._eval_share(params, ids_t)
+                    self._eval_share(params, ids_t, int(header[1]) == 1)
                 except RemoteRankError:
                     continue
             elif cmd == _CMD_STATE_GET:
@@ -390,26 +460,12 @@ class DistributedExecutor:
         work = [(c, float(max(self.store.num_examples(c), 1)) * f) for c, f in live]
         return greedy_assign(work, self.world_size)[self.rank]
 
-    def _probe_acc(
-        self, algorithm: Algorithm[Any, Any, Any, Any], msg: Any, info: RoundInfo
-    ) -> Any:
-        """A zero accumulator shaped like this algorithm's (for ranks that ran no client).
-
-        Found once by running the client half on a single example of client 0 (its result and
-        state are discarded; the resident model is reloaded by every client anyway).
-        """
+    def _zero_acc(self, algorithm: Algorithm[Any, Any, Any, Any], info: RoundInfo) -> Any:
+        """A zero accumulator shaped like this algorithm's (for ranks that ran no client),
+        from the algorithm's ``update_template``: no client is trained to learn the shapes."""
         if self._acc_template is None:
-            d = self.store.data(0)
-            ctx = ClientContext(
-                client_id=0,
-                info=info,
-                model=self.model,
-                generator=torch.Generator().manual_seed(0),
-                work_fraction=1.0,
-            )
-            res = algorithm.client_update(ctx, msg, ClientData(d.x_train[:1], d.y_train[:1]), None)
-            agg = algorithm.aggregator()
-            self._acc_template = agg.zero(agg.prepare(res.update, res.weight))
+            like = prepared_template(algorithm, model_params(self.model), info.seed)
+            self._acc_template = algorithm.aggregator.zero(like)
         return tree_map(torch.zeros_like, self._acc_template)
 
     def _run_share(
@@ -425,15 +481,14 @@ class DistributedExecutor:
         index = {c: i for i, c in enumerate(ids)}
         cpu0 = time.process_time()
         metrics = torch.zeros(len(ids), _METRIC_COLS, dtype=torch.float64)
-        agg = algorithm.aggregator()
+        agg = algorithm.aggregator
         acc: Any = None
         error = ""
         try:
             for cid in self._my_clients(ids, fracs):
-                update, weight, m = self._serial.run_client(
-                    algorithm, msg, cid, info, fracs[index[cid]]
-                )
-                acc = agg.add(agg.zero(update) if acc is None else acc, update, weight)
+                prepared = self._serial.run_client(algorithm, msg, cid, info, fracs[index[cid]])
+                update, m = prepared.update, prepared.metrics
+                acc = fold(agg, acc, update, prepared.weight)
                 metrics[index[cid]] = torch.tensor(
                     [
                         1.0,
@@ -447,7 +502,7 @@ class DistributedExecutor:
                     dtype=torch.float64,
                 )
             if acc is None:
-                acc = self._probe_acc(algorithm, msg, info)
+                acc = self._zero_acc(algorithm, info)
                 has = 0
             else:
                 has = 1
@@ -473,54 +528,9 @@ class DistributedExecutor:
         flags = status[w * width : w * width + w].to(torch.int64)
         self.last_rank_cpu_seconds = status[w * width + w : w * width + 2 * w].tolist()
         metrics = status[w * width + 2 * w :].view(len(ids), _METRIC_COLS)
-        leaves = [t for _, t in tree_leaves(acc)]
-        paths = [p for p, _ in tree_leaves(acc)]
-        if isinstance(acc, MeanAcc) and all(
-            t.dtype in (torch.float64, torch.int64) for t in leaves
-        ):
-            # float64 sums and int64 counts (< 2**53) are exact in one float64 buffer
-            buf = torch.cat([t.reshape(-1).to(torch.float64) for t in leaves])
-            dist.all_reduce(buf)
-            parts, offset = [], 0
-            for t in leaves:
-                parts.append(buf[offset : offset + t.numel()].view(t.shape).to(t.dtype))
-                offset += t.numel()
-            merged = tree_unflatten(acc, dict(zip(paths, parts, strict=True)))
-        elif isinstance(acc, MeanAcc):
-            bufs = _pack(leaves)
-            for _, b in sorted(bufs.items(), key=str):
-                dist.all_reduce(b)
-            merged = tree_unflatten(acc, dict(zip(paths, _unpack(leaves, bufs), strict=True)))
-        else:
-            merged = self._gather_merge(algorithm, acc, leaves, flags)
+        merged = agg.reduce(acc, RankCollective(self.world_size, self.rank))
         bytes_up = int(metrics[:, 6].sum())
         return (merged if int(flags.sum()) > 0 else None), metrics, bytes_up
-
-    def _gather_merge(
-        self, algorithm: Algorithm[Any, Any, Any, Any], acc: Any, leaves: list[Tensor], has: Tensor
-    ) -> Any:
-        """Gather every rank's accumulator to rank 0 and fold them with ``merge`` in rank order."""
-        bufs = _pack(leaves)
-        gathered: dict[torch.dtype, list[Tensor]] = {}
-        for d, buf in sorted(bufs.items(), key=str):
-            out = (
-                [torch.empty_like(buf) for _ in range(self.world_size)] if self.rank == 0 else None
-            )
-            dist.gather(buf, out, dst=0)
-            if out is not None:
-                gathered[d] = out
-        if self.rank != 0:
-            return acc
-        agg = algorithm.aggregator()
-        paths = [p for p, _ in tree_leaves(acc)]
-        merged: Any = None
-        for r in range(self.world_size):
-            if int(has[r]) == 0:
-                continue
-            parts = _unpack(leaves, {d: g[r] for d, g in gathered.items()})
-            part = tree_unflatten(acc, dict(zip(paths, parts, strict=True)))
-            merged = part if merged is None else agg.merge(merged, part)
-        return merged
 
     def _check_errors(self, error: str) -> None:
         rows = torch.zeros(self.world_size, _MSG_LEN + 2, dtype=torch.int32)
@@ -532,46 +542,51 @@ class DistributedExecutor:
             text = "; ".join(f"rank {r}: {m}" for r, m in failed)
             raise RemoteRankError(f"{len(failed)} rank(s) failed — {text}")
 
-    def _eval_share(self, params: Params, ids_t: Tensor) -> Tensor:
+    def _eval_share(self, params: Params, ids_t: Tensor, personal: bool) -> Tensor:
         ids = ids_t.tolist()
-        rows = torch.zeros(len(ids), 4, dtype=torch.float64)
+        rows = torch.zeros(len(ids), _EVAL_COLS, dtype=torch.float64)
         error = ""
+        algorithm = self._algorithm if personal else None
         try:
             load_params(self.model, params)
             for i, cid in enumerate(ids):
-                if i % self.world_size != self.rank:
+                if self._eval_owner(i, cid, personal) != self.rank:
                     continue
-                d = self.store.data(cid)
-                if d.x_test is None or d.y_test is None or d.y_test.shape[0] == 0:
-                    continue
-                r = evaluate(
-                    self.model, d.x_test, d.y_test, batch_size=self._serial.eval_batch_size
+                state = self.store.get_state(cid) if algorithm is not None else None
+                e = evaluate_client(
+                    self.model,
+                    cid,
+                    self.store.data(cid),
+                    params,
+                    algorithm,
+                    state,
+                    batch_size=self._serial.eval_batch_size,
+                    loaded=True,
                 )
-                rows[i] = torch.tensor([1.0, r.loss, r.accuracy, r.num_examples])
+                if e is None:
+                    continue
+                rows[i, :4] = torch.tensor(_eval_row(e.result))
+                if e.personal is not None:
+                    rows[i, 4:] = torch.tensor(_eval_row(e.personal))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         self._check_errors(error)
         dist.all_reduce(rows)
         return rows
 
+    def _eval_owner(self, index: int, client_id: int, personal: bool) -> int:
+        """The rank that scores a client: its state's owner for personal models, else spread."""
+        if personal and self._stateful:
+            return int(self._owner[client_id])
+        return index % self.world_size
+
     def _gather_states(self) -> dict[str, Tensor]:
         mine = self.store.state_tensors()
-        payload = st_save(mine) if mine else b""
-        sizes = torch.zeros(self.world_size, dtype=torch.int64)
-        sizes[self.rank] = len(payload)
-        dist.all_reduce(sizes)
-        width = max(int(sizes.max()), 1)
-        buf = torch.zeros(width, dtype=torch.uint8)
-        if payload:
-            buf[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        out = [torch.empty_like(buf) for _ in range(self.world_size)] if self.rank == 0 else None
-        dist.gather(buf, out, dst=0)
+        got = _gather_bytes(st_save(mine) if mine else b"", self.world_size, self.rank)
         merged: dict[str, Tensor] = {}
-        if out is not None:
-            for r in range(self.world_size):
-                n = int(sizes[r])
-                if n:
-                    merged.update(st_load(out[r][:n].numpy().tobytes()))
+        for payload in got or []:
+            if payload:
+                merged.update(st_load(payload))
         return merged
 
     def _load_states(self, payload: bytes, template: Any) -> None:

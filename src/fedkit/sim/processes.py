@@ -258,13 +258,18 @@ class ProcessExecutor:
         finally:
             torch.set_num_threads(before)
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
         """Federated evaluation over the ranks (in this process before the first round)."""
         if self._inner is None:
             return SerialExecutor(
                 self.store, self.model_fn(), eval_batch_size=self.eval_batch_size
-            ).evaluate(params, clients)
-        return self._inner.evaluate(params, clients)
+            ).evaluate(params, clients, algorithm)
+        return self._inner.evaluate(params, clients, algorithm)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Client states gathered from their owner ranks."""

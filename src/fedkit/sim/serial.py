@@ -8,18 +8,18 @@ hook through which system-heterogeneity models act.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from fedkit.algorithm import Algorithm, ClientContext, RoundInfo
+from fedkit.aggregate import fold
+from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.client import PreparedUpdate, evaluate_client, run_client
 from fedkit.data.store import ClientStore
-from fedkit.evaluate import ClientEval, evaluate
+from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.params import Params, load_params, tree_nbytes
-from fedkit.rng import generator
 
 Participation = Callable[[int, RoundInfo], "float | None"]
 """``(client_id, info) -> work fraction in (0, 1]``, or ``None`` when the client drops out."""
@@ -58,33 +58,9 @@ class SerialExecutor:
         client_id: int,
         info: RoundInfo,
         work_fraction: float,
-    ) -> tuple[Any, float, ClientMetrics]:
-        """Run one client's half on the resident model; store its new state.
-
-        Returns the prepared update, its weight and the client's metrics.
-        """
-        start = time.perf_counter()
-        ctx = ClientContext(
-            client_id=client_id,
-            info=info,
-            model=self.model,
-            generator=generator(info.seed, info.round, client_id, "client"),
-            work_fraction=work_fraction,
-        )
-        res = algorithm.client_update(
-            ctx, msg, self.store.data(client_id), self.store.get_state(client_id)
-        )
-        self.store.set_state(client_id, res.client_state)
-        update = algorithm.aggregator().prepare(res.update, res.weight)
-        metrics = ClientMetrics(
-            client_id=client_id,
-            num_examples=res.num_examples,
-            steps=res.stats.steps,
-            train_loss=res.stats.mean_loss,
-            work_fraction=work_fraction,
-            seconds=time.perf_counter() - start,
-        )
-        return update, res.weight, metrics
+    ) -> PreparedUpdate:
+        """Run one client's half on the resident model (:func:`fedkit.client.run_client`)."""
+        return run_client(algorithm, self.store, self.model, msg, client_id, info, work_fraction)
 
     def execute(
         self,
@@ -94,7 +70,7 @@ class SerialExecutor:
         info: RoundInfo,
     ) -> RoundOutput:
         """Run every client of ``cohort`` in ascending id order and aggregate their updates."""
-        agg = algorithm.aggregator()
+        agg = algorithm.aggregator
         acc: Any = None
         done: list[ClientMetrics] = []
         dropped: list[int] = []
@@ -104,10 +80,10 @@ class SerialExecutor:
             if frac is None:
                 dropped.append(cid)
                 continue
-            update, weight, metrics = self.run_client(algorithm, msg, cid, info, frac)
-            acc = agg.add(agg.zero(update) if acc is None else acc, update, weight)
-            bytes_up += tree_nbytes(update)
-            done.append(metrics)
+            p = self.run_client(algorithm, msg, cid, info, frac)
+            acc = fold(agg, acc, p.update, p.weight)
+            bytes_up += tree_nbytes(p.update)
+            done.append(p.metrics)
         return RoundOutput(
             accumulator=acc,
             clients=tuple(done),
@@ -116,16 +92,30 @@ class SerialExecutor:
             bytes_up=bytes_up,
         )
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
-        """Evaluate ``params`` on each client's local test data (clients without it are skipped)."""
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
+        """Evaluate ``params`` (and, with ``algorithm``, each client's personal model) on each
+        client's local test data; clients without test data are skipped."""
         load_params(self.model, params)
         out: list[ClientEval] = []
         for cid in clients:
-            d = self.store.data(cid)
-            if d.x_test is None or d.y_test is None or d.y_test.shape[0] == 0:
-                continue
-            r = evaluate(self.model, d.x_test, d.y_test, batch_size=self.eval_batch_size)
-            out.append(ClientEval(client_id=cid, result=r))
+            state = self.store.get_state(cid) if algorithm is not None else None
+            e = evaluate_client(
+                self.model,
+                cid,
+                self.store.data(cid),
+                params,
+                algorithm,
+                state,
+                batch_size=self.eval_batch_size,
+                loaded=True,
+            )
+            if e is not None:
+                out.append(e)
         return out
 
     def client_state_tensors(self) -> dict[str, Tensor]:

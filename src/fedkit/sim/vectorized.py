@@ -8,14 +8,16 @@ by ``work_fraction``), padded to the batch size with zero-weight rows, and the m
 equals the client's own batch mean. Clients are sorted by step count so that at step ``s`` the
 clients still training are a prefix of the stack and finished clients cost nothing.
 
-The optimiser is ``torch.optim.SGD``'s rule (momentum, weight decay) applied to the stacked
-tensors. Algorithms enter through a *linear gradient correction* ``g += a·(w - anchor) + b``,
-which covers FedAvg and the FedOpt family (``a = b = 0``), FedProx (``a = μ``, anchor = the global
-model; Li et al. 2020) and SCAFFOLD (``b = c - c_i``; Karimireddy et al. 2020); their client
-updates are then formed exactly as their modules define them and added to the aggregator in
-ascending client order, as the serial executor does. Other algorithms, and models with buffers
-(BatchNorm statistics are updated in place, which ``vmap`` cannot batch), run client by client
-through :meth:`SerialExecutor.run_client` — correct, not vectorised.
+This module holds no algorithm code. Each client's :class:`~fedkit.algorithm.LocalPlan` (from
+the algorithm's ``client_init``) says where training starts and how it is steered: the
+optimiser is ``torch.optim.SGD``'s rule (momentum, weight decay) applied to the stacked tensors,
+and the plan's linear gradient term ``g += μ (w - anchor) + offset`` is applied per client (it is
+FedProx's proximal gradient, SCAFFOLD's correction, nothing for FedAvg); the algorithm's
+``client_final`` then forms each update, which is prepared and added to the aggregator in
+ascending client order, as the serial executor does. Plans with general hooks (not linear in
+``w``), chunks whose plans differ in optimiser settings, and models with buffers (BatchNorm
+statistics are updated in place, which ``vmap`` cannot batch) run client by client through the
+core seam (:func:`fedkit.client.train_plan`) — correct, not vectorised.
 
 Chunk size. Stacking C clients makes every step stream C copies of the weights (and their
 gradients) through memory, while the serial loop keeps one copy in cache; with the small batches
@@ -41,31 +43,22 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage, client_weight
-from fedkit.algorithms.fedprox import FedProx
-from fedkit.algorithms.scaffold import (
-    Scaffold,
-    ScaffoldClientState,
-    ScaffoldMessage,
-    ScaffoldUpdate,
+from fedkit.aggregate import fold
+from fedkit.algorithm import (
+    Algorithm,
+    ClientContext,
+    ClientData,
+    LocalOutcome,
+    LocalPlan,
+    RoundInfo,
 )
+from fedkit.client import PreparedUpdate, client_context, finish_client, train_plan
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
-from fedkit.local import IGNORE_INDEX, LocalTraining, batch_indices
+from fedkit.local import IGNORE_INDEX, LocalStats, batch_indices
 from fedkit.params import Params, tree_nbytes
-from fedkit.rng import generator
 from fedkit.sim.serial import Participation, SerialExecutor, full_participation
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What the vectorised loop needs to know about one algorithm."""
-
-    local: LocalTraining
-    mu: float
-    kind: str  # "fedavg" | "scaffold"
 
 
 def vectorizable(model: nn.Module) -> bool:
@@ -73,16 +66,36 @@ def vectorizable(model: nn.Module) -> bool:
     return not any(True for _ in model.buffers())
 
 
-def _plan(algorithm: Any) -> _Plan | None:
-    if isinstance(algorithm, Scaffold) and type(algorithm).client_update is Scaffold.client_update:
-        return _Plan(local=algorithm.local, mu=0.0, kind="scaffold")
-    if isinstance(algorithm, FedAvg) and type(algorithm).client_update is FedAvg.client_update:
-        hook = type(algorithm).gradient_hook
-        if hook is FedAvg.gradient_hook:
-            return _Plan(local=algorithm.local, mu=0.0, kind="fedavg")
-        if isinstance(algorithm, FedProx) and hook is FedProx.gradient_hook:
-            return _Plan(local=algorithm.local, mu=algorithm.mu, kind="fedavg")
-    return None
+@dataclasses.dataclass(frozen=True)
+class _Client:
+    """One client of a chunk: its context, data, state and plan."""
+
+    ctx: ClientContext
+    data: ClientData
+    plan: LocalPlan[Any]
+
+
+def _batchable(plans: Sequence[LocalPlan[Any]]) -> bool:
+    """True when one stacked loop can run every plan: linear terms only, shared settings."""
+    first = plans[0]
+    return all(
+        p.vectorizable
+        and p.local == first.local
+        and p.prox_mu == first.prox_mu
+        and p.frozen == first.frozen
+        and (p.offset is None) == (first.offset is None)
+        for p in plans
+    )
+
+
+def _stack(trees: Sequence[Params], names: Sequence[str]) -> dict[str, Tensor]:
+    """Stack per-client tensors along a leading client axis (no copy of a shared tensor)."""
+    out: dict[str, Tensor] = {}
+    for k in names:
+        leaves = [t[k] for t in trees]
+        first = leaves[0]
+        out[k] = first.unsqueeze(0) if all(t is first for t in leaves) else torch.stack(leaves)
+    return out
 
 
 def _masked_loss(out: Tensor, y: Tensor, w: Tensor) -> Tensor:
@@ -159,8 +172,7 @@ class VectorizedExecutor:
         info: RoundInfo,
     ) -> RoundOutput:
         """Run ``cohort``; updates are added to the aggregator in ascending client order."""
-        plan = _plan(algorithm) if self._vectorizable else None
-        agg = algorithm.aggregator()
+        agg = algorithm.aggregator
         acc: Any = None
         done: list[ClientMetrics] = []
         dropped: list[int] = []
@@ -173,17 +185,18 @@ class VectorizedExecutor:
             else:
                 live.append((cid, frac))
         for start in range(0, len(live), self.chunk_size):
-            chunk = live[start : start + self.chunk_size]
-            if plan is None:
-                results = [
-                    self._serial.run_client(algorithm, msg, cid, info, f) for cid, f in chunk
-                ]
+            chunk = [
+                self._plan(algorithm, msg, cid, info, f)
+                for cid, f in live[start : start + self.chunk_size]
+            ]
+            if self._vectorizable and _batchable([c.plan for c in chunk]):
+                results = self._run_chunk(algorithm, msg, chunk, info)
             else:
-                results = self._run_chunk(algorithm, plan, msg, chunk, info)
-            for update, weight, metrics in results:
-                acc = agg.add(agg.zero(update) if acc is None else acc, update, weight)
-                bytes_up += tree_nbytes(update)
-                done.append(metrics)
+                results = [self._run_one(algorithm, msg, c, info) for c in chunk]
+            for r in results:
+                acc = fold(agg, acc, r.update, r.weight)
+                bytes_up += tree_nbytes(r.update)
+                done.append(r.metrics)
         return RoundOutput(
             accumulator=acc,
             clients=tuple(done),
@@ -192,48 +205,81 @@ class VectorizedExecutor:
             bytes_up=bytes_up,
         )
 
+    def _plan(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        cid: int,
+        info: RoundInfo,
+        frac: float,
+    ) -> _Client:
+        if not 0.0 < frac <= 1.0:
+            raise ValueError(f"work_fraction must be in (0, 1], got {frac!r}")
+        ctx = client_context(self.model, cid, info, frac)
+        data = self.store.data(cid)
+        plan = algorithm.client_init(ctx, msg, data, self.store.get_state(cid))
+        return _Client(ctx=ctx, data=data, plan=plan)
+
+    def _finish(
+        self,
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        c: _Client,
+        outcome: LocalOutcome,
+        seconds: float,
+    ) -> PreparedUpdate:
+        res = algorithm.client_final(c.ctx, msg, c.plan, outcome)
+        self.store.set_state(c.ctx.client_id, res.client_state)
+        return finish_client(
+            algorithm, res, c.ctx.client_id, c.ctx.info, c.ctx.work_fraction, seconds
+        )
+
+    def _run_one(
+        self, algorithm: Algorithm[Any, Any, Any, Any], msg: Any, c: _Client, info: RoundInfo
+    ) -> PreparedUpdate:
+        """A client whose plan cannot join the stacked loop: the core seam, on its own."""
+        t0 = time.perf_counter()
+        outcome = train_plan(c.ctx, c.plan, c.data)
+        return self._finish(algorithm, msg, c, outcome, time.perf_counter() - t0)
+
     def _run_chunk(
         self,
-        algorithm: Any,
-        plan: _Plan,
-        msg: ModelMessage | ScaffoldMessage,
-        chunk: list[tuple[int, float]],
+        algorithm: Algorithm[Any, Any, Any, Any],
+        msg: Any,
+        chunk: list[_Client],
         info: RoundInfo,
-    ) -> list[tuple[Any, float, ClientMetrics]]:
+    ) -> list[PreparedUpdate]:
         t0 = time.perf_counter()
-        cfg = plan.local
-        datas = [self.store.data(cid) for cid, _ in chunk]
-        sizes = [d.num_examples for d in datas]
+        plan0 = chunk[0].plan
+        cfg = plan0.local
+        mu = plan0.prox_mu
+        frozen = plan0.frozen
+        sizes = [c.data.num_examples for c in chunk]
         steps = [
-            0 if n == 0 else max(1, int(cfg.planned_steps(n) * f))
-            for n, (_, f) in zip(sizes, chunk, strict=True)
+            0 if n == 0 else max(1, int(cfg.planned_steps(n) * c.ctx.work_fraction))
+            for n, c in zip(sizes, chunk, strict=True)
         ]
-        for _, f in chunk:
-            if not 0.0 < f <= 1.0:
-                raise ValueError(f"work_fraction must be in (0, 1], got {f!r}")
         # Order the stack by steps (descending) so that active clients are always a prefix.
         order = sorted(range(len(chunk)), key=lambda i: (-steps[i], i))
         c = len(chunk)
         b = max(max(sizes) if cfg.batch_size == 0 else cfg.batch_size, 1)
         n_max = max(max(sizes), 1)
-        x0 = datas[0].x_train
+        x0 = chunk[0].data.x_train
+        y0 = chunk[0].data.y_train
         xs = torch.zeros((c, n_max, *x0.shape[1:]), dtype=x0.dtype)
-        ys = torch.zeros((c, n_max, *datas[0].y_train.shape[1:]), dtype=datas[0].y_train.dtype)
+        ys = torch.zeros((c, n_max, *y0.shape[1:]), dtype=y0.dtype)
         max_steps = max(steps)
         idx = torch.zeros((c, max_steps, b), dtype=torch.int64)
         wts = torch.zeros(
             (c, max_steps, b), dtype=x0.dtype if x0.is_floating_point() else torch.float32
         )
         for pos, i in enumerate(order):
-            cid, _ = chunk[i]
             n = sizes[i]
             if n == 0:
                 continue
-            xs[pos, :n] = datas[i].x_train
-            ys[pos, :n] = datas[i].y_train
-            batches = batch_indices(
-                n, cfg.batch_size, generator(info.seed, info.round, cid, "client")
-            )
+            xs[pos, :n] = chunk[i].data.x_train
+            ys[pos, :n] = chunk[i].data.y_train
+            batches = batch_indices(n, cfg.batch_size, chunk[i].ctx.generator)
             for s in range(steps[i]):
                 bi = next(batches)
                 idx[pos, s, : bi.numel()] = bi
@@ -241,26 +287,20 @@ class VectorizedExecutor:
         active = [sum(1 for st in steps if st > s) for s in range(max_steps)]
         rows = torch.arange(c)[:, None]
 
-        start = msg.params
-        p = {
-            k: start[k].detach().unsqueeze(0).repeat(c, *([1] * start[k].dim()))
-            for k in self._names
-        }
+        plans = [chunk[i].plan for i in order]
+        start = _stack([pl.start for pl in plans], self._names)
+        p = {k: v.detach().expand(c, *v.shape[1:]).clone() for k, v in start.items()}
+        anchor = (
+            _stack([pl.start if pl.anchor is None else pl.anchor for pl in plans], self._names)
+            if mu > 0
+            else None
+        )
+        offset = (
+            _stack([pl.offset for pl in plans if pl.offset is not None], self._names)
+            if plan0.offset is not None
+            else None
+        )
         buf = {k: torch.zeros_like(v) for k, v in p.items()} if cfg.momentum > 0 else None
-        corr: dict[str, Tensor] | None = None
-        c_i: list[Params] = []
-        if plan.kind == "scaffold":
-            assert isinstance(msg, ScaffoldMessage)
-            for cid, _ in chunk:
-                st = self.store.get_state(cid)
-                c_i.append(
-                    st.control
-                    if st is not None
-                    else {k: torch.zeros_like(v) for k, v in msg.control.items()}
-                )
-            corr = {
-                k: torch.stack([msg.control[k] - c_i[i][k] for i in order]) for k in self._names
-            }
         loss_sum = torch.zeros(c, dtype=torch.float64)
         seen = torch.zeros(c, dtype=torch.float64)
         with torch.no_grad():
@@ -278,11 +318,13 @@ class VectorizedExecutor:
                 loss_sum[:k_s] += losses.detach().double() * cnt
                 seen[:k_s] += cnt
                 for k, w in view.items():
+                    if k in frozen:
+                        continue
                     g = grads[k]
-                    if plan.mu > 0:
-                        g = g.add(w - start[k], alpha=plan.mu)
-                    if corr is not None:
-                        g = g.add(corr[k][:k_s])
+                    if anchor is not None:
+                        g = g.add(w - anchor[k][:k_s], alpha=mu)
+                    if offset is not None:
+                        g = g.add(offset[k][:k_s])
                     if cfg.weight_decay > 0:
                         g = g.add(w, alpha=cfg.weight_decay)
                     if buf is not None:
@@ -295,45 +337,25 @@ class VectorizedExecutor:
                     w.sub_(g, alpha=cfg.lr)
         elapsed = time.perf_counter() - t0
         total_steps = max(sum(steps), 1)
-        out: list[tuple[Any, float, ClientMetrics] | None] = [None] * c
-        agg = algorithm.aggregator()
+        out: list[PreparedUpdate | None] = [None] * c
         for pos, i in enumerate(order):
-            cid, frac = chunk[i]
             n = sizes[i]
-            trained = {k: p[k][pos] for k in self._names}
-            delta = {k: trained.get(k, v) - v for k, v in start.items()}
-            update: Any
-            if plan.kind == "scaffold":
-                assert isinstance(msg, ScaffoldMessage)
-                ci = c_i[i]
-                scale = 1.0 / (max(steps[i], 1) * cfg.lr)
-                new_c = {
-                    k: (ci[k] - msg.control[k] - scale * delta[k]) if k in trained else ci[k]
-                    for k in ci
-                }
-                update = ScaffoldUpdate(
-                    delta=delta, control_delta={k: new_c[k] - ci[k] for k in ci}
-                )
-                self.store.set_state(cid, ScaffoldClientState(control=new_c))
-            else:
-                update = ModelDelta(delta)
-            weight = client_weight(algorithm.weighting, n)
-            update = agg.prepare(update, weight)
+            trained = {**chunk[i].plan.start, **{k: p[k][pos] for k in self._names}}
             mean_loss = float(loss_sum[pos] / max(float(seen[pos]), 1.0)) if n else math.nan
-            metrics = ClientMetrics(
-                client_id=cid,
-                num_examples=n,
-                steps=steps[i],
-                train_loss=mean_loss,
-                work_fraction=frac,
-                seconds=elapsed * steps[i] / total_steps,
-            )
-            out[i] = (update, weight, metrics)
+            stats = LocalStats(steps=steps[i], examples=int(seen[pos]), mean_loss=mean_loss)
+            outcome = LocalOutcome(trained=trained, stats=stats, num_examples=n)
+            seconds = elapsed * steps[i] / total_steps
+            out[i] = self._finish(algorithm, msg, chunk[i], outcome, seconds)
         return [r for r in out if r is not None]
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
         """Federated evaluation, client by client on the resident model."""
-        return self._serial.evaluate(params, clients)
+        return self._serial.evaluate(params, clients, algorithm)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Every client's persistent state, flattened."""
