@@ -237,9 +237,9 @@ def show_run(
     if r.error:
         con.print("error: " + r.error, markup=False)
     table = Table()
-    for col in ("round", "train loss", "test loss", "test acc", "fed mean", "fed p10"):
+    for col in ("round", "train loss", "test loss", "test acc", "fed mean", "fed wmean"):
         table.add_column(col, justify="right")
-    for col in ("bytes up", "bytes down", "wall s"):
+    for col in ("fed p10", "bytes up", "bytes down", "wall s"):
         table.add_column(col, justify="right")
     for x in rounds:
         table.add_row(
@@ -248,6 +248,7 @@ def show_run(
             _fmt(x.test_loss),
             _fmt(x.test_accuracy),
             _fmt(x.fed_mean),
+            _fmt(x.fed_wmean),
             _fmt(x.fed_p10),
             str(x.bytes_up),
             str(x.bytes_down),

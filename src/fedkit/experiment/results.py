@@ -51,7 +51,7 @@ __all__ = [
 DB_NAME = "results.sqlite"
 """File name of the database inside an output directory."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the schema below; stored as ``PRAGMA user_version``."""
 
 RunStatus = Literal["running", "completed", "failed"]
@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     test_loss     REAL,
     test_accuracy REAL,
     fed_mean      REAL,
+    fed_wmean     REAL,
     fed_p10       REAL,
     fed_var       REAL,
     fed_min       REAL,
@@ -256,7 +257,11 @@ class RoundRow:
         train_loss: Example-weighted mean training loss of the clients that finished.
         test_loss: Centralised test loss of the global model after the round.
         test_accuracy: Centralised test accuracy of the global model after the round.
-        fed_mean: Federated evaluation: mean of per-client local test accuracy.
+        fed_mean: Federated evaluation: mean of per-client local test accuracy (each client
+            counts once).
+        fed_wmean: Federated evaluation: the example-weighted mean of per-client accuracy,
+            ``Σ n_i acc_i / Σ n_i`` over local test examples n_i (the pooled accuracy of all
+            clients' test examples); ``None`` in rows written before schema 3.
         fed_p10: Federated evaluation: 10th percentile of per-client accuracy.
         fed_var: Federated evaluation: variance of per-client accuracy.
         fed_min: Federated evaluation: lowest per-client accuracy.
@@ -278,6 +283,7 @@ class RoundRow:
     test_loss: float | None
     test_accuracy: float | None
     fed_mean: float | None
+    fed_wmean: float | None = None
     fed_p10: float | None
     fed_var: float | None
     fed_min: float | None
@@ -400,8 +406,10 @@ class ResultsStore:
         if version == SCHEMA_VERSION:
             return
         with self._write() as c:
-            if version == 1:  # 1 -> 2: per-round details (data-parallel evaluation points)
+            if 1 <= version < 2:  # 1 -> 2: per-round details (data-parallel evaluation points)
                 c.execute("ALTER TABLE rounds ADD COLUMN details TEXT")
+            if 1 <= version < 3:  # 2 -> 3: the example-weighted federated mean
+                c.execute("ALTER TABLE rounds ADD COLUMN fed_wmean REAL")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
@@ -450,9 +458,9 @@ class ResultsStore:
         with self._write() as c:
             c.execute(
                 "INSERT INTO rounds (run_id, round, train_loss, test_loss, test_accuracy, "
-                "fed_mean, fed_p10, fed_var, fed_min, fed_clients, cohort_size, dropped, "
-                "bytes_up, bytes_down, wall_seconds, sim_seconds, committed, details) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "fed_mean, fed_wmean, fed_p10, fed_var, fed_min, fed_clients, cohort_size, "
+                "dropped, bytes_up, bytes_down, wall_seconds, sim_seconds, committed, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     row.round,
@@ -460,6 +468,7 @@ class ResultsStore:
                     _real(row.test_loss),
                     _real(row.test_accuracy),
                     _real(row.fed_mean),
+                    _real(row.fed_wmean),
                     _real(row.fed_p10),
                     _real(row.fed_var),
                     _real(row.fed_min),
@@ -554,6 +563,7 @@ class ResultsStore:
                 test_loss=r["test_loss"],
                 test_accuracy=r["test_accuracy"],
                 fed_mean=r["fed_mean"],
+                fed_wmean=r["fed_wmean"],
                 fed_p10=r["fed_p10"],
                 fed_var=r["fed_var"],
                 fed_min=r["fed_min"],

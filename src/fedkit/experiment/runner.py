@@ -276,6 +276,7 @@ class _Recorder:
                 test_loss=loss,
                 test_accuracy=acc,
                 fed_mean=None if empty or fed is None else fed.mean,
+                fed_wmean=None if empty or fed is None else fed.weighted_mean,
                 fed_p10=None if empty or fed is None else fed.p10,
                 fed_var=None if empty or fed is None else fed.variance,
                 fed_min=None if empty or fed is None else fed.minimum,
