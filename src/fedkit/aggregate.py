@@ -189,3 +189,38 @@ def aggregate(agg: Aggregator[Any, A, Any], updates: list[tuple[Any, float]]) ->
         acc = fold(agg, acc, u, w)
     assert acc is not None
     return acc
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+    """A stage of the aggregator chain that forwards everything to its ``inner`` aggregator.
+
+    Subclass it and override what the stage changes (clipping overrides ``prepare``; a noise
+    stage ``result``): stages compose, ``Clip(inner=Noise(inner=WeightedMean()))``.
+    """
+
+    inner: Aggregator[Any, Any, Any] = dataclasses.field(default_factory=WeightedMean)
+
+    def prepare(self, update: Any, weight: float, ctx: AggContext) -> Any:
+        """The inner stage's."""
+        return self.inner.prepare(update, weight, ctx)
+
+    def zero(self, like: Any) -> Any:
+        """The inner stage's."""
+        return self.inner.zero(like)
+
+    def add(self, acc: Any, update: Any, weight: float) -> Any:
+        """The inner stage's."""
+        return self.inner.add(acc, update, weight)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """The inner stage's."""
+        return self.inner.merge(a, b)
+
+    def reduce(self, acc: Any, comm: Collective) -> Any:
+        """The inner stage's."""
+        return self.inner.reduce(acc, comm)
+
+    def result(self, acc: Any, ctx: AggContext) -> Any:
+        """The inner stage's."""
+        return self.inner.result(acc, ctx)

@@ -20,6 +20,8 @@ from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, FedProx, Scaffold
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
+from fedkit.privacy import ClipNorm
+from fedkit.robust import TrimmedMean
 from fedkit.run import RunConfig, RunResult, run
 from fedkit.sim.processes import ProcessExecutor
 from fedkit.sim.serial import SerialExecutor
@@ -31,6 +33,10 @@ ALGORITHMS: dict[str, Any] = {
     "fedavg": FedAvg(local=LOCAL),
     "fedprox": FedProx(local=LOCAL, mu=0.1),
     "scaffold": Scaffold(local=LOCAL),
+    # a composed chain whose server rule buffers: clip → coordinate-wise trimmed mean
+    "fedavg+clip+trimmed": FedAvg(
+        local=LOCAL, aggregator=ClipNorm(max_norm=0.5, inner=TrimmedMean(beta=0.2))
+    ),
 }
 CONFIG = RunConfig(rounds=3, clients_per_round=5, seed=11, eval_every=0, federated_eval_every=3)
 

@@ -1,0 +1,5 @@
+"""Robust aggregation rules (aggregator stages that bound what a few bad clients can do)."""
+
+from fedkit.robust.trimmed_mean import TrimmedMean
+
+__all__ = ["TrimmedMean"]
