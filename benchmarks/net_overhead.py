@@ -41,8 +41,8 @@ from fedkit.models import build_model
 from fedkit.net.broker import Broker
 from fedkit.net.client import CoordinatorClient
 from fedkit.net.codec import Reassembler, split
+from fedkit.net.deployment import DeploySettings
 from fedkit.net.executor import RemoteExecutor
-from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.service import add_service

@@ -35,9 +35,9 @@ def _mount() -> None:
 
     app.command("report")(report)
 
-    from fedkit.net.cli import register as register_net
+    from fedkit.experiment.deploy_cli import register as register_deploy
 
-    register_net(app)  # coordinator, worker, launch, certs
+    register_deploy(app)  # coordinator, worker, launch, certs
 
 
 def main() -> None:

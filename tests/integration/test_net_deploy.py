@@ -23,12 +23,10 @@ import pytest
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import Distribution
+from fedkit.experiment.deploy import load_deployment, run_coordinator, run_worker
 from fedkit.experiment.results import ResultsStore
-from fedkit.net.coordinator import run_coordinator
-from fedkit.net.experiment import load_experiment
 from fedkit.net.tls import create_certs
 from fedkit.net.transport import Security
-from fedkit.net.worker import run_worker
 from fedkit.params import sha256
 from fedkit.run import RunConfig, run
 from fedkit.sim.serial import SerialExecutor
@@ -98,13 +96,13 @@ def write_experiment(
 
 def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]:
     """The serial simulator's final model (SHA-256) and its mean per-client test accuracy."""
-    exp = load_experiment(path)
+    exp = load_deployment(path)
     fd = build_federated(exp.data)
     model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
     init = exp.initial_params(model)
     executor = SerialExecutor(ClientStore.from_federated(fd), model)
     res = run(
-        exp.build_algorithm(),
+        exp.algorithm,
         executor,
         init,
         RunConfig(
@@ -127,7 +125,7 @@ def serial_sha(path: Path, rounds: int | None = None) -> str:
 def ctx() -> ForkServerContext:
     c = mp.get_context("forkserver")
     # torch._dynamo: torch.optim imports it lazily on the first step (~800 modules, seconds).
-    c.set_forkserver_preload(["torch._dynamo", "fedkit.net.worker", "fedkit.net.coordinator"])
+    c.set_forkserver_preload(["torch._dynamo", "fedkit.experiment.deploy"])
     return c
 
 

@@ -16,9 +16,9 @@ from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.net.broker import Broker
 from fedkit.net.codec import split
+from fedkit.net.deployment import DeploySettings
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.executor import QuorumError, RemoteExecutor
-from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import ResultMeta, encode_tree
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.state import RoundRow, RttRow

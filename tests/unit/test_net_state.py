@@ -1,4 +1,5 @@
-"""The coordinator's SQLite record: persistent run id, atomic round commits, restore."""
+"""The coordinator's SQLite record: persistent run id, atomic round commits, reload after a
+restart (the checkpointer over this record is tested in test_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -49,21 +50,20 @@ def test_run_id_persists_and_other_experiment_is_refused(tmp_path: Path) -> None
         db.run_id("digest-b")
 
 
-def test_commit_and_restore(tmp_path: Path) -> None:
+def test_commit_and_reload(tmp_path: Path) -> None:
     db = CoordinatorDB(tmp_path / "c.db")
-    ck = tmp_path / "ckpt" / "checkpoint.safetensors"
-    assert db.restore_checkpoint(ck) == 0 and not ck.exists()
+    assert db.checkpoint_bytes() is None and db.completed_rounds() == 0
     db.stage_rtt([rtt(0, 0), rtt(0, 1)])
     db.stage_round(row(0))
     db.commit(completed_rounds=1, checkpoint=b"state-after-round-0")
     db.stage_round(row(1, committed=False))
     db.commit(completed_rounds=None, checkpoint=None)  # an aborted round keeps the checkpoint
-    ck.parent.mkdir()
-    ck.write_bytes(b"torn or newer file")
-    assert db.restore_checkpoint(ck) == 1
-    assert ck.read_bytes() == b"state-after-round-0"
+    db.close()
+    db = CoordinatorDB(tmp_path / "c.db")  # after a restart: the row is the checkpoint's home
+    assert db.completed_rounds() == 1 and db.checkpoint_bytes() == b"state-after-round-0"
     assert [(r.round, r.committed) for r in db.round_rows()] == [(0, True), (1, False)]
     assert [(t.round, t.client_id) for t in db.rtt_rows()] == [(0, 0), (0, 1)]
+    assert sorted(p.name for p in tmp_path.iterdir() if "checkpoint" in p.name) == []  # no file
 
 
 def test_failed_commit_leaves_previous_round(tmp_path: Path) -> None:

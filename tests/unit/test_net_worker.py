@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from fedkit.algorithm import RoundInfo
+from fedkit.experiment.deploy import load_deployment
 from fedkit.net.client import Task
 from fedkit.net.codec import decode
 from fedkit.net.errors import ErrorCode, NetError
-from fedkit.net.experiment import load_experiment
 from fedkit.net.payload import EvalMeta, encode_tree, info_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.worker import Worker, load_local_data
@@ -54,7 +54,7 @@ class FakeClient:
 def make(tmp_path: Path) -> tuple[Worker, FakeClient]:
     path = tmp_path / "exp.toml"
     path.write_text(EXPERIMENT)
-    exp = load_experiment(path)
+    exp = load_deployment(path)
     client = FakeClient()
     worker = Worker(exp, client_id=1, local=load_local_data(exp, 1, None), client=client)  # type: ignore[arg-type]
     return worker, client

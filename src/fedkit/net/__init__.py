@@ -10,11 +10,17 @@ Layers, bottom up:
   (bounded backoff with jitter, TLS fail-fast);
 * coordinator: :mod:`~fedkit.net.broker` and :mod:`~fedkit.net.service` (task board behind the
   servicer), :mod:`~fedkit.net.executor` (the remote executor: round policy, ordered aggregation),
-  :mod:`~fedkit.net.straggler`, :mod:`~fedkit.net.state` (SQLite commits),
-  :mod:`~fedkit.net.results` (the experiment results database), :mod:`~fedkit.net.coordinator`;
+  :mod:`~fedkit.net.straggler`, :mod:`~fedkit.net.state` (SQLite commits, the deployment's
+  round checkpoint), :mod:`~fedkit.net.results` (the run summary and the recorder protocol),
+  :mod:`~fedkit.net.coordinator`;
 * worker: :mod:`~fedkit.net.client` (its connection), :mod:`~fedkit.net.worker` (the loop);
-* edges: :mod:`~fedkit.net.experiment` (experiment files + ``[deploy]``), :mod:`~fedkit.net.launch`,
-  :mod:`~fedkit.net.cli`.
+* what both run: :mod:`~fedkit.net.deployment` (a typed, already-built deployment and its
+  ``[deploy]`` round policy).
+
+This package imports neither :mod:`fedkit.sim` nor :mod:`fedkit.experiment`: experiment files,
+the results database and the ``fedkit coordinator|worker|launch|certs`` commands are the edge's
+(:mod:`fedkit.experiment.deploy`, :mod:`fedkit.experiment.deploy_results`,
+:mod:`fedkit.experiment.deploy_cli`).
 
 See docs/deploy.md.
 """

@@ -1,37 +1,36 @@
 """The coordinator: serves workers over gRPC and drives the one run loop with a remote executor.
 
-``serve`` loads the experiment's data on the coordinator only for what the server needs (the model
-shape, the population size, the central test split) — client data stays on the workers. It
-restores the last round committed to SQLite, starts the gRPC server, runs
-:func:`fedkit.run.run` with a :class:`~fedkit.net.executor.RemoteExecutor`, and after every round
-commits the core's checkpoint (model, server-optimiser state, completed rounds, seed) together with
-the round's record and round-trip times in one SQLite transaction. At the end it tells workers to
-shut down.
+``serve`` takes a built :class:`~fedkit.net.deployment.Deployment` (the edge,
+:mod:`fedkit.experiment.deploy`, builds it from an experiment file) and loads the data on the
+coordinator only for what the server needs (the model shape, the population size, the central test
+split) — client data stays on the workers. It starts the gRPC server and runs :func:`fedkit.run.run`
+with a :class:`~fedkit.net.executor.RemoteExecutor` and a
+:class:`~fedkit.net.state.SQLiteCheckpointer`: the run loop resumes from the last round committed
+to SQLite and, after every round, commits the core's checkpoint (model, server-optimiser state,
+completed rounds, seed) together with the round's record and round-trip times (staged by the
+round's callback) in one SQLite transaction. Each round also goes to a
+:class:`~fedkit.net.results.RunRecorder` (the edge's results database). At the end it tells workers
+to shut down.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedkit.algorithm import ClientContext, ClientData, RoundInfo
-from fedkit.checkpoint import FILENAME, write_atomic
 from fedkit.data.spec import build_federated
-from fedkit.experiment.results import ResultsStore, RunSummary
 from fedkit.net.broker import Broker
+from fedkit.net.deployment import Deployment
 from fedkit.net.executor import RemoteExecutor
-from fedkit.net.experiment import Experiment, load_experiment
-from fedkit.net.results import ResultsRecorder
+from fedkit.net.results import NullRecorder, RunRecorder, Summary
 from fedkit.net.service import add_service
-from fedkit.net.state import CoordinatorDB, RoundRow, RttRow
+from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
 from fedkit.rng import SERVER, generator
@@ -43,36 +42,8 @@ RESULT_HEADER_ALLOWANCE = 1 << 20
 """Bytes allowed for a result's safetensors header and metadata beyond its tensors (1 MiB)."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Summary:
-    """The outcome of a coordinator run (the fields of ``fedkit run --json``)."""
-
-    run_id: int
-    name: str
-    status: str
-    rounds: int
-    final_accuracy: float | None
-    best_accuracy: float | None
-    rounds_to_target: int | None
-    target_accuracy: float | None
-    final_loss: float | None
-    wall_seconds: float
-    bytes_up: int
-    bytes_down: int
-    model_sha256: str
-    committed_rounds: int
-    start_round: int
-    deployment_id: str
-
-
-def _federated_every(exp: Experiment) -> int:
-    """``run.federated_eval_every``; unset means after the last round only (as ``fedkit run``)."""
-    every = exp.config.run.federated_eval_every
-    return exp.rounds if every is None else every
-
-
 def probe_update_template(
-    exp: Experiment, algorithm: Any, model: torch.nn.Module, init: Params, sample: ClientData
+    exp: Deployment, algorithm: Any, model: torch.nn.Module, init: Params, sample: ClientData
 ) -> Any:
     """A client update shaped as this algorithm produces it (after ``prepare``).
 
@@ -90,7 +61,7 @@ def probe_update_template(
 
 
 def serve(
-    exp: Experiment,
+    exp: Deployment,
     *,
     listen: str,
     security: Security,
@@ -99,25 +70,27 @@ def serve(
     on_listening: Callable[[int], None] | None = None,
     shutdown_grace_s: float = 10.0,
     min_workers: int = 0,
+    recorder: RunRecorder | None = None,
 ) -> Summary:
     """Run the experiment as a coordinator (see module docstring).
 
     With ``min_workers``, round 0 waits (up to ``deploy.select_timeout_s``) until that many
     workers have registered, so that every launched worker takes part from the start.
+    ``recorder`` receives every round (default: recorded in ``coordinator.db`` only).
     """
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     db = CoordinatorDB(out_dir / "coordinator.db")
     run_id = db.run_id(exp.digest)
-    results = ResultsStore.in_dir(out_dir)
+    recorder = recorder or NullRecorder()
     known = db.get_meta("results_run_id")
-    recorder = ResultsRecorder(results, exp, int(known) if known else None)
-    db.set_meta("results_run_id", str(recorder.run_id))
+    results_run_id = recorder.start(int(known) if known else None)
+    db.set_meta("results_run_id", str(results_run_id))
     fd = build_federated(exp.data, data_root)
     ds = fd.dataset
     model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
     init = exp.initial_params(model)
-    algorithm = exp.build_algorithm()
+    algorithm = exp.algorithm
     sample = ClientData(x_train=ds.test.x[:2], y_train=ds.test.y[:2])
     template = probe_update_template(exp, algorithm, model, init, sample)
     s = exp.deploy
@@ -134,8 +107,7 @@ def serve(
     )
     server, port = make_server(listen, security, max_workers=max(32, 2 * len(fd.train_parts) + 8))
     add_service(server, broker)
-    ckpt_dir = out_dir / "checkpoint"
-    start_round = db.restore_checkpoint(ckpt_dir / FILENAME)
+    checkpointer = SQLiteCheckpointer(db)
     attempts: list[RoundRow] = []
 
     def on_round(row: RoundRow, rtts: list[RttRow]) -> None:
@@ -171,8 +143,8 @@ def serve(
                 )
             )  # fmt: skip
         attempts.clear()
-        blob = (ckpt_dir / FILENAME).read_bytes() if record.committed else None
-        db.commit(completed_rounds=record.round + 1 if blob else None, checkpoint=blob)
+        if not record.committed:  # a committed round's rows commit with its checkpoint, next
+            db.commit(completed_rounds=None, checkpoint=None)
         recorder.record(record, executor.last_evals if record.federated is not None else ())
         log.info(
             "round %d %s: %d clients, loss %.4f, accuracy %s",
@@ -200,15 +172,15 @@ def serve(
                 clients_per_round=exp.cohort_size(len(fd.train_parts)),
                 seed=exp.seed,
                 eval_every=exp.eval_every,
-                federated_eval_every=_federated_every(exp),
-                checkpoint_dir=ckpt_dir,
+                federated_eval_every=exp.federated_eval_every,
             ),
             evaluator=central_evaluator(model, ds.test.x, ds.test.y),
+            sampler=exp.sampler,
             callbacks=[commit],
+            checkpointer=checkpointer,
         )
     except BaseException as exc:
         recorder.fail(f"{type(exc).__name__}: {exc}")
-        results.close()
         raise
     finally:
         broker.shutdown(grace_s=shutdown_grace_s)
@@ -216,11 +188,11 @@ def serve(
     rows = db.round_rows()
     db.close()
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]
-    target = exp.config.run.target_accuracy
+    target = exp.target_accuracy
     reached = [r.round + 1 for r in rows if target is not None and (r.accuracy or 0.0) >= target]
     summary = Summary(
-        run_id=recorder.run_id,
-        name=exp.config.name,
+        run_id=results_run_id,
+        name=exp.name,
         status="completed",
         rounds=exp.rounds,
         final_accuracy=accuracies[-1] if accuracies else (all_acc[-1] if all_acc else None),
@@ -233,46 +205,8 @@ def serve(
         bytes_down=sum(r.bytes_down for r in rows),
         model_sha256=sha256(result.params),
         committed_rounds=sum(1 for r in rows if r.committed),
-        start_round=start_round,
+        start_round=result.start_round,
         deployment_id=run_id,
     )
-    recorder.finish(
-        RunSummary(
-            rounds=summary.rounds,
-            final_accuracy=summary.final_accuracy,
-            best_accuracy=summary.best_accuracy,
-            rounds_to_target=summary.rounds_to_target,
-            target_accuracy=summary.target_accuracy,
-            wall_seconds=summary.wall_seconds,
-            bytes_up=summary.bytes_up,
-            bytes_down=summary.bytes_down,
-            model_sha256=summary.model_sha256,
-            final_loss=summary.final_loss,
-        )
-    )
-    results.close()
-    return summary
-
-
-def run_coordinator(
-    *,
-    experiment: Path,
-    listen: str,
-    out_dir: Path,
-    data_root: Path | None = None,
-    security: Security | None = None,
-    threads: int = 1,
-    min_workers: int = 0,
-) -> Summary:
-    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
-    torch.set_num_threads(max(1, threads))
-    summary = serve(
-        load_experiment(experiment),
-        listen=listen,
-        security=security or Security(),
-        out_dir=out_dir,
-        data_root=data_root,
-        min_workers=min_workers,
-    )
-    write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
+    recorder.finish(summary)
     return summary

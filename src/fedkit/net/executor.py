@@ -34,8 +34,8 @@ from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.net.broker import Assignment, Broker, Result
 from fedkit.net.codec import Buffer, split
+from fedkit.net.deployment import DeploySettings
 from fedkit.net.errors import NetError
-from fedkit.net.experiment import DeploySettings
 from fedkit.net.payload import (
     EvalMeta,
     ResultMeta,

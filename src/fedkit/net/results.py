@@ -1,112 +1,83 @@
-"""A deployment's rounds in the experiment results database (``OUT/results.sqlite``).
+"""What a coordinator run produces beyond its own SQLite: a :class:`Summary`, and each round for a
+:class:`RunRecorder`.
 
-The coordinator records its run where ``fedkit run`` records simulations
-(:class:`fedkit.experiment.results.ResultsStore`), so ``fedkit runs show`` and ``fedkit report``
-work on deployments too. Per-client rows carry each worker's round-trip time (``seconds``) and its
-work fraction every round. After a coordinator restart the same results run is continued (its id is
-kept in the coordinator's own database).
+The coordinator keeps its durable record (checkpoint, attempts, round trips) in
+:mod:`fedkit.net.state`. Recording rounds for people — the experiment results database that
+``fedkit runs`` and ``fedkit report`` read — is the edge's business: the edge passes a recorder
+(:class:`fedkit.experiment.deploy_results.ResultsRecorder`), so this package never imports
+:mod:`fedkit.experiment`. Without one, :class:`NullRecorder` records nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from fedkit.evaluate import ClientEval
-from fedkit.experiment.results import ClientRow, ResultsStore, RoundRow, RunSummary
-from fedkit.net.experiment import Experiment
 from fedkit.run import RoundRecord
 
 
-def _real(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    """The outcome of a coordinator run (the fields of ``fedkit run --json``)."""
+
+    run_id: int
+    name: str
+    status: str
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    rounds_to_target: int | None
+    target_accuracy: float | None
+    final_loss: float | None
+    wall_seconds: float
+    bytes_up: int
+    bytes_down: int
+    model_sha256: str
+    committed_rounds: int
+    start_round: int
+    deployment_id: str
 
 
-class ResultsRecorder:
-    """Writes each round of a deployment to the results store."""
+class RunRecorder(Protocol):
+    """Receives a coordinator's run, round by round."""
 
-    def __init__(self, store: ResultsStore, exp: Experiment, run_id: int | None) -> None:
-        self.store = store
-        if run_id is None:
-            run_id = store.start_run(
-                name=exp.config.name,
-                study=exp.config.study,
-                config={**exp.config.to_mapping(), "deploy": _deploy_mapping(exp)},
-            )
-        self.run_id = run_id
-        self._recorded = {r.round for r in store.rounds(run_id)}
+    def start(self, resume: int | None) -> int:
+        """Open the run, or continue run ``resume`` after a coordinator restart; returns its id.
 
-    def record(self, record: RoundRecord, evals: Sequence[ClientEval] = ()) -> None:
-        """Add one round and its clients (round-trip time in ``seconds``).
-
-        A round already recorded (an aborted round re-run after a coordinator restart) is kept
-        as first recorded.
+        The coordinator keeps the id in its own database and passes it back after a restart.
         """
-        if record.round in self._recorded:
-            return
-        self._recorded.add(record.round)
-        central = record.central
-        fed = record.federated
-        scored = fed is not None and not fed.is_empty()
-        self.store.add_round(
-            self.run_id,
-            RoundRow(
-                round=record.round,
-                train_loss=_real(record.train_loss),
-                test_loss=_real(central.loss) if central else None,
-                test_accuracy=_real(central.accuracy) if central else None,
-                fed_mean=fed.mean if fed is not None and scored else None,
-                fed_p10=fed.p10 if fed is not None and scored else None,
-                fed_var=fed.variance if fed is not None and scored else None,
-                fed_min=fed.minimum if fed is not None and scored else None,
-                fed_clients=None if fed is None else fed.clients,
-                cohort_size=len(record.cohort),
-                dropped=len(record.dropped),
-                bytes_up=record.bytes_up,
-                bytes_down=record.bytes_down,
-                wall_seconds=record.wall_seconds,
-                sim_seconds=None,
-                committed=record.committed,
-            ),
-            self._client_rows(record, evals),
-        )
+        ...
 
-    @staticmethod
-    def _client_rows(record: RoundRecord, evals: Sequence[ClientEval]) -> list[ClientRow]:
-        rows = {
-            c.client_id: ClientRow(
-                round=record.round,
-                client_id=c.client_id,
-                trained=True,
-                num_examples=c.num_examples,
-                steps=c.steps,
-                train_loss=_real(c.train_loss),
-                work_fraction=c.work_fraction,
-                seconds=c.seconds,
-            )
-            for c in record.clients
-        }
-        for e in evals:
-            base = rows.get(
-                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
-            )
-            rows[e.client_id] = dataclasses.replace(
-                base,
-                eval_examples=e.result.num_examples,
-                eval_loss=_real(e.result.loss),
-                eval_accuracy=_real(e.result.accuracy),
-            )
-        return [rows[k] for k in sorted(rows)]
+    def record(self, record: RoundRecord, evals: Sequence[ClientEval]) -> None:
+        """One round (aborted rounds too) with the clients' federated evaluations, if any ran.
 
-    def finish(self, summary: RunSummary) -> None:
-        """Mark the run completed."""
-        self.store.finish_run(self.run_id, summary)
+        A round may arrive twice (re-run after a coordinator restart); the first one counts.
+        """
+        ...
+
+    def finish(self, summary: Summary) -> None:
+        """The run completed."""
+        ...
 
     def fail(self, error: str) -> None:
-        """Mark the run failed (its rounds so far are kept)."""
-        self.store.fail_run(self.run_id, error)
+        """The run stopped with ``error`` (its rounds so far are kept)."""
+        ...
 
 
-def _deploy_mapping(exp: Experiment) -> dict[str, object]:
-    return dataclasses.asdict(exp.deploy)
+class NullRecorder:
+    """A :class:`RunRecorder` that records nothing (run id 0)."""
+
+    def start(self, resume: int | None) -> int:
+        """Nothing to open."""
+        return 0 if resume is None else resume
+
+    def record(self, record: RoundRecord, evals: Sequence[ClientEval]) -> None:
+        """Ignore the round."""
+
+    def finish(self, summary: Summary) -> None:
+        """Nothing to close."""
+
+    def fail(self, error: str) -> None:
+        """Nothing to mark."""

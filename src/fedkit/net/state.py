@@ -1,11 +1,13 @@
 """The coordinator's durable record in SQLite: run identity, committed rounds, round-trip times.
 
-Each committed round is written in one transaction: the checkpoint (the core's safetensors
-checkpoint bytes — server state incl. model and server-optimiser state, the completed-round count
-and the seed, which with the round *is* the RNG state, see :mod:`fedkit.rng`), the round's record
-and every worker's round-trip time. A SIGKILL at any point leaves the previous round or the new
-one. On restart :meth:`CoordinatorDB.restore_checkpoint` puts the last committed checkpoint back
-where the run loop resumes from, and the run id is kept so reconnecting workers stay in the run.
+SQLite is the deployment's one home of the round checkpoint: :class:`SQLiteCheckpointer` is the
+run loop's :class:`fedkit.checkpoint.Checkpointer` here. Each committed round is written in one
+transaction: the checkpoint (:func:`fedkit.checkpoint.encode` bytes — server state incl. model and
+server-optimiser state, the completed-round count and the seed, which with the round *is* the RNG
+state, see :mod:`fedkit.rng`), the round's record and every worker's round-trip time, staged by
+the coordinator before the run loop saves. A SIGKILL at any point leaves the previous round or the
+new one. On restart the run loop loads the checkpoint from the same row, and the run id is kept so
+reconnecting workers stay in the run.
 """
 
 from __future__ import annotations
@@ -13,10 +15,16 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
-from fedkit.checkpoint import write_atomic
+from torch import Tensor
+
+from fedkit.checkpoint import Checkpoint, RunKey, decode, encode
+
+S = TypeVar("S")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -172,20 +180,10 @@ class CoordinatorDB:
         row = self._db.execute("SELECT completed_rounds FROM checkpoint WHERE id=1").fetchone()
         return 0 if row is None else int(row[0])
 
-    def restore_checkpoint(self, path: Path) -> int:
-        """Write the last committed checkpoint to ``path`` (atomically); returns its round count.
-
-        A checkpoint file that is not the committed one (the process died between the run loop's
-        file write and the SQLite commit) is replaced, or removed when nothing was committed.
-        """
-        row = self._db.execute(
-            "SELECT completed_rounds, data FROM checkpoint WHERE id=1"
-        ).fetchone()
-        if row is None:
-            path.unlink(missing_ok=True)
-            return 0
-        write_atomic(path, bytes(row[1]))
-        return int(row[0])
+    def checkpoint_bytes(self) -> bytes | None:
+        """The last committed checkpoint, or None for a fresh run."""
+        row = self._db.execute("SELECT data FROM checkpoint WHERE id=1").fetchone()
+        return None if row is None else bytes(row[0])
 
     def rtt_rows(self) -> list[RttRow]:
         """Every recorded round trip."""
@@ -209,6 +207,36 @@ class CoordinatorDB:
             )
             for r in cur.fetchall()
         ]  # fmt: skip
+
+
+class SQLiteCheckpointer:
+    """The deployment's :class:`~fedkit.checkpoint.Checkpointer`: the ``checkpoint`` row.
+
+    ``save`` commits the checkpoint together with the rows staged since the last commit (the
+    round's attempts and round-trip times) in one transaction.
+    """
+
+    def __init__(self, db: CoordinatorDB) -> None:
+        self.db = db
+
+    def save(
+        self, completed_rounds: int, state: Any, client_tensors: Mapping[str, Tensor], key: RunKey
+    ) -> None:
+        """Commit the checkpoint and the staged rows in one transaction."""
+        blob = encode(completed_rounds, state, client_tensors, key)
+        self.db.commit(completed_rounds=completed_rounds, checkpoint=blob)
+
+    def load(self, template: S, key: RunKey) -> Checkpoint[S] | None:
+        """The committed checkpoint validated against ``template`` and ``key``, or None.
+
+        Raises:
+            fedkit.checkpoint.CheckpointError: a damaged row or another run's checkpoint (the
+                row is left untouched).
+        """
+        raw = self.db.checkpoint_bytes()
+        if raw is None:
+            return None
+        return decode(raw, template, key, where=f"in {self.db.path} (table checkpoint)")
 
 
 class _Tx:

@@ -1,4 +1,5 @@
-"""Deployment experiment files: the `fedkit run` format plus a validated [deploy] section."""
+"""Deployment experiment files (the edge, fedkit.experiment.deploy): the `fedkit run` format plus
+a validated [deploy] section, built into a typed fedkit.net Deployment."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedkit.net.experiment import DeploySettings, ExperimentError, load_experiment
+from fedkit.algorithms import FedAvg
+from fedkit.experiment.deploy import ExperimentError, load_deployment
+from fedkit.net.deployment import DeploySettings
 
 BASE = """
 [data]
@@ -34,9 +37,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_valid_file_with_deploy_section(tmp_path: Path) -> None:
-    exp = load_experiment(write(tmp_path, BASE + "[deploy]\nquorum = 0.5\ndeadline_s = 9\n"))
+    exp = load_deployment(write(tmp_path, BASE + "[deploy]\nquorum = 0.5\ndeadline_s = 9\n"))
     assert exp.deploy == DeploySettings(quorum=0.5, deadline_s=9)
     assert exp.rounds == 2 and exp.seed == 3 and exp.cohort_size(4) == 2
+    assert isinstance(exp.algorithm, FedAvg) and exp.model == "logreg"
+    assert exp.federated_eval_every == 2  # unset: after the last round only, as `fedkit run`
     assert len(exp.digest) == 64
     a = exp.build_model(num_classes=10, input_shape=(60,))
     b = exp.build_model(num_classes=10, input_shape=(60,))
@@ -57,16 +62,16 @@ def test_valid_file_with_deploy_section(tmp_path: Path) -> None:
 )
 def test_errors_name_the_key(tmp_path: Path, extra: str, fragment: str) -> None:
     with pytest.raises(ExperimentError, match=fragment):
-        load_experiment(write(tmp_path, BASE + extra))
+        load_deployment(write(tmp_path, BASE + extra))
 
 
 def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ExperimentError, match="not valid TOML"):
-        load_experiment(write(tmp_path, "[data\n"))
+        load_deployment(write(tmp_path, "[data\n"))
     with pytest.raises(ExperimentError, match="cannot read"):
-        load_experiment(tmp_path / "nope.toml")
+        load_deployment(tmp_path / "nope.toml")
 
 
 def test_centralized_is_not_deployable(tmp_path: Path) -> None:
     with pytest.raises(ExperimentError, match="federated"):
-        load_experiment(write(tmp_path, BASE.replace('name = "fedavg"', 'name = "centralized"')))
+        load_deployment(write(tmp_path, BASE.replace('name = "fedavg"', 'name = "centralized"')))

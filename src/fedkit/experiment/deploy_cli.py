@@ -1,6 +1,7 @@
 """``fedkit coordinator | worker | launch | certs``: the deployment commands.
 
-Mounted by :mod:`fedkit.cli`; also runnable as ``python -m fedkit.net``.
+Mounted by :mod:`fedkit.cli` (``fedkit …`` or ``python -m fedkit …``). They read experiment files
+(:mod:`fedkit.experiment.deploy`) and hand typed objects to :mod:`fedkit.net`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from fedkit.net.coordinator import Summary
-    from fedkit.net.experiment import Experiment
+    from fedkit.experiment.deploy import DeploymentFile
+    from fedkit.net.results import Summary
     from fedkit.net.transport import Security
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment over gRPC.")
@@ -57,11 +58,11 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         )
 
 
-def _load(path: Path) -> Experiment:
-    from fedkit.net.experiment import ExperimentError, load_experiment
+def _load(path: Path) -> DeploymentFile:
+    from fedkit.experiment.deploy import ExperimentError, read_deployment
 
     try:
-        return load_experiment(path)
+        return read_deployment(path)
     except ExperimentError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -86,14 +87,14 @@ def coordinator(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
-    from fedkit.net.coordinator import serve
+    from fedkit.experiment.deploy import coordinate
     from fedkit.net.executor import QuorumError
 
     _logging(verbose)
     exp = _load(experiment)
     sec = _security(tls_dir, insecure)
     try:
-        summary = serve(
+        summary = coordinate(
             exp, listen=listen, security=sec, out_dir=out, data_root=data, min_workers=min_workers
         )
     except (PermissionError, FileNotFoundError, OSError) as exc:
@@ -123,9 +124,8 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
+    from fedkit.experiment.deploy import ExperimentError, run_worker
     from fedkit.net.errors import NetError, TLSHandshakeError
-    from fedkit.net.experiment import ExperimentError
-    from fedkit.net.worker import run_worker
 
     _logging(verbose)
     try:
@@ -164,7 +164,7 @@ def launch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Start a coordinator and N local workers (loopback) and run the experiment."""
-    from fedkit.net.launch import launch as do_launch
+    from fedkit.experiment.deploy import launch as do_launch
 
     _logging(verbose)
     exp = _load(experiment)

@@ -1,0 +1,287 @@
+"""Deployments from experiment files: the edge between ``fedkit coordinator|worker|launch`` and
+:mod:`fedkit.net`.
+
+An experiment file for a deployment is the ``fedkit run`` format plus a ``[deploy]`` section. The
+sections ``[data]``, ``[model]``, ``[algorithm]`` and ``[run]`` are parsed and validated by
+:mod:`fedkit.experiment.config`, and the model and algorithm are built exactly as ``fedkit run``
+builds them (:mod:`fedkit.experiment.runner`), so a deployment of a file ends with the same model
+as ``fedkit run`` of it. ``[deploy]`` (:class:`fedkit.net.deployment.DeploySettings`) holds the
+round policy only a coordinator uses; studies (``arms``/``grid``) are not deployable. The
+coordinator and every worker load the same file; the coordinator refuses workers whose file
+differs (SHA-256 digest).
+
+:func:`load_deployment` turns a file into a typed :class:`~fedkit.net.deployment.Deployment`;
+:func:`run_coordinator`, :func:`run_worker` and :func:`launch` hand it to :mod:`fedkit.net`, with
+the results database (:class:`~fedkit.experiment.deploy_results.ResultsRecorder`) as the
+coordinator's recorder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fedkit.checkpoint import write_atomic
+from fedkit.experiment.config import ConfigError, ExperimentConfig, experiment_from_mapping
+from fedkit.experiment.deploy_results import ResultsRecorder
+from fedkit.experiment.runner import build_algorithm, model_init_seed
+from fedkit.net.coordinator import serve
+from fedkit.net.deployment import DeployError, Deployment, deploy_from_mapping
+from fedkit.net.results import Summary
+from fedkit.net.transport import Security
+from fedkit.net.worker import run_worker as serve_worker
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be deployed (names the key and the allowed values)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentFile:
+    """An experiment file read for deployment: its validated config and what it builds."""
+
+    config: ExperimentConfig
+    deployment: Deployment
+
+
+def read_deployment(path: Path) -> DeploymentFile:
+    """Parse and validate an experiment file for deployment, and build what it describes.
+
+    Raises:
+        ExperimentError: a missing file, malformed TOML, an unknown key or an out-of-range value
+            (messages from :mod:`fedkit.experiment.config` name the key and the allowed values).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ExperimentError(f"cannot read experiment file {path}: {exc}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ExperimentError(f"{path} is not valid TOML: {exc}") from None
+    deploy_t = doc.pop("deploy", {})
+    if not isinstance(deploy_t, dict):
+        raise ExperimentError("[deploy] must be a table")
+    for key in ("arms", "grid"):
+        if key in doc:
+            raise ExperimentError(
+                f"{path}: a deployment runs one experiment; remove `{key}` (studies run with "
+                "`fedkit run`)"
+            )
+    doc.pop("study", None)
+    try:
+        cfg = experiment_from_mapping(doc, name=path.stem, study=path.stem)
+        settings = deploy_from_mapping(deploy_t)
+    except (ConfigError, DeployError) as exc:
+        raise ExperimentError(str(exc)) from None
+    a = cfg.algorithm
+    if a is None or a.name == "centralized" or cfg.parallel is not None:
+        raise ExperimentError(
+            "a deployment needs a federated [algorithm] (not 'centralized', not [parallel])"
+        )
+    rounds = cfg.run.rounds
+    if rounds is None:
+        raise ExperimentError("run.rounds is required")
+    try:
+        algorithm = build_algorithm(a)
+    except ConfigError as exc:
+        raise ExperimentError(str(exc)) from None
+    fed_every = cfg.run.federated_eval_every
+    deployment = Deployment(
+        name=cfg.name,
+        digest=hashlib.sha256(raw).hexdigest(),
+        data=cfg.data,
+        algorithm=algorithm,
+        model=cfg.model.name,
+        model_options=dict(cfg.model.options),
+        init_seed=model_init_seed(cfg.run.seed),
+        rounds=rounds,
+        seed=cfg.run.seed,
+        eval_every=cfg.run.eval_every,
+        # unset means after the last round only (as ``fedkit run``)
+        federated_eval_every=rounds if fed_every is None else fed_every,
+        target_accuracy=cfg.run.target_accuracy,
+        cohort=cfg.cohort_size,
+        sampler=cfg.sampler,
+        deploy=settings,
+    )
+    return DeploymentFile(config=cfg, deployment=deployment)
+
+
+def load_deployment(path: Path) -> Deployment:
+    """The :class:`~fedkit.net.deployment.Deployment` an experiment file describes.
+
+    Raises:
+        ExperimentError: see :func:`read_deployment`.
+    """
+    return read_deployment(path).deployment
+
+
+def results_recorder(file: DeploymentFile, out_dir: Path) -> ResultsRecorder:
+    """The coordinator's recorder: the results database in ``out_dir``."""
+    cfg = file.config
+    return ResultsRecorder(
+        out_dir,
+        name=cfg.name,
+        study=cfg.study,
+        config={**cfg.to_mapping(), "deploy": dataclasses.asdict(file.deployment.deploy)},
+    )
+
+
+def coordinate(
+    file: DeploymentFile,
+    *,
+    listen: str,
+    security: Security,
+    out_dir: Path,
+    data_root: Path | None = None,
+    min_workers: int = 0,
+    on_listening: Callable[[int], None] | None = None,
+) -> Summary:
+    """Serve a loaded experiment file as a coordinator, recording into ``out_dir``."""
+    return serve(
+        file.deployment,
+        listen=listen,
+        security=security,
+        out_dir=out_dir,
+        data_root=data_root,
+        min_workers=min_workers,
+        on_listening=on_listening,
+        recorder=results_recorder(file, out_dir),
+    )
+
+
+def run_coordinator(
+    *,
+    experiment: Path,
+    listen: str,
+    out_dir: Path,
+    data_root: Path | None = None,
+    security: Security | None = None,
+    threads: int = 1,
+    min_workers: int = 0,
+) -> Summary:
+    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
+    torch.set_num_threads(max(1, threads))
+    summary = coordinate(
+        read_deployment(experiment),
+        listen=listen,
+        security=security or Security(),
+        out_dir=out_dir,
+        data_root=data_root,
+        min_workers=min_workers,
+    )
+    write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
+    return summary
+
+
+def run_worker(
+    *,
+    coordinator: str,
+    experiment: Path,
+    client_id: int,
+    data_root: Path | None = None,
+    security: Security | None = None,
+    tls_name: str | None = None,
+    state_dir: Path | None = None,
+    threads: int = 1,
+    give_up_s: float = 120.0,
+) -> int:
+    """Load the experiment file and serve one client until the run ends (rounds accepted)."""
+    return serve_worker(
+        coordinator=coordinator,
+        exp=load_deployment(experiment),
+        client_id=client_id,
+        data_root=data_root,
+        security=security,
+        tls_name=tls_name,
+        state_dir=state_dir,
+        threads=threads,
+        give_up_s=give_up_s,
+    )
+
+
+def worker_command(
+    *, address: str, experiment: Path, client_id: int, data_root: Path | None
+) -> list[str]:
+    """The command line of one local worker process (``python -m fedkit worker …``)."""
+    cmd = [
+        sys.executable, "-m", "fedkit", "worker", "--coordinator", address,
+        "--experiment", str(experiment), "--client-id", str(client_id),
+    ]  # fmt: skip
+    if data_root is not None:
+        cmd += ["--data", str(data_root)]
+    return cmd
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for worker processes: one thread per process (shared small machines)."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return env
+
+
+def launch(
+    file: DeploymentFile,
+    experiment_path: Path,
+    *,
+    workers: int,
+    out_dir: Path,
+    data_root: Path | None = None,
+) -> Summary:
+    """``fedkit launch``: a coordinator here and ``workers`` local worker processes, for demos.
+
+    The coordinator runs in this process on a free loopback port; each worker is a separate Python
+    process (one torch thread each) serving one client id, with its log in
+    ``OUT/worker-<id>.log``.
+    """
+    num_clients = file.deployment.data.num_clients
+    if workers != num_clients:
+        raise ValueError(
+            f"--workers {workers} must equal data.num_clients = {num_clients}: each local worker "
+            "serves one client id"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start_workers(port: int) -> None:
+        for cid in range(workers):
+            log = (out_dir / f"worker-{cid}.log").open("ab")
+            cmd = worker_command(
+                address=f"127.0.0.1:{port}",
+                experiment=experiment_path,
+                client_id=cid,
+                data_root=data_root,
+            )
+            procs.append(
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env())
+            )
+            log.close()
+
+    try:
+        return coordinate(
+            file,
+            listen="127.0.0.1:0",
+            security=Security(),
+            out_dir=out_dir,
+            data_root=data_root,
+            on_listening=start_workers,
+            min_workers=workers,
+        )
+    finally:
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

@@ -1,0 +1,155 @@
+"""A deployment's rounds in the experiment results database (``OUT/results.sqlite``).
+
+:class:`ResultsRecorder` is the edge's :class:`fedkit.net.results.RunRecorder`: the coordinator
+records its run where ``fedkit run`` records simulations
+(:class:`fedkit.experiment.results.ResultsStore`), so ``fedkit runs show`` and ``fedkit report``
+work on deployments too. Per-client rows carry each worker's round-trip time (``seconds``) and its
+work fraction every round. After a coordinator restart the same results run is continued (its id is
+kept in the coordinator's own database).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedkit.evaluate import ClientEval
+from fedkit.experiment.results import ClientRow, ResultsStore, RoundRow, RunSummary
+from fedkit.net.results import Summary
+from fedkit.run import RoundRecord
+
+
+def _real(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
+class ResultsRecorder:
+    """Writes each round of a deployment to the results store in ``out_dir``.
+
+    Args:
+        out_dir: The coordinator's output directory (``results.sqlite`` goes there).
+        name: The run's name.
+        study: Its study.
+        config: The validated experiment file, ``[deploy]`` included (stored with the run).
+    """
+
+    def __init__(self, out_dir: Path, *, name: str, study: str, config: Mapping[str, object]):
+        self.out_dir = out_dir
+        self.name = name
+        self.study = study
+        self.config = dict(config)
+        self._store: ResultsStore | None = None
+        self.run_id = 0
+        self._recorded: set[int] = set()
+
+    @property
+    def store(self) -> ResultsStore:
+        """The open results store (after :meth:`start`)."""
+        if self._store is None:
+            raise RuntimeError("ResultsRecorder.start() was not called")
+        return self._store
+
+    def start(self, resume: int | None) -> int:
+        """Open the store and start a run (or continue run ``resume``); returns its id."""
+        self._store = ResultsStore.in_dir(self.out_dir)
+        if resume is None:
+            resume = self._store.start_run(name=self.name, study=self.study, config=self.config)
+        self.run_id = resume
+        self._recorded = {r.round for r in self._store.rounds(resume)}
+        return resume
+
+    def record(self, record: RoundRecord, evals: Sequence[ClientEval] = ()) -> None:
+        """Add one round and its clients (round-trip time in ``seconds``).
+
+        A round already recorded (an aborted round re-run after a coordinator restart) is kept
+        as first recorded.
+        """
+        if record.round in self._recorded:
+            return
+        self._recorded.add(record.round)
+        central = record.central
+        fed = record.federated
+        scored = fed is not None and not fed.is_empty()
+        self.store.add_round(
+            self.run_id,
+            RoundRow(
+                round=record.round,
+                train_loss=_real(record.train_loss),
+                test_loss=_real(central.loss) if central else None,
+                test_accuracy=_real(central.accuracy) if central else None,
+                fed_mean=fed.mean if fed is not None and scored else None,
+                fed_wmean=fed.weighted_mean if fed is not None and scored else None,
+                fed_p10=fed.p10 if fed is not None and scored else None,
+                fed_var=fed.variance if fed is not None and scored else None,
+                fed_min=fed.minimum if fed is not None and scored else None,
+                fed_clients=None if fed is None else fed.clients,
+                cohort_size=len(record.cohort),
+                dropped=len(record.dropped),
+                bytes_up=record.bytes_up,
+                bytes_down=record.bytes_down,
+                wall_seconds=record.wall_seconds,
+                sim_seconds=None,
+                committed=record.committed,
+            ),
+            self._client_rows(record, evals),
+        )
+
+    @staticmethod
+    def _client_rows(record: RoundRecord, evals: Sequence[ClientEval]) -> list[ClientRow]:
+        rows = {
+            c.client_id: ClientRow(
+                round=record.round,
+                client_id=c.client_id,
+                trained=True,
+                num_examples=c.num_examples,
+                steps=c.steps,
+                train_loss=_real(c.train_loss),
+                work_fraction=c.work_fraction,
+                seconds=c.seconds,
+            )
+            for c in record.clients
+        }
+        for e in evals:
+            base = rows.get(
+                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
+            )
+            rows[e.client_id] = dataclasses.replace(
+                base,
+                eval_examples=e.result.num_examples,
+                eval_loss=_real(e.result.loss),
+                eval_accuracy=_real(e.result.accuracy),
+            )
+        return [rows[k] for k in sorted(rows)]
+
+    def finish(self, summary: Summary) -> None:
+        """Mark the run completed and close the store."""
+        self.store.finish_run(
+            self.run_id,
+            RunSummary(
+                rounds=summary.rounds,
+                final_accuracy=summary.final_accuracy,
+                best_accuracy=summary.best_accuracy,
+                rounds_to_target=summary.rounds_to_target,
+                target_accuracy=summary.target_accuracy,
+                wall_seconds=summary.wall_seconds,
+                bytes_up=summary.bytes_up,
+                bytes_down=summary.bytes_down,
+                model_sha256=summary.model_sha256,
+                final_loss=summary.final_loss,
+            ),
+        )
+        self.close()
+
+    def fail(self, error: str) -> None:
+        """Mark the run failed (its rounds so far are kept) and close the store."""
+        if self._store is not None:
+            self._store.fail_run(self.run_id, error)
+        self.close()
+
+    def close(self) -> None:
+        """Close the store (idempotent)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
