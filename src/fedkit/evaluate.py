@@ -64,7 +64,11 @@ class ClientEval:
 
 @dataclasses.dataclass(frozen=True)
 class Distribution:
-    """Summary of per-client accuracy across clients with test data."""
+    """Summary of per-client accuracy across clients with test data.
+
+    ``personal_mean`` is the mean accuracy of the clients' personal models over the clients
+    that have one (NaN when none has: non-personalised algorithms).
+    """
 
     clients: int
     mean: float
@@ -72,6 +76,7 @@ class Distribution:
     p10: float
     variance: float
     minimum: float
+    personal_mean: float = math.nan
 
     @classmethod
     def of(cls, evals: Sequence[ClientEval]) -> Distribution:
@@ -82,6 +87,7 @@ class Distribution:
             return cls(clients=0, mean=nan, weighted_mean=nan, p10=nan, variance=nan, minimum=nan)
         acc = torch.tensor([e.result.accuracy for e in scored], dtype=torch.float64)
         w = torch.tensor([e.result.num_examples for e in scored], dtype=torch.float64)
+        own = [e.personal.accuracy for e in scored if e.personal is not None]
         return cls(
             clients=len(scored),
             mean=float(acc.mean()),
@@ -89,6 +95,7 @@ class Distribution:
             p10=float(torch.quantile(acc, 0.1)),
             variance=float(acc.var(unbiased=False)),
             minimum=float(acc.min()),
+            personal_mean=sum(own) / len(own) if own else math.nan,
         )
 
     def is_empty(self) -> bool:

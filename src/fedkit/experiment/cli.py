@@ -237,22 +237,23 @@ def show_run(
     if r.error:
         con.print("error: " + r.error, markup=False)
     table = Table()
-    for col in ("round", "train loss", "test loss", "test acc", "fed mean", "fed wmean"):
-        table.add_column(col, justify="right")
-    for col in ("fed p10", "bytes up", "bytes down", "wall s"):
+    personal = any(x.fed_personal_mean is not None for x in rounds)
+    cols = ["round", "train loss", "test loss", "test acc", "fed mean", "fed wmean"]
+    cols += ["personal mean"] if personal else []
+    for col in (*cols, "fed p10", "bytes up", "bytes down", "wall s"):
         table.add_column(col, justify="right")
     for x in rounds:
-        table.add_row(
+        cells = [
             str(x.round),
             _fmt(x.train_loss),
             _fmt(x.test_loss),
             _fmt(x.test_accuracy),
             _fmt(x.fed_mean),
             _fmt(x.fed_wmean),
-            _fmt(x.fed_p10),
-            str(x.bytes_up),
-            str(x.bytes_down),
-            f"{x.wall_seconds:.3f}",
+        ]
+        cells += [_fmt(x.fed_personal_mean)] if personal else []
+        table.add_row(
+            *cells, _fmt(x.fed_p10), str(x.bytes_up), str(x.bytes_down), f"{x.wall_seconds:.3f}"
         )
     con.print(table)
 

@@ -121,6 +121,11 @@ def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
     client_acc = tuple(
         float(c.eval_accuracy) for c in evaluated if c.round == last and c.eval_accuracy is not None
     )
+    personal_acc = tuple(
+        float(c.personal_accuracy)
+        for c in evaluated
+        if c.round == last and c.personal_accuracy is not None
+    )
     return Arm(
         run_id=str(run.id),
         name=run.name,
@@ -130,6 +135,7 @@ def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
         points=tuple(points),
         client_accuracy=client_acc,
         client_round=None if last is None else last + 1,
+        personal_accuracy=personal_acc,
         settings=tuple(flatten_config(run.config)),
         study=run.study,
         source=str(store.path),

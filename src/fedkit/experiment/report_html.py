@@ -34,6 +34,7 @@ _COLUMNS = (
     "wall time (rounds)",
     "bytes up + down",
     "client acc. mean / p10 (n)",
+    "personal acc. mean / p10",
 )
 
 
@@ -87,6 +88,7 @@ def _row(arm: Arm, label: str, s: ArmSummary) -> list[str]:
         f"{s.wall_seconds:.1f} s",
         format_bytes(s.bytes_up + s.bytes_down),
         clients,
+        "–" if s.personal_mean is None else f"{_pct(s.personal_mean)} / {_pct(s.personal_p10)}",
     ]
 
 

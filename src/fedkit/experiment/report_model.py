@@ -63,6 +63,8 @@ class Arm:
         client_accuracy: per-client accuracies of the last federated evaluation (empty when the
             run had none).
         client_round: the round (1-based) of that federated evaluation.
+        personal_accuracy: per-client accuracies of the clients' personal models at that
+            evaluation (personalised algorithms; empty otherwise).
         settings: flattened run configuration, ``(dotted key, value as text)`` pairs.
         study: the study the run belongs to, if any.
         source: where the run was read from (a results directory or database).
@@ -76,6 +78,7 @@ class Arm:
     points: tuple[RoundPoint, ...] = ()
     client_accuracy: tuple[float, ...] = ()
     client_round: int | None = None
+    personal_accuracy: tuple[float, ...] = ()
     settings: tuple[tuple[str, str], ...] = ()
     study: str | None = None
     source: str = ""
@@ -103,6 +106,8 @@ class ArmSummary:
     client_mean: float | None
     client_p10: float | None
     client_count: int
+    personal_mean: float | None = None
+    personal_p10: float | None = None
 
 
 def _finite(value: float | None) -> bool:
@@ -135,6 +140,7 @@ def summarize(arm: Arm) -> ArmSummary:
         hit = next((p for p in scored if (p.accuracy or 0.0) >= arm.target_accuracy), None)
     last = arm.points[-1] if arm.points else None
     clients = [a for a in arm.client_accuracy if math.isfinite(a)]
+    own = [a for a in arm.personal_accuracy if math.isfinite(a)]
     return ArmSummary(
         rounds=last.round if last else 0,
         final_accuracy=final,
@@ -149,6 +155,8 @@ def summarize(arm: Arm) -> ArmSummary:
         client_mean=statistics.fmean(clients) if clients else None,
         client_p10=_p10(clients) if clients else None,
         client_count=len(clients),
+        personal_mean=statistics.fmean(own) if own else None,
+        personal_p10=_p10(own) if own else None,
     )
 
 

@@ -51,7 +51,7 @@ __all__ = [
 DB_NAME = "results.sqlite"
 """File name of the database inside an output directory."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the schema below; stored as ``PRAGMA user_version``."""
 
 RunStatus = Literal["running", "completed", "failed"]
@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     test_accuracy REAL,
     fed_mean      REAL,
     fed_wmean     REAL,
+    fed_personal_mean REAL,
     fed_p10       REAL,
     fed_var       REAL,
     fed_min       REAL,
@@ -110,6 +111,8 @@ CREATE TABLE IF NOT EXISTS clients (
     eval_examples INTEGER,
     eval_loss     REAL,
     eval_accuracy REAL,
+    personal_loss REAL,
+    personal_accuracy REAL,
     PRIMARY KEY (run_id, round, client_id)
 );
 CREATE INDEX IF NOT EXISTS runs_study ON runs(study);
@@ -262,6 +265,8 @@ class RoundRow:
         fed_wmean: Federated evaluation: the example-weighted mean of per-client accuracy,
             ``Σ n_i acc_i / Σ n_i`` over local test examples n_i (the pooled accuracy of all
             clients' test examples); ``None`` in rows written before schema 3.
+        fed_personal_mean: Federated evaluation of personalised algorithms: the mean of
+            per-client accuracy of each client's personal model (``None`` otherwise).
         fed_p10: Federated evaluation: 10th percentile of per-client accuracy.
         fed_var: Federated evaluation: variance of per-client accuracy.
         fed_min: Federated evaluation: lowest per-client accuracy.
@@ -284,6 +289,7 @@ class RoundRow:
     test_accuracy: float | None
     fed_mean: float | None
     fed_wmean: float | None = None
+    fed_personal_mean: float | None = None
     fed_p10: float | None
     fed_var: float | None
     fed_min: float | None
@@ -317,6 +323,9 @@ class ClientRow:
         eval_examples: Local test examples scored by federated evaluation.
         eval_loss: Local test loss of the global model after the round.
         eval_accuracy: Local test accuracy of the global model after the round.
+        personal_loss: Local test loss of the client's personal model (personalised
+            algorithms only; ``None`` otherwise).
+        personal_accuracy: Local test accuracy of the client's personal model.
     """
 
     round: int
@@ -330,6 +339,8 @@ class ClientRow:
     eval_examples: int | None = None
     eval_loss: float | None = None
     eval_accuracy: float | None = None
+    personal_loss: float | None = None
+    personal_accuracy: float | None = None
 
 
 class ResultsStore:
@@ -410,6 +421,10 @@ class ResultsStore:
                 c.execute("ALTER TABLE rounds ADD COLUMN details TEXT")
             if 1 <= version < 3:  # 2 -> 3: the example-weighted federated mean
                 c.execute("ALTER TABLE rounds ADD COLUMN fed_wmean REAL")
+            if 1 <= version < 4:  # 3 -> 4: personal models' accuracy (per client, round mean)
+                c.execute("ALTER TABLE rounds ADD COLUMN fed_personal_mean REAL")
+                c.execute("ALTER TABLE clients ADD COLUMN personal_loss REAL")
+                c.execute("ALTER TABLE clients ADD COLUMN personal_accuracy REAL")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
@@ -458,9 +473,10 @@ class ResultsStore:
         with self._write() as c:
             c.execute(
                 "INSERT INTO rounds (run_id, round, train_loss, test_loss, test_accuracy, "
-                "fed_mean, fed_wmean, fed_p10, fed_var, fed_min, fed_clients, cohort_size, "
-                "dropped, bytes_up, bytes_down, wall_seconds, sim_seconds, committed, details) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "fed_mean, fed_wmean, fed_personal_mean, fed_p10, fed_var, fed_min, fed_clients, "
+                "cohort_size, dropped, bytes_up, bytes_down, wall_seconds, sim_seconds, "
+                "committed, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     row.round,
@@ -469,6 +485,7 @@ class ResultsStore:
                     _real(row.test_accuracy),
                     _real(row.fed_mean),
                     _real(row.fed_wmean),
+                    _real(row.fed_personal_mean),
                     _real(row.fed_p10),
                     _real(row.fed_var),
                     _real(row.fed_min),
@@ -485,8 +502,9 @@ class ResultsStore:
             )
             c.executemany(
                 "INSERT INTO clients (run_id, round, client_id, trained, num_examples, steps, "
-                "train_loss, work_fraction, seconds, eval_examples, eval_loss, eval_accuracy) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "train_loss, work_fraction, seconds, eval_examples, eval_loss, eval_accuracy, "
+                "personal_loss, personal_accuracy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         run_id,
@@ -501,6 +519,8 @@ class ResultsStore:
                         cr.eval_examples,
                         _real(cr.eval_loss),
                         _real(cr.eval_accuracy),
+                        _real(cr.personal_loss),
+                        _real(cr.personal_accuracy),
                     )
                     for cr in clients
                 ],
@@ -564,6 +584,7 @@ class ResultsStore:
                 test_accuracy=r["test_accuracy"],
                 fed_mean=r["fed_mean"],
                 fed_wmean=r["fed_wmean"],
+                fed_personal_mean=r["fed_personal_mean"],
                 fed_p10=r["fed_p10"],
                 fed_var=r["fed_var"],
                 fed_min=r["fed_min"],
@@ -601,6 +622,8 @@ class ResultsStore:
                 eval_examples=r["eval_examples"],
                 eval_loss=r["eval_loss"],
                 eval_accuracy=r["eval_accuracy"],
+                personal_loss=r["personal_loss"],
+                personal_accuracy=r["personal_accuracy"],
             )
             for r in rows
         ]
