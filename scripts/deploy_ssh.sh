@@ -73,7 +73,7 @@ push() {  # push TARGET FILE... : copy files into REMOTE_DIR (certs into REMOTE_
 # Coordinator: the CA, its own certificate and key.
 if [[ $INSECURE -eq 1 ]]; then push "$COORD_SSH"; else
   push "$COORD_SSH" "$CERTS/ca.pem" "$CERTS/coordinator.pem" "$CERTS/coordinator.key"; fi
-run ssh "$COORD_SSH" "cd '$REMOTE_DIR' && nohup $PY -m fedkit.net coordinator \
+run ssh "$COORD_SSH" "cd '$REMOTE_DIR' && nohup $PY -m fedkit coordinator \
   --experiment '$EXP_NAME' --listen 0.0.0.0:$PORT --out '$OUT' ${TLS_ARGS[*]} --json -v \
   > coordinator.log 2>&1 &"
 
@@ -85,7 +85,7 @@ for line in "${LINES[@]}"; do
     push "$target" "$CERTS/ca.pem" "$CERTS/worker-$i.pem" "$CERTS/worker-$i.key"; fi
   DATA_ARG=""; [[ -n "${data:-}" ]] && DATA_ARG="--data '$data'"
   NAME_ARG=""; [[ $INSECURE -eq 0 ]] && NAME_ARG="--tls-name worker-$i"
-  run ssh "$target" "cd '$REMOTE_DIR' && nohup $PY -m fedkit.net worker \
+  run ssh "$target" "cd '$REMOTE_DIR' && nohup $PY -m fedkit worker \
     --coordinator $COORD_HOST:$PORT --experiment '$EXP_NAME' --client-id $cid $DATA_ARG \
     ${TLS_ARGS[*]} $NAME_ARG --state-dir client-state -v > worker-$cid.log 2>&1 &"
   i=$((i + 1))

@@ -75,3 +75,31 @@ def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
 def test_centralized_is_not_deployable(tmp_path: Path) -> None:
     with pytest.raises(ExperimentError, match="federated"):
         load_deployment(write(tmp_path, BASE.replace('name = "fedavg"', 'name = "centralized"')))
+
+
+def test_deploy_commands_keep_their_flags() -> None:
+    """`fedkit coordinator|worker|launch|certs create`, mounted from the edge, flag for flag."""
+    import typer
+
+    from fedkit.cli import _mount, app
+
+    _mount()
+    root = typer.main.get_command(app)
+    ctx = root.make_context("fedkit", ["--help"], resilient_parsing=True)
+
+    def flags(*path: str) -> set[str]:
+        cmd = root
+        for name in path:
+            cmd = cmd.get_command(ctx, name)  # type: ignore[attr-defined]
+        return {o for p in cmd.params for o in p.opts}
+
+    common = {"--experiment", "--data", "--verbose", "-v"}
+    assert flags("coordinator") == common | {
+        "--listen", "--out", "--tls-dir", "--insecure", "--json", "--min-workers"
+    }  # fmt: skip
+    assert flags("worker") == common | {
+        "--coordinator", "--client-id", "--tls-dir", "--tls-name", "--insecure", "--state-dir",
+        "--threads",
+    }  # fmt: skip
+    assert flags("launch") == common | {"--workers", "--out", "--json"}
+    assert flags("certs", "create") == {"--out", "--coordinator-host", "--workers", "--days"}

@@ -33,7 +33,7 @@ def test_each_machine_gets_only_its_own_key(tmp_path: Path) -> None:
     assert "coordinator.key" in scp[0] and "u@10.0.0.10:" in scp[0]
     assert "worker-0.key" in scp[1] and "u@10.0.0.11:" in scp[1] and "worker-1" not in scp[1]
     assert "worker-1.key" in scp[2] and "u@10.0.0.12:" in scp[2] and "worker-0" not in scp[2]
-    starts = [ln for ln in lines if "fedkit.net" in ln]
+    starts = [ln for ln in lines if "-m\\ fedkit\\ " in ln]
     assert "coordinator" in starts[0] and "--tls-dir" in starts[0]
     assert "--client-id\\ 0" in starts[1] and "/data/a" in starts[1] and "worker-0" in starts[1]
     assert "--client-id\\ 1" in starts[2] and "--data" not in starts[2]
@@ -43,7 +43,7 @@ def test_each_machine_gets_only_its_own_key(tmp_path: Path) -> None:
 def test_insecure_mode_copies_no_keys(tmp_path: Path) -> None:
     lines = dry_run(tmp_path, "--insecure")
     assert not [ln for ln in lines if ".key" in ln or ".pem" in ln]
-    assert all("--insecure" in ln for ln in lines if "fedkit.net" in ln)
+    assert all("--insecure" in ln for ln in lines if "-m\\ fedkit\\ " in ln)
 
 
 def test_missing_arguments_fail_clearly(tmp_path: Path) -> None:
