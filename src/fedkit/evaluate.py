@@ -42,9 +42,11 @@ def evaluate(
     counted = 0
     for start in range(0, int(y.shape[0]), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        out = model(xb)
         valid = yb != IGNORE_INDEX
         k = int(valid.sum())
+        if k == 0:  # all padding: the mean loss over no targets is NaN, and counts for nothing
+            continue
+        out = model(xb)
         loss_sum += float(loss_fn(out, yb)) * k
         correct += int(((out.argmax(dim=-1) == yb) & valid).sum())
         counted += k

@@ -100,7 +100,10 @@ def test_work_fraction_truncates_and_validates() -> None:
 
 
 def test_seed_derivation_is_stable_and_separates_streams() -> None:
-    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
+    # the documented derivation, pinned: the first 8 bytes (little endian) of
+    # sha256(b"1:2:3:") masked to 63 bits; a changed rule would change every recorded run
+    assert derive_seed(1, 2, 3) == 4113124602816418592
+    assert derive_seed(0, 0, -1, "sample") == 3327041113282091706
     seeds = {
         derive_seed(1, r, c, s)
         for r in range(5)

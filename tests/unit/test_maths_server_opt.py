@@ -73,7 +73,6 @@ def test_fedadam_three_rounds_by_hand() -> None:
             (1.8004949163302824, 0.25, 0.91796875),
         ],
     )
-    assert 1 + 1 / (math.sqrt(1.1875) + 0.5) == pytest.approx(1.629039718277513, rel=1e-15)
 
 
 def test_fedyogi_four_rounds_by_hand_with_its_shrinking_branch() -> None:
@@ -122,7 +121,6 @@ def test_fedadagrad_with_beta1_zero_is_the_momentum_free_rule() -> None:
     # t=1: v = 5.25; x = 1.7807764064044151 - 1/(√5.25 + 0.5) = 1.422518836908831
     want = [(1.7807764064044151, 2.0, 4.25), (1.422518836908831, -1.0, 5.25)]
     _check(_rounds(Adagrad(lr=ETA, beta1=0.0, tau=TAU), [2.0, -1.0]), want)
-    assert 1 + 2 / (math.sqrt(4.25) + 0.5) == pytest.approx(want[0][0], rel=1e-15)
 
 
 def test_fedadagrad_default_beta1_is_the_papers() -> None:
