@@ -19,11 +19,8 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from fedkit.algorithm import ClientContext, ClientData, RoundInfo
+from fedkit.client import prepared_template
 from fedkit.data.spec import build_federated
 from fedkit.net.broker import Broker
 from fedkit.net.deployment import Deployment
@@ -33,31 +30,12 @@ from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
-from fedkit.rng import SERVER, generator
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
 
 log = logging.getLogger("fedkit.coordinator")
 
 RESULT_HEADER_ALLOWANCE = 1 << 20
 """Bytes allowed for a result's safetensors header and metadata beyond its tensors (1 MiB)."""
-
-
-def probe_update_template(
-    exp: Deployment, algorithm: Any, model: torch.nn.Module, init: Params, sample: ClientData
-) -> Any:
-    """A client update shaped as this algorithm produces it (after ``prepare``).
-
-    The coordinator runs the client half once on ``sample`` (a couple of held-out examples) with
-    its own RNG stream; only the update's names, dtypes and shapes are kept, as the template every
-    worker's result must match.
-    """
-    info = RoundInfo(round=0, seed=exp.seed, num_clients=1, cohort_size=1)
-    msg = algorithm.broadcast(algorithm.init_state(init), info)
-    ctx = ClientContext(
-        client_id=0, info=info, model=model, generator=generator(exp.seed, 0, SERVER, "probe")
-    )
-    res = algorithm.client_update(ctx, msg, sample, None)
-    return algorithm.aggregator().prepare(res.update, res.weight)
 
 
 def serve(
@@ -91,8 +69,8 @@ def serve(
     model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
     init = exp.initial_params(model)
     algorithm = exp.algorithm
-    sample = ClientData(x_train=ds.test.x[:2], y_train=ds.test.y[:2])
-    template = probe_update_template(exp, algorithm, model, init, sample)
+    # the update every worker's result must match: names, dtypes, shapes (no training needed)
+    template = prepared_template(algorithm, init, exp.seed)
     s = exp.deploy
     broker = Broker(
         run_id=run_id,

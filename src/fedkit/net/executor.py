@@ -186,7 +186,12 @@ class RemoteExecutor:
             self.on_round(row, rtts)
         return out
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
         """Federated evaluation on the workers: each live listed client scores ``params`` on its
         own local test data (clients without any are left out, as in the simulator).
 
@@ -212,7 +217,14 @@ class RemoteExecutor:
             m = EvalMeta.from_metadata(meta)
             if m.num_examples > 0:
                 r = EvalResult(loss=m.loss, accuracy=m.accuracy, num_examples=m.num_examples)
-                evals.append(ClientEval(client_id=cid, result=r))
+                own = None
+                if m.personal_loss is not None and m.personal_accuracy is not None:
+                    own = EvalResult(
+                        loss=m.personal_loss,
+                        accuracy=m.personal_accuracy,
+                        num_examples=m.num_examples,
+                    )
+                evals.append(ClientEval(client_id=cid, result=r, personal=own))
         self.last_evals = evals
         return evals
 
@@ -248,7 +260,7 @@ class _OrderedFold:
         info: RoundInfo,
         attempt: int,
     ) -> None:
-        self.agg = algorithm.aggregator()
+        self.agg = algorithm.aggregator
         self.template = template
         self.order = order
         self.limit = limit

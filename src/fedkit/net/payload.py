@@ -209,34 +209,49 @@ _EVAL = "eval:"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalMeta:
-    """A worker's evaluation of the global parameters on its local test data."""
+    """A worker's evaluation of the global parameters on its local test data, and of its
+    personal model (personalised algorithms only; the two ``personal_*`` entries are absent
+    otherwise)."""
 
     loss: float
     accuracy: float
     num_examples: int
+    personal_loss: float | None = None
+    personal_accuracy: float | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """Metadata entries (floats as exact hex)."""
-        return {
+        out = {
             _EVAL + "loss": self.loss.hex(),
             _EVAL + "accuracy": self.accuracy.hex(),
             _EVAL + "num_examples": str(self.num_examples),
         }
+        if self.personal_loss is not None and self.personal_accuracy is not None:
+            out[_EVAL + "personal_loss"] = self.personal_loss.hex()
+            out[_EVAL + "personal_accuracy"] = self.personal_accuracy.hex()
+        return out
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> EvalMeta:
         """Parse and validate; ``MALFORMED`` on missing or invalid entries."""
+        personal = (_EVAL + "personal_loss", _EVAL + "personal_accuracy")
         try:
+            has_personal = [k in meta for k in personal]
+            if any(has_personal) and not all(has_personal):
+                raise ValueError("personal_loss and personal_accuracy come together")
             r = cls(
                 loss=float.fromhex(meta[_EVAL + "loss"]),
                 accuracy=float.fromhex(meta[_EVAL + "accuracy"]),
                 num_examples=int(meta[_EVAL + "num_examples"]),
+                personal_loss=float.fromhex(meta[personal[0]]) if all(has_personal) else None,
+                personal_accuracy=float.fromhex(meta[personal[1]]) if all(has_personal) else None,
             )
         except (KeyError, ValueError) as exc:
             raise NetError(ErrorCode.MALFORMED, f"evaluation metadata invalid: {exc}") from None
-        if r.num_examples < 0 or not (0.0 <= r.accuracy <= 1.0 or math.isnan(r.accuracy)):
+        accuracies = [r.accuracy] + ([] if r.personal_accuracy is None else [r.personal_accuracy])
+        if r.num_examples < 0 or not all(0.0 <= a <= 1.0 or math.isnan(a) for a in accuracies):
             raise NetError(
                 ErrorCode.MALFORMED,
-                f"evaluation accuracy {r.accuracy} / num_examples {r.num_examples} out of range",
+                f"evaluation accuracy {accuracies} / num_examples {r.num_examples} out of range",
             )
         return r

@@ -27,17 +27,16 @@ from safetensors.torch import save as st_save
 
 from fedkit.algorithm import ClientData, RoundInfo
 from fedkit.checkpoint import write_atomic
-from fedkit.client import run_client
+from fedkit.client import evaluate_client, run_client
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
-from fedkit.evaluate import evaluate
 from fedkit.net.client import CoordinatorClient, Task
 from fedkit.net.deployment import Deployment
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.transport import Security
-from fedkit.params import load_params, tree_flatten, tree_unflatten
+from fedkit.params import tree_flatten, tree_unflatten
 
 log = logging.getLogger("fedkit.worker")
 
@@ -265,16 +264,24 @@ class Worker:
         self.rounds_done += 1
 
     def _evaluate(self, task: Task) -> None:
-        """Score the broadcast parameters on this client's local test data."""
+        """Score the broadcast parameters (and this client's personal model, for personalised
+        algorithms) on this client's local test data."""
         t0 = time.perf_counter()
         params, _ = decode_tree(task.payload, self.params_template)
-        load_params(self.model, params)
-        d = self.local.data
-        if d.x_test is None or d.y_test is None or d.y_test.shape[0] == 0:
+        e = evaluate_client(
+            self.model, self.client_id, self.local.data, params, self.algorithm, self.client_state
+        )
+        if e is None:
             meta = EvalMeta(loss=math.nan, accuracy=math.nan, num_examples=0)
         else:
-            r = evaluate(self.model, d.x_test, d.y_test)
-            meta = EvalMeta(loss=r.loss, accuracy=r.accuracy, num_examples=r.num_examples)
+            r, own = e.result, e.personal
+            meta = EvalMeta(
+                loss=r.loss,
+                accuracy=r.accuracy,
+                num_examples=r.num_examples,
+                personal_loss=None if own is None else own.loss,
+                personal_accuracy=None if own is None else own.accuracy,
+            )
         self._push(task, encode_tree({}, meta.to_metadata()), time.perf_counter() - t0)
 
     def _push(self, task: Task, payload: bytes, compute_s: float) -> bool:
