@@ -32,6 +32,24 @@ class CentralizedResult:
     history: list[RoundRecord]
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Centralized:
+    """The baseline as an experiment-file choice (``[algorithm] name = "centralized"``): the
+    runner calls :func:`train_centralized` with ``local`` (its lr, batch size, momentum and weight
+    decay; one epoch per round) instead of running a federated algorithm.
+
+    Attributes:
+        local: the SGD settings on the pooled data.
+    """
+
+    local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
+
+    @property
+    def name(self) -> str:
+        """Identifier."""
+        return "centralized"
+
+
 def train_centralized(
     model: nn.Module,
     store: ClientStore,

@@ -6,6 +6,7 @@ depends only on ``(seed, t)`` — the same under every executor, and after a res
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Protocol
 
@@ -23,6 +24,7 @@ class ClientSampler(Protocol):
         ...
 
 
+@dataclasses.dataclass(frozen=True)
 class UniformSampler:
     """Uniformly at random without replacement (McMahan et al.'s ``C``-fraction selection)."""
 

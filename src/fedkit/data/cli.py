@@ -2,8 +2,11 @@
 
 ``fedkit data describe FILE|--set key=value… [--json] [--plot PATH]`` builds the ``[data]`` section
 of an experiment (a :class:`~fedkit.data.spec.DataSpec`) from an experiment TOML file and/or
-``--set`` pairs (values are TOML scalars; ``--set`` wins over the file; ``options.KEY=…`` sets a
-dataset option), partitions the dataset and prints per-client sample counts and label histograms:
+``--set`` pairs, parsed and applied exactly as ``fedkit run --set`` does
+(:func:`fedkit.experiment.config.parse_overrides`): ``--set data.num_clients=10``,
+``--set data.options.num_users=4``; a key without a section (``num_clients=10``) is a ``[data]``
+key; values are TOML values and ``--set`` wins over the file. It partitions the dataset and prints
+per-client sample counts and label histograms:
 a table (the first ``--rows`` clients, with a summary of all of them), JSON with ``--json`` (a
 ``clients`` list of objects with ``num_samples`` and ``label_histogram``), and with ``--plot`` a
 PNG of stacked per-client label counts. For next-token datasets (targets ``(N, T)``) a sample is
@@ -26,7 +29,7 @@ from fedkit.data.datasets import FedkitDataError
 from fedkit.data.partition import label_histograms, mean_total_variation
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 
-__all__ = ["app", "describe", "describe_json", "parse_sets", "spec_from_sources"]
+__all__ = ["app", "data_overrides", "describe", "describe_json", "spec_from_sources"]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -38,61 +41,37 @@ def _data() -> None:
     """Inspect datasets and federated partitions."""
 
 
-def _toml_scalar(text: str) -> Any:
-    """Parse ``text`` as a TOML value; a bare word that is not valid TOML is taken as a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+def data_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set`` pairs as ``fedkit run`` parses them, a key without a section read as ``data.``.
 
-
-def parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """``["a=1", "options.b=x"]`` -> ``{"a": 1, "options": {"b": "x"}}`` (values as TOML scalars).
+    ``["data.alpha=0.1", "num_clients=100", "options.cache=false"]`` -> ``{"data.alpha": 0.1,
+    "data.num_clients": 100, "data.options.cache": False}``.
 
     Raises:
-        ValueError: A pair has no ``=`` or an empty key.
+        ConfigError: A pair has no ``=`` or an empty key.
     """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        target = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            nested = target.setdefault(p, {})
-            if not isinstance(nested, dict):
-                raise ValueError(f"--set {key}: {p} is already set to a value, not a table")
-            target = nested
-        target[leaf] = _toml_scalar(value.strip())
-    return out
+    from fedkit.experiment.config import SECTIONS, parse_overrides
 
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return {
+        key if key.partition(".")[0] in SECTIONS else f"data.{key}": value
+        for key, value in parse_overrides(pairs).items()
+    }
 
 
 def spec_from_sources(file: Path | None, sets: list[str]) -> DataSpec:
     """The DataSpec of ``file``'s ``[data]`` table, overridden by ``--set`` pairs."""
-    table: dict[str, Any] = {}
+    from fedkit.experiment.config import apply_overrides
+
+    doc: dict[str, Any] = {}
     if file is not None:
         with file.open("rb") as fh:
             doc = tomllib.load(fh)
-        data = doc.get("data")
-        if not isinstance(data, dict):
+        if not isinstance(doc.get("data"), dict):
             raise ValueError(f"{file}: no [data] table")
-        table = data
-    table = _merge(table, parse_sets(sets))
+    table = apply_overrides(doc, data_overrides(sets)).get("data")
     if not table:
         raise ValueError(
-            "give an experiment FILE or --set key=value pairs (e.g. --set dataset=mnist)"
+            "give an experiment FILE or --set key=value pairs (e.g. --set data.dataset=mnist)"
         )
     return DataSpec.from_mapping(table)
 
@@ -234,7 +213,10 @@ def describe(
     ] = None,
     sets: Annotated[
         list[str] | None,
-        typer.Option("--set", help="key=value (a TOML scalar) of [data]; overrides FILE."),
+        typer.Option(
+            "--set",
+            help="data.KEY=value, as in `fedkit run --set` (bare KEY: data.KEY); overrides FILE.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plot: Annotated[

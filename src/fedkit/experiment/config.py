@@ -4,7 +4,11 @@ An experiment file describes one run, or a *study* of several runs (arms and gri
 base. Everything is validated before anything runs or is written, with errors that name the key,
 the bad value and the allowed values; the library below only ever sees typed objects.
 
-Sections and keys (a contract — keys are only ever added, never renamed)::
+The parts a file chooses by name (algorithm, server optimiser, aggregator, sampler, executor) come
+from :mod:`fedkit.registry` and are built from their tables through their own fields
+(:mod:`fedkit.experiment.tables`); their range checks live once, in their ``__post_init__``.
+
+Sections and keys::
 
     [study]                    # optional
     name = "quickstart"        # default: the file's stem
@@ -17,17 +21,30 @@ Sections and keys (a contract — keys are only ever added, never renamed)::
     [model]                    # name + the model builder's own keyword options
     name = "logreg"
 
-    [algorithm]                # see AlgorithmSettings
-    name = "fedavg"            # fedsgd | fedavg | fedavgm | fedadam | fedyogi | fedadagrad |
-    clients_per_round = 10     #   fedprox | scaffold | centralized
-    local_epochs = 1
+    [algorithm]                # name (fedkit.registry.ALGORITHMS, or "package.module:Class")
+    name = "fedprox"           #   + the algorithm's own fields (weighting, mu, ...)
+    mu = 0.01
+
+    [algorithm.local]          # fedkit.local.LocalTraining: lr, epochs, steps, batch_size,
+    lr = 0.01                  #   momentum, weight_decay
+    epochs = 1
     batch_size = 10
-    lr = 0.01
+
+    [algorithm.server]         # name = sgd | adam | yogi | adagrad + the optimiser's fields
+    name = "sgd"               #   (lr, momentum; lr, beta1, beta2, tau)
+    lr = 1.0
+
+    [aggregator]               # optional; name (fedkit.registry.AGGREGATORS) + its fields; a
+    name = "mean"              #   wrapper's inner aggregator is a nested table [aggregator.inner]
+
+    [sampler]                  # optional; name (fedkit.registry.SAMPLERS) + its fields
+    name = "uniform"
 
     [run]                      # see RunSettings
     rounds = 50
+    clients_per_round = 10     # or client_fraction = 0.1 (McMahan's C); unset: every client
     eval_every = 1
-    executor = "serial"        # serial | processes | vectorized
+    executor = "serial"        # fedkit.registry.EXECUTORS: serial | processes | vectorized
     seed = 0
     target_accuracy = 0.8
 
@@ -40,11 +57,22 @@ Sections and keys (a contract — keys are only ever added, never renamed)::
     algorithm.mu = 0.01
 
     [grid]                     # optional: cartesian product over dotted keys (in every arm
-    "algorithm.local_epochs" = [1, 5]   # unless the arm has its own `grid`, `grid = {}` for none)
+    "algorithm.local.epochs" = [1, 5]   # unless the arm has its own `grid`, `grid = {}` for none)
 
-Overrides from the command line (``--set algorithm.lr=0.05``) use the same dotted keys, are
-applied last (after arms and grids) and remove a grid axis over the same key. Values are TOML
-values (``3``, ``0.5``, ``true``, ``"x"``); a bare word is taken as a string.
+Presets: ``fedavgm`` (server SGD with momentum 0.9), ``fedadam``, ``fedyogi`` and ``fedadagrad``
+are FedAvg with that server optimiser; ``centralized`` is the non-federated baseline (its
+``[algorithm.local]`` is the SGD on the pooled data, one epoch per round).
+
+Old files keep working: the flat ``[algorithm]`` keys of earlier versions (:data:`LEGACY_KEYS`:
+``clients_per_round``, ``lr``, ``local_epochs``, ``server_lr``, ``beta1`` …) are moved to their
+new places with a ``FutureWarning`` naming old key → new key; as before, such a file's keys that
+the chosen algorithm does not use are ignored.
+
+Overrides from the command line (``--set algorithm.local.lr=0.05``, or the old
+``--set algorithm.lr=0.05``) use the same dotted keys, are applied last (after arms and grids) and
+remove a grid axis over the same key; a layer (arm, grid point, override) that sets one spelling
+of a moved key replaces the other spelling. Values are TOML values (``3``, ``0.5``, ``true``,
+``"x"``); a bare word is taken as a string.
 """
 
 from __future__ import annotations
@@ -53,14 +81,27 @@ import dataclasses
 import inspect
 import itertools
 import math
+import re
 import tomllib
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from fedkit.data.spec import DataSpec
-from fedkit.sampling import cohort_from_fraction
+from fedkit.experiment.tables import ConfigError, build, construct, describe, merge_preset
+from fedkit.local import LocalTraining
+from fedkit.registry import (
+    AGGREGATORS,
+    ALGORITHMS,
+    EXECUTORS,
+    SAMPLERS,
+    SERVER_OPTIMIZERS,
+    UnknownNameError,
+    is_import_path,
+)
+from fedkit.sampling import ClientSampler, UniformSampler, cohort_from_fraction
 from fedkit.sim.system import SystemModel
 
 if TYPE_CHECKING:
@@ -69,6 +110,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGORITHMS",
     "EXECUTORS",
+    "LEGACY_KEYS",
     "AlgorithmSettings",
     "ConfigError",
     "ExperimentConfig",
@@ -82,35 +124,45 @@ __all__ = [
     "study_from_mapping",
 ]
 
-ALGORITHMS: tuple[str, ...] = (
-    "fedsgd",
-    "fedavg",
-    "fedavgm",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedprox",
-    "scaffold",
-    "centralized",
+SECTIONS: tuple[str, ...] = (
+    "data",
+    "model",
+    "algorithm",
+    "aggregator",
+    "sampler",
+    "run",
+    "parallel",
+    "system",
+    "deploy",
 )
-"""Names accepted by ``[algorithm] name``."""
-
-EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
-"""Names accepted by ``[run] executor``."""
-
-WEIGHTINGS: tuple[str, ...] = ("examples", "uniform")
-
-SECTIONS: tuple[str, ...] = ("data", "model", "algorithm", "run", "parallel", "system", "deploy")
 """The sections of one experiment."""
 
 STUDY_KEYS: tuple[str, ...] = ("study", "arms", "grid")
 """Top-level keys that describe a study rather than one experiment."""
 
+LEGACY_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "clients_per_round": "run.clients_per_round",
+        "client_fraction": "run.client_fraction",
+        "local_epochs": "algorithm.local.epochs",
+        "local_steps": "algorithm.local.steps",
+        "batch_size": "algorithm.local.batch_size",
+        "lr": "algorithm.local.lr",
+        "momentum": "algorithm.local.momentum",
+        "weight_decay": "algorithm.local.weight_decay",
+        "server_lr": "algorithm.server.lr",
+        "server_momentum": "algorithm.server.momentum",
+        "beta1": "algorithm.server.beta1",
+        "beta2": "algorithm.server.beta2",
+        "tau": "algorithm.server.tau",
+    }
+)
+"""Old flat ``[algorithm]`` key → its dotted key now (still accepted, with a FutureWarning)."""
 
-class ConfigError(ValueError):
-    """An experiment file or override is malformed or invalid; the message says where and why."""
+_NEW_TO_OLD: Mapping[str, str] = {new: f"algorithm.{old}" for old, new in LEGACY_KEYS.items()}
 
-
+_LEGACY_FEDSGD_LR = 0.1
+"""Old files' default ``lr``, which ``fedsgd`` used as its server step size."""
 # -- small validators --------------------------------------------------------------------------
 
 
@@ -166,24 +218,6 @@ def _table(key: str, v: object) -> Mapping[str, Any]:
     return v
 
 
-def _build(cls: type[Any], section: str, table: Mapping[str, Any], *, floats: Sequence[str]) -> Any:
-    """Reject unknown keys of ``table``, widen ints to floats for ``floats``, construct ``cls``."""
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {section}.{unknown[0]} in [{section}]; allowed: {', '.join(allowed)}"
-        )
-    kwargs = dict(table)
-    for k in floats:
-        if _is_num(kwargs.get(k)):
-            kwargs[k] = float(kwargs[k])
-    return cls(**kwargs)
-
-
-# -- sections ----------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSettings:
     """The ``[model]`` section: a model name from :mod:`fedkit.models` and its options.
@@ -234,126 +268,101 @@ class ModelSettings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AlgorithmSettings:
-    """The ``[algorithm]`` section. Keys an algorithm does not use are accepted and ignored (so
-    a study's arms can share a base), but every value is range-checked.
+    """The ``[algorithm]`` section, built: the name as written and the algorithm object.
 
     Attributes:
-        name: One of :data:`ALGORITHMS`.
-        clients_per_round: Cohort size (1 to the number of clients); unset with
-            ``client_fraction`` unset means every client.
-        client_fraction: McMahan's C in (0, 1]: cohort = C · clients rounded half up, at least 1
-            (:func:`fedkit.sampling.cohort_from_fraction`); exclusive
-            with ``clients_per_round``.
-        local_epochs: Local passes over the client's data (>= 1).
-        local_steps: A fixed number of local steps instead of epochs (>= 1, optional).
-        batch_size: Local mini-batch size (>= 1; 0 = the full local dataset).
-        lr: Client learning rate (> 0); for ``fedsgd`` the server step size when ``server_lr``
-            is unset; for ``centralized`` the SGD learning rate.
-        momentum: Client heavy-ball momentum in [0, 1).
-        weight_decay: Client L2 coefficient (>= 0).
-        mu: FedProx proximal strength (>= 0; default 0.01).
-        server_lr: Server learning rate (> 0). Defaults: 1 for fedavg / fedavgm / fedprox /
-            scaffold, ``lr`` for fedsgd, 0.01 for fedadam / fedyogi / fedadagrad.
-        server_momentum: Server momentum in [0, 1) (fedavgm default 0.9; fedavg / fedprox /
-            scaffold default 0).
-        beta1: Adaptive server optimisers' first-moment decay in [0, 1).
-        beta2: Adaptive server optimisers' second-moment decay in [0, 1).
-        tau: Adaptive server optimisers' adaptivity τ (> 0).
-        weighting: Client weights, ``examples`` or ``uniform`` (default: the algorithm's own —
-            examples, uniform for SCAFFOLD).
+        name: A name of :data:`fedkit.registry.ALGORITHMS` (``fedavg``, ``fedadam``,
+            ``centralized`` …) or an import path ``"package.module:Class"``.
+        algorithm: The object built from the table through its own fields (``FedAvg(local=…,
+            server=…, aggregator=…)``; for ``centralized`` a
+            :class:`fedkit.centralized.Centralized`).
     """
 
     name: str
-    clients_per_round: int | None = None
-    client_fraction: float | None = None
-    local_epochs: int = 1
-    local_steps: int | None = None
-    batch_size: int = 10
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    mu: float = 0.01
-    server_lr: float | None = None
-    server_momentum: float | None = None
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    weighting: str | None = None
+    algorithm: Any
 
-    def __post_init__(self) -> None:
-        a = "algorithm."
-        _choice(a + "name", self.name, ALGORITHMS)
-        _int(a + "clients_per_round", self.clients_per_round, 1, optional=True)
-        _num(a + "client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True, optional=True)
-        if self.clients_per_round is not None and self.client_fraction is not None:
-            raise ConfigError(
-                "set one of algorithm.clients_per_round and algorithm.client_fraction, not both"
-            )
-        _int(a + "local_epochs", self.local_epochs, 1)
-        _int(a + "local_steps", self.local_steps, 1, optional=True)
-        _int(a + "batch_size", self.batch_size, 0)
-        _num(a + "lr", self.lr, 0.0, lo_open=True)
-        _num(a + "momentum", self.momentum, 0.0, 1.0, hi_open=True)
-        _num(a + "weight_decay", self.weight_decay, 0.0)
-        _num(a + "mu", self.mu, 0.0)
-        _num(a + "server_lr", self.server_lr, 0.0, lo_open=True, optional=True)
-        _num(a + "server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True, optional=True)
-        _num(a + "beta1", self.beta1, 0.0, 1.0, hi_open=True)
-        _num(a + "beta2", self.beta2, 0.0, 1.0, hi_open=True)
-        _num(a + "tau", self.tau, 0.0, lo_open=True)
-        if self.weighting is not None:
-            _choice(a + "weighting", self.weighting, WEIGHTINGS)
+    @property
+    def federated(self) -> bool:
+        """False for the ``centralized`` baseline."""
+        return self.name != "centralized"
+
+    @property
+    def local(self) -> LocalTraining | None:
+        """The algorithm's local-training settings, when it has a ``local`` field."""
+        local = getattr(self.algorithm, "local", None)
+        return local if isinstance(local, LocalTraining) else None
 
     @classmethod
-    def from_mapping(cls, table: Mapping[str, Any]) -> AlgorithmSettings:
-        """Validate an ``[algorithm]`` table."""
-        table = _table("algorithm", table)
-        if "name" not in table:
-            raise ConfigError(f"[algorithm] needs 'name', one of {', '.join(ALGORITHMS)}")
-        floats = (
-            "client_fraction",
-            "lr",
-            "momentum",
-            "weight_decay",
-            "mu",
-            "server_lr",
-            "server_momentum",
-            "beta1",
-            "beta2",
-            "tau",
-        )
-        result: AlgorithmSettings = _build(cls, "algorithm", table, floats=floats)
-        return result
-
-    def cohort_size(self, num_clients: int) -> int:
-        """The cohort size for a population of ``num_clients``.
+    def from_mapping(
+        cls, table: Mapping[str, Any], *, aggregator: Mapping[str, Any] | None = None
+    ) -> AlgorithmSettings:
+        """Build an ``[algorithm]`` table (and the ``[aggregator]`` table, passed to the
+        algorithm's ``aggregator`` field).
 
         Raises:
-            ConfigError: ``clients_per_round`` exceeds the population.
+            ConfigError: No or unknown name, an unknown key (the allowed ones are listed), a
+                value of the wrong type or one the algorithm's classes reject.
         """
-        if self.clients_per_round is not None:
-            if self.clients_per_round > num_clients:
+        table = _table("algorithm", table)
+        if "name" not in table:
+            raise ConfigError(f"[algorithm] needs 'name', one of {ALGORITHMS.allowed()}")
+        name = table["name"]
+        extra: dict[str, Any] = {}
+        if aggregator is not None and name != "centralized":
+            if "aggregator" in table:
                 raise ConfigError(
-                    f"algorithm.clients_per_round must be in [1, {num_clients}] (the number of "
-                    f"clients); got {self.clients_per_round}"
+                    "set the aggregator in [aggregator] or algorithm.aggregator, not both"
                 )
-            return self.clients_per_round
-        if self.client_fraction is not None:
-            return cohort_from_fraction(self.client_fraction, num_clients)
-        return num_clients
+            try:
+                takes = "aggregator" in _field_names(ALGORITHMS.load(str(name)))
+            except UnknownNameError as e:
+                raise ConfigError(f"algorithm.name: {e}") from None
+            if not takes:
+                raise ConfigError(
+                    f"algorithm {name!r} has no aggregator field; remove the [aggregator] section"
+                )
+            extra["aggregator"] = build(
+                AGGREGATORS, _table("aggregator", aggregator), "aggregator", default="mean"
+            )
+        return cls(name=name, algorithm=build(ALGORITHMS, table, "algorithm", extra=extra))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """As an ``[algorithm]`` table (every field, resolved; the aggregator is its own table)."""
+        return describe(self.algorithm, name=self.name, skip=("aggregator",))
+
+    def aggregator_mapping(self) -> dict[str, Any] | None:
+        """The algorithm's aggregator as an ``[aggregator]`` table, if it has one."""
+        if not self.federated or "aggregator" not in _field_names(type(self.algorithm)):
+            return None
+        agg = self.algorithm.aggregator
+        return describe(agg, name=AGGREGATORS.name_of(agg))
+
+
+def _field_names(factory: Any) -> set[str]:
+    if dataclasses.is_dataclass(factory):
+        return {f.name for f in dataclasses.fields(factory) if f.init}
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSettings:
-    """The ``[run]`` section.
+    """The ``[run]`` section: run policy.
 
     Attributes:
         rounds: Rounds to run (>= 1; epochs for ``centralized``). Required unless the
             experiment is a ``[parallel]`` one.
+        clients_per_round: Cohort size (1 to the number of clients); unset with
+            ``client_fraction`` unset means every client.
+        client_fraction: McMahan's C in (0, 1]: cohort = C · clients rounded half up, at least 1
+            (:func:`fedkit.sampling.cohort_from_fraction`); exclusive with ``clients_per_round``.
         eval_every: Centralised test evaluation every k rounds and after the last (0: never).
         federated_eval_every: Per-client (federated) evaluation every k rounds and after the
             last; 0 disables it; unset means after the last round only.
-        executor: ``serial``, ``processes`` or ``vectorized``.
+        executor: A name of :data:`fedkit.registry.EXECUTORS` (``serial``, ``processes``,
+            ``vectorized``) or an import path of an executor factory.
         processes: Ranks for the ``processes`` executor (>= 1).
         threads: torch threads per process (>= 1).
         seed: Root of every random draw of the run (model init, sampling, batch order).
@@ -362,6 +371,8 @@ class RunSettings:
     """
 
     rounds: int | None = None
+    clients_per_round: int | None = None
+    client_fraction: float | None = None
     eval_every: int = 1
     federated_eval_every: int | None = None
     executor: str = "serial"
@@ -373,9 +384,21 @@ class RunSettings:
     def __post_init__(self) -> None:
         r = "run."
         _int(r + "rounds", self.rounds, 1, optional=True)
+        _int(r + "clients_per_round", self.clients_per_round, 1, optional=True)
+        _num(r + "client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True, optional=True)
+        if self.clients_per_round is not None and self.client_fraction is not None:
+            raise ConfigError("set one of run.clients_per_round and run.client_fraction, not both")
         _int(r + "eval_every", self.eval_every, 0)
         _int(r + "federated_eval_every", self.federated_eval_every, 0, optional=True)
-        _choice(r + "executor", self.executor, EXECUTORS)
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"run.executor must be one of {EXECUTORS.allowed()}; got {self.executor!r}"
+            )
+        if is_import_path(self.executor):
+            try:
+                EXECUTORS.load(self.executor)
+            except UnknownNameError as e:
+                raise ConfigError(f"run.executor: {e}") from None
         _int(r + "processes", self.processes, 1)
         _int(r + "threads", self.threads, 1)
         _int(r + "seed", self.seed, 0)
@@ -384,8 +407,25 @@ class RunSettings:
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> RunSettings:
         """Validate a ``[run]`` table."""
-        result: RunSettings = _build(cls, "run", _table("run", table), floats=("target_accuracy",))
+        result: RunSettings = construct(cls, _table("run", table), "run")
         return result
+
+    def cohort_size(self, num_clients: int) -> int:
+        """The cohort size for a population of ``num_clients``.
+
+        Raises:
+            ConfigError: ``clients_per_round`` exceeds the population.
+        """
+        if self.clients_per_round is not None:
+            if self.clients_per_round > num_clients:
+                raise ConfigError(
+                    f"run.clients_per_round must be in [1, {num_clients}] (the number of "
+                    f"clients); got {self.clients_per_round}"
+                )
+            return self.clients_per_round
+        if self.client_fraction is not None:
+            return cohort_from_fraction(self.client_fraction, num_clients)
+        return num_clients
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -397,14 +437,16 @@ class ExperimentConfig:
         study: The study's name.
         data: The ``[data]`` section.
         model: The ``[model]`` section.
-        algorithm: The ``[algorithm]`` section (``None`` for a ``[parallel]`` run).
+        algorithm: The ``[algorithm]`` section (``None`` for a ``[parallel]`` run); its
+            algorithm holds the ``[aggregator]``.
         run: The ``[run]`` section.
+        sampler: The ``[sampler]`` section (default: uniform without replacement).
         parallel: The ``[parallel]`` section (a data-parallel run), or ``None``.
         system: The ``[system]`` section (system heterogeneity: speeds, links, availability,
             stragglers, deadline; :class:`fedkit.sim.system.SystemModel`), or ``None``.
         grid_point: The grid values (dotted key -> value) that produced this run.
-        source: The resolved document (plain TOML values) this config was validated from; it
-            rebuilds the config in another process (``experiment_from_mapping``).
+        source: The resolved document (plain TOML values, current key names) this config was
+            validated from; it rebuilds the config in another process (``experiment_from_mapping``).
     """
 
     name: str
@@ -413,12 +455,17 @@ class ExperimentConfig:
     model: ModelSettings
     algorithm: AlgorithmSettings | None
     run: RunSettings
+    sampler: ClientSampler = dataclasses.field(default_factory=UniformSampler)
     parallel: ParallelSpec | None = None
     system: SystemModel | None = None
     grid_point: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     source: Mapping[str, Any] = dataclasses.field(
         default_factory=dict, hash=False, compare=False, repr=False
     )
+
+    def cohort_size(self, num_clients: int) -> int:
+        """Clients per round for a population of ``num_clients`` (``[run]`` policy)."""
+        return self.run.cohort_size(num_clients)
 
     def to_mapping(self) -> dict[str, Any]:
         """The resolved config as plain JSON-ready tables (what the results store records)."""
@@ -428,7 +475,11 @@ class ExperimentConfig:
             "run": _plain(dataclasses.asdict(self.run)),
         }
         if self.algorithm is not None:
-            out["algorithm"] = _plain(dataclasses.asdict(self.algorithm))
+            out["algorithm"] = self.algorithm.to_mapping()
+            agg = self.algorithm.aggregator_mapping()
+            if agg is not None:
+                out["aggregator"] = agg
+        out["sampler"] = describe(self.sampler, name=SAMPLERS.name_of(self.sampler))
         if self.parallel is not None:
             out["parallel"] = _plain(dataclasses.asdict(self.parallel))
         if self.system is not None:  # as written (distributions stay in their TOML form)
@@ -447,6 +498,138 @@ def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- old flat [algorithm] keys -----------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _get(doc: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def _put(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = doc
+    for p in parents:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {p!r} is a value, not a table")
+        node = child
+    node[leaf] = value
+
+
+def _pop(doc: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node: Any = doc
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def _server_class(alg_cls: Any, table: Mapping[str, Any]) -> Any:
+    """The server optimiser class an ``[algorithm]`` table (with its preset merged) selects."""
+    server = table.get("server")
+    if isinstance(server, Mapping) and isinstance(server.get("name"), str):
+        return SERVER_OPTIMIZERS.load(server["name"])
+    if dataclasses.is_dataclass(alg_cls):
+        for f in dataclasses.fields(alg_cls):
+            if f.name == "server" and f.default_factory is not dataclasses.MISSING:
+                return type(f.default_factory())
+    return None
+
+
+def _translate_legacy(doc: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, str]]:
+    """Move old flat ``[algorithm]`` keys to their new places (see :data:`LEGACY_KEYS`).
+
+    Returns:
+        The document in the current form, and ``{new dotted key: old dotted key}`` for the keys
+        moved (error messages then name the key as the user wrote it).
+
+    Raises:
+        ConfigError: An old key and its new spelling are both set to different values.
+    """
+    alg = doc.get("algorithm")
+    if not isinstance(alg, Mapping) or not any(k in alg for k in LEGACY_KEYS):
+        return doc, {}
+    out = _merge(doc, {})
+    a = out["algorithm"]
+    name = a.get("name")
+    old = {k: a.pop(k) for k in LEGACY_KEYS if k in a}
+    moved: dict[str, str] = {}
+    ignored: list[str] = []
+    for k, v in old.items():
+        target = LEGACY_KEYS[k]
+        if name == "fedsgd" and target.startswith("algorithm.local."):
+            # FedSGD's local training is fixed; old files gave its server step size as ``lr``
+            if (
+                k == "lr"
+                and "server_lr" not in old
+                and _get(out, "algorithm.server.lr") is _MISSING
+            ):
+                target = "algorithm.server.lr"
+            else:
+                ignored.append(f"algorithm.{k}")
+                continue
+        current = _get(out, target)
+        if current is not _MISSING and current != v:
+            raise ConfigError(
+                f"algorithm.{k} (the old spelling of {target}) and {target} are both set; "
+                f"keep {target}"
+            )
+        _put(out, target, v)
+        moved[target] = f"algorithm.{k}"
+    if name == "fedsgd" and _get(out, "algorithm.server.lr") is _MISSING:
+        _put(out, "algorithm.server.lr", _LEGACY_FEDSGD_LR)
+    # As before, keys the chosen algorithm (or its server optimiser) does not use are ignored.
+    fields: set[str] | None
+    server_fields: set[str] | None
+    try:
+        entry = ALGORITHMS.entry(str(name))
+        alg_cls = entry.load()
+        fields = _field_names(alg_cls)
+        server_fields = _field_names(_server_class(alg_cls, merge_preset(entry.preset, a)))
+    except UnknownNameError:
+        fields = server_fields = None  # the builder reports the name
+    if fields is not None:
+        for target in list(moved):
+            section, sub, *rest = target.split(".")
+            if section != "algorithm":
+                continue
+            unused = sub not in fields or (sub == "server" and rest[0] not in (server_fields or ()))
+            if unused:
+                _pop(out, target)
+                ignored.append(moved.pop(target))
+        for k in ("mu", "weighting"):
+            if k in a and k not in fields:
+                del a[k]
+                ignored.append(f"algorithm.{k}")
+        for sub in ("local", "server"):
+            if a.get(sub) == {}:
+                del a[sub]
+    notes = [f"{o} -> {n}" for n, o in moved.items()]
+    msg = "[algorithm] uses old flat keys; write them in their new places: " + ", ".join(notes)
+    if ignored:
+        msg += f" (not used by {name!r}, ignored: {', '.join(ignored)})"
+    warnings.warn(msg, FutureWarning, stacklevel=4)
+    return out, moved
+
+
+def _relabel(e: ConfigError, moved: Mapping[str, str]) -> ConfigError:
+    """``e`` with every moved key named as the user wrote it."""
+    msg = str(e)
+    for new, old in moved.items():
+        msg = re.sub(rf"(?<![\w.]){re.escape(new)}(?![\w])", old, msg)
+    return ConfigError(msg)
+
+
 def experiment_from_mapping(
     doc: Mapping[str, Any],
     *,
@@ -456,6 +639,8 @@ def experiment_from_mapping(
 ) -> ExperimentConfig:
     """Validate one experiment's sections (no ``arms``/``grid``) into an :class:`ExperimentConfig`.
 
+    Old flat ``[algorithm]`` keys are moved to their new places first (with a FutureWarning).
+
     Raises:
         ConfigError: A section or key is unknown, missing, of the wrong type or out of range.
     """
@@ -464,6 +649,20 @@ def experiment_from_mapping(
         raise ConfigError(
             f"unknown section or key {unknown[0]!r}; allowed: {', '.join(SECTIONS + STUDY_KEYS)}"
         )
+    doc, moved = _translate_legacy(doc)
+    try:
+        return _experiment(doc, name=name, study=study, grid_point=grid_point)
+    except ConfigError as e:
+        raise _relabel(e, moved) from None
+
+
+def _experiment(
+    doc: Mapping[str, Any],
+    *,
+    name: str,
+    study: str,
+    grid_point: Mapping[str, Any] | None,
+) -> ExperimentConfig:
     for required in ("data", "model"):
         if required not in doc:
             raise ConfigError(f"missing section [{required}]")
@@ -475,8 +674,12 @@ def experiment_from_mapping(
         raise ConfigError(str(e)) from e
     model = ModelSettings.from_mapping(doc["model"])
     run = RunSettings.from_mapping(doc.get("run", {}))
+    sampler = build(
+        SAMPLERS, _table("sampler", doc.get("sampler", {})), "sampler", default="uniform"
+    )
     parallel: ParallelSpec | None = None
     algorithm: AlgorithmSettings | None = None
+    aggregator = doc.get("aggregator")
     if "parallel" in doc:
         from fedkit.parallel.spec import ParallelSpec
 
@@ -487,18 +690,18 @@ def experiment_from_mapping(
         except (ValueError, TypeError) as e:
             raise ConfigError(str(e)) from e
         if "algorithm" in doc:
-            algorithm = AlgorithmSettings.from_mapping(doc["algorithm"])
+            algorithm = AlgorithmSettings.from_mapping(doc["algorithm"], aggregator=aggregator)
     else:
         if "algorithm" not in doc:
-            raise ConfigError(f"missing section [algorithm] (name: one of {', '.join(ALGORITHMS)})")
-        algorithm = AlgorithmSettings.from_mapping(doc["algorithm"])
+            raise ConfigError(f"missing section [algorithm] (name: one of {ALGORITHMS.allowed()})")
+        algorithm = AlgorithmSettings.from_mapping(doc["algorithm"], aggregator=aggregator)
         if run.rounds is None:
             raise ConfigError("missing key run.rounds (an int >= 1) in [run]")
-        if data.num_clients is not None and algorithm.name != "centralized":
-            algorithm.cohort_size(data.num_clients)
+        if data.num_clients is not None and algorithm.federated:
+            run.cohort_size(data.num_clients)
     system = _system(doc)
     if "deploy" in doc:  # the coordinator's round policy: validated here, used by deployments
-        from fedkit.net.deployment import deploy_from_mapping
+        from fedkit.net.experiment import deploy_from_mapping
 
         try:
             deploy_from_mapping(_table("deploy", doc["deploy"]))
@@ -511,6 +714,7 @@ def experiment_from_mapping(
         model=model,
         algorithm=algorithm,
         run=run,
+        sampler=sampler,
         parallel=parallel,
         system=system,
         grid_point=dict(grid_point or {}),
@@ -532,9 +736,6 @@ def _system(doc: Mapping[str, Any]) -> SystemModel | None:
         raise ConfigError(str(e)) from e
 
 
-# -- studies -----------------------------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Study:
     """A validated study: its runs in the order they execute.
@@ -554,7 +755,7 @@ def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(
-            f"override key {key!r} must be dotted, section.key (e.g. algorithm.lr); "
+            f"override key {key!r} must be dotted, section.key (e.g. algorithm.local.lr); "
             f"sections: {', '.join(SECTIONS)}"
         )
     if parts[0] not in SECTIONS:
@@ -621,10 +822,38 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _shadow(doc: dict[str, Any], key: str) -> None:
+    """Remove the other spelling of a moved key (old flat / new dotted) from ``doc``, so the
+    layer that sets ``key`` wins over the file whichever spelling each uses."""
+    section, _, rest = key.partition(".")
+    if section == "algorithm" and rest in LEGACY_KEYS:
+        _pop(doc, LEGACY_KEYS[rest])
+    elif key in _NEW_TO_OLD:
+        _pop(doc, _NEW_TO_OLD[key])
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for k, v in table.items():
+        if isinstance(v, Mapping) and v:
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def _layer(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` deep-merged onto ``base``, each key of ``over`` replacing both its spellings."""
+    out = _merge(base, {})
+    for key in _leaves(over):
+        _shadow(out, key)
+    return _merge(out, over)
+
+
 def apply_overrides(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``doc`` with each dotted key of ``overrides`` set."""
+    """A copy of ``doc`` with each dotted key of ``overrides`` set (replacing the key's other
+    spelling, old or new; see :data:`LEGACY_KEYS`)."""
     out = _merge(doc, {})
     for key, value in overrides.items():
+        _shadow(out, key)
         _set_dotted(out, key, value)
     return out
 
@@ -689,7 +918,7 @@ def study_from_mapping(
             grid = base_grid
             if "grid" in arm:
                 grid = _flatten_grid(_table(f"arms[{i}].grid", arm["grid"]))
-            arms.append((arm_name, _merge(base, body), grid))
+            arms.append((arm_name, _layer(base, body), grid))
     runs: list[ExperimentConfig] = []
     for arm_name, arm_doc, grid in arms:
         axes = {k: v for k, v in grid.items() if k not in overrides}

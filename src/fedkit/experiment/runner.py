@@ -13,16 +13,10 @@ Everything that can be checked is checked before the run is inserted into the st
 ``completed`` with a :class:`~fedkit.experiment.results.RunSummary`, or — whatever happens,
 ``KeyboardInterrupt`` included — ``failed`` with the error, leaving every other run intact.
 
-Algorithm names map to core objects as follows (server learning rate ``η_s = server_lr``)::
-
-    fedavg      FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
-    fedavgm     FedAvg(server=SGD(lr=η_s or 1, momentum=server_momentum or 0.9))
-    fedadam     FedAvg(server=Adam(lr=η_s or 0.01, beta1, beta2, tau))   (fedyogi: Yogi,
-    fedadagrad  FedAvg(server=Adagrad(lr=η_s or 0.01, beta1, tau))        fedadagrad: Adagrad)
-    fedprox     FedProx(mu, server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
-    scaffold    Scaffold(server=SGD(lr=η_s or 1, momentum=server_momentum or 0))
-    fedsgd      FedSGD(server=SGD(lr=η_s or lr, momentum=server_momentum or 0))
-    centralized train_centralized(epochs=rounds, lr, batch_size, momentum, weight_decay)
+The algorithm, its server optimiser and aggregator, the sampler and the executor are built from
+the config's tables by :mod:`fedkit.registry` names (see :mod:`fedkit.experiment.config`); the
+runner only special-cases ``centralized`` (:func:`fedkit.centralized.train_centralized`, one epoch
+per round, with the ``[algorithm.local]`` settings).
 """
 
 from __future__ import annotations
@@ -41,7 +35,6 @@ from typing import Any
 import torch
 
 from fedkit.algorithm import Algorithm
-from fedkit.algorithms import FedAvg, FedProx, FedSGD, Scaffold
 from fedkit.centralized import train_centralized
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
@@ -66,18 +59,15 @@ from fedkit.experiment.results import (
 from fedkit.local import LocalTraining
 from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, sha256
+from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
-from fedkit.server_opt import SGD, Adagrad, Adam, ServerOptimizer, Yogi
 from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
 
 __all__ = [
     "RunOutcome",
-    "available_executors",
     "build_algorithm",
-    "build_server_optimizer",
-    "local_training",
     "model_init_seed",
     "run_experiment",
     "run_study",
@@ -112,73 +102,28 @@ class RunOutcome:
         return out
 
 
-_EXECUTOR_MODULES = {"processes": "fedkit.sim.distributed", "vectorized": "fedkit.sim.vectorized"}
-
-
-def available_executors() -> tuple[str, ...]:
-    """The ``[run] executor`` values whose implementation is installed."""
-    import importlib.util
-
-    found = [k for k, mod in _EXECUTOR_MODULES.items() if importlib.util.find_spec(mod) is not None]
-    return ("serial", *found)
-
-
 def model_init_seed(seed: int) -> int:
     """The ``torch.manual_seed`` applied before building the initial model of run ``seed``."""
     return derive_seed(seed, 0, SERVER, "model-init")
 
 
-def local_training(a: AlgorithmSettings) -> LocalTraining:
-    """Client optimiser settings of an ``[algorithm]`` section."""
-    return LocalTraining(
-        lr=a.lr,
-        epochs=a.local_epochs,
-        steps=a.local_steps,
-        batch_size=a.batch_size,
-        momentum=a.momentum,
-        weight_decay=a.weight_decay,
-    )
-
-
-def build_server_optimizer(a: AlgorithmSettings) -> ServerOptimizer:
-    """The server optimiser an algorithm name implies (see module docstring)."""
-    if a.name in ("fedadam", "fedyogi", "fedadagrad"):
-        lr = 1e-2 if a.server_lr is None else a.server_lr
-        if a.name == "fedadam":
-            return Adam(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
-        if a.name == "fedyogi":
-            return Yogi(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
-        return Adagrad(lr=lr, beta1=a.beta1, beta2=a.beta2, tau=a.tau)
-    default_lr = a.lr if a.name == "fedsgd" else 1.0
-    default_momentum = 0.9 if a.name == "fedavgm" else 0.0
-    return SGD(
-        lr=default_lr if a.server_lr is None else a.server_lr,
-        momentum=default_momentum if a.server_momentum is None else a.server_momentum,
-    )
-
-
 def build_algorithm(a: AlgorithmSettings) -> Algorithm[Any, Any, Any, Any]:
-    """The core algorithm object for a federated ``[algorithm]`` section.
+    """The core algorithm object of a federated ``[algorithm]`` section (built by the config
+    from its tables through the registry).
 
     Raises:
-        ConfigError: ``centralized`` (it is not a federated algorithm), or a value the core
-            rejects.
+        ConfigError: ``centralized`` (it is not a federated algorithm).
     """
-    if a.name == "centralized":
+    if not a.federated:
         raise ConfigError("algorithm.name = 'centralized' has no federated algorithm object")
-    kw: dict[str, Any] = {"server": build_server_optimizer(a)}
-    if a.weighting is not None:
-        kw["weighting"] = a.weighting
-    try:
-        if a.name == "fedsgd":
-            return FedSGD(**kw)
-        if a.name == "fedprox":
-            return FedProx(local=local_training(a), mu=a.mu, **kw)
-        if a.name == "scaffold":
-            return Scaffold(local=local_training(a), **kw)
-        return FedAvg(local=local_training(a), **kw)
-    except ValueError as e:
-        raise ConfigError(f"algorithm: {e}") from e
+    algorithm: Algorithm[Any, Any, Any, Any] = a.algorithm
+    return algorithm
+
+
+def _local(a: AlgorithmSettings, why: str) -> LocalTraining:
+    if a.local is None:
+        raise ConfigError(f"algorithm {a.name!r} has no local-training settings (`local`), {why}")
+    return a.local
 
 
 # -- recording ---------------------------------------------------------------------------------
@@ -425,12 +370,13 @@ def _run_federated(
         fed_every = rounds if store.has_test_data() else 0
     test = built.fd.dataset.test
     evaluator = central_evaluator(spec.build(), test.x, test.y)
-    centralized = a.name == "centralized"
+    centralized = not a.federated
     executor: Any = None
     capture: _EvalCapture | None = None
     if not centralized:
         algorithm = build_algorithm(a)
-        cohort = a.cohort_size(store.num_clients)
+        cohort = cfg.run.cohort_size(store.num_clients)
+        local = _local(a, "which [system] needs") if cfg.system is not None else None
         try:
             executor = build_executor(
                 cfg.run.executor,
@@ -441,12 +387,12 @@ def _run_federated(
                 store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
                 model_spec=spec,
                 system=cfg.system,
-                local=local_training(a) if cfg.system is not None else None,
+                local=local,
             )
         except ImportError as e:
             raise ConfigError(
                 f"run.executor = {cfg.run.executor!r} is not available in this installation "
-                f"({e}); available: {', '.join(available_executors())}"
+                f"({e}); registered: {', '.join(EXECUTORS)}"
             ) from e
         capture = _EvalCapture(executor)
     fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
@@ -475,7 +421,7 @@ def _run_federated(
             final = train_centralized(
                 model,
                 store,
-                local_training(a),
+                _local(a, "which the centralised baseline trains with"),
                 epochs=rounds,
                 seed=cfg.run.seed,
                 evaluator=evaluator,
@@ -497,6 +443,7 @@ def _run_federated(
                     federated_eval_every=fed_every,
                 ),
                 evaluator=evaluator,
+                sampler=cfg.sampler,
                 callbacks=[recorder],
             ).params
         return recorder.summary(final, time.perf_counter() - t0)

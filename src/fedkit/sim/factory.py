@@ -1,13 +1,17 @@
 """Build a simulation executor by name — the one entry point the experiment runner uses.
 
-``build_executor("serial" | "processes" | "vectorized", store=…, model_fn=…)`` returns an object
-satisfying :class:`fedkit.executor.Executor`. Executors that start other processes need to rebuild
-the client data and the model there; they take small typed recipes (``data_spec``, ``model_spec``)
-instead of tensors, so nothing large is serialised.
+``build_executor(kind, store=…, model_fn=…)`` looks ``kind`` up in
+:data:`fedkit.registry.EXECUTORS` (``serial``, ``processes``, ``vectorized``, or an import path)
+and calls that factory with an :class:`ExecutorRecipe`; the factory returns an object satisfying
+:class:`fedkit.executor.Executor`. A new executor is its own module with a factory
+``(ExecutorRecipe) -> Executor`` plus one registry line. Executors that start other processes
+need to rebuild the client data and the model there; the recipe carries small typed recipes
+(``data_spec``, ``model_spec``, ``store_fn``) instead of tensors, so nothing large is serialised.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -17,14 +21,62 @@ from fedkit.data.store import ClientStore
 from fedkit.executor import Executor
 from fedkit.local import LocalTraining
 from fedkit.models.spec import ModelSpec
+from fedkit.registry import EXECUTORS
 from fedkit.sim.serial import Participation, SerialExecutor, full_participation
 from fedkit.sim.system import SimulatedClock, SystemModel, SystemParticipation
 
 if TYPE_CHECKING:
     from fedkit.data.spec import DataSpec
 
-EXECUTORS: tuple[str, ...] = ("serial", "processes", "vectorized")
-"""The executor kinds :func:`build_executor` accepts."""
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExecutorRecipe:
+    """Everything an executor factory may use (see :func:`build_executor` for the fields)."""
+
+    store: ClientStore
+    model_fn: Callable[[], nn.Module]
+    participation: Participation = full_participation
+    processes: int = 2
+    threads: int = 1
+    data_spec: DataSpec | None = None
+    model_spec: ModelSpec | None = None
+    store_fn: Callable[[], ClientStore] | None = None
+    eval_batch_size: int = 1000
+
+
+ExecutorFactory = Callable[[ExecutorRecipe], Executor]
+"""What :data:`fedkit.registry.EXECUTORS` maps a name to."""
+
+
+def serial_executor(r: ExecutorRecipe) -> Executor:
+    """``serial``: one process, clients one after another."""
+    return SerialExecutor(
+        r.store, r.model_fn(), participation=r.participation, eval_batch_size=r.eval_batch_size
+    )
+
+
+def process_executor(r: ExecutorRecipe) -> Executor:
+    """``processes``: ``r.processes`` ranks on ``torch.distributed`` (this process is rank 0)."""
+    from fedkit.sim.processes import ProcessExecutor, store_recipe
+
+    return ProcessExecutor(
+        store=r.store,
+        model_fn=r.model_spec if r.model_spec is not None else r.model_fn,
+        store_fn=store_recipe(data_spec=r.data_spec, store_fn=r.store_fn),
+        world_size=r.processes,
+        threads=r.threads,
+        participation=r.participation,
+        eval_batch_size=r.eval_batch_size,
+    )
+
+
+def vectorized_executor(r: ExecutorRecipe) -> Executor:
+    """``vectorized``: clients of a round trained together with ``torch.func.vmap``."""
+    from fedkit.sim.vectorized import VectorizedExecutor
+
+    return VectorizedExecutor(
+        r.store, r.model_fn(), participation=r.participation, eval_batch_size=r.eval_batch_size
+    )
 
 
 def build_executor(
@@ -45,7 +97,7 @@ def build_executor(
     """Build the executor ``kind`` for a population held in ``store``.
 
     Args:
-        kind: one of :data:`EXECUTORS`.
+        kind: a name of :data:`fedkit.registry.EXECUTORS` or an import path of a factory.
         store: the clients' data and state (used in this process).
         model_fn: builds the resident model (called once per process).
         processes: number of ranks for ``"processes"`` (>= 1; this process is rank 0).
@@ -85,30 +137,17 @@ def build_executor(
             eval_batch_size=eval_batch_size,
         )
         return SimulatedClock(inner, sys_part)
-    part = participation if participation is not None else full_participation
-    if kind not in EXECUTORS:
-        raise ValueError(f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
-    if kind == "serial":
-        return SerialExecutor(
-            store, model_fn(), participation=part, eval_batch_size=eval_batch_size
-        )
-    if kind == "processes":
-        from fedkit.sim.processes import ProcessExecutor, store_recipe
-
-        recipe = store_recipe(data_spec=data_spec, store_fn=store_fn)
-        return ProcessExecutor(
+    factory: ExecutorFactory = EXECUTORS.load(kind)  # UnknownNameError lists the allowed
+    return factory(
+        ExecutorRecipe(
             store=store,
-            model_fn=model_spec if model_spec is not None else model_fn,
-            store_fn=recipe,
-            world_size=processes,
+            model_fn=model_fn,
+            participation=participation if participation is not None else full_participation,
+            processes=processes,
             threads=threads,
-            participation=part,
+            data_spec=data_spec,
+            model_spec=model_spec,
+            store_fn=store_fn,
             eval_batch_size=eval_batch_size,
         )
-    if kind == "vectorized":
-        from fedkit.sim.vectorized import VectorizedExecutor
-
-        return VectorizedExecutor(
-            store, model_fn(), participation=part, eval_batch_size=eval_batch_size
-        )
-    raise ValueError(f"unknown executor {kind!r}; allowed: {', '.join(EXECUTORS)}")
+    )
