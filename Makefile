@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export FEDKIT_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup demo test test-all lint
+.PHONY: setup demo test test-all lint mutation
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,13 @@ test-all: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
+
+# Mutation testing of the maths modules with mutmut (NOT part of `make test`; docs/mutation.md).
+# The modules and the tests run against them are in pyproject.toml's [tool.mutmut]. Limit a run
+# with MUTANTS (mutmut name globs), e.g.  make mutation MUTANTS='fedkit.server_opt.* fedkit.aggregate.*'
+# Results are cached in mutants/ (delete it to start over); the score table is printed at the end.
+MUTANTS ?=
+MUTATION_JOBS ?= 2
+mutation: setup
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS) || true
+	$(PY) scripts/mutation_score.py --survivors

@@ -67,6 +67,20 @@ def test_uniform_sampler_depends_only_on_seed_and_round() -> None:
     assert a != b  # seeds differ
 
 
+def test_uniform_sampler_accepts_the_edges_of_k() -> None:
+    (only,) = UniformSampler().sample(10, 1, _info(0, k=1))
+    assert 0 <= only < 10
+    assert UniformSampler().sample(1, 1, _info(0, n=1, k=1)) == [0]
+
+
+def test_uniform_sampler_cohorts_are_pinned() -> None:
+    """A recorded run's cohorts are fixed by (seed, round): they come from the server stream
+    ``generator(seed, round, SERVER, "sample")`` of :mod:`fedkit.rng`. Pinned, so a change of
+    stream (which would silently change every seeded run's cohorts) fails here."""
+    got = [UniformSampler().sample(10, 3, _info(r)) for r in range(3)]
+    assert got == [[1, 2, 5], [3, 5, 9], [2, 7, 9]]
+
+
 @pytest.mark.parametrize("k", [0, 11])
 def test_uniform_sampler_rejects_bad_k(k: int) -> None:
     with pytest.raises(ValueError, match=r"clients_per_round must be in \[1, 10\]"):
