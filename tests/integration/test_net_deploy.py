@@ -66,6 +66,7 @@ heartbeat_s = 0.3
 liveness_s = {liveness}
 quorum = {quorum}
 {deploy}
+{extra}
 """
 
 
@@ -83,12 +84,14 @@ def write_experiment(
     deploy: str = "",
     algorithm: str = "fedavgm",
     fed_every: int = 0,
+    extra: str = "",
 ) -> Path:
     path.write_text(
         EXPERIMENT.format(
             clients=clients, per_round=per_round, rounds=rounds,
             local=local or f"local_steps = {steps}", deadline=deadline, liveness=liveness,
             quorum=quorum, deploy=deploy, algorithm=algorithm, fed_every=fed_every,
+            extra=extra,
         )
     )  # fmt: skip
     return path
@@ -112,8 +115,27 @@ def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]
             eval_every=0,
         ),
     )
-    fed = Distribution.of(executor.evaluate(res.params, range(len(fd.train_parts))))
+    fed = Distribution.of(
+        executor.evaluate(res.params, range(len(fd.train_parts)), exp.algorithm)
+    )
     return sha256(res.params), fed.mean
+
+
+def serial_personal_mean(path: Path) -> float:
+    """The serial simulator's mean personal-model accuracy after the run."""
+    exp = load_deployment(path)
+    fd = build_federated(exp.data)
+    model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
+    executor = SerialExecutor(ClientStore.from_federated(fd), model)
+    cfg = RunConfig(
+        rounds=exp.rounds,
+        clients_per_round=exp.cohort_size(len(fd.train_parts)),
+        seed=exp.seed,
+        eval_every=0,
+    )
+    res = run(exp.algorithm, executor, exp.initial_params(model), cfg)
+    evals = executor.evaluate(res.params, range(len(fd.train_parts)), exp.algorithm)
+    return Distribution.of(evals).personal_mean
 
 
 def serial_sha(path: Path, rounds: int | None = None) -> str:
@@ -252,6 +274,51 @@ def test_parity_with_serial_simulator(
     with sqlite3.connect(c.out / "coordinator.db") as con:
         rtts = con.execute("SELECT round, client_id, rtt_s FROM worker_rtt").fetchall()
     assert len(rtts) == 9 and all(r[2] > 0 for r in rtts)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "extra"),
+    [
+        # a composed aggregator chain whose server rule buffers every update
+        (
+            "fedavg",
+            '[aggregator]\nname = "clip"\nmax_norm = 0.5\n'
+            '[aggregator.inner]\nname = "trimmed_mean"\nbeta = 0.25\n',
+        ),
+        # a personalised plugin named by import path: personal models scored on the workers
+        ("tests.helpers.personal:LocalHead", ""),
+    ],
+    ids=["clip+trimmed_mean", "personal-plugin"],
+)
+def test_parity_for_aggregator_chains_and_personal_models(
+    cluster: Callable[[Path], Cluster], tmp_path: Path, algorithm: str, extra: str
+) -> None:
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=4, per_round=4, rounds=2, algorithm=algorithm, fed_every=2,
+        liveness=10, extra=extra,
+    )  # fmt: skip
+    if algorithm.endswith("LocalHead"):
+        text = exp.read_text().replace(
+            f'name = "{algorithm}"', f'name = "{algorithm}"\nhead = ["3.weight", "3.bias"]'
+        )
+        exp.write_text(text)
+    c = cluster(exp)
+    c.min_workers = 4
+    c.start_coordinator()
+    c.start_workers(range(4))
+    summary = c.summary(timeout=50)
+    assert summary["committed_rounds"] == 2
+    sha, fed_mean = serial_reference(exp)
+    assert summary["model_sha256"] == sha
+    with ResultsStore.in_dir(c.out, create=False) as store:
+        last = store.rounds(summary["run_id"])[-1]  # type: ignore[arg-type]
+        assert last.fed_clients == 4 and last.fed_mean == fed_mean
+        if algorithm.endswith("LocalHead"):
+            assert last.fed_personal_mean == pytest.approx(serial_personal_mean(exp), abs=1e-12)
+            rows = store.clients(summary["run_id"], round=1)  # type: ignore[arg-type]
+            assert sum(r.personal_accuracy is not None for r in rows) == 4
+        else:
+            assert last.fed_personal_mean is None
 
 
 def test_parity_under_mutual_tls(cluster: Callable[[Path], Cluster], tmp_path: Path) -> None:

@@ -11,18 +11,14 @@ kept in the coordinator's own database).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedkit.evaluate import ClientEval
-from fedkit.experiment.results import ClientRow, ResultsStore, RoundRow, RunSummary
+from fedkit.experiment.records import client_rows, round_row
+from fedkit.experiment.results import ResultsStore, RunSummary
 from fedkit.net.results import Summary
 from fedkit.run import RoundRecord
-
-
-def _real(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x
 
 
 class ResultsRecorder:
@@ -69,59 +65,8 @@ class ResultsRecorder:
         if record.round in self._recorded:
             return
         self._recorded.add(record.round)
-        central = record.central
-        fed = record.federated
-        scored = fed is not None and not fed.is_empty()
-        self.store.add_round(
-            self.run_id,
-            RoundRow(
-                round=record.round,
-                train_loss=_real(record.train_loss),
-                test_loss=_real(central.loss) if central else None,
-                test_accuracy=_real(central.accuracy) if central else None,
-                fed_mean=fed.mean if fed is not None and scored else None,
-                fed_wmean=fed.weighted_mean if fed is not None and scored else None,
-                fed_p10=fed.p10 if fed is not None and scored else None,
-                fed_var=fed.variance if fed is not None and scored else None,
-                fed_min=fed.minimum if fed is not None and scored else None,
-                fed_clients=None if fed is None else fed.clients,
-                cohort_size=len(record.cohort),
-                dropped=len(record.dropped),
-                bytes_up=record.bytes_up,
-                bytes_down=record.bytes_down,
-                wall_seconds=record.wall_seconds,
-                sim_seconds=None,
-                committed=record.committed,
-            ),
-            self._client_rows(record, evals),
-        )
-
-    @staticmethod
-    def _client_rows(record: RoundRecord, evals: Sequence[ClientEval]) -> list[ClientRow]:
-        rows = {
-            c.client_id: ClientRow(
-                round=record.round,
-                client_id=c.client_id,
-                trained=True,
-                num_examples=c.num_examples,
-                steps=c.steps,
-                train_loss=_real(c.train_loss),
-                work_fraction=c.work_fraction,
-                seconds=c.seconds,
-            )
-            for c in record.clients
-        }
-        for e in evals:
-            base = rows.get(
-                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
-            )
-            rows[e.client_id] = dataclasses.replace(
-                base,
-                eval_examples=e.result.num_examples,
-                eval_loss=_real(e.result.loss),
-                eval_accuracy=_real(e.result.accuracy),
-            )
-        return [rows[k] for k in sorted(rows)]
+        row = dataclasses.replace(round_row(record, record.federated), sim_seconds=None)
+        self.store.add_round(self.run_id, row, client_rows(record, evals))
 
     def finish(self, summary: Summary) -> None:
         """Mark the run completed and close the store."""

@@ -48,8 +48,8 @@ from fedkit.experiment.config import (
     experiment_from_mapping,
 )
 from fedkit.experiment.progress import RunProgress
+from fedkit.experiment.records import client_rows, finite, round_row
 from fedkit.experiment.results import (
-    ClientRow,
     ResultsStore,
     RoundRow,
     RunSummary,
@@ -136,19 +136,20 @@ class _EvalCapture(ExecutorWrapper):
         super().__init__(inner)
         self.evals: list[ClientEval] | None = None
 
-    def evaluate(self, params: Params, clients: Sequence[int]) -> list[ClientEval]:
+    def evaluate(
+        self,
+        params: Params,
+        clients: Sequence[int],
+        algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    ) -> list[ClientEval]:
         """Forwarded; the per-client results are kept for the round's record."""
-        self.evals = self.inner.evaluate(params, clients)
+        self.evals = self.inner.evaluate(params, clients, algorithm)
         return self.evals
 
     def take(self) -> list[ClientEval] | None:
         """The captured evaluations (once)."""
         evals, self.evals = self.evals, None
         return evals
-
-
-def _nan_to_none(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else x
 
 
 class _Recorder:
@@ -182,7 +183,7 @@ class _Recorder:
             fed = Distribution.of(evals)
         acc = loss = None
         if record.central is not None:
-            acc, loss = _nan_to_none(record.central.accuracy), _nan_to_none(record.central.loss)
+            acc, loss = finite(record.central.accuracy), finite(record.central.loss)
             self.final_accuracy, self.final_loss = acc, loss
             if acc is not None:
                 self.best_accuracy = (
@@ -190,56 +191,12 @@ class _Recorder:
                 )
                 if self.target is not None and self.rounds_to_target is None and acc >= self.target:
                     self.rounds_to_target = record.round + 1
-        rows: dict[int, ClientRow] = {}
-        for c in record.clients:
-            rows[c.client_id] = ClientRow(
-                round=record.round,
-                client_id=c.client_id,
-                trained=True,
-                num_examples=c.num_examples,
-                steps=c.steps,
-                train_loss=_nan_to_none(c.train_loss),
-                work_fraction=c.work_fraction,
-                seconds=c.seconds,
-            )
-        for e in evals or ():
-            base = rows.get(
-                e.client_id, ClientRow(round=record.round, client_id=e.client_id, trained=False)
-            )
-            rows[e.client_id] = dataclasses.replace(
-                base,
-                eval_examples=e.result.num_examples,
-                eval_loss=_nan_to_none(e.result.loss),
-                eval_accuracy=_nan_to_none(e.result.accuracy),
-            )
-        empty = fed is None or fed.is_empty()
-        self.store.add_round(
-            self.run_id,
-            RoundRow(
-                round=record.round,
-                train_loss=_nan_to_none(record.train_loss),
-                test_loss=loss,
-                test_accuracy=acc,
-                fed_mean=None if empty or fed is None else fed.mean,
-                fed_wmean=None if empty or fed is None else fed.weighted_mean,
-                fed_p10=None if empty or fed is None else fed.p10,
-                fed_var=None if empty or fed is None else fed.variance,
-                fed_min=None if empty or fed is None else fed.minimum,
-                fed_clients=None if fed is None else fed.clients,
-                cohort_size=len(record.cohort) if record.cohort else len(record.clients),
-                dropped=len(record.dropped),
-                bytes_up=record.bytes_up,
-                bytes_down=record.bytes_down,
-                wall_seconds=record.wall_seconds,
-                sim_seconds=record.sim_seconds,
-                committed=record.committed,
-            ),
-            [rows[k] for k in sorted(rows)],
-        )
+        row = dataclasses.replace(round_row(record, fed), test_loss=loss, test_accuracy=acc)
+        self.store.add_round(self.run_id, row, client_rows(record, evals or ()))
         self.rounds = record.round + 1
         self.bytes_up += record.bytes_up
         self.bytes_down += record.bytes_down
-        self.progress.update(self.rounds, loss=_nan_to_none(record.train_loss), accuracy=acc)
+        self.progress.update(self.rounds, loss=finite(record.train_loss), accuracy=acc)
 
     def summary(self, params: Params, wall_seconds: float) -> RunSummary:
         return RunSummary(
@@ -511,9 +468,9 @@ def _run_parallel(
             run_id,
             RoundRow(
                 round=i,
-                train_loss=_nan_to_none(p.train_loss),
-                test_loss=_nan_to_none(p.test_loss),
-                test_accuracy=_nan_to_none(p.test_accuracy),
+                train_loss=finite(p.train_loss),
+                test_loss=finite(p.test_loss),
+                test_accuracy=finite(p.test_accuracy),
                 fed_mean=None,
                 fed_p10=None,
                 fed_var=None,
@@ -535,16 +492,14 @@ def _run_parallel(
                 reached.append(i + 1)
         state.i, state.bytes_up, state.bytes_down = i + 1, up, down
         state.sim, state.t = p.sim_seconds, now
-        progress.update(
-            i + 1, loss=_nan_to_none(p.train_loss), accuracy=_nan_to_none(p.test_accuracy)
-        )
+        progress.update(i + 1, loss=finite(p.train_loss), accuracy=finite(p.test_accuracy))
 
     def body() -> RunSummary:
         result = run_parallel(spec, ds, model_spec, callback=on_point)
         last = result.history[-1] if result.history else None
         return RunSummary(
             rounds=state.i,
-            final_accuracy=None if last is None else _nan_to_none(last.test_accuracy),
+            final_accuracy=None if last is None else finite(last.test_accuracy),
             best_accuracy=max(accs) if accs else None,
             rounds_to_target=reached[0] if reached else None,
             target_accuracy=target,
@@ -552,7 +507,7 @@ def _run_parallel(
             bytes_up=round(state.bytes_up),
             bytes_down=round(state.bytes_down),
             model_sha256=sha256(result.final_params),
-            final_loss=None if last is None else _nan_to_none(last.test_loss),
+            final_loss=None if last is None else finite(last.test_loss),
         )
 
     return _recorded(results, run_id, cfg, progress, body)
