@@ -33,5 +33,5 @@ lint: setup
 MUTANTS ?=
 MUTATION_JOBS ?= 2
 mutation: setup
-	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS) || true
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
 	$(PY) scripts/mutation_score.py --survivors

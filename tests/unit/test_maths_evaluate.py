@@ -80,4 +80,6 @@ def test_distribution_of_nobody_is_empty() -> None:
         assert all(math.isnan(v) for v in (d.mean, d.weighted_mean, d.p10, d.variance, d.minimum))
     d = Distribution.of([_e(0, 0.5, 3)])
     assert (d.clients, d.mean, d.p10, d.variance, d.minimum) == (1, 0.5, 0.5, 0.0, 0.5)
-    assert math.isnan(d.personal_mean)
+    assert math.isnan(d.personal_mean) and not d.is_empty()
+    nan = math.nan  # clients counted but no accuracy (e.g. a summary read back from NULLs)
+    assert Distribution(3, nan, nan, nan, nan, nan).is_empty()

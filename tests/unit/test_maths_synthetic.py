@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedkit.data.datasets.synthetic import SyntheticOptions, generate_synthetic, load_synthetic
 
@@ -125,6 +126,30 @@ def test_load_splits_each_user_90_10(tmp_path: Path) -> None:
         assert (n_train, n_test) == (int(0.9 * n), n - int(0.9 * n))
     assert ds.train.x.shape[1] == 60 and ds.num_classes == 10
     assert ds.client_names == ("f_00000", "f_00001", "f_00002", "f_00003", "f_00004")
+
+
+def test_load_is_a_function_of_the_seed_and_shuffles_before_splitting(tmp_path: Path) -> None:
+    a, b = (
+        load_synthetic(tmp_path, num_users=3, seed=4),
+        load_synthetic(tmp_path, num_users=3, seed=4),
+    )
+    for split in ("train", "test"):
+        sa, sb = getattr(a, split), getattr(b, split)
+        assert (
+            torch.equal(sa.x, sb.x)
+            and torch.equal(sa.y, sb.y)
+            and torch.equal(sa.client, sb.client)
+        )
+        assert sa.x.dtype == torch.float32 and sa.y.dtype == sa.client.dtype == torch.int64
+    xs, _ = generate_synthetic(SyntheticOptions(num_users=3, seed=4))
+    n0 = len(xs[0])
+    tail = torch.from_numpy(xs[0][int(0.9 * n0) :].astype(np.float32))
+    assert not torch.equal(a.test.x[: len(tail)], tail)  # not simply the last 10% generated
+
+
+def test_unknown_options_name_the_dataset(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"load_dataset\('synthetic'\): unknown option"):
+        load_synthetic(tmp_path, bogus=1)
 
 
 @pytest.mark.parametrize(
