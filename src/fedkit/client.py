@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from torch import nn
@@ -212,3 +213,37 @@ def evaluate_client(
         personal = evaluate(model, data.x_test, data.y_test, batch_size=batch_size)
         load_params(model, params)
     return ClientEval(client_id=client_id, result=result, personal=personal)
+
+
+def evaluate_clients(
+    model: nn.Module,
+    host: ClientHost,
+    clients: Sequence[int],
+    params: Params,
+    algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+    *,
+    batch_size: int = 1000,
+    mine: Callable[[int, int], bool] | None = None,
+) -> Iterator[tuple[int, ClientEval]]:
+    """:func:`evaluate_client` over ``clients`` held by ``host`` (``params`` loaded once).
+
+    Yields ``(position in clients, evaluation)`` for clients with test data; ``mine(position,
+    client_id)`` selects this process's share when several split the list.
+    """
+    load_params(model, params)
+    for i, cid in enumerate(clients):
+        if mine is not None and not mine(i, cid):
+            continue
+        state = host.get_state(cid) if algorithm is not None else None
+        e = evaluate_client(
+            model,
+            cid,
+            host.data(cid),
+            params,
+            algorithm,
+            state,
+            batch_size=batch_size,
+            loaded=True,
+        )
+        if e is not None:
+            yield i, e

@@ -48,13 +48,12 @@ from torch import Tensor, nn
 
 from fedkit.aggregate import fold
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.client import evaluate_client, prepared_template
+from fedkit.client import evaluate_clients, prepared_template
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.params import (
     Params,
-    load_params,
     model_params,
     tree_flatten,
     tree_leaves,
@@ -548,23 +547,15 @@ class DistributedExecutor:
         error = ""
         algorithm = self._algorithm if personal else None
         try:
-            load_params(self.model, params)
-            for i, cid in enumerate(ids):
-                if self._eval_owner(i, cid, personal) != self.rank:
-                    continue
-                state = self.store.get_state(cid) if algorithm is not None else None
-                e = evaluate_client(
-                    self.model,
-                    cid,
-                    self.store.data(cid),
-                    params,
-                    algorithm,
-                    state,
-                    batch_size=self._serial.eval_batch_size,
-                    loaded=True,
-                )
-                if e is None:
-                    continue
+            for i, e in evaluate_clients(
+                self.model,
+                self.store,
+                ids,
+                params,
+                algorithm,
+                batch_size=self._serial.eval_batch_size,
+                mine=lambda i, cid: self._eval_owner(i, cid, personal) == self.rank,
+            ):
                 rows[i, :4] = torch.tensor(_eval_row(e.result))
                 if e.personal is not None:
                     rows[i, 4:] = torch.tensor(_eval_row(e.personal))

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from fedkit.aggregate import fold
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.client import PreparedUpdate, evaluate_client, run_client
+from fedkit.client import PreparedUpdate, evaluate_clients, run_client
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
-from fedkit.params import Params, load_params, tree_nbytes
+from fedkit.params import Params, tree_nbytes
 
 Participation = Callable[[int, RoundInfo], "float | None"]
 """``(client_id, info) -> work fraction in (0, 1]``, or ``None`` when the client drops out."""
@@ -100,23 +100,10 @@ class SerialExecutor:
     ) -> list[ClientEval]:
         """Evaluate ``params`` (and, with ``algorithm``, each client's personal model) on each
         client's local test data; clients without test data are skipped."""
-        load_params(self.model, params)
-        out: list[ClientEval] = []
-        for cid in clients:
-            state = self.store.get_state(cid) if algorithm is not None else None
-            e = evaluate_client(
-                self.model,
-                cid,
-                self.store.data(cid),
-                params,
-                algorithm,
-                state,
-                batch_size=self.eval_batch_size,
-                loaded=True,
-            )
-            if e is not None:
-                out.append(e)
-        return out
+        found = evaluate_clients(
+            self.model, self.store, clients, params, algorithm, batch_size=self.eval_batch_size
+        )
+        return [e for _, e in found]
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Every client's persistent state, flattened."""
