@@ -78,6 +78,7 @@ def check_json_line(stdout: str, out: Path) -> None:
     for key in REQUIRED_KEYS:
         assert key in doc
     assert doc["rounds"] == 2 and doc["status"] == "completed"
+    # accuracies 0.350, 0.350 (chance 0.1): the --set target 0.3 is reached at round 1
     assert doc["rounds_to_target"] == 1 and doc["bytes_up"] > 0 and doc["bytes_down"] > 0
     assert 0.0 <= doc["final_accuracy"] <= doc["best_accuracy"] <= 1.0
     assert doc["wall_seconds"] > 0
@@ -87,6 +88,9 @@ def check_json_line(stdout: str, out: Path) -> None:
         assert row.status == "completed" and row.summary is not None
         assert row.summary.model_sha256 == doc["model_sha256"]
         assert row.config["run"]["rounds"] == 2  # the --set override is what was recorded
+        assert row.config["run"]["target_accuracy"] == 0.3
+        assert row.config["algorithm"]["local"]["lr"] == 0.05
+        assert row.config["algorithm"]["server"] == {"name": "sgd", "lr": 1.0, "momentum": 0.0}
 
 
 def test_run_json_matches_direct_core_run(tmp_path: Path) -> None:
@@ -94,6 +98,9 @@ def test_run_json_matches_direct_core_run(tmp_path: Path) -> None:
     exp.write_text(TINY)
     out = tmp_path / "out"
     args = ["run", str(exp), "--out", str(out), "--json", "--set", "run.rounds=2"]
+    # an old flat key and the new dotted keys through --set (same values as the file)
+    args += ["--set", "run.target_accuracy=0.3", "--set", "algorithm.lr=0.05"]
+    args += ["--set", "algorithm.server.name=sgd", "--set", "aggregator.name=mean"]
     res = runner.invoke(cli(), args)
     assert res.exit_code == 0, res.output
     check_json_line(res.stdout, out)
@@ -107,7 +114,20 @@ def test_installed_fedkit_run_json_matches_direct_core_run(tmp_path: Path) -> No
     exp.write_text(TINY)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [*FEDKIT, "run", str(exp), "--out", str(out), "--json", "--set", "run.rounds=2"],
+        [
+            *FEDKIT,
+            "run",
+            str(exp),
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            "run.rounds=2",
+            "--set",
+            "run.target_accuracy=0.3",
+            "--set",
+            "algorithm.local.lr=0.05",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -172,7 +192,8 @@ def test_study_prints_one_json_line_per_run_and_runs_commands(tmp_path: Path) ->
     [
         (TINY + "\n[run\n", "invalid TOML"),
         (TINY.replace("[run]", "[run]\nroundz = 3"), "unknown key run.roundz"),
-        (TINY.replace("lr = 0.05", "lr = -1.0"), "algorithm.lr must be a finite number > 0"),
+        (TINY.replace("lr = 0.05", "lr = -1.0"), "algorithm.local.lr must be a finite number > 0"),
+        (TINY.replace("epochs = 1", "epochs = 1\nlearning_rate = 1"), "allowed: lr, epochs"),
         (STUDY.replace("algorithm.mu = 0.1", "algorithm.mu = -0.1"), "algorithm.mu must be"),
     ],
 )

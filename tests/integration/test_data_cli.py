@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedkit.data.cli import app, parse_sets
+from fedkit.data.cli import app, data_overrides
+from fedkit.experiment.config import ConfigError
 from tests.conftest import require_data
 
 runner = CliRunner()
@@ -27,19 +28,20 @@ def run_json(args: list[str]) -> dict[str, object]:
     return doc
 
 
-def test_parse_sets_reads_toml_scalars_and_dotted_options() -> None:
-    parsed = parse_sets(
-        ["dataset=mnist", "alpha=0.1", "num_clients=100", "options.cache=false", 'name="a b"']
+def test_set_keys_are_those_of_fedkit_run_and_bare_keys_are_data_keys() -> None:
+    parsed = data_overrides(
+        ["data.dataset=mnist", "alpha=0.1", "num_clients=100", "options.cache=false", 'name="a b"']
     )
     assert parsed == {
-        "dataset": "mnist",
-        "alpha": 0.1,
-        "num_clients": 100,
-        "options": {"cache": False},
-        "name": "a b",
+        "data.dataset": "mnist",
+        "data.alpha": 0.1,
+        "data.num_clients": 100,
+        "data.options.cache": False,
+        "data.name": "a b",
     }
-    with pytest.raises(ValueError, match="key=value"):
-        parse_sets(["alpha"])
+    assert data_overrides(["run.rounds=3"]) == {"run.rounds": 3}  # other sections stay theirs
+    with pytest.raises(ConfigError, match="key=value"):
+        data_overrides(["alpha"])
 
 
 def test_json_has_per_client_counts_and_histograms() -> None:
@@ -78,6 +80,22 @@ def test_file_with_set_overrides(tmp_path: Path) -> None:
     doc = run_json([str(exp), "--set", "num_clients=3", "--set", "options.num_users=4"])
     assert len(doc["clients"]) == 3  # type: ignore[arg-type]
     assert doc["spec"]["options"] == {"num_users": 4}  # type: ignore[index]
+    # the dotted keys of `fedkit run --set` work the same (other sections are accepted, unused)
+    doc = run_json(
+        [
+            str(exp),
+            "--set",
+            "data.num_clients=4",
+            "--set",
+            "data.options.num_users=6",
+            "--set",
+            "run.rounds=2",
+            "--set",
+            "algorithm.local.lr=0.1",
+        ]
+    )
+    assert len(doc["clients"]) == 4  # type: ignore[arg-type]
+    assert doc["spec"]["options"] == {"num_users": 6}  # type: ignore[index]
     doc = run_json([str(exp), "--set", "partition=dirichlet", "--set", "alpha=0.05"])
     sizes = {c["num_samples"] for c in doc["clients"]}  # type: ignore[attr-defined]
     assert max(sizes) - min(sizes) <= 1  # Hsu et al.: equal client sizes

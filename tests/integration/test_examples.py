@@ -68,7 +68,9 @@ def test_quickstart_needs_no_download_and_compares_three_arms() -> None:
 def test_sweep_is_a_grid_over_participation_and_epochs() -> None:
     study = load_study(EXAMPLES / "sweep_participation_epochs.toml")
     points = {
-        (r.algorithm.client_fraction, r.algorithm.local_epochs) for r in study.runs if r.algorithm
+        (r.run.client_fraction, r.algorithm.algorithm.local.epochs)
+        for r in study.runs
+        if r.algorithm
     }
     assert points == {(c, e) for c in (0.1, 0.33, 1.0) for e in (1, 5, 20)}
 

@@ -27,8 +27,8 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fedprox_stragglers
 def _final_accuracy(cfg: dict[str, Any], arm: dict[str, Any]) -> tuple[float, int]:
     fd = build_federated(DataSpec.from_mapping(cfg["data"]))
     store = ClientStore.from_federated(fd)
-    a = cfg["algorithm"]
-    local = LocalTraining(lr=a["lr"], epochs=a["local_epochs"], batch_size=a["batch_size"])
+    a = cfg["algorithm"]["local"]
+    local = LocalTraining(lr=a["lr"], epochs=a["epochs"], batch_size=a["batch_size"])
     arm_alg = arm.get("algorithm", {})  # TOML dotted keys are nested tables
     if arm_alg.get("name") == "fedprox":
         alg: Any = FedProx(local=local, mu=arm_alg["mu"])
@@ -45,7 +45,7 @@ def _final_accuracy(cfg: dict[str, Any], arm: dict[str, Any]) -> tuple[float, in
         model_params(spec.build()),
         RunConfig(
             rounds=cfg["run"]["rounds"],
-            clients_per_round=a["clients_per_round"],
+            clients_per_round=cfg["run"]["clients_per_round"],
             seed=cfg["run"]["seed"],
             eval_every=cfg["run"]["rounds"],
         ),
@@ -63,7 +63,7 @@ def test_fedprox_with_partial_work_beats_fedavg_dropping_90_percent_stragglers()
     arms = {arm["name"]: arm for arm in cfg["arms"]}
     avg_acc, avg_updates = _final_accuracy(cfg, arms["fedavg_drop"])
     prox_acc, prox_updates = _final_accuracy(cfg, arms["fedprox_partial"])
-    rounds, k = cfg["run"]["rounds"], cfg["algorithm"]["clients_per_round"]
+    rounds, k = cfg["run"]["rounds"], cfg["run"]["clients_per_round"]
     assert prox_updates == rounds * k  # every straggler's partial work was accepted
     assert avg_updates < 0.25 * rounds * k  # about 10% of the selected clients finished
     assert prox_acc > avg_acc + 0.1, (prox_acc, avg_acc)

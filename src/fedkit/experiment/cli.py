@@ -54,7 +54,7 @@ def run(
         typer.Option(
             "--set",
             "-s",
-            help="Override a key, e.g. --set algorithm.lr=0.05 (repeatable; applied last).",
+            help="Override a key, e.g. --set algorithm.local.lr=0.05 (repeatable; applied last).",
             metavar="KEY=VALUE",
         ),
     ] = None,

@@ -701,7 +701,7 @@ def _experiment(
             run.cohort_size(data.num_clients)
     system = _system(doc)
     if "deploy" in doc:  # the coordinator's round policy: validated here, used by deployments
-        from fedkit.net.experiment import deploy_from_mapping
+        from fedkit.net.deployment import deploy_from_mapping
 
         try:
             deploy_from_mapping(_table("deploy", doc["deploy"]))
