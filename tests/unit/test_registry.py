@@ -77,7 +77,7 @@ def test_a_registry_line_imports_nothing_until_used() -> None:
     assert "no_such_package" not in sys.modules
     assert reg.names() == ("ghost",) and "ghost" in reg and list(reg) == ["ghost"]
     assert reg.entry("ghost").preset == {"size": 3}
-    with pytest.raises(registry.UnknownNameError, match="cannot import module 'no_such_package.widgets'"):
+    with pytest.raises(registry.UnknownNameError, match=r"cannot import module 'no_such_package\."):
         reg.load("ghost")
     with pytest.raises(ValueError, match="already registered"):
         reg.register("ghost", "x.y:Z")

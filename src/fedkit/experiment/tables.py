@@ -21,6 +21,7 @@ in [0, 1), got 1.5"`` from ``[algorithm.server]`` reads ``"algorithm.server.beta
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import types
@@ -44,6 +45,10 @@ class _Param:
     default: Callable[[], Any] = lambda: None  # the default value (made on demand)
 
 
+def _const(value: Any) -> Any:
+    return value
+
+
 def _hints(obj: Any) -> dict[str, Any]:
     try:
         return typing.get_type_hints(obj)
@@ -62,7 +67,7 @@ def _params(factory: Callable[..., Any]) -> dict[str, _Param]:
             if f.default_factory is not dataclasses.MISSING:
                 out[f.name] = _Param(hints.get(f.name), True, f.default_factory)
             elif f.default is not dataclasses.MISSING:
-                out[f.name] = _Param(hints.get(f.name), True, lambda d=f.default: d)
+                out[f.name] = _Param(hints.get(f.name), True, functools.partial(_const, f.default))
             else:
                 out[f.name] = _Param(hints.get(f.name), False)
         return out
@@ -76,7 +81,7 @@ def _params(factory: Callable[..., Any]) -> dict[str, _Param]:
         p.name: _Param(
             hints.get(p.name),
             p.default is not inspect.Parameter.empty,
-            lambda d=p.default: None if d is inspect.Parameter.empty else d,
+            functools.partial(_const, None if p.default is inspect.Parameter.empty else p.default),
         )
         for p in sig.parameters.values()
         if p.kind in kinds
