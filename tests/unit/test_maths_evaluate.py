@@ -64,10 +64,10 @@ def test_distribution_by_hand() -> None:
         ]
     )
     assert d.clients == 5
-    assert d.mean == pytest.approx(0.6)
-    assert d.weighted_mean == pytest.approx(0.8)
-    assert d.p10 == pytest.approx(0.28)
-    assert d.variance == pytest.approx(0.08)
+    assert d.mean == pytest.approx(0.6, abs=1e-15)  # summed in float64, not float32
+    assert d.weighted_mean == pytest.approx(0.8, abs=1e-15)
+    assert d.p10 == pytest.approx(0.28, abs=1e-15)
+    assert d.variance == pytest.approx(0.08, abs=1e-15)
     assert d.minimum == pytest.approx(0.2)
     assert d.personal_mean == pytest.approx(0.7)
     assert not d.is_empty()

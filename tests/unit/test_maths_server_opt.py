@@ -153,3 +153,23 @@ def test_adaptive_step_is_per_coordinate() -> None:
     assert x["w"].tolist() == pytest.approx([1 + step, 1 - step], rel=1e-12)
     assert s.v["w"].tolist() == [1.1875, 1.1875]
     assert x["w"].dtype == torch.float64  # the float32 mean delta is cast to the parameter dtype
+
+
+@pytest.mark.parametrize("cls", [Adam, Yogi, Adagrad])
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"lr": 0.0}, "server_lr"),
+        ({"lr": math.inf}, "server_lr"),
+        ({"beta1": 1.0}, "beta1"),
+        ({"beta1": -0.1}, "beta1"),
+        ({"beta2": 1.0}, "beta2"),
+        ({"tau": 0.0}, "tau"),
+    ],
+)
+def test_bad_adaptive_settings_name_the_key(
+    cls: type[Adam], kwargs: dict[str, float], key: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^{key} must be"):
+        cls(**kwargs)
+    assert cls(beta1=0.0, beta2=0.0).beta1 == 0.0  # the interval [0, 1) includes 0

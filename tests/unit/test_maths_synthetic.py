@@ -124,7 +124,7 @@ def test_load_splits_each_user_90_10(tmp_path: Path) -> None:
         n_train = int((ds.train.client == k).sum())
         n_test = int((ds.test.client == k).sum())
         assert (n_train, n_test) == (int(0.9 * n), n - int(0.9 * n))
-    assert ds.train.x.shape[1] == 60 and ds.num_classes == 10
+    assert ds.train.x.shape[1] == 60 and ds.num_classes == 10 and ds.name == "synthetic"
     assert ds.client_names == ("f_00000", "f_00001", "f_00002", "f_00003", "f_00004")
 
 
