@@ -115,6 +115,8 @@ def _allocate(total: int, weights: FloatArray) -> IntArray:
 
 
 def _split_by_sizes(indices: IntArray, sizes: IntArray) -> list[IntArray]:
+    if sizes.shape[0] == 0:  # no parts (np.split would still return the whole array as one)
+        return []
     bounds = np.cumsum(sizes)[:-1]
     return list(np.split(indices, bounds))
 
