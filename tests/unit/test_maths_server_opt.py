@@ -173,3 +173,17 @@ def test_bad_adaptive_settings_name_the_key(
     with pytest.raises(ValueError, match=rf"^{key} must be"):
         cls(**kwargs)
     assert cls(beta1=0.0, beta2=0.0).beta1 == 0.0  # the interval [0, 1) includes 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": 0.0}, r"^server_lr must be a finite number > 0, got 0.0"),
+        ({"lr": math.nan}, r"^server_lr must be a finite number > 0"),
+        ({"momentum": 1.0}, r"^server_momentum must be in \[0, 1\), got 1.0"),
+        ({"momentum": -0.5}, r"^server_momentum must be in \[0, 1\)"),
+    ],
+)
+def test_bad_sgd_settings_name_the_key(kwargs: dict[str, float], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SGD(**kwargs)
