@@ -119,6 +119,16 @@ CREATE INDEX IF NOT EXISTS runs_study ON runs(study);
 """
 
 
+_ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rounds", "details TEXT"),  # 2: per-round details (data-parallel evaluation points)
+    ("rounds", "fed_wmean REAL"),  # 3: the example-weighted federated mean
+    ("rounds", "fed_personal_mean REAL"),  # 4: personal models' mean accuracy
+    ("clients", "personal_loss REAL"),  # 4: per-client personal model scores
+    ("clients", "personal_accuracy REAL"),
+)
+"""Columns added to the schema-1 tables by later versions, added in place by the migration."""
+
+
 def results_path(out_dir: str | os.PathLike[str]) -> Path:
     """The database path of an output directory: ``out_dir/results.sqlite``."""
     return Path(out_dir) / DB_NAME
@@ -417,14 +427,11 @@ class ResultsStore:
         if version == SCHEMA_VERSION:
             return
         with self._write() as c:
-            if 1 <= version < 2:  # 1 -> 2: per-round details (data-parallel evaluation points)
-                c.execute("ALTER TABLE rounds ADD COLUMN details TEXT")
-            if 1 <= version < 3:  # 2 -> 3: the example-weighted federated mean
-                c.execute("ALTER TABLE rounds ADD COLUMN fed_wmean REAL")
-            if 1 <= version < 4:  # 3 -> 4: personal models' accuracy (per client, round mean)
-                c.execute("ALTER TABLE rounds ADD COLUMN fed_personal_mean REAL")
-                c.execute("ALTER TABLE clients ADD COLUMN personal_loss REAL")
-                c.execute("ALTER TABLE clients ADD COLUMN personal_accuracy REAL")
+            if version >= 1:  # columns added since schema 1, each once (idempotent)
+                for table, column in _ADDED_COLUMNS:
+                    have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+                    if column.split()[0] not in have:
+                        c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
