@@ -21,25 +21,27 @@ from fedkit.experiment.config import ConfigError, ExperimentConfig, study_from_m
 from fedkit.experiment.results import ResultsStore, results_path
 from fedkit.experiment.runner import RunOutcome, run_experiment
 from fedkit.local import LocalTraining
+from fedkit.privacy import ClipNorm
 from fedkit.registry import AGGREGATORS, ALGORITHMS, EXECUTORS, SAMPLERS, Registry
+from fedkit.robust import TrimmedMean
 from fedkit.server_opt import SGD
 from tests.integration.test_runner import TINY
-from tests.plugins.clip import ClipNorm
 from tests.plugins.first_k import FirstK
 from tests.plugins.half_step import HalfStep
+from tests.plugins.scale import ScaleUpdates
 
 
 @pytest.fixture
 def plugins() -> Iterator[None]:
     """The four plugins, each registered by ONE line (removed again after the test)."""
     ALGORITHMS.register("test_halfstep", "tests.plugins.half_step:HalfStep")
-    AGGREGATORS.register("test_clip", "tests.plugins.clip:ClipNorm")
+    AGGREGATORS.register("test_scale", "tests.plugins.scale:ScaleUpdates")
     SAMPLERS.register("test_firstk", "tests.plugins.first_k:FirstK")
     EXECUTORS.register("test_counting", "tests.plugins.counting_executor:counting")
     yield
     for reg, name in [
         (ALGORITHMS, "test_halfstep"),
-        (AGGREGATORS, "test_clip"),
+        (AGGREGATORS, "test_scale"),
         (SAMPLERS, "test_firstk"),
         (EXECUTORS, "test_counting"),
     ]:
@@ -145,32 +147,40 @@ def test_plugin_algorithm_is_built_through_its_own_fields_and_runs(tmp_path: Pat
 
 @pytest.mark.usefixtures("plugins")
 def test_aggregator_wrapper_takes_its_inner_aggregator_as_a_nested_table(tmp_path: Path) -> None:
-    cfg = cfg_of(aggregator={"name": "test_clip", "max_norm": 1, "inner": {"name": "mean"}})
+    cfg = cfg_of(aggregator={"name": "test_scale", "factor": 2, "inner": {"name": "mean"}})
     assert cfg.algorithm is not None
-    assert cfg.algorithm.algorithm.aggregator == ClipNorm(max_norm=1.0, inner=WeightedMean())
+    assert cfg.algorithm.algorithm.aggregator == ScaleUpdates(factor=2.0, inner=WeightedMean())
     m = cfg.to_mapping()
-    assert m["aggregator"] == {"name": "test_clip", "max_norm": 1.0, "inner": {"name": "mean"}}
+    assert m["aggregator"] == {"name": "test_scale", "factor": 2.0, "inner": {"name": "mean"}}
     again = study_from_mapping(m, default_name="r").runs[0]
     assert again.algorithm == cfg.algorithm
     bad = [
         ({"inner": {"name": "median"}}, "aggregator.inner.name: unknown aggregator 'median'"),
         ({"inner": {"name": "mean", "k": 1}}, "unknown key aggregator.inner.k"),
-        ({"max_norm": -1.0}, "aggregator.max_norm must be a finite number > 0, got -1.0"),
-        ({"max_norm": "big"}, "aggregator.max_norm must be a finite number; got 'big'"),
+        ({"factor": -1.0}, "aggregator.factor must be a finite number > 0, got -1.0"),
+        ({"factor": "big"}, "aggregator.factor must be a finite number; got 'big'"),
     ]
     for over, needle in bad:
         with pytest.raises(ConfigError) as e:
-            cfg_of(aggregator={"name": "test_clip", "max_norm": 1.0, **over})
+            cfg_of(aggregator={"name": "test_scale", "factor": 1.0, **over})
         assert needle in str(e.value)
-    # clipping: (3, 4) has norm 5 -> (0.6, 0.8) at max_norm 1
-    clip = ClipNorm(max_norm=1.0)
-    out = clip.prepare({"w": torch.tensor([3.0, 4.0])}, 1.0, AggContext(round=0, seed=0))
-    assert torch.allclose(out["w"], torch.tensor([0.6, 0.8]))
-    # end to end: a bound no update reaches changes nothing; a tight one changes the model
-    loose = cfg_of(aggregator={"name": "test_clip", "max_norm": 1e9})
-    tight = cfg_of(aggregator={"name": "test_clip", "max_norm": 1e-3})
+    # scaling: (3, 4) by 0.5 -> (1.5, 2)
+    scale = ScaleUpdates(factor=0.5)
+    out = scale.prepare({"w": torch.tensor([3.0, 4.0])}, 1.0, AggContext(round=0, seed=0))
+    assert torch.equal(out["w"], torch.tensor([1.5, 2.0]))
+    # end to end: factor 1 changes nothing; factor 0.5 changes the model
+    same = cfg_of(aggregator={"name": "test_scale", "factor": 1.0})
+    half = cfg_of(aggregator={"name": "test_scale", "factor": 0.5})
     plain = sha(cfg_of(aggregator={"name": "mean"}), tmp_path)
-    assert sha(loose, tmp_path) == plain != sha(tight, tmp_path)
+    assert sha(same, tmp_path) == plain != sha(half, tmp_path)
+    # a built-in chain from the registry: clip around the trimmed mean
+    chain = cfg_of(
+        aggregator={"name": "clip", "max_norm": 0.5, "inner": {"name": "trimmed_mean", "beta": 0.2}}
+    )
+    assert chain.algorithm is not None
+    assert chain.algorithm.algorithm.aggregator == ClipNorm(
+        max_norm=0.5, inner=TrimmedMean(beta=0.2)
+    )
 
 
 @pytest.mark.usefixtures("plugins")
