@@ -12,6 +12,7 @@ the tolerance is far from what a wrong rule gives (named in each test).
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -72,6 +73,16 @@ def test_feature_means_scatter_around_b_k_with_unit_variance() -> None:
         centre = np.stack([x.mean(axis=0) for x in xs])
         spread = ((centre - centre.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) / 59
         assert spread.mean() == pytest.approx(expected, abs=tol), iid
+
+
+def test_iid_users_each_have_their_own_feature_mean() -> None:
+    """IID variant: user k's features have mean B_k in every coordinate, B_k ~ N(0, β²) drawn per
+    user. With β = 3, two users' means differ by less than 0.05 with probability about 0.01;
+    a rule that gave several users the same B would make neighbours equal."""
+    xs, _ = generate_synthetic(SyntheticOptions(beta=3.0, iid=True, num_users=40, seed=6))
+    means = [float(x.mean()) for x in xs]
+    close = sum(abs(a - b) < 0.05 for a, b in itertools.pairwise(means))
+    assert close <= 2
 
 
 def test_client_sizes_follow_the_lognormal_power_law() -> None:
