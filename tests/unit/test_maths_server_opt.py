@@ -187,3 +187,9 @@ def test_bad_adaptive_settings_name_the_key(
 def test_bad_sgd_settings_name_the_key(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SGD(**kwargs)
+
+
+def test_server_sgd_momentum_state_is_a_checkpointable_dataclass_of_tensors() -> None:
+    opt = SGD(lr=0.5, momentum=0.9)
+    _, state = opt.step(_t(0.0), _t(1.0), opt.init(_t(0.0)))
+    assert state.v == {} and set(state.m) == {"w"}  # every field a dict of tensors
