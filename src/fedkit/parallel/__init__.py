@@ -4,8 +4,9 @@ K workers train one model on shards of one dataset. ``run_parallel(spec, dataset
 runs a ``ParallelSpec`` either as K replicas in this process (``mode = "replicas"``,
 deterministic) or as K gloo processes (``mode = "gloo"``; ``run_rank`` under ``torchrun``), and
 returns a ``ParallelResult`` with one ``EvalPoint`` per evaluation: step, samples, epoch, train
-loss, test loss/accuracy, measured compute seconds, simulated communication seconds, bytes per
-worker (and through the server), syncs, H, batch size, LR.
+loss, test loss/accuracy, measured compute seconds, simulated communication seconds, bytes sent
+per worker (the same count for ring and parameter server; and bytes through the server), syncs,
+H, batch size, LR.
 
 Experiment files: a ``[parallel]`` table (every field of ``ParallelSpec``; unknown keys are
 rejected), with the network in ``[parallel.network]`` (``latency_ms``, ``bandwidth_gbit``)::

@@ -31,7 +31,7 @@ def _print_point(p: EvalPoint) -> None:
         f"step {p.step:6d}  samples {p.samples:9d}  epoch {p.epoch:6.2f}  "
         f"train {p.train_loss:.4f}  test {p.test_loss:.4f}  acc {100 * p.test_accuracy:6.2f}%  "
         f"compute {p.compute_seconds:8.1f}s  comm {p.comm_seconds:8.2f}s  "
-        f"MB/worker {p.bytes_per_worker / 1e6:9.1f}",
+        f"MB sent/worker {p.bytes_per_worker / 1e6:9.1f}",
         flush=True,
     )
 
