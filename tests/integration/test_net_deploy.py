@@ -115,9 +115,7 @@ def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]
             eval_every=0,
         ),
     )
-    fed = Distribution.of(
-        executor.evaluate(res.params, range(len(fd.train_parts)), exp.algorithm)
-    )
+    fed = Distribution.of(executor.evaluate(res.params, range(len(fd.train_parts)), exp.algorithm))
     return sha256(res.params), fed.mean
 
 
