@@ -101,3 +101,67 @@ def test_stages_compose_clip_then_trimmed_mean() -> None:
     assert [float(p["w"][0]) for p in prepared] == [1.0, 1.5, -2.0, 0.5, 2.0]
     got = chain.result(aggregate(chain, [(p, 1.0) for p in prepared]), CTX)
     assert float(got["w"][0]) == pytest.approx((0.5 + 1.0 + 1.5) / 3)
+
+
+class _Ranks:
+    """A fake two-rank collective seen from rank ``rank`` (the other rank holds ``other``)."""
+
+    def __init__(self, rank: int, other: object) -> None:
+        self.rank, self.other = rank, other
+
+    def all_sum(self, tree: object) -> object:
+        return ("summed", tree)
+
+    def gather(self, tree: object) -> list[object] | None:
+        return [tree, self.other] if self.rank == 0 else None
+
+
+def test_reductions_sum_means_and_gather_buffers() -> None:
+    mean = WeightedMean[dict[str, torch.Tensor]]()
+    acc = aggregate(mean, [(_u(1.0), 1.0)])
+    assert mean.reduce(acc, _Ranks(0, None)) == ("summed", acc)  # type: ignore[arg-type]
+    tm = TrimmedMean(beta=0.25)
+    mine = aggregate(tm, [(_u(1.0), 1.0), (_u(2.0), 1.0)])
+    theirs = aggregate(tm, [(_u(3.0), 1.0), (_u(400.0), 1.0)])
+    total = tm.reduce(mine, _Ranks(0, theirs))  # type: ignore[arg-type]
+    assert int(total.count) == 4 and total.count.dtype == torch.int64
+    assert tm.result(total, CTX)["w"].tolist() == [2.5]  # sorted 1,2,3,400 → mean(2, 3)
+    assert tm.reduce(mine, _Ranks(1, theirs)) is mine  # type: ignore[arg-type]
+
+
+def test_trimmed_mean_keeps_float64_updates_exact_and_checks_weights() -> None:
+    agg = TrimmedMean(beta=0.0)  # β = 0 is allowed: the unweighted mean
+    ups = [({"w": torch.tensor([1.0 + 2.0**-40], dtype=torch.float64)}, 1.0) for _ in range(5)]
+    got = agg.result(aggregate(agg, ups), CTX)["w"]
+    assert got.dtype == torch.float64 and float(got[0]) == 1.0 + 2.0**-40
+    f32 = agg.result(aggregate(agg, [(_u(1.5), 1.0)]), CTX)["w"]
+    assert f32.dtype == torch.float32
+    acc = agg.zero(_u(0.0))
+    agg.add(acc, _u(1.0), 0.0)  # zero weight: accepted (and not used by the rule)
+    agg.add(acc, _u(1.0), 0.5)
+    with pytest.raises(ValueError, match=r"^aggregation weight must be >= 0, got -1\.0$"):
+        agg.add(acc, _u(1.0), -1.0)
+    with pytest.raises(EmptyAggregateError, match=r"^no client update to trim$"):
+        agg.result(agg.zero(_u(0.0)), CTX)
+
+
+class _Spy(WeightedMean[dict[str, torch.Tensor]]):
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, AggContext]] = []
+
+    def prepare(
+        self, update: dict[str, torch.Tensor], weight: float, ctx: AggContext
+    ) -> dict[str, torch.Tensor]:
+        self.seen.append((weight, ctx))
+        return update
+
+
+def test_clip_measures_the_norm_in_float64_and_hands_inner_weight_and_context() -> None:
+    spy = _Spy()
+    clip = ClipNorm(max_norm=1.0, inner=spy)
+    huge = {"w": torch.tensor([1e20, 1e20], dtype=torch.float32)}  # squares overflow float32
+    out = clip.prepare(huge, 3.0, CTX)
+    assert torch.allclose(out["w"], torch.tensor([2**-0.5, 2**-0.5]))
+    assert spy.seen == [(3.0, CTX)]
+    with pytest.raises(NonFiniteUpdateError, match=r"^client -1: update has a non-finite value$"):
+        clip.prepare({"w": torch.tensor([float("inf")])}, 1.0, CTX)

@@ -51,7 +51,7 @@ def test_a_mean_over_zero_total_weight_or_no_update_is_refused_with_its_counts()
     only_zero = aggregate(agg, [(_u(1.0), 0.0), (_u(2.0), 0.0)])
     with pytest.raises(EmptyAggregateError, match=r"\(2 updates, total weight 0.0\)"):
         agg.result(only_zero, CTX)
-    with pytest.raises(EmptyAggregateError, match="no updates to aggregate"):
+    with pytest.raises(EmptyAggregateError, match=r"^no updates to aggregate$"):
         aggregate(agg, [])
 
 
@@ -102,7 +102,7 @@ class _Spy:
     seen: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
 
     def prepare(self, update: Any, weight: float, ctx: AggContext) -> Any:
-        self.seen.append(("prepare", ctx))
+        self.seen.append(("prepare", (weight, ctx)))
         return update
 
     def zero(self, like: Any) -> Any:
@@ -135,7 +135,7 @@ def test_a_stage_forwards_every_step_to_its_inner_aggregator() -> None:
     assert stage.reduce(acc, comm) is acc  # type: ignore[arg-type]
     server = AggContext(round=2, seed=9)
     assert stage.result(acc, server) is acc
-    assert spy.seen == [("prepare", CTX), ("reduce", comm), ("result", server)]
+    assert spy.seen == [("prepare", (2.0, CTX)), ("reduce", comm), ("result", server)]
 
 
 # ---------------------------------------------------------------------------- algorithm rules
@@ -159,8 +159,13 @@ def test_fedavg_refuses_a_server_that_is_not_an_optimizer() -> None:
 def test_fedsgd_keeps_its_local_rule_fixed() -> None:
     FedSGD(server=SGD(lr=0.5))  # one full-batch step with client lr 1: accepted
     for local in (LocalTraining(lr=0.5, steps=1, batch_size=0), LocalTraining(lr=1.0, steps=2)):
-        with pytest.raises(ValueError, match="FedSGD's local training is fixed"):
+        with pytest.raises(ValueError) as err:
             FedSGD(local=local)
+        assert str(err.value) == (
+            "FedSGD's local training is fixed to one full-batch step with lr 1 "
+            "(local=LocalTraining(lr=1.0, steps=1, batch_size=0)); set the step size through "
+            "server=SGD(lr=...), or use FedAvg for other local training"
+        )
 
 
 def _model() -> nn.Module:
@@ -211,3 +216,22 @@ def test_scaffold_keeps_its_server_optimizer_state_and_leaves_buffers_out_of_con
         torch.testing.assert_close(
             res.client_state.control[k], -res.update.delta[k] / 0.1, rtol=1e-6, atol=1e-7
         )
+
+
+def test_scaffold_server_step_is_its_optimizers_and_counts_reporters() -> None:
+    """x moves by the server optimiser along −mean Δy (here SGD with momentum, whose state must
+    carry over rounds); c by |S|/N · mean Δc with |S| the reporters, or the cohort if unsaid."""
+    params = {"w": torch.tensor([1.0])}
+    alg = Scaffold(server=SGD(lr=1.0, momentum=0.5))
+    state = alg.init_state(params)
+    agg = alg.update_template(params)
+    agg = dataclasses.replace(
+        agg, delta={"w": torch.tensor([0.5])}, control_delta={"w": torch.tensor([2.0])}
+    )
+    info = RoundInfo(round=0, seed=0, num_clients=8, cohort_size=4)
+    s1 = alg.server_update(state, agg, dataclasses.replace(info, reported=2))
+    # g = -0.5: v = 0.5 v + g = -0.5, x = 1 - v = 1.5;  c = 0 + (2/8)·2 = 0.5
+    assert s1.params["w"].tolist() == [1.5] and s1.control["w"].tolist() == [0.5]
+    s2 = alg.server_update(s1, agg, info)  # reported unsaid: the cohort, 4
+    # v = 0.5·(-0.5) - 0.5 = -0.75, x = 1.5 + 0.75 = 2.25;  c = 0.5 + (4/8)·2 = 1.5
+    assert s2.params["w"].tolist() == [2.25] and s2.control["w"].tolist() == [1.5]

@@ -3,7 +3,8 @@ Towards Optimal Statistical Rates".
 
 For each coordinate, the ``m`` received values are sorted, the ``k = ⌊β m⌋`` largest and ``k``
 smallest are removed and the remaining ``m - 2k`` are averaged (unweighted, as in the paper:
-client weights are kept but do not enter the rule). With ``β = 0`` it is the plain mean.
+client weights are checked but do not enter the rule). With ``β = 0`` it is the plain
+(unweighted) mean.
 
 A buffering rule: the accumulator holds every update (``m`` × one model's memory), stacked along a
 leading axis with room doubled as it fills. ``merge`` concatenates, and the cross-rank
@@ -30,7 +31,6 @@ class StackAcc:
     """Buffered updates: ``updates`` leaves are ``[capacity, ...]``, the first ``count`` used."""
 
     updates: Any
-    weights: Tensor
     count: Tensor
 
 
@@ -65,12 +65,11 @@ class TrimmedMean:
         """An empty buffer for updates shaped like ``like``."""
         return StackAcc(
             updates=tree_map(lambda t: torch.zeros((0, *t.shape), dtype=t.dtype), like),
-            weights=torch.zeros(0, dtype=torch.float64),
             count=torch.zeros((), dtype=torch.int64),
         )
 
     def add(self, acc: StackAcc, update: Any, weight: float) -> StackAcc:
-        """Append ``update`` to the buffer."""
+        """Append ``update`` to the buffer (its weight is checked, not used)."""
         if not weight >= 0.0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
         i = int(acc.count)
@@ -80,17 +79,13 @@ class TrimmedMean:
             buf[i] = u
             return buf
 
-        updates = tree_map(put, acc.updates, update)
-        weights = _grow(acc.weights, i + 1)
-        weights[i] = weight
-        return StackAcc(updates=updates, weights=weights, count=acc.count + 1)
+        return StackAcc(updates=tree_map(put, acc.updates, update), count=acc.count + 1)
 
     def merge(self, a: StackAcc, b: StackAcc) -> StackAcc:
         """Both buffers, ``a``'s first."""
         na, nb = int(a.count), int(b.count)
         return StackAcc(
             updates=tree_map(lambda x, y: torch.cat([x[:na], y[:nb]]), a.updates, b.updates),
-            weights=torch.cat([a.weights[:na], b.weights[:nb]]),
             count=a.count + b.count,
         )
 
