@@ -165,3 +165,10 @@ def test_clip_measures_the_norm_in_float64_and_hands_inner_weight_and_context() 
     assert spy.seen == [(3.0, CTX)]
     with pytest.raises(NonFiniteUpdateError, match=r"^client -1: update has a non-finite value$"):
         clip.prepare({"w": torch.tensor([float("inf")])}, 1.0, CTX)
+
+
+def test_trimmed_mean_of_scalar_updates_grows_its_buffer() -> None:
+    agg = TrimmedMean(beta=0.2)
+    ups = [({"s": torch.tensor(float(v))}, 1.0) for v in (5, -100, 1, 3, 2, 4, 200, 6, 0, 7)]
+    # 10 scalars, k = 2 cut at each end: mean(1, 2, 3, 4, 5, 6) = 3.5
+    assert float(agg.result(aggregate(agg, ups), CTX)["s"]) == 3.5

@@ -18,6 +18,7 @@ from fedkit.client import (
     client_context,
     client_update,
     evaluate_client,
+    evaluate_clients,
     linear_hook,
     prepared_template,
     run_client,
@@ -214,3 +215,52 @@ def test_evaluate_client_scores_global_and_personal_models() -> None:
         assert evaluate_client(m, 0, no_test, params) is None
     with pytest.raises(ValueError):
         LocalPlan(start=params, local=LocalTraining(), prox_mu=-1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Slow(FedAvg):
+    def client_init(self, ctx: Any, msg: Any, data: Any, state: Any) -> Any:
+        import time
+
+        time.sleep(0.02)
+        return super().client_init(ctx, msg, data, state)
+
+
+def test_run_client_times_the_whole_client() -> None:
+    m = _model()
+    alg = _Slow()
+    msg = alg.broadcast(alg.init_state(model_params(m)), INFO)
+    p = run_client(alg, ClientStore.from_clients([_data()]), m, msg, 0, INFO)
+    assert p.metrics.seconds >= 0.02
+
+
+def test_evaluate_clients_takes_this_process_share_with_states_and_skips_no_test_data() -> None:
+    m = _model()
+    params = model_params(m)
+    with_test = _data()
+    assert with_test.x_test is not None and with_test.y_test is not None
+    without = ClientData(
+        with_test.x_train, with_test.y_train, with_test.x_test[:0], with_test.y_test[:0]
+    )
+    store = ClientStore.from_clients([with_test, with_test, with_test])
+    store.set_state(0, 0.0)
+    store.set_state(1, 0.5)
+    store.set_state(2, 1.0)
+    alg = _Personal()
+    got = list(
+        evaluate_clients(m, store, [2, 0, 1], params, alg, mine=lambda i, cid: i != 1 or cid != 0)
+    )
+    assert [(i, e.client_id) for i, e in got] == [(0, 2), (2, 1)]
+    assert [state for _, state in alg.calls] == [1.0, 0.5]
+    ref = _model()
+    x, y = with_test.x_test, with_test.y_test
+    assert x is not None and y is not None
+    load_params(ref, {k: v + 1.0 for k, v in params.items()})
+    assert got[0][1].personal == evaluate(ref, x, y)
+    assert got[0][1].result == evaluate(_model(), x, y)
+    # a client without test data is passed over and the next one still scored
+    mixed = ClientStore.from_clients([without, with_test])
+    assert [e.client_id for _, e in evaluate_clients(m, mixed, [0, 1], params)] == [1]
+    # without an algorithm no state is read and no personal model scored
+    plain = list(evaluate_clients(m, store, [0], params))
+    assert plain[0][1].personal is None
