@@ -68,7 +68,7 @@ def vectorizable(model: nn.Module) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Client:
-    """One client of a chunk: its context, data, state and plan."""
+    """One client of a chunk: its context, its data and the plan its algorithm made."""
 
     ctx: ClientContext
     data: ClientData
