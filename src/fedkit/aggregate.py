@@ -28,7 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from fedkit.params import tree_map
+from fedkit.params import tree_leaves, tree_map
 from fedkit.rng import SERVER, generator
 
 U = TypeVar("U")
@@ -129,6 +129,23 @@ class MeanAcc(Generic[U]):
 
 class EmptyAggregateError(RuntimeError):
     """Raised when a mean is requested over no updates (or zero total weight)."""
+
+
+class NonFiniteUpdateError(ValueError):
+    """An update holds NaN or infinite values: it is refused before any aggregator sees it."""
+
+
+def check_finite(update: Any, client_id: int | None = None) -> None:
+    """Refuse an update with a NaN or infinite element (one poisoned value would otherwise turn
+    every global parameter into NaN through any mean).
+
+    Raises:
+        NonFiniteUpdateError: naming the first offending tensor (and the client, when given).
+    """
+    for path, t in tree_leaves(update):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            who = "" if client_id is None else f"client {client_id}: "
+            raise NonFiniteUpdateError(f"{who}update tensor {path!r} has a NaN or infinite value")
 
 
 @dataclasses.dataclass(frozen=True)

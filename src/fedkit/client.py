@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from fedkit.aggregate import AggContext
+from fedkit.aggregate import AggContext, check_finite
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -136,9 +136,15 @@ def finish_client(
     work_fraction: float,
     seconds: float,
 ) -> PreparedUpdate:
-    """Apply the aggregator's client-side ``prepare`` and record the client's metrics."""
+    """Apply the aggregator's client-side ``prepare`` and record the client's metrics.
+
+    Raises:
+        NonFiniteUpdateError: the prepared update has a NaN or infinite value; the caller drops
+            the client from the round and keeps its previous state.
+    """
     ctx = AggContext(round=info.round, seed=info.seed, client_id=client_id)
     update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
+    check_finite(update, client_id)
     metrics = ClientMetrics(
         client_id=client_id,
         num_examples=res.num_examples,
@@ -159,12 +165,17 @@ def run_client(
     info: RoundInfo,
     work_fraction: float = 1.0,
 ) -> PreparedUpdate:
-    """Run one client on the resident ``model`` and store its new state with ``host``."""
+    """Run one client on the resident ``model`` and store its new state with ``host``.
+
+    Raises:
+        NonFiniteUpdateError: the update has a NaN or infinite value (its state is not stored).
+    """
     t0 = time.perf_counter()
     ctx = client_context(model, client_id, info, work_fraction)
     res = client_update(algorithm, ctx, msg, host.data(client_id), host.get_state(client_id))
+    done = finish_client(algorithm, res, client_id, info, work_fraction, time.perf_counter() - t0)
     host.set_state(client_id, res.client_state)
-    return finish_client(algorithm, res, client_id, info, work_fraction, time.perf_counter() - t0)
+    return done
 
 
 def prepared_template(algorithm: Algorithm[Any, Any, Any, Any], params: Params, seed: int) -> Any:

@@ -34,6 +34,7 @@ def update_of(cid: int) -> ModelDelta:
 
 
 REFUSED: list[tuple[int, ErrorCode]] = []
+POISONED: set[int] = set()  # clients whose update carries one NaN
 
 
 def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event) -> None:
@@ -47,7 +48,10 @@ def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event)
         weight = -1.0 if delay_s < 0 else float(cid + 1)  # delay < 0: a worker sending garbage
         meta = ResultMeta(weight=weight, num_examples=cid + 1, steps=1, train_loss=0.0,
                           work_fraction=info.work_fraction, compute_s=0.0)  # fmt: skip
-        payload = encode_tree(update_of(cid), meta.to_metadata())
+        update = update_of(cid)
+        if cid in POISONED:
+            update.delta["w"][0, 0] = float("nan")
+        payload = encode_tree(update, meta.to_metadata())
         chunks = split(payload, 256)
         rinfo = pb.ResultInfo(
             header=pb.Header(run_id=reply.run_id, round=info.header.round,
@@ -155,3 +159,17 @@ def test_fold_adds_in_id_order_and_holds_only_out_of_order_results() -> None:
     fold.finish()  # 1 never came: skipped; 2 and 3 follow in order
     assert [m.client_id for m in fold.metrics] == [0, 2, 3] and not fold.pending
     assert fold.accepted == [2, 0, 3]
+
+
+def test_an_update_with_a_nan_is_refused_on_arrival_and_never_reaches_the_mean() -> None:
+    REFUSED.clear()
+    POISONED.add(1)
+    try:
+        broker, ex, _ = make(DeploySettings(deadline_s=1.0, select_timeout_s=1, quorum=0.6))
+        out = run_round(ex, broker, {0: 0.0, 1: 0.0, 2: 0.0})
+    finally:
+        POISONED.clear()
+    assert (1, ErrorCode.MALFORMED) in REFUSED
+    assert out.accumulator is not None and out.dropped == (1,)
+    assert [m.client_id for m in out.clients] == [0, 2]
+    assert all(bool(torch.isfinite(t).all()) for t in out.accumulator.total.delta.values())

@@ -29,13 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fedkit.aggregate import NonFiniteUpdateError, check_finite
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.net.broker import Assignment, Broker, Result
 from fedkit.net.codec import Buffer, split
 from fedkit.net.deployment import DeploySettings
-from fedkit.net.errors import NetError
+from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.payload import (
     EvalMeta,
     ResultMeta,
@@ -109,7 +110,14 @@ class RemoteExecutor:
         return sorted(pool[i] for i in order[:want])
 
     def _check(self, payload: Buffer) -> None:
+        """A result is refused on arrival (typed ``MALFORMED``, the worker is told) when its
+        metadata is invalid or any update tensor holds a NaN or infinite value."""
         ResultMeta.from_metadata(check_tree_header(payload, self.update_template))
+        update, _ = decode_tree(payload, self.update_template)
+        try:
+            check_finite(update)
+        except NonFiniteUpdateError as err:
+            raise NetError(ErrorCode.MALFORMED, str(err)) from None
 
     def execute(
         self,

@@ -15,12 +15,10 @@ from typing import Any
 
 import torch
 
-from fedkit.aggregate import AggContext, Stage
+from fedkit.aggregate import AggContext, NonFiniteUpdateError, Stage
 from fedkit.params import tree_leaves, tree_map
 
-
-class NonFiniteUpdateError(ValueError):
-    """An update holds NaN or infinite values (it cannot be clipped or averaged)."""
+__all__ = ["ClipNorm", "NonFiniteUpdateError", "global_norm"]
 
 
 def global_norm(update: Any) -> float:

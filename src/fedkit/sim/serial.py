@@ -3,23 +3,28 @@
 Clients run in ascending id order and their updates are added to the aggregator in that order,
 so a seeded round is bit-identical to any other executor that aggregates in the same order (the
 coordinator does). A ``participation`` policy may drop clients or give them partial work — the
-hook through which system-heterogeneity models act.
+hook through which system-heterogeneity models act. A client whose update has a NaN or
+infinite value is dropped from the round (and keeps its previous state), like a client that
+failed: one diverged client never poisons the global model.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from fedkit.aggregate import fold
+from fedkit.aggregate import NonFiniteUpdateError, fold
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.client import PreparedUpdate, evaluate_clients, run_client
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.params import Params, tree_nbytes
+
+log = logging.getLogger("fedkit.sim")
 
 Participation = Callable[[int, RoundInfo], "float | None"]
 """``(client_id, info) -> work fraction in (0, 1]``, or ``None`` when the client drops out."""
@@ -80,7 +85,12 @@ class SerialExecutor:
             if frac is None:
                 dropped.append(cid)
                 continue
-            p = self.run_client(algorithm, msg, cid, info, frac)
+            try:
+                p = self.run_client(algorithm, msg, cid, info, frac)
+            except NonFiniteUpdateError as err:
+                log.warning("round %d: %s; the client is dropped from the round", info.round, err)
+                dropped.append(cid)
+                continue
             acc = fold(agg, acc, p.update, p.weight)
             bytes_up += tree_nbytes(p.update)
             done.append(p.metrics)

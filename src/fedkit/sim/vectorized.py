@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from fedkit.aggregate import fold
+from fedkit.aggregate import NonFiniteUpdateError, fold
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -58,7 +58,7 @@ from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.local import IGNORE_INDEX, LocalStats, batch_indices
 from fedkit.params import Params, tree_nbytes
-from fedkit.sim.serial import Participation, SerialExecutor, full_participation
+from fedkit.sim.serial import Participation, SerialExecutor, full_participation, log
 
 
 def vectorizable(model: nn.Module) -> bool:
@@ -193,7 +193,10 @@ class VectorizedExecutor:
                 results = self._run_chunk(algorithm, msg, chunk, info)
             else:
                 results = [self._run_one(algorithm, msg, c, info) for c in chunk]
-            for r in results:
+            for c, r in zip(chunk, results, strict=True):
+                if r is None:  # refused: a NaN or infinite update
+                    dropped.append(c.ctx.client_id)
+                    continue
                 acc = fold(agg, acc, r.update, r.weight)
                 bytes_up += tree_nbytes(r.update)
                 done.append(r.metrics)
@@ -227,16 +230,23 @@ class VectorizedExecutor:
         c: _Client,
         outcome: LocalOutcome,
         seconds: float,
-    ) -> PreparedUpdate:
+    ) -> PreparedUpdate | None:
+        """The client's update, prepared, and its new state stored; ``None`` when the update is
+        refused (NaN or infinite values: the client keeps its previous state)."""
         res = algorithm.client_final(c.ctx, msg, c.plan, outcome)
+        try:
+            done = finish_client(
+                algorithm, res, c.ctx.client_id, c.ctx.info, c.ctx.work_fraction, seconds
+            )
+        except NonFiniteUpdateError as err:
+            log.warning("round %d: %s; the client is dropped from the round", c.ctx.info.round, err)
+            return None
         self.store.set_state(c.ctx.client_id, res.client_state)
-        return finish_client(
-            algorithm, res, c.ctx.client_id, c.ctx.info, c.ctx.work_fraction, seconds
-        )
+        return done
 
     def _run_one(
         self, algorithm: Algorithm[Any, Any, Any, Any], msg: Any, c: _Client, info: RoundInfo
-    ) -> PreparedUpdate:
+    ) -> PreparedUpdate | None:
         """A client whose plan cannot join the stacked loop: the core seam, on its own."""
         t0 = time.perf_counter()
         outcome = train_plan(c.ctx, c.plan, c.data)
@@ -248,7 +258,7 @@ class VectorizedExecutor:
         msg: Any,
         chunk: list[_Client],
         info: RoundInfo,
-    ) -> list[PreparedUpdate]:
+    ) -> list[PreparedUpdate | None]:
         t0 = time.perf_counter()
         plan0 = chunk[0].plan
         cfg = plan0.local
@@ -346,7 +356,7 @@ class VectorizedExecutor:
             outcome = LocalOutcome(trained=trained, stats=stats, num_examples=n)
             seconds = elapsed * steps[i] / total_steps
             out[i] = self._finish(algorithm, msg, chunk[i], outcome, seconds)
-        return [r for r in out if r is not None]
+        return out
 
     def evaluate(
         self,
