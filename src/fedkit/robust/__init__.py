@@ -1,5 +1,6 @@
 """Robust aggregation rules (aggregator stages that bound what a few bad clients can do)."""
 
+from fedkit.robust.buffer import Buffered, StackAcc
 from fedkit.robust.trimmed_mean import TrimmedMean
 
-__all__ = ["TrimmedMean"]
+__all__ = ["Buffered", "StackAcc", "TrimmedMean"]
