@@ -241,6 +241,7 @@ SERVER_OPTIMIZERS.register("adagrad", "fedkit.server_opt:Adagrad")
 AGGREGATORS.register("mean", "fedkit.aggregate:WeightedMean")
 AGGREGATORS.register("trimmed_mean", "fedkit.robust.trimmed_mean:TrimmedMean")
 AGGREGATORS.register("clip", "fedkit.privacy.clip:ClipNorm")
+AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 
