@@ -240,6 +240,9 @@ SERVER_OPTIMIZERS.register("adagrad", "fedkit.server_opt:Adagrad")
 
 AGGREGATORS.register("mean", "fedkit.aggregate:WeightedMean")
 AGGREGATORS.register("trimmed_mean", "fedkit.robust.trimmed_mean:TrimmedMean")
+AGGREGATORS.register("median", "fedkit.robust.median:CoordinateMedian")
+AGGREGATORS.register("krum", "fedkit.robust.krum:Krum")
+AGGREGATORS.register("bulyan", "fedkit.robust.bulyan:Bulyan")
 AGGREGATORS.register("clip", "fedkit.privacy.clip:ClipNorm")
 AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
 

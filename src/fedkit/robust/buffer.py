@@ -36,6 +36,11 @@ class StackAcc:
     count: Tensor
 
 
+class TooFewUpdatesError(EmptyAggregateError):
+    """Raised by ``result`` when a rule's precondition on the number of updates fails (Krum needs
+    ``n > 2f + 2``, Bulyan ``n >= 4f + 3``)."""
+
+
 def _grow(t: Tensor, need: int) -> Tensor:
     """``t`` with room for at least ``need`` rows (doubling; the used rows copied)."""
     if t.shape[0] >= need:
