@@ -155,7 +155,7 @@ def test_aggregator_wrapper_takes_its_inner_aggregator_as_a_nested_table(tmp_pat
     again = study_from_mapping(m, default_name="r").runs[0]
     assert again.algorithm == cfg.algorithm
     bad = [
-        ({"inner": {"name": "median"}}, "aggregator.inner.name: unknown aggregator 'median'"),
+        ({"inner": {"name": "nope"}}, "aggregator.inner.name: unknown aggregator 'nope'"),
         ({"inner": {"name": "mean", "k": 1}}, "unknown key aggregator.inner.k"),
         ({"factor": -1.0}, "aggregator.factor must be a finite number > 0, got -1.0"),
         ({"factor": "big"}, "aggregator.factor must be a finite number; got 'big'"),
