@@ -245,6 +245,7 @@ AGGREGATORS.register("krum", "fedkit.robust.krum:Krum")
 AGGREGATORS.register("bulyan", "fedkit.robust.bulyan:Bulyan")
 AGGREGATORS.register("clip", "fedkit.privacy.clip:ClipNorm")
 AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
+AGGREGATORS.register("geomed", "fedkit.robust.geomed:GeometricMedian")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 

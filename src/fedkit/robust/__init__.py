@@ -2,15 +2,19 @@
 
 from fedkit.robust.buffer import Buffered, StackAcc, TooFewUpdatesError
 from fedkit.robust.bulyan import Bulyan
+from fedkit.robust.geomed import GeometricMedian
 from fedkit.robust.krum import Krum
 from fedkit.robust.median import CoordinateMedian
+from fedkit.robust.norm_bound import NormBound
 from fedkit.robust.trimmed_mean import TrimmedMean
 
 __all__ = [
     "Buffered",
     "Bulyan",
     "CoordinateMedian",
+    "GeometricMedian",
     "Krum",
+    "NormBound",
     "StackAcc",
     "TooFewUpdatesError",
     "TrimmedMean",
