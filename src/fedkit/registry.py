@@ -246,6 +246,7 @@ AGGREGATORS.register("bulyan", "fedkit.robust.bulyan:Bulyan")
 AGGREGATORS.register("clip", "fedkit.privacy.clip:ClipNorm")
 AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
 AGGREGATORS.register("geomed", "fedkit.robust.geomed:GeometricMedian")
+AGGREGATORS.register("centered_clip", "fedkit.robust.centered_clip:CenteredClip")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 

@@ -2,6 +2,7 @@
 
 from fedkit.robust.buffer import Buffered, StackAcc, TooFewUpdatesError
 from fedkit.robust.bulyan import Bulyan
+from fedkit.robust.centered_clip import CenteredClip
 from fedkit.robust.geomed import GeometricMedian
 from fedkit.robust.krum import Krum
 from fedkit.robust.median import CoordinateMedian
@@ -11,6 +12,7 @@ from fedkit.robust.trimmed_mean import TrimmedMean
 __all__ = [
     "Buffered",
     "Bulyan",
+    "CenteredClip",
     "CoordinateMedian",
     "GeometricMedian",
     "Krum",
