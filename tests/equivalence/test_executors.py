@@ -21,7 +21,7 @@ from fedkit.algorithms import FedAvg, FedProx, Scaffold
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.privacy import ClipNorm
-from fedkit.robust import TrimmedMean
+from fedkit.robust import GeometricMedian, TrimmedMean
 from fedkit.run import RunConfig, RunResult, run
 from fedkit.sim.processes import ProcessExecutor
 from fedkit.sim.serial import SerialExecutor
@@ -37,6 +37,8 @@ ALGORITHMS: dict[str, Any] = {
     "fedavg+clip+trimmed": FedAvg(
         local=LOCAL, aggregator=ClipNorm(max_norm=0.5, inner=TrimmedMean(beta=0.2))
     ),
+    # a buffering rule that uses the client weights: the geometric median (RFA)
+    "fedavg+geomed": FedAvg(local=LOCAL, aggregator=GeometricMedian()),
 }
 CONFIG = RunConfig(rounds=3, clients_per_round=5, seed=11, eval_every=0, federated_eval_every=3)
 
