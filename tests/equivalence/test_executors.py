@@ -21,7 +21,7 @@ from fedkit.algorithms import FedAvg, FedProx, Scaffold
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.privacy import ClipNorm
-from fedkit.robust import GeometricMedian, TrimmedMean
+from fedkit.robust import CoordinateMedian, GeometricMedian, Krum, TrimmedMean
 from fedkit.run import RunConfig, RunResult, run
 from fedkit.sim.processes import ProcessExecutor
 from fedkit.sim.serial import SerialExecutor
@@ -37,6 +37,10 @@ ALGORITHMS: dict[str, Any] = {
     "fedavg+clip+trimmed": FedAvg(
         local=LOCAL, aggregator=ClipNorm(max_norm=0.5, inner=TrimmedMean(beta=0.2))
     ),
+    # _partial drops one of the 5 sampled clients every round (ids 5, 4, 3): 4 updates each round,
+    # so the median averages two middle values, and Krum needs f = 0 (n > 2f + 2)
+    "fedavg+median": FedAvg(local=LOCAL, aggregator=CoordinateMedian()),
+    "fedavg+krum": FedAvg(local=LOCAL, aggregator=Krum(f=0, m=2)),
     # a buffering rule that uses the client weights: the geometric median (RFA)
     "fedavg+geomed": FedAvg(local=LOCAL, aggregator=GeometricMedian()),
 }
