@@ -283,10 +283,13 @@ def test_parity_with_serial_simulator(
             '[aggregator]\nname = "clip"\nmax_norm = 0.5\n'
             '[aggregator.inner]\nname = "trimmed_mean"\nbeta = 0.25\n',
         ),
+        # Multi-Krum: whole-update scores and ties by arrival, which is client-id order at the
+        # coordinator too (4 updates a round, so f = 0: n > 2f + 2)
+        ("fedavg", '[aggregator]\nname = "krum"\nf = 0\nm = 2\n'),
         # a personalised plugin named by import path: personal models scored on the workers
         ("tests.helpers.personal:LocalHead", ""),
     ],
-    ids=["clip+trimmed_mean", "personal-plugin"],
+    ids=["clip+trimmed_mean", "multi-krum", "personal-plugin"],
 )
 def test_parity_for_aggregator_chains_and_personal_models(
     cluster: Callable[[Path], Cluster], tmp_path: Path, algorithm: str, extra: str
