@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
+from fedkit.experiment.config import ConfigError
+from fedkit.privacy import ClipNorm
 from fedkit.registry import AGGREGATORS
 from fedkit.robust import Bulyan, TooFewUpdatesError
 from fedkit.robust.bulyan import closest_to_median_mean, recursive_krum
 from fedkit.robust.krum import pairwise_sq_distances
+from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
 
@@ -137,3 +140,11 @@ def test_the_beta_closest_to_the_median_bound_f_arbitrary_rows_by_the_honest_spr
     lo, hi = h.min(dim=0).values, h.max(dim=0).values
     slack = 1e-9 * (1 + hi.abs() + lo.abs())
     assert bool((got >= 2 * lo - hi - slack).all()) and bool((got <= 2 * hi - lo + slack).all())
+
+
+def test_built_from_the_experiment_file_inside_a_chain() -> None:
+    cfg = cfg_of(aggregator={"name": "clip", "max_norm": 1.0, "inner": {"name": "bulyan", "f": 2}})
+    assert cfg.algorithm is not None
+    assert cfg.algorithm.algorithm.aggregator == ClipNorm(max_norm=1.0, inner=Bulyan(f=2))
+    with pytest.raises(ConfigError, match=r"aggregator\.f must be an int >= 0, got -1"):
+        cfg_of(aggregator={"name": "bulyan", "f": -1})

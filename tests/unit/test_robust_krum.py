@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
+from fedkit.experiment.config import ConfigError
 from fedkit.registry import AGGREGATORS
 from fedkit.robust import Krum, TooFewUpdatesError
 from fedkit.robust.krum import krum_scores, pairwise_sq_distances
+from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
 
@@ -145,3 +147,13 @@ def test_krum_selects_an_honest_update_when_the_byzantine_ones_are_far(
     assert any(torch.equal(got, _u(*v)["w"]) for v in honest)  # one of the honest, exactly
     multi = _krum(Krum(f=f, m=m), ups)["w"]
     assert bool((multi.abs() <= 1.0).all())  # an average of honest updates only
+
+
+def test_built_from_the_experiment_file_by_its_registry_name() -> None:
+    cfg = cfg_of(aggregator={"name": "krum", "f": 0, "m": 2})
+    assert cfg.algorithm is not None
+    assert cfg.algorithm.algorithm.aggregator == Krum(f=0, m=2)
+    with pytest.raises(ConfigError, match=r"aggregator\.m must be an int >= 1, got 0"):
+        cfg_of(aggregator={"name": "krum", "m": 0})
+    with pytest.raises(ConfigError, match=r"aggregator\.f must be an int"):
+        cfg_of(aggregator={"name": "krum", "f": 1.5})

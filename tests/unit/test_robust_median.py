@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, EmptyAggregateError, WeightedMean, aggregate
+from fedkit.experiment.config import ConfigError
 from fedkit.registry import AGGREGATORS
 from fedkit.robust import CoordinateMedian
+from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
 MED = CoordinateMedian()
@@ -128,3 +130,11 @@ def test_merge_of_two_parts_equals_one_fold(values: list[float], cut: int) -> No
     left = aggregate(MED, ups[:cut]) if cut else MED.zero(ups[0][0])
     right = aggregate(MED, ups[cut:]) if cut < len(ups) else MED.zero(ups[0][0])
     assert torch.equal(whole, MED.result(MED.merge(right, left), CTX)["w"])
+
+
+def test_built_from_the_experiment_file_by_its_registry_name() -> None:
+    cfg = cfg_of(aggregator={"name": "median"})
+    assert cfg.algorithm is not None
+    assert cfg.algorithm.algorithm.aggregator == CoordinateMedian()
+    with pytest.raises(ConfigError, match=r"unknown key aggregator\.beta"):
+        cfg_of(aggregator={"name": "median", "beta": 0.1})
