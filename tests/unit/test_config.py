@@ -161,8 +161,8 @@ def test_unknown_section_is_named() -> None:
         ("algorithm.server", 3, "algorithm.server must be a table with a name"),
         (
             "aggregator.name",
-            "median",
-            "aggregator.name: unknown aggregator 'median'; allowed: mean",
+            "nope",
+            "aggregator.name: unknown aggregator 'nope'; allowed: mean",
         ),
         ("sampler.name", "greedy", "sampler.name: unknown sampler 'greedy'; allowed: uniform"),
         ("run.clients_per_round", 0, "run.clients_per_round must be an int >= 1"),
