@@ -17,7 +17,8 @@ experiment file builds it from ``[aggregator]``, and wrappers compose by holding
 aggregator (clip → noise → secure sum → mean).
 
 :class:`WeightedMean` keeps its sums in float64, so the mean does not depend (beyond float64
-rounding) on the order in which clients arrive; the result is cast back to each leaf's dtype.
+rounding) on the order in which clients arrive; its result stays in float64 (the server step
+casts to each parameter's dtype when it applies it).
 """
 
 from __future__ import annotations
