@@ -17,13 +17,14 @@ controls) is the identity.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from fedkit.aggregate import AggContext, Collective, EmptyAggregateError, gather_merge
-from fedkit.params import tree_leaves, tree_map
+from fedkit.params import tree_leaves, tree_map, tree_unflatten
 
 
 @dataclasses.dataclass
@@ -120,3 +121,15 @@ class Buffered:
     def result(self, acc: StackAcc, ctx: AggContext) -> Any:
         """The rule itself: subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__} defines no result")
+
+
+def row_tree(acc: StackAcc, row: Tensor) -> Any:
+    """One ``[D]`` row laid out as :func:`flat_rows` lays out an update,
+    back into the updates' tree, each leaf in its own shape and dtype."""
+    flat: dict[str, Tensor] = {}
+    offset = 0
+    for path, buf in tree_leaves(acc.updates):
+        size = math.prod(buf.shape[1:])
+        flat[path] = row[offset : offset + size].reshape(buf.shape[1:]).to(buf.dtype)
+        offset += size
+    return tree_unflatten(tree_map(lambda buf: buf[0], acc.updates), flat)

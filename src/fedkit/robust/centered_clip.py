@@ -34,8 +34,7 @@ from typing import Any
 import torch
 
 from fedkit.aggregate import AggContext
-from fedkit.robust.buffer import Buffered, StackAcc, flat_rows, used_rows
-from fedkit.robust.geomed import row_tree
+from fedkit.robust.buffer import Buffered, StackAcc, flat_rows, row_tree, used_rows
 from fedkit.robust.median import coordinate_median
 
 

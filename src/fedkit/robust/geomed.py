@@ -41,8 +41,7 @@ import torch
 from torch import Tensor
 
 from fedkit.aggregate import AggContext, EmptyAggregateError
-from fedkit.params import tree_leaves, tree_map, tree_unflatten
-from fedkit.robust.buffer import Buffered, StackAcc, flat_rows, used_rows
+from fedkit.robust.buffer import Buffered, StackAcc, flat_rows, row_tree, used_rows
 
 STARTS = ("median", "mean")
 """Where the Weiszfeld steps start: the weighted coordinate-wise median or the weighted mean."""
@@ -55,18 +54,6 @@ def weighted_coordinate_median(rows: Tensor, weights: Tensor) -> Tensor:
     cumulative = weights[order].cumsum(dim=0)
     first = (cumulative < 0.5 * weights.sum()).sum(dim=0, keepdim=True)
     return values.gather(0, first).squeeze(0)
-
-
-def row_tree(acc: StackAcc, row: Tensor) -> Any:
-    """One ``[D]`` row laid out as :func:`fedkit.robust.buffer.flat_rows` lays out an update,
-    back into the updates' tree, each leaf in its own shape and dtype."""
-    flat: dict[str, Tensor] = {}
-    offset = 0
-    for path, buf in tree_leaves(acc.updates):
-        size = math.prod(buf.shape[1:])
-        flat[path] = row[offset : offset + size].reshape(buf.shape[1:]).to(buf.dtype)
-        offset += size
-    return tree_unflatten(tree_map(lambda buf: buf[0], acc.updates), flat)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
