@@ -62,3 +62,19 @@ def test_flat_rows_concatenates_every_leaf_in_float64_and_used_rows_refuses_empt
     with pytest.raises(NotImplementedError, match="Buffered"):
         buf.result(acc, CTX)
     assert buf.prepare(_u(1.0, 1.0), 1.0, CTX)["x"].tolist() == [1.0]
+
+
+def test_row_tree_is_the_inverse_of_flat_rows_over_three_leaves() -> None:
+    from fedkit.robust.buffer import row_tree
+
+    agg = Buffered()
+    ups = [
+        {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[3.0], [4.0]]), "c": torch.tensor(5.0)},
+        {"a": torch.tensor([6.0, 7.0]), "b": torch.tensor([[8.0], [9.0]]), "c": torch.tensor(10.0)},
+    ]
+    acc = aggregate(agg, [(u, 1.0) for u in ups])
+    rows = flat_rows(acc)
+    assert rows.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    for i, u in enumerate(ups):
+        back = row_tree(acc, rows[i])
+        assert all(torch.equal(back[k], u[k]) and back[k].dtype == u[k].dtype for k in u)

@@ -202,3 +202,9 @@ def test_built_from_the_experiment_file_by_its_registry_name() -> None:
     assert cfg.algorithm.algorithm.aggregator == GeometricMedian(iters=5, nu=1e-5)
     with pytest.raises(ConfigError, match="start"):
         cfg_of(aggregator={"name": "geomed", "start": "zero"})
+
+
+def test_a_total_weight_below_one_is_a_valid_weighting() -> None:
+    # weights 0.125 and 0.375 (sum 0.5): the weighted median of 0 and 4 on a line is the heavy 4
+    got = _gm(GeometricMedian(iters=50, nu=1e-9), [[0.0], [4.0]], [0.125, 0.375])
+    assert float(got[0]) == pytest.approx(4.0, abs=1e-6)

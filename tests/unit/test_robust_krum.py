@@ -157,3 +157,12 @@ def test_built_from_the_experiment_file_by_its_registry_name() -> None:
         cfg_of(aggregator={"name": "krum", "m": 0})
     with pytest.raises(ConfigError, match=r"aggregator\.f must be an int"):
         cfg_of(aggregator={"name": "krum", "f": 1.5})
+
+
+def test_scores_are_exact_in_float64_where_float32_would_tie() -> None:
+    # (1e4 - 1)² = 99 980 001 needs 27 bits: float32 (24-bit mantissa) would round it to
+    # 99 980 000, and nearby scores of large updates would tie; Krum ranks by float64 distances.
+    d2 = pairwise_sq_distances(torch.tensor([[0.0], [1.0], [1e4 + 1], [1e4 + 3], [1e4]]).double())
+    assert d2.dtype == torch.float64
+    assert float(d2[1, 4]) == 99_980_001.0 and float(d2[0, 4]) == 1e8
+    assert float(d2[0, 4]) - float(d2[1, 4]) == 19_999.0
