@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
 from fedkit.experiment.config import ConfigError
 from fedkit.robust import CenteredClip
+from tests.helpers.robust import result_of
 from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
@@ -21,12 +22,7 @@ CTX = AggContext(round=0, seed=0)
 def _cc(
     agg: CenteredClip, points: list[list[float]], weights: list[float] | None = None
 ) -> torch.Tensor:
-    ws = [1.0] * len(points) if weights is None else weights
-    ups = [
-        ({"w": torch.tensor(p, dtype=torch.float64)}, w) for p, w in zip(points, ws, strict=True)
-    ]
-    out: torch.Tensor = agg.result(aggregate(agg, ups), CTX)["w"]
-    return out
+    return result_of(agg, points, weights)
 
 
 def test_steps_by_hand_towards_the_fixed_point() -> None:

@@ -14,6 +14,7 @@ from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
 from fedkit.experiment.config import ConfigError
 from fedkit.robust import GeometricMedian
 from fedkit.robust.geomed import weighted_coordinate_median
+from tests.helpers.robust import result_of
 from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
@@ -23,12 +24,7 @@ NU = 1e-6
 def _gm(
     agg: GeometricMedian, points: list[list[float]], weights: list[float] | None = None
 ) -> torch.Tensor:
-    ws = [1.0] * len(points) if weights is None else weights
-    ups = [
-        ({"w": torch.tensor(p, dtype=torch.float64)}, w) for p, w in zip(points, ws, strict=True)
-    ]
-    out: torch.Tensor = agg.result(aggregate(agg, ups), CTX)["w"]
-    return out
+    return result_of(agg, points, weights)
 
 
 def test_one_weiszfeld_step_from_the_mean_by_hand() -> None:
