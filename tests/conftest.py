@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(1)
+
+# CI (CI=true) replays a fixed set of Hypothesis examples, so a landing run is reproducible;
+# development runs keep drawing new ones (and keep a database of any failure they find).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FEDKIT_DATA", str((REPO / ".." / "shared" / "data").resolve()))
