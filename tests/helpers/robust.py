@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,3 +22,27 @@ def result_of(
     ]
     out: torch.Tensor = agg.result(aggregate(agg, ups), CTX)["w"]
     return out
+
+
+def draw_honest_and_far(
+    data: Any, dim: int, bad: int, extra_honest: int, scale: float
+) -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """Hypothesis draw: ``bad + extra_honest`` honest points in [−1, 1]^dim and ``bad`` attackers
+    at distance ``scale · s`` (s in [1, 100]) along one direction.
+
+    Returns ``(honest, honest + attackers, the same points in a drawn arrival order)``.
+    """
+    from hypothesis import strategies as st
+
+    coords = st.floats(-1.0, 1.0, allow_nan=False)
+    honest = [
+        data.draw(st.lists(coords, min_size=dim, max_size=dim)) for _ in range(bad + extra_honest)
+    ]
+    direction = data.draw(
+        st.lists(coords, min_size=dim, max_size=dim).filter(lambda v: math.hypot(*v) > 0.1)
+    )
+    norm = math.hypot(*direction)
+    stretch = data.draw(st.lists(st.floats(1.0, 100.0), min_size=bad, max_size=bad))
+    points = honest + [[scale * s * c / norm for c in direction] for s in stretch]
+    order = data.draw(st.permutations(range(len(points))))
+    return honest, points, [points[i] for i in order]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
 from fedkit.experiment.config import ConfigError
 from fedkit.robust import CenteredClip
-from tests.helpers.robust import result_of
+from tests.helpers.robust import draw_honest_and_far, result_of
 from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
@@ -84,18 +84,9 @@ def test_fewer_than_half_moved_arbitrarily_far_move_the_result_a_bounded_amount(
     ‖v₀‖ ≤ B₀ = ‖(max_h |h_j|)_j‖; each step adds an average of vectors of norm ≤ τ, so
     ‖v_L‖ ≤ B₀ + L τ, whatever the bad updates are."""
     honest_n = bad + extra_honest
-    coords = st.floats(-1.0, 1.0, allow_nan=False)
-    honest = [data.draw(st.lists(coords, min_size=dim, max_size=dim)) for _ in range(honest_n)]
-    direction = data.draw(
-        st.lists(coords, min_size=dim, max_size=dim).filter(lambda v: math.hypot(*v) > 0.1)
-    )
-    norm = math.hypot(*direction)
-    stretch = data.draw(st.lists(st.floats(1.0, 100.0), min_size=bad, max_size=bad))
-    attackers = [[scale * s * c / norm for c in direction] for s in stretch]
-    points = honest + attackers
-    order = data.draw(st.permutations(range(len(points))))
+    honest, points, shuffled = draw_honest_and_far(data, dim, bad, extra_honest, scale)
 
-    got = _cc(CenteredClip(tau=tau, iters=iters), [points[i] for i in order])
+    got = _cc(CenteredClip(tau=tau, iters=iters), shuffled)
     b0 = math.hypot(*(max(abs(h[j]) for h in honest) for j in range(dim)))
     assert float(got.norm()) <= (b0 + iters * tau) * (1 + 1e-9)
     mean = torch.tensor(points, dtype=torch.float64).mean(dim=0)

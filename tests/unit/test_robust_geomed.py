@@ -14,7 +14,7 @@ from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
 from fedkit.experiment.config import ConfigError
 from fedkit.robust import GeometricMedian
 from fedkit.robust.geomed import weighted_coordinate_median
-from tests.helpers.robust import result_of
+from tests.helpers.robust import draw_honest_and_far, result_of
 from tests.unit.test_registry import cfg_of
 
 CTX = AggContext(round=0, seed=0)
@@ -125,17 +125,8 @@ def test_fewer_than_half_moved_arbitrarily_far_move_the_median_a_bounded_amount(
     ρ' = (B/H)(1 + 10⁻³) < 1. So ‖z‖ never exceeds max(B₀, r (1 + ρ') / (1 − ρ')).
     """
     honest_n = bad + extra_honest
-    coords = st.floats(-1.0, 1.0, allow_nan=False)
-    honest = [data.draw(st.lists(coords, min_size=dim, max_size=dim)) for _ in range(honest_n)]
-    direction = data.draw(
-        st.lists(coords, min_size=dim, max_size=dim).filter(lambda v: math.hypot(*v) > 0.1)
-    )
-    norm = math.hypot(*direction)
-    stretch = data.draw(st.lists(st.floats(1.0, 100.0), min_size=bad, max_size=bad))
-    attackers = [[scale * s * c / norm for c in direction] for s in stretch]
-    points = honest + attackers
-    order = data.draw(st.permutations(range(len(points))))
-    shuffled = [points[i] for i in order]
+    honest, points, shuffled = draw_honest_and_far(data, dim, bad, extra_honest, scale)
+    shuffled = shuffled
 
     got = _gm(GeometricMedian(nu=NU), shuffled)
     r = max(NU, max(math.hypot(*h) for h in honest))
