@@ -10,13 +10,14 @@ and finishes each client with :func:`finish_client`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from torch import nn
 
-from fedkit.aggregate import AggContext, check_finite
+from fedkit.aggregate import AggContext, NonFiniteUpdateError, check_finite
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -31,6 +32,8 @@ from fedkit.executor import ClientMetrics
 from fedkit.local import GradHook, train_local
 from fedkit.params import Params, load_params, zeros_like
 from fedkit.rng import SERVER, generator
+
+log = logging.getLogger("fedkit.client")
 
 CLIENT_STREAM = "client"
 """The name of a client's training stream (batch order)."""
@@ -135,16 +138,19 @@ def finish_client(
     info: RoundInfo,
     work_fraction: float,
     seconds: float,
-) -> PreparedUpdate:
+) -> PreparedUpdate | None:
     """Apply the aggregator's client-side ``prepare`` and record the client's metrics.
 
-    Raises:
-        NonFiniteUpdateError: the prepared update has a NaN or infinite value; the caller drops
-            the client from the round and keeps its previous state.
+    Returns ``None`` (logged) when the update is refused for a NaN or infinite value: the caller
+    drops the client from the round and keeps its previous state.
     """
     ctx = AggContext(round=info.round, seed=info.seed, client_id=client_id)
-    update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
-    check_finite(update, client_id)
+    try:
+        update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
+        check_finite(update, client_id)
+    except NonFiniteUpdateError as err:
+        log.warning("round %d: %s; the client is dropped from the round", info.round, err)
+        return None
     metrics = ClientMetrics(
         client_id=client_id,
         num_examples=res.num_examples,
@@ -164,17 +170,17 @@ def run_client(
     client_id: int,
     info: RoundInfo,
     work_fraction: float = 1.0,
-) -> PreparedUpdate:
+) -> PreparedUpdate | None:
     """Run one client on the resident ``model`` and store its new state with ``host``.
 
-    Raises:
-        NonFiniteUpdateError: the update has a NaN or infinite value (its state is not stored).
+    ``None`` when its update is refused (see :func:`finish_client`); its state is then not stored.
     """
     t0 = time.perf_counter()
     ctx = client_context(model, client_id, info, work_fraction)
     res = client_update(algorithm, ctx, msg, host.data(client_id), host.get_state(client_id))
     done = finish_client(algorithm, res, client_id, info, work_fraction, time.perf_counter() - t0)
-    host.set_state(client_id, res.client_state)
+    if done is not None:
+        host.set_state(client_id, res.client_state)
     return done
 
 

@@ -56,7 +56,7 @@ class LocalHead(FedAvg):
             weight=client_weight(self.weighting, n),
             num_examples=n,
             stats=outcome.stats,
-            client_state=HeadState({k: outcome.trained[k].clone() for k in self.head}),
+            client_state=HeadState({k: outcome.trained[k] for k in self.head}),
         )
 
     def client_state_template(self, params: Params) -> HeadState:

@@ -25,7 +25,6 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from fedkit.aggregate import NonFiniteUpdateError
 from fedkit.algorithm import ClientData, RoundInfo
 from fedkit.checkpoint import write_atomic
 from fedkit.client import evaluate_client, run_client
@@ -243,12 +242,10 @@ class Worker:
         retry = self._before is not None and self._before[0] == info.round
         start_state = self._before[1] if self._before is not None and retry else self.client_state
         host = _PendingState(self.local.data, start_state)
-        try:
-            p = run_client(
-                self.algorithm, host, self.model, msg, self.client_id, info, task.work_fraction
-            )
-        except NonFiniteUpdateError as err:  # nothing is sent; the client state stays
-            log.warning("round %d: %s; no result sent", info.round, err)
+        p = run_client(
+            self.algorithm, host, self.model, msg, self.client_id, info, task.work_fraction
+        )
+        if p is None:  # refused (NaN or infinite values): nothing is sent; the state stays
             return
         compute_s = time.perf_counter() - t0
         m = p.metrics

@@ -46,7 +46,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fedkit.aggregate import NonFiniteUpdateError, fold
+from fedkit.aggregate import fold
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.client import evaluate_clients, prepared_template
 from fedkit.data.store import ClientStore
@@ -61,7 +61,7 @@ from fedkit.params import (
     tree_nbytes,
     tree_unflatten,
 )
-from fedkit.sim.serial import Participation, SerialExecutor, full_participation, log
+from fedkit.sim.serial import Participation, SerialExecutor, full_participation
 
 _HEADER = 8
 _INLINE = 2048  # cohorts up to this size travel inside the header (one broadcast per round)
@@ -485,10 +485,8 @@ class DistributedExecutor:
         error = ""
         try:
             for cid in self._my_clients(ids, fracs):
-                try:
-                    prepared = self._serial.run_client(algorithm, msg, cid, info, fracs[index[cid]])
-                except NonFiniteUpdateError as err:  # refused: the client counts as dropped
-                    log.warning("round %d: %s; dropped from the round", info.round, err)
+                prepared = self._serial.run_client(algorithm, msg, cid, info, fracs[index[cid]])
+                if prepared is None:  # refused: the client counts as dropped
                     continue
                 update, m = prepared.update, prepared.metrics
                 acc = fold(agg, acc, update, prepared.weight)

@@ -10,21 +10,18 @@ failed: one diverged client never poisons the global model.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
-from fedkit.aggregate import NonFiniteUpdateError, fold
+from fedkit.aggregate import fold
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.client import PreparedUpdate, evaluate_clients, run_client
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.params import Params, tree_nbytes
-
-log = logging.getLogger("fedkit.sim")
 
 Participation = Callable[[int, RoundInfo], "float | None"]
 """``(client_id, info) -> work fraction in (0, 1]``, or ``None`` when the client drops out."""
@@ -63,7 +60,7 @@ class SerialExecutor:
         client_id: int,
         info: RoundInfo,
         work_fraction: float,
-    ) -> PreparedUpdate:
+    ) -> PreparedUpdate | None:
         """Run one client's half on the resident model (:func:`fedkit.client.run_client`)."""
         return run_client(algorithm, self.store, self.model, msg, client_id, info, work_fraction)
 
@@ -85,10 +82,8 @@ class SerialExecutor:
             if frac is None:
                 dropped.append(cid)
                 continue
-            try:
-                p = self.run_client(algorithm, msg, cid, info, frac)
-            except NonFiniteUpdateError as err:
-                log.warning("round %d: %s; the client is dropped from the round", info.round, err)
+            p = self.run_client(algorithm, msg, cid, info, frac)
+            if p is None:  # refused: a NaN or infinite update
                 dropped.append(cid)
                 continue
             acc = fold(agg, acc, p.update, p.weight)

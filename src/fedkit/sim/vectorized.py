@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
-from fedkit.aggregate import NonFiniteUpdateError, fold
+from fedkit.aggregate import fold
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -58,7 +58,7 @@ from fedkit.evaluate import ClientEval
 from fedkit.executor import ClientMetrics, RoundOutput
 from fedkit.local import IGNORE_INDEX, LocalStats, batch_indices
 from fedkit.params import Params, tree_nbytes
-from fedkit.sim.serial import Participation, SerialExecutor, full_participation, log
+from fedkit.sim.serial import Participation, SerialExecutor, full_participation
 
 
 def vectorizable(model: nn.Module) -> bool:
@@ -234,12 +234,10 @@ class VectorizedExecutor:
         """The client's update, prepared, and its new state stored; ``None`` when the update is
         refused (NaN or infinite values: the client keeps its previous state)."""
         res = algorithm.client_final(c.ctx, msg, c.plan, outcome)
-        try:
-            done = finish_client(
-                algorithm, res, c.ctx.client_id, c.ctx.info, c.ctx.work_fraction, seconds
-            )
-        except NonFiniteUpdateError as err:
-            log.warning("round %d: %s; the client is dropped from the round", c.ctx.info.round, err)
+        done = finish_client(
+            algorithm, res, c.ctx.client_id, c.ctx.info, c.ctx.work_fraction, seconds
+        )
+        if done is None:
             return None
         self.store.set_state(c.ctx.client_id, res.client_state)
         return done
