@@ -348,7 +348,8 @@ class VectorizedExecutor:
         out: list[PreparedUpdate | None] = [None] * c
         for pos, i in enumerate(order):
             n = sizes[i]
-            trained = {**chunk[i].plan.start, **{k: p[k][pos] for k in self._names}}
+            # copies, as LocalOutcome promises: a kept row must not pin the whole stacked chunk
+            trained = {**chunk[i].plan.start, **{k: p[k][pos].clone() for k in self._names}}
             mean_loss = float(loss_sum[pos] / max(float(seen[pos]), 1.0)) if n else math.nan
             stats = LocalStats(steps=steps[i], examples=int(seen[pos]), mean_loss=mean_loss)
             outcome = LocalOutcome(trained=trained, stats=stats, num_examples=n)
