@@ -65,7 +65,10 @@ def spec_from_sources(file: Path | None, sets: list[str]) -> DataSpec:
     doc: dict[str, Any] = {}
     if file is not None:
         with file.open("rb") as fh:
-            doc = tomllib.load(fh)
+            try:
+                doc = tomllib.load(fh)
+            except RecursionError:
+                raise ValueError(f"{file}: values nested too deeply to parse") from None
         if not isinstance(doc.get("data"), dict):
             raise ValueError(f"{file}: no [data] table")
     table = apply_overrides(doc, data_overrides(sets)).get("data")

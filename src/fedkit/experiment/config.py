@@ -644,6 +644,7 @@ def experiment_from_mapping(
     Raises:
         ConfigError: A section or key is unknown, missing, of the wrong type or out of range.
     """
+    _check_depth(doc)
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
         raise ConfigError(
@@ -864,6 +865,26 @@ def _grid_name(point: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in zip(keys, point.values(), strict=True))
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of tables and arrays an experiment file may have (a real one uses about 4)."""
+
+
+def _check_depth(doc: Any) -> None:
+    """Refuse documents nested deeper than :data:`MAX_DEPTH` before anything recurses into them."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(
+                f"tables or arrays nested deeper than {MAX_DEPTH} levels; this is not an "
+                "experiment file fedkit can read"
+            )
+        if isinstance(node, Mapping):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
+
+
 def study_from_mapping(
     doc: Mapping[str, Any], *, default_name: str, overrides: Mapping[str, Any] | None = None
 ) -> Study:
@@ -877,6 +898,7 @@ def study_from_mapping(
     Raises:
         ConfigError: Anything invalid, prefixed with the arm / grid point it concerns.
     """
+    _check_depth(doc)
     overrides = dict(overrides or {})
     meta = dict(_table("study", doc.get("study", {})))
     bad = sorted(set(meta) - {"name", "description"})
@@ -956,6 +978,8 @@ def load_study(path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = 
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: values nested too deeply to parse") from None
     try:
         parsed = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
         return study_from_mapping(doc, default_name=p.stem, overrides=parsed)

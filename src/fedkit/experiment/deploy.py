@@ -69,6 +69,8 @@ def read_deployment(path: Path) -> DeploymentFile:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ExperimentError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ExperimentError(f"{path}: values nested too deeply to parse") from None
     deploy_t = doc.pop("deploy", {})
     if not isinstance(deploy_t, dict):
         raise ExperimentError("[deploy] must be a table")
