@@ -84,12 +84,23 @@ class Entry:
     name: str
     target: str | Callable[..., Any]
     preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    registered: bool = True
 
     def load(self) -> Callable[..., Any]:
-        """The class or factory (imported on first use)."""
+        """The class or factory (imported on first use).
+
+        A name that only a config file gives (an import path, not a registry line) must be a
+        dataclass: a file is data, and constructing an arbitrary callable from it
+        (``subprocess:Popen`` with ``args``) would run code.
+        """
         obj = load_path(self.target) if isinstance(self.target, str) else self.target
         if not callable(obj):
             raise UnknownNameError(f"{self.target!r} (for {self.name!r}) is not callable")
+        if not self.registered and not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
+            raise UnknownNameError(
+                f"{self.target!r} is not a dataclass; a config file may name only dataclasses "
+                "by import path (register a factory with a registry line instead)"
+            )
         return obj
 
 
@@ -167,7 +178,7 @@ class Registry:
         if name in self._entries:
             return self._entries[name]
         if isinstance(name, str) and is_import_path(name):
-            return Entry(name, name)
+            return Entry(name, name, registered=False)
         raise UnknownNameError(f"unknown {self.kind} {name!r}; allowed: {self.allowed()}")
 
     def load(self, name: str) -> Callable[..., Any]:

@@ -46,3 +46,12 @@ def test_an_honest_chain_of_stages_is_well_within_the_limit(tmp_path: Path) -> N
         '[aggregator.inner]\nname = "trimmed_mean"\nbeta = 0.1\n'
     )
     assert len(load_study(f).runs) == 1
+
+
+def test_an_import_path_that_is_not_a_dataclass_is_never_called(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    f = tmp_path / "evil.toml"
+    f.write_text(BASE + f'[aggregator]\nname = "subprocess:Popen"\nargs = ["touch", "{marker}"]\n')
+    with pytest.raises(ConfigError, match="'subprocess:Popen' is not a dataclass"):
+        load_study(f)
+    assert not marker.exists()
