@@ -112,3 +112,16 @@ def test_a_refused_client_keeps_its_previous_state() -> None:
     assert store.get_state(2) is None  # never stored: its refused rounds left no trace
     assert store.get_state(1) is not None
     assert all(bool(torch.isfinite(v).all()) for v in res.state.control.values())
+
+
+def test_the_refusal_is_logged_with_round_client_and_tensor(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    alg = PoisonedFedAvg(local=LOCAL)
+    with caplog.at_level("WARNING", logger="fedkit.client"):
+        run(alg, SerialExecutor(toy_store(5), toy_model()), model_params(toy_model()),
+            dataclasses.replace(CONFIG, rounds=1))  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [
+        "round 0: client 2: update tensor 'delta/0.bias' has a NaN or infinite value; "
+        "the client is dropped from the round"
+    ]
