@@ -123,6 +123,8 @@ class LocalPlan(Generic[X]):
         offset: a constant added to the gradient of each named parameter.
         frozen: parameter names local training leaves unchanged.
         carry: anything ``client_final`` needs (e.g. the client's previous state).
+        data: the data local training runs on, when not the client's own (an attack's flipped
+            labels or backdoor-triggered examples, see :mod:`fedkit.attacks`).
         grad_hook: an extra in-place gradient edit (not vectorisable).
         loss_hook: an extra loss term (not vectorisable).
     """
@@ -134,6 +136,7 @@ class LocalPlan(Generic[X]):
     offset: Params | None = None
     frozen: frozenset[str] = frozenset()
     carry: X | None = None
+    data: ClientData | None = None
     grad_hook: GradHook | None = None
     loss_hook: LossHook | None = None
 

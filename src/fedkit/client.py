@@ -101,7 +101,12 @@ def linear_hook(plan: LocalPlan[Any]) -> GradHook | None:
 
 
 def train_plan(ctx: ClientContext, plan: LocalPlan[Any], data: ClientData) -> LocalOutcome:
-    """The local step(s) of a plan on the resident model: load ``start``, train, copy out."""
+    """The local step(s) of a plan on the resident model: load ``start``, train, copy out.
+
+    Training runs on ``plan.data`` when the plan names data of its own, else on ``data``.
+    """
+    if plan.data is not None:
+        data = plan.data
     load_params(ctx.model, plan.start)
     frozen = plan.frozen
     stats = train_local(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -95,6 +95,16 @@ class RoundRecord:
     bytes_down: int
     wall_seconds: float
     sim_seconds: float | None
+    metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+
+class Probe(Protocol):
+    """A named measurement of the global model after a round (e.g. an attack's backdoor
+    accuracy, a privacy accountant's ε); its values go to :attr:`RoundRecord.metrics`."""
+
+    def __call__(self, params: Params, info: RoundInfo) -> Mapping[str, float]:
+        """The round's values by name (empty when the probe has nothing to say this round)."""
+        ...
 
 
 class Callback(Protocol):
@@ -136,12 +146,15 @@ def run(
     sampler: ClientSampler | None = None,
     callbacks: Sequence[Callback] = (),
     checkpointer: Checkpointer | None = None,
+    probes: Sequence[Probe] = (),
 ) -> RunResult[S]:
     """Run ``config.rounds`` rounds of ``algorithm`` on ``executor`` (see module docstring).
 
     With a ``checkpointer`` (or ``config.checkpoint_dir``, a :class:`FileCheckpointer` there), an
     existing checkpoint is resumed from, and each committed round is checkpointed after the
-    callbacks saw it; a resumed run ends with the same model as an uninterrupted one.
+    callbacks saw it; a resumed run ends with the same model as an uninterrupted one. Every
+    probe is called after each round's server update; what they return is the round's
+    ``metrics``.
     """
     population = executor.num_clients
     config.validate_population(population)
@@ -179,6 +192,9 @@ def run(
         central = (
             evaluator(params) if evaluator and _due(config.eval_every, r, config.rounds) else None
         )
+        metrics: dict[str, float] = {}
+        for probe in probes:
+            metrics.update(probe(params, info))
         federated = None
         if _due(config.federated_eval_every, r, config.rounds):
             federated = Distribution.of(executor.evaluate(params, range(population), algorithm))
@@ -195,6 +211,7 @@ def run(
             bytes_down=out.bytes_down,
             wall_seconds=time.perf_counter() - t0,
             sim_seconds=out.sim_seconds,
+            metrics=metrics,
         )
         history.append(record)
         for cb in callbacks:

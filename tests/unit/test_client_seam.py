@@ -115,6 +115,25 @@ def test_frozen_parameters_stay_and_outcomes_are_copies() -> None:
     assert out.num_examples == 12 and out.stats.steps == 3
 
 
+def test_a_plan_with_data_of_its_own_trains_on_it_not_on_the_clients() -> None:
+    own, other = _data(), _data(n=8)
+    flipped = ClientData(own.x_train, 1 - own.y_train)
+    m = _model()
+    start = model_params(m)
+    local = LocalTraining(lr=0.5, steps=3, batch_size=4)
+    plain = train_plan(client_context(m, 0, INFO), LocalPlan(start=start, local=local), own)
+    moved = train_plan(
+        client_context(m, 0, INFO), LocalPlan(start=start, local=local, data=flipped), own
+    )
+    again = train_plan(client_context(m, 0, INFO), LocalPlan(start=start, local=local), flipped)
+    assert all(torch.equal(moved.trained[k], again.trained[k]) for k in start)
+    assert not torch.equal(moved.trained["2.weight"], plain.trained["2.weight"])
+    small = train_plan(
+        client_context(m, 0, INFO), LocalPlan(start=start, local=local, data=other), own
+    )
+    assert small.num_examples == 8
+
+
 def test_the_loss_escape_reaches_local_training() -> None:
     m = _model()
     start = model_params(m)

@@ -113,6 +113,29 @@ def test_records_evaluation_and_callbacks() -> None:
     assert seen[0].bytes_up == seen[0].bytes_down
 
 
+def test_probes_see_each_rounds_model_and_their_values_are_the_rounds_metrics() -> None:
+    seen: list[tuple[int, float]] = []
+
+    def probe(params: Params, info: object) -> dict[str, float]:
+        first = float(next(iter(params.values())).flatten()[0])
+        seen.append((info.round, first))  # type: ignore[attr-defined]
+        return {"first": first, "round": float(info.round)}  # type: ignore[attr-defined]
+
+    res = run(
+        FedAvg(local=LOCAL),
+        SerialExecutor(toy_store(8), toy_model()),
+        model_params(toy_model()),
+        RunConfig(rounds=3, clients_per_round=2),
+        probes=[probe, lambda params, info: {} if info.round else {"only_round_0": 1.0}],
+    )
+    assert [r.metrics.get("round") for r in res.history] == [0.0, 1.0, 2.0]
+    assert res.history[0].metrics["only_round_0"] == 1.0
+    assert "only_round_0" not in res.history[1].metrics
+    # each probe saw the model after that round's server update (the final one last)
+    assert seen[-1][1] == float(next(iter(res.params.values())).flatten()[0])
+    assert len({v for _, v in seen}) == 3
+
+
 def test_dropped_clients_and_empty_rounds() -> None:
     store = toy_store(4)
     drop_all = SerialExecutor(store, toy_model(), participation=lambda cid, info: None)

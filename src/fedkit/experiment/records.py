@@ -45,6 +45,7 @@ def round_row(record: RoundRecord, fed: Distribution | None) -> RoundRow:
         wall_seconds=record.wall_seconds,
         sim_seconds=record.sim_seconds,
         committed=record.committed,
+        details=dict(record.metrics) if record.metrics else None,
     )
 
 

@@ -221,7 +221,7 @@ class VectorizedExecutor:
         ctx = client_context(self.model, cid, info, frac)
         data = self.store.data(cid)
         plan = algorithm.client_init(ctx, msg, data, self.store.get_state(cid))
-        return _Client(ctx=ctx, data=data, plan=plan)
+        return _Client(ctx=ctx, data=data if plan.data is None else plan.data, plan=plan)
 
     def _finish(
         self,
