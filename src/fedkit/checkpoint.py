@@ -12,8 +12,10 @@ checkpoint belongs to), ``load`` once at the start. Two homes implement it:
 
 Both store the same bytes (:func:`encode` / :func:`decode`: safetensors with a small metadata
 header). Nothing is unpickled on load: tensors come back through safetensors and are validated
-against the algorithm's state template. A checkpoint that cannot be used raises
-:class:`CheckpointError` and is left exactly as it was.
+against the algorithm's state template. The header carries a SHA-256 of every tensor's name,
+dtype, shape and bytes and of the other metadata (:func:`tensor_digest`), verified on load, and a
+server state holding a NaN or an infinity is refused too. A checkpoint that cannot be used raises
+:class:`CheckpointError` naming where it is stored, and is left exactly as it was.
 
 Randomness needs no saved generator state: every draw derives from ``(seed, round, client)``
 (:mod:`fedkit.rng`), so the seed and the committed round *are* the RNG state.
@@ -22,6 +24,8 @@ Randomness needs no saved generator state: every draw derives from ``(seed, roun
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -29,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
@@ -39,6 +44,8 @@ S = TypeVar("S")
 
 FORMAT = "fedkit-checkpoint/1"
 FILENAME = "checkpoint.safetensors"
+DIGEST_KEY = "sha256"
+"""Metadata key of the checksum (:func:`tensor_digest`) in a checkpoint or stored state."""
 
 
 class CheckpointError(RuntimeError):
@@ -97,7 +104,77 @@ def encode(
         "seed": str(key.seed),
         "completed_rounds": str(completed_rounds),
     }
-    return st_save(tensors, metadata=meta)
+    return st_save(tensors, metadata=sealed(tensors, meta))
+
+
+def tensor_digest(tensors: Mapping[str, Tensor], meta: Mapping[str, str]) -> str:
+    """SHA-256 (hex) of tensors and metadata: names in sorted order, each with its dtype, shape
+    and raw bytes, then the metadata entries (except :data:`DIGEST_KEY`) in sorted order.
+
+    Every field is length-prefixed, so no two different contents hash the same bytes.
+    """
+    h = hashlib.sha256()
+
+    def put(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        put(name.encode())
+        put(str(t.dtype).encode())
+        put(repr(tuple(t.shape)).encode())
+        put(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for k in sorted(meta):
+        if k != DIGEST_KEY:
+            put(k.encode())
+            put(meta[k].encode())
+    return h.hexdigest()
+
+
+def sealed(tensors: Mapping[str, Tensor], meta: Mapping[str, str]) -> dict[str, str]:
+    """``meta`` with the checksum of ``tensors`` and ``meta`` added under :data:`DIGEST_KEY`."""
+    return {**meta, DIGEST_KEY: tensor_digest(tensors, meta)}
+
+
+def verify_sealed(tensors: Mapping[str, Tensor], meta: Mapping[str, str], *, where: str) -> None:
+    """Refuse tensors whose checksum is missing or differs, or whose float values are not finite.
+
+    Raises:
+        CheckpointError: naming ``where`` (the file, or the database row) and what to do.
+    """
+    stored = meta.get(DIGEST_KEY)
+    if stored is None:
+        raise CheckpointError(
+            f"{where} carries no checksum ({DIGEST_KEY!r} in its metadata); it was not written "
+            "by this version of fedkit or was altered: move it away to start afresh"
+        )
+    if not hmac.compare_digest(stored, tensor_digest(tensors, meta)):
+        raise CheckpointError(
+            f"{where} is damaged: its checksum does not match its contents (a flipped bit or an "
+            "edited value); restore it from a backup or move it away to start afresh"
+        )
+    for name in sorted(tensors):
+        t = tensors[name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{where}: tensor {name!r} holds a NaN or an infinite value; it is not used"
+            )
+
+
+def load_sealed(raw: bytes, *, where: str) -> dict[str, Tensor]:
+    """Tensors of safetensors bytes written with :func:`sealed` metadata, checksum verified.
+
+    Raises:
+        CheckpointError: unreadable bytes, a missing or wrong checksum, or non-finite values.
+    """
+    try:
+        tensors = st_load(raw)
+        meta = _metadata(raw)
+    except Exception as e:  # safetensors raises several types on malformed input
+        raise CheckpointError(f"{where} is unreadable ({e}); move it away to start afresh") from e
+    verify_sealed(tensors, meta, where=where)
+    return tensors
 
 
 def decode(raw: bytes, template: S, key: RunKey, *, where: str) -> Checkpoint[S]:
@@ -116,6 +193,7 @@ def decode(raw: bytes, template: S, key: RunKey, *, where: str) -> Checkpoint[S]
         ) from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{where} is not a fedkit checkpoint (format {meta.get('format')!r})")
+    verify_sealed(tensors, meta, where=f"checkpoint {where}")
     if meta.get("algorithm") != key.algorithm or meta.get("seed") != str(key.seed):
         raise CheckpointError(
             f"checkpoint {where} belongs to algorithm {meta.get('algorithm')!r} with seed "

@@ -22,11 +22,10 @@ from typing import Any
 
 import grpc
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from fedkit.algorithm import ClientData, RoundInfo
-from fedkit.checkpoint import write_atomic
+from fedkit.checkpoint import CheckpointError, load_sealed, sealed, write_atomic
 from fedkit.client import evaluate_client, run_client
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
@@ -154,14 +153,24 @@ class Worker:
         path = self._state_path()
         if path is None or self.state_template is None or not path.exists():
             return None
-        return tree_unflatten(self.state_template, st_load(path.read_bytes()))
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"client state {path} cannot be read: {exc}") from None
+        flat = load_sealed(raw, where=f"client state {path}")
+        try:
+            return tree_unflatten(self.state_template, flat)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"client state {path} does not match this experiment's model: {exc}; move it away"
+            ) from None
 
     def _save_state(self) -> None:
         path = self._state_path()
         if path is None or self.client_state is None:
             return
         flat = {k: v.contiguous() for k, v in tree_flatten(self.client_state).items()}
-        write_atomic(path, st_save(flat))
+        write_atomic(path, st_save(flat, metadata=sealed(flat, {"client_id": str(self.client_id)})))
 
     # ---------------------------------------------------------------- the loop
     def _heartbeat_loop(self) -> None:
