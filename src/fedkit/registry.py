@@ -255,11 +255,13 @@ AGGREGATORS.register("median", "fedkit.robust.median:CoordinateMedian")
 AGGREGATORS.register("krum", "fedkit.robust.krum:Krum")
 AGGREGATORS.register("bulyan", "fedkit.robust.bulyan:Bulyan")
 AGGREGATORS.register("clip", "fedkit.privacy.clip:ClipNorm")
+AGGREGATORS.register("gaussian", "fedkit.privacy.gaussian:GaussianNoise")
 AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
 AGGREGATORS.register("geomed", "fedkit.robust.geomed:GeometricMedian")
 AGGREGATORS.register("centered_clip", "fedkit.robust.centered_clip:CenteredClip")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
+SAMPLERS.register("poisson", "fedkit.privacy.poisson:PoissonSampler")
 
 EXECUTORS.register("serial", "fedkit.sim.factory:serial_executor")
 EXECUTORS.register("processes", "fedkit.sim.factory:process_executor")
