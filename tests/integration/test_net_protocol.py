@@ -28,7 +28,7 @@ MODEL = {"w": torch.randn(64, 32), "b": torch.randn(32)}
 CAP = 64 * 1024
 
 
-def _check(payload: bytes) -> None:
+def _check(payload: bytes, complete: bool) -> None:
     specs, _ = read_header(payload)
     check_template(specs, template_of(MODEL))
 
@@ -73,8 +73,11 @@ def client(c: Coordinator, cid: str, **kw: object) -> CoordinatorClient:
 
 def test_round_trip_and_typed_refusals(coord: Coordinator) -> None:
     good, bad = client(coord, "0"), client(coord, "1")
-    coord.open(3, ["0", "1"])
+    # a result refused for its content puts its client out of the round: one client per case
+    worse = {c: client(coord, c) for c in "234"}
+    coord.open(3, ["0", "1", "2", "3", "4"])
     t_good, t_bad = good.get_task(wait_s=2), bad.get_task(wait_s=2)
+    t_worse = {c: w.get_task(wait_s=2) for c, w in worse.items()}
     assert t_good.kind == pb.TRAIN and t_good.round == 3 and t_good.payload == encode(MODEL)
     payload = encode({k: v + 1 for k, v in MODEL.items()})
 
@@ -86,13 +89,14 @@ def test_round_trip_and_typed_refusals(coord: Coordinator) -> None:
     # oversized: declared size over the cap, refused before a chunk is read
     big = encode({"w": torch.zeros(200, 200)})
     assert refused(lambda: bad.push_result(t_bad, big, compute_s=0)) is ErrorCode.PAYLOAD_TOO_LARGE
-    # malformed: not a safetensors payload
-    assert (
-        refused(lambda: bad.push_result(t_bad, b"\x01" * 100, compute_s=0)) is ErrorCode.MALFORMED
-    )
+    # malformed: not a safetensors payload; the client is then out of this round
+    w2, t2 = worse["2"], t_worse["2"]
+    assert refused(lambda: w2.push_result(t2, b"\x01" * 100, compute_s=0)) is ErrorCode.MALFORMED
+    assert refused(lambda: w2.push_result(t2, payload, compute_s=0)) is ErrorCode.DUPLICATE_RESULT
     # wrong schema
     wrong = encode({"w": torch.zeros(64, 32, dtype=torch.float64), "b": torch.zeros(32)})
-    assert refused(lambda: bad.push_result(t_bad, wrong, compute_s=0)) is ErrorCode.SCHEMA_MISMATCH
+    w3, t3 = worse["3"], t_worse["3"]
+    assert refused(lambda: w3.push_result(t3, wrong, compute_s=0)) is ErrorCode.SCHEMA_MISMATCH
     # corrupted chunk
     chunks = split(payload)
     chunks[0].sha256 = b"\x00" * 32
@@ -108,13 +112,13 @@ def test_round_trip_and_typed_refusals(coord: Coordinator) -> None:
     wrong_big = encode({"w": torch.zeros(64, 32, dtype=torch.float64), "b": torch.zeros(32)})
     first = split(wrong_big, 1024)[0]
     info = pb.ResultInfo(
-        header=bad.header(round_=3, task_id=t_bad.task_id),
-        client_id="1",
+        header=worse["4"].header(round_=3, task_id=t_worse["4"].task_id),
+        client_id="4",
         payload_bytes=len(wrong_big),
         num_chunks=len(split(wrong_big, 1024)),
     )
     parts = itertools.chain([pb.ResultPart(info=info)], [pb.ResultPart(chunk=first)])
-    assert refused(lambda: bad.push_parts(parts)) is ErrorCode.SCHEMA_MISMATCH
+    assert refused(lambda: worse["4"].push_parts(parts)) is ErrorCode.SCHEMA_MISMATCH
     # stale round
     stale = type(t_bad)(**{**t_bad.__dict__, "round": 2})
     assert refused(lambda: bad.push_result(stale, payload, compute_s=0)) is ErrorCode.STALE_ROUND

@@ -89,10 +89,13 @@ class _Round:
     tasks: dict[str, _Task]  # by client id
     results: dict[str, Result] = field(default_factory=dict)
     arrivals: list[str] = field(default_factory=list)  # client ids in arrival order
+    refused: set[str] = field(default_factory=set)  # clients whose result was refused
     closed: bool = False
 
 
-ResultCheck = Callable[[Buffer], None]
+ResultCheck = Callable[[Buffer, bool], None]
+"""Validates a result: ``(payload, complete)``; with ``complete`` False only the header has
+arrived (the rest of the buffer is zeros) and only the header may be judged."""
 
 
 class Broker:
@@ -308,19 +311,24 @@ class Broker:
             except NetError as err:
                 raise self._reject(rec_name(info), err) from None
             check = self._result_check
+        content = False  # whether a refusal is about the content (then the client is out)
         try:  # read outside the lock: other workers keep being served meanwhile
-            checked = check is None
+            early = check is None
             for chunk in chunks:
                 assembler.add(chunk)
-                if not checked and assembler.header_received:
+                if not early and assembler.header_received and not assembler.complete:
                     assert check is not None
-                    check(assembler.peek())  # schema refused before the rest is buffered
-                    checked = True
+                    content = True
+                    check(assembler.peek(), False)  # header refused before the rest is buffered
+                    content, early = False, True
             payload = assembler.result()
-            if not checked and check is not None:
-                check(payload)
+            if check is not None:
+                content = True
+                check(payload, True)
         except NetError as err:
             with self._lock:
+                if content:
+                    self._refuse_task(rec, info)
                 raise self._reject(rec_name(info), err) from None
         with self._lock:
             try:
@@ -341,6 +349,18 @@ class Broker:
                 arrival=now,
             )
             rnd2.arrivals.append(rec.client_id)
+            self._lock.notify_all()
+
+    def _refuse_task(self, rec: WorkerRecord, info: pb.ResultInfo) -> None:
+        """Close a task whose result was refused for its content (values, metadata, schema):
+        the client is out of this round and the round no longer waits for it."""
+        rnd = self._round
+        if rnd is None or rnd.round != info.header.round:
+            return
+        task = rnd.tasks.get(rec.client_id)
+        if task is not None and task.task_id == info.header.task_id and not task.done:
+            task.done = True
+            rnd.refused.add(rec.client_id)
             self._lock.notify_all()
 
     def _task_for(self, rec: WorkerRecord, info: pb.ResultInfo) -> tuple[_Round, _Task]:

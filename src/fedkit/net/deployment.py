@@ -47,6 +47,14 @@ class DeploySettings:
         max_update_mib: Cap on one result payload, in MiB.
         heartbeat_s: Worker heartbeat interval.
         liveness_s: A worker not heard from for this long counts as gone.
+        max_client_examples: The largest example count a client may declare (in a training
+            result or an evaluation); a result declaring more is refused.
+        stream_idle_s: A result stream silent this long between two messages is cut, and a
+            stream's first message must arrive within it (connection exhaustion).
+        max_pending_streams: Result streams one peer (its address, or its certificate under
+            mutual TLS) may hold open before they are authenticated; more are refused at once.
+        max_missed_tasks: A worker that leaves this many tasks in a row unanswered is left out
+            of selection until it answers a task again (0: never excluded).
     """
 
     deadline_s: float = 120.0
@@ -60,29 +68,21 @@ class DeploySettings:
     max_update_mib: float = 512.0
     heartbeat_s: float = 2.0
     liveness_s: float = 10.0
+    max_client_examples: int = 100_000_000
+    stream_idle_s: float = 10.0
+    max_pending_streams: int = 4
+    max_missed_tasks: int = 3
 
     def __post_init__(self) -> None:
-        for name in (
-            "deadline_s",
-            "select_timeout_s",
-            "heartbeat_s",
-            "liveness_s",
-            "max_update_mib",
-        ):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and v > 0):
-                raise DeployError(f"deploy.{name} = {v!r}: must be a number > 0")
-        if not 0 < self.quorum <= 1:
+        for name, (lo, hi) in _NUMBERS.items():
+            _check_number(name, getattr(self, name), lo, hi, integer=name in _INTEGERS)
+        if self.quorum <= 0:
             raise DeployError(f"deploy.quorum = {self.quorum!r}: must be in (0, 1]")
-        if not self.over_selection >= 1:
-            raise DeployError(f"deploy.over_selection = {self.over_selection!r}: must be >= 1")
-        if not (isinstance(self.round_retries, int) and self.round_retries >= 0):
-            raise DeployError(f"deploy.round_retries = {self.round_retries!r}: must be >= 0")
         if self.on_abort not in ON_ABORT:
             raise DeployError(f"deploy.on_abort = {self.on_abort!r}: allowed {ON_ABORT}")
-        if not 0 < self.min_work_fraction <= 1:
+        if not isinstance(self.balance_stragglers, bool):
             raise DeployError(
-                f"deploy.min_work_fraction = {self.min_work_fraction!r}: must be in (0, 1]"
+                f"deploy.balance_stragglers = {self.balance_stragglers!r}: must be true or false"
             )
         if self.liveness_s < self.heartbeat_s:
             raise DeployError("deploy.liveness_s must be >= deploy.heartbeat_s")
@@ -149,6 +149,33 @@ class Deployment:
     def initial_params(model: nn.Module) -> Params:
         """A detached copy of the model's initial parameters."""
         return {k: v.detach().clone() for k, v in model_params(model).items()}
+
+
+_DAY = 86_400.0
+_NUMBERS: dict[str, tuple[float, float]] = {
+    "deadline_s": (1e-3, _DAY),
+    "select_timeout_s": (1e-3, _DAY),
+    "heartbeat_s": (1e-3, 3_600.0),
+    "liveness_s": (1e-3, _DAY),
+    "max_update_mib": (1 / 1024, 64 * 1024),  # 1 KiB .. 64 GiB
+    "quorum": (0.0, 1.0),
+    "over_selection": (1.0, 100.0),
+    "round_retries": (0, 1_000),
+    "min_work_fraction": (1e-6, 1.0),
+    "max_client_examples": (1, 1 << 53),
+    "stream_idle_s": (1e-3, 3_600.0),
+    "max_pending_streams": (1, 10_000),
+    "max_missed_tasks": (0, 1_000_000),
+}
+"""Allowed closed range of every numeric ``[deploy]`` key (booleans are not numbers here)."""
+_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams", "max_missed_tasks"}
+
+
+def _check_number(name: str, v: object, lo: float, hi: float, *, integer: bool) -> None:
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok_type or not lo <= v <= hi:  # type: ignore[operator]
+        raise DeployError(f"deploy.{name} = {v!r}: must be {kind} in [{lo:g}, {hi:g}]")
 
 
 def deploy_from_mapping(table: Mapping[str, Any]) -> DeploySettings:

@@ -109,10 +109,15 @@ class RemoteExecutor:
         order = torch.randperm(len(pool), generator=g).tolist()
         return sorted(pool[i] for i in order[:want])
 
-    def _check(self, payload: Buffer) -> None:
+    def _check(self, payload: Buffer, complete: bool) -> None:
         """A result is refused on arrival (typed ``MALFORMED``, the worker is told) when its
-        metadata is invalid or any update tensor holds a NaN or infinite value."""
-        ResultMeta.from_metadata(check_tree_header(payload, self.update_template))
+        metadata is invalid, its weight is not bounded by its example count (see
+        :func:`check_weight`), or (once complete) any update tensor holds a NaN or infinite
+        value."""
+        meta = ResultMeta.from_metadata(check_tree_header(payload, self.update_template))
+        check_weight(meta, self.settings.max_client_examples)
+        if not complete:
+            return
         update, _ = decode_tree(payload, self.update_template)
         try:
             check_finite(update)
@@ -236,9 +241,17 @@ class RemoteExecutor:
         self.last_evals = evals
         return evals
 
-    @staticmethod
-    def _check_eval(payload: Buffer) -> None:
-        EvalMeta.from_metadata(check_tree_header(payload, {}))
+    def _check_eval(self, payload: Buffer, complete: bool) -> None:
+        """An evaluation is refused on arrival (``MALFORMED``) when its loss is not finite, its
+        accuracy is outside [0, 1] or it declares more than ``max_client_examples`` examples."""
+        m = EvalMeta.from_metadata(check_tree_header(payload, {}))
+        limit = self.settings.max_client_examples
+        if m.num_examples > limit:
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"evaluation declares {m.num_examples} examples; deploy.max_client_examples is "
+                f"{limit}",
+            )
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Workers keep their own client state: nothing to checkpoint here."""
@@ -246,6 +259,31 @@ class RemoteExecutor:
 
     def load_client_state_tensors(self, flat: dict[str, Tensor], template: Any) -> None:
         """Nothing to restore (client state lives on the workers)."""
+
+
+def check_weight(meta: ResultMeta, max_examples: int) -> None:
+    """Bound a self-reported aggregation weight by the client's declared example count.
+
+    fedkit's client weights are the example count ``n_i`` (FedAvg's ``n_i / n`` weighting,
+    McMahan et al. 2017) or 1 (uniform weighting), so an honest weight lies in
+    ``(0, max(1, n_i)]``; ``n_i`` itself must not exceed the coordinator's
+    ``deploy.max_client_examples``. A weight of 1e300 (one client replacing the model) or 0 (a
+    cohort of one with nothing to average) is refused: the client is dropped from the round.
+
+    Raises:
+        NetError: ``MALFORMED``, naming the weight, the count and the limit.
+    """
+    n = meta.num_examples
+    if n > max_examples:
+        raise NetError(
+            ErrorCode.MALFORMED,
+            f"result declares {n} examples; deploy.max_client_examples is {max_examples}",
+        )
+    if not 0.0 < meta.weight <= max(1, n):
+        raise NetError(
+            ErrorCode.MALFORMED,
+            f"result weight {meta.weight!r} outside (0, max(1, num_examples = {n})]",
+        )
 
 
 class _OrderedFold:

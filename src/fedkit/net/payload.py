@@ -248,10 +248,18 @@ class EvalMeta:
             )
         except (KeyError, ValueError) as exc:
             raise NetError(ErrorCode.MALFORMED, f"evaluation metadata invalid: {exc}") from None
+        if r.num_examples < 0:
+            raise NetError(ErrorCode.MALFORMED, f"evaluation num_examples {r.num_examples} < 0")
+        if r.num_examples == 0:  # no local test data: the scores are not used (NaN by convention)
+            return r
+        losses = [r.loss] + ([] if r.personal_loss is None else [r.personal_loss])
         accuracies = [r.accuracy] + ([] if r.personal_accuracy is None else [r.personal_accuracy])
-        if r.num_examples < 0 or not all(0.0 <= a <= 1.0 or math.isnan(a) for a in accuracies):
+        if not all(math.isfinite(x) for x in losses) or not all(
+            0.0 <= a <= 1.0 for a in accuracies
+        ):
             raise NetError(
                 ErrorCode.MALFORMED,
-                f"evaluation accuracy {accuracies} / num_examples {r.num_examples} out of range",
+                f"evaluation of {r.num_examples} examples: loss {losses} must be finite and "
+                f"accuracy {accuracies} in [0, 1]",
             )
         return r

@@ -60,12 +60,6 @@ class _PendingState:
 
 
 _REREGISTER = {ErrorCode.UNKNOWN_WORKER, ErrorCode.UNAUTHENTICATED, ErrorCode.RUN_MISMATCH}
-_DROP = {
-    ErrorCode.STALE_ROUND,
-    ErrorCode.DEADLINE_PASSED,
-    ErrorCode.DUPLICATE_RESULT,
-    ErrorCode.UNKNOWN_TASK,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,13 +294,12 @@ class Worker:
         try:
             self.client.push_result(task, payload, compute_s=compute_s)
         except NetError as err:
-            if err.code in _DROP:
-                log.warning("round %d result dropped: %s", task.round, err)
-                return False
             if err.code in _REREGISTER:
                 self._need_register.set()
-                return False
-            raise
+            # any other refusal (stale, late, duplicate, or its values refused) costs this
+            # round only: the worker stays in the run
+            log.warning("round %d result refused: %s", task.round, err)
+            return False
         return True
 
 
