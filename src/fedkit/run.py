@@ -123,6 +123,7 @@ class RunResult(Generic[S]):
     params: Params
     history: list[RoundRecord]
     start_round: int
+    stopped: str | None = None
 
 
 def _train_loss(clients: Sequence[ClientMetrics]) -> float:
@@ -147,6 +148,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     checkpointer: Checkpointer | None = None,
     probes: Sequence[Probe] = (),
+    stop: Callable[[RoundInfo], str | None] | None = None,
 ) -> RunResult[S]:
     """Run ``config.rounds`` rounds of ``algorithm`` on ``executor`` (see module docstring).
 
@@ -154,7 +156,8 @@ def run(
     existing checkpoint is resumed from, and each committed round is checkpointed after the
     callbacks saw it; a resumed run ends with the same model as an uninterrupted one. Every
     probe is called after each round's server update; what they return is the round's
-    ``metrics``.
+    ``metrics``. ``stop`` is asked before each round; a reason it returns ends the run there
+    (e.g. a privacy budget the round would exceed), as :attr:`RunResult.stopped`.
     """
     population = executor.num_clients
     config.validate_population(population)
@@ -175,11 +178,15 @@ def run(
             if restored.client_tensors and template is not None:
                 executor.load_client_state_tensors(restored.client_tensors, template)
     history: list[RoundRecord] = []
+    stopped: str | None = None
     for r in range(start, config.rounds):
         t0 = time.perf_counter()
         info = RoundInfo(
             round=r, seed=config.seed, num_clients=population, cohort_size=config.clients_per_round
         )
+        stopped = stop(info) if stop is not None else None
+        if stopped is not None:
+            break
         cohort = sampler.sample(population, config.clients_per_round, info)
         msg = algorithm.broadcast(state, info)
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
@@ -219,5 +226,9 @@ def run(
         if ckpt is not None and committed:
             ckpt.save(r + 1, state, executor.client_state_tensors(), key)
     return RunResult(
-        state=state, params=algorithm.global_params(state), history=history, start_round=start
+        state=state,
+        params=algorithm.global_params(state),
+        history=history,
+        start_round=start,
+        stopped=stopped,
     )
