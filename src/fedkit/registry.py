@@ -220,6 +220,9 @@ AGGREGATORS = Registry("aggregator", protocol="fedkit.aggregate:Aggregator")
 SAMPLERS = Registry("sampler", protocol="fedkit.sampling:ClientSampler")
 """``[sampler] name``."""
 
+ATTACKS = Registry("attack", protocol="fedkit.attacks.base:Attack")
+"""``[attack] name``: what attacking (or corrupted) clients do (:mod:`fedkit.attacks`)."""
+
 EXECUTORS = Registry("executor")
 """``[run] executor``: factories ``(fedkit.sim.factory.ExecutorRecipe) -> Executor``."""
 
@@ -228,6 +231,7 @@ REGISTRIES: tuple[Registry, ...] = (
     SERVER_OPTIMIZERS,
     AGGREGATORS,
     SAMPLERS,
+    ATTACKS,
     EXECUTORS,
 )
 """Every registry (a field typed with one's protocol is built from a table with ``name``)."""
@@ -262,6 +266,15 @@ AGGREGATORS.register("centered_clip", "fedkit.robust.centered_clip:CenteredClip"
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 SAMPLERS.register("poisson", "fedkit.privacy.poisson:PoissonSampler")
+
+ATTACKS.register("label_flip", "fedkit.attacks.label_flip:LabelFlip")
+ATTACKS.register("sign_flip", "fedkit.attacks.sign_flip:SignFlip")
+ATTACKS.register("ipm", "fedkit.attacks.sign_flip:SignFlip", scale=0.1)
+ATTACKS.register("gaussian_noise", "fedkit.attacks.gaussian:GaussianNoise")
+ATTACKS.register("backdoor", "fedkit.attacks.backdoor:Backdoor")
+ATTACKS.register("alie", "fedkit.attacks.alie:ALittleIsEnough")
+ATTACKS.register("label_noise", "fedkit.attacks.noisy:LabelNoise")
+ATTACKS.register("input_noise", "fedkit.attacks.noisy:InputNoise")
 
 EXECUTORS.register("serial", "fedkit.sim.factory:serial_executor")
 EXECUTORS.register("processes", "fedkit.sim.factory:process_executor")

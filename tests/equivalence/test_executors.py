@@ -18,6 +18,9 @@ import torch
 
 from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, FedProx, Scaffold
+from fedkit.attacks import Attacked
+from fedkit.attacks.alie import ALittleIsEnough
+from fedkit.attacks.backdoor import Backdoor
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.privacy import ClipNorm
@@ -43,6 +46,18 @@ ALGORITHMS: dict[str, Any] = {
     "fedavg+krum": FedAvg(local=LOCAL, aggregator=Krum(f=0, m=2)),
     # a buffering rule that uses the client weights: the geometric median (RFA)
     "fedavg+geomed": FedAvg(local=LOCAL, aggregator=GeometricMedian()),
+    # attackers: a backdoor (poisoned data, boosted update) against a trimmed mean, and "a
+    # little is enough" (extra training on shards, from the attacker's own streams) vs the median
+    "backdoor+trimmed": Attacked(
+        inner=FedAvg(local=LOCAL, aggregator=TrimmedMean(beta=0.2)),
+        attack=Backdoor(target=1, patch=2),
+        attackers=frozenset({1, 4}),
+    ),
+    "alie+median": Attacked(
+        inner=FedAvg(local=LOCAL, aggregator=CoordinateMedian()),
+        attack=ALittleIsEnough(),
+        attackers=frozenset({2, 6}),
+    ),
 }
 CONFIG = RunConfig(rounds=3, clients_per_round=5, seed=11, eval_every=0, federated_eval_every=3)
 
@@ -119,10 +134,16 @@ def test_processes_resume_from_checkpoint_equals_uninterrupted_serial(tmp_path: 
     assert _close(ref.params, got.params)
 
 
+def _with_local(alg: Any, local: LocalTraining) -> Any:
+    if isinstance(alg, Attacked):
+        return dataclasses.replace(alg, inner=dataclasses.replace(alg.inner, local=local))
+    return dataclasses.replace(alg, local=local)
+
+
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_vectorized_equals_serial(name: str) -> None:
     local = LocalTraining(lr=0.05, epochs=2, batch_size=8, momentum=0.5, weight_decay=1e-3)
-    alg = dataclasses.replace(ALGORITHMS[name], local=local)
+    alg = _with_local(ALGORITHMS[name], local)
     ref = run(
         alg,
         SerialExecutor(toy_store(8), toy_model(), participation=_partial),

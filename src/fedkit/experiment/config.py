@@ -40,6 +40,10 @@ Sections and keys::
     [sampler]                  # optional; name (fedkit.registry.SAMPLERS) + its fields
     name = "uniform"
 
+    [attack]                   # optional; name (fedkit.registry.ATTACKS) + its fields, and who
+    name = "sign_flip"         #   attacks: fraction = 0.2 or clients = [..]
+    fraction = 0.2             #   (fedkit.experiment.attack)
+
     [run]                      # see RunSettings
     rounds = 50
     clients_per_round = 10     # or client_fraction = 0.1 (McMahan's C); unset: every client
@@ -90,6 +94,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from fedkit.data.spec import DataSpec
+from fedkit.experiment.attack import AttackSettings
 from fedkit.experiment.tables import ConfigError, build, construct, describe, merge_preset
 from fedkit.local import LocalTraining
 from fedkit.registry import (
@@ -134,6 +139,7 @@ SECTIONS: tuple[str, ...] = (
     "parallel",
     "system",
     "deploy",
+    "attack",
 )
 """The sections of one experiment."""
 
@@ -444,6 +450,7 @@ class ExperimentConfig:
         parallel: The ``[parallel]`` section (a data-parallel run), or ``None``.
         system: The ``[system]`` section (system heterogeneity: speeds, links, availability,
             stragglers, deadline; :class:`fedkit.sim.system.SystemModel`), or ``None``.
+        attack: The ``[attack]`` section (attacking or corrupted clients), or ``None``.
         grid_point: The grid values (dotted key -> value) that produced this run.
         source: The resolved document (plain TOML values, current key names) this config was
             validated from; it rebuilds the config in another process (``experiment_from_mapping``).
@@ -458,6 +465,7 @@ class ExperimentConfig:
     sampler: ClientSampler = dataclasses.field(default_factory=UniformSampler)
     parallel: ParallelSpec | None = None
     system: SystemModel | None = None
+    attack: AttackSettings | None = None
     grid_point: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
     source: Mapping[str, Any] = dataclasses.field(
         default_factory=dict, hash=False, compare=False, repr=False
@@ -484,6 +492,8 @@ class ExperimentConfig:
             out["parallel"] = _plain(dataclasses.asdict(self.parallel))
         if self.system is not None:  # as written (distributions stay in their TOML form)
             out["system"] = _plain(dict(self.source.get("system", {})))
+        if self.attack is not None:
+            out["attack"] = self.attack.to_mapping()
         if self.grid_point:
             out["grid_point"] = dict(self.grid_point)
         return out
@@ -701,6 +711,11 @@ def _experiment(
         if data.num_clients is not None and algorithm.federated:
             run.cohort_size(data.num_clients)
     system = _system(doc)
+    attack = None
+    if "attack" in doc:
+        if algorithm is None or not algorithm.federated or parallel is not None:
+            raise ConfigError("[attack] applies to federated runs (not centralized or [parallel])")
+        attack = AttackSettings.from_mapping(doc["attack"])
     if "deploy" in doc:  # the coordinator's round policy: validated here, used by deployments
         from fedkit.net.deployment import deploy_from_mapping
 
@@ -718,6 +733,7 @@ def _experiment(
         sampler=sampler,
         parallel=parallel,
         system=system,
+        attack=attack,
         grid_point=dict(grid_point or {}),
         source=_merge(doc, {}),
     )

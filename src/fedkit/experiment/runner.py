@@ -28,13 +28,13 @@ import math
 import multiprocessing
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fedkit.algorithm import Algorithm
+from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.centralized import train_centralized
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
@@ -61,7 +61,7 @@ from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, sha256
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
-from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
+from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
 from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
 
@@ -259,6 +259,24 @@ def _build(cfg: ExperimentConfig, data_root: Path | None) -> _Built:
     return _Built(fd=fd, store=store, model_spec=spec)
 
 
+def _probes(cfg: ExperimentConfig, built: _Built, rounds: int) -> list[Probe]:
+    """The run's probes (an attack's success metric), due when centralised evaluation is."""
+    if cfg.attack is None:
+        return []
+    test = built.fd.dataset.test
+    probe = cfg.attack.resolved(built.fd.dataset.num_classes).probe(
+        built.model_spec.build(), test.x, test.y
+    )
+    if probe is None:
+        return []
+    every = cfg.run.eval_every
+
+    def when_due(params: Params, info: RoundInfo) -> Mapping[str, float]:
+        return probe(params, info) if _due(every, info.round, rounds) else {}
+
+    return [when_due]
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
 
@@ -332,6 +350,13 @@ def _run_federated(
     capture: _EvalCapture | None = None
     if not centralized:
         algorithm = build_algorithm(a)
+        if cfg.attack is not None:
+            algorithm = cfg.attack.wrap(
+                algorithm,
+                num_clients=store.num_clients,
+                seed=cfg.run.seed,
+                num_classes=built.fd.dataset.num_classes,
+            )
         cohort = cfg.run.cohort_size(store.num_clients)
         local = _local(a, "which [system] needs") if cfg.system is not None else None
         try:
@@ -402,6 +427,7 @@ def _run_federated(
                 evaluator=evaluator,
                 sampler=cfg.sampler,
                 callbacks=[recorder],
+                probes=_probes(cfg, built, rounds),
             ).params
         return recorder.summary(final, time.perf_counter() - t0)
 

@@ -1,0 +1,56 @@
+"""Attacks through the experiment file: the [attack] table reaches every client it names, the
+backdoor's success is recorded per round, and the model differs from the clean run only through
+the attackers."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedkit.experiment.config import ConfigError, study_from_mapping
+from fedkit.experiment.results import ResultsStore, results_path
+from fedkit.experiment.runner import run_experiment
+from tests.integration.test_runner import TINY
+
+
+def _doc(**attack: object) -> dict[str, object]:
+    doc = tomllib.loads(TINY)
+    if attack:
+        doc["attack"] = dict(attack)
+    return doc
+
+
+def _run(doc: dict[str, object], tmp: Path) -> tuple[str, list[dict[str, float] | None]]:
+    (cfg,) = study_from_mapping(doc, default_name="a").runs
+    with ResultsStore(results_path(tmp)) as store:
+        out = run_experiment(cfg, store)
+        assert out.status == "completed" and out.summary is not None
+        rows = store.rounds(out.run_id)
+        config = store.run(out.run_id).config
+    if "attack" in doc:
+        assert config["attack"]["name"] == doc["attack"]["name"]  # type: ignore[index]
+    return out.summary.model_sha256, [None if r.details is None else dict(r.details) for r in rows]
+
+
+def test_backdoor_is_recorded_every_round_and_changes_the_model(tmp_path: Path) -> None:
+    clean, none = _run(_doc(), tmp_path / "clean")
+    assert none == [None, None, None]
+    bd, details = _run(_doc(name="backdoor", fraction=0.3, patch=5, value=3.0), tmp_path / "bd")
+    assert bd != clean
+    accs = [d["backdoor_accuracy"] for d in details if d is not None]
+    assert len(accs) == 3 and all(0.0 <= a <= 1.0 for a in accs if not math.isnan(a))
+    # no attacker in the population (fraction rounds to 0): the clean model, bit for bit
+    same, _ = _run(_doc(name="sign_flip", fraction=0.04), tmp_path / "none")
+    assert same == clean
+    flipped, _ = _run(_doc(name="sign_flip", fraction=0.5), tmp_path / "flip")
+    assert flipped != clean
+
+
+def test_attack_is_refused_outside_federated_runs() -> None:
+    doc = _doc(name="sign_flip", fraction=0.1)
+    doc["algorithm"] = {"name": "centralized", "local": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match=r"\[attack\] applies to federated runs"):
+        study_from_mapping(doc, default_name="c")
