@@ -263,6 +263,7 @@ AGGREGATORS.register("gaussian", "fedkit.privacy.gaussian:GaussianNoise")
 AGGREGATORS.register("norm_bound", "fedkit.robust.norm_bound:NormBound")
 AGGREGATORS.register("geomed", "fedkit.robust.geomed:GeometricMedian")
 AGGREGATORS.register("centered_clip", "fedkit.robust.centered_clip:CenteredClip")
+AGGREGATORS.register("reweight", "fedkit.robust.reweight:HuberReweight")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 SAMPLERS.register("poisson", "fedkit.privacy.poisson:PoissonSampler")

@@ -7,6 +7,7 @@ from fedkit.robust.geomed import GeometricMedian
 from fedkit.robust.krum import Krum
 from fedkit.robust.median import CoordinateMedian
 from fedkit.robust.norm_bound import NormBound
+from fedkit.robust.reweight import HuberReweight
 from fedkit.robust.trimmed_mean import TrimmedMean
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "CenteredClip",
     "CoordinateMedian",
     "GeometricMedian",
+    "HuberReweight",
     "Krum",
     "NormBound",
     "StackAcc",
