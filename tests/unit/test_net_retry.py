@@ -58,6 +58,33 @@ def test_transient_errors_are_retried_with_growing_bounded_delays() -> None:
     assert 0 <= sleeps[0] <= 0.1 and 0 <= sleeps[1] <= 0.2
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,  # a full server or too many pending streams
+    ],
+)
+def test_transient_codes_are_retried(code: grpc.StatusCode) -> None:
+    calls, fn = failing([FakeRpcError(code)] * 2)
+    call_with_retry(fn, RetryPolicy(), sleep=lambda s: None)  # type: ignore[arg-type]
+    assert len(calls) == 3
+
+
+def test_retries_last_the_outage_window_then_stop() -> None:
+    # a fake clock: every sleep advances it; the default window (60 s) covers a ~30 s restart
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    calls, fn = failing([FakeRpcError(grpc.StatusCode.UNAVAILABLE)] * 10_000)
+    with pytest.raises(grpc.RpcError):
+        call_with_retry(fn, RetryPolicy(), sleep=sleep, clock=lambda: now[0])  # type: ignore[arg-type]
+    assert 30.0 < now[0] <= 60.0 and len(calls) > 10  # far more than the old 10 attempts
+
+
 def test_attempts_are_bounded() -> None:
     calls, fn = failing([FakeRpcError(grpc.StatusCode.UNAVAILABLE)] * 10)
     with pytest.raises(grpc.RpcError):

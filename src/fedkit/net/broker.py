@@ -292,17 +292,27 @@ class Broker:
                 self._lock.wait(left)
 
     def accept_result(
-        self, info: pb.ResultInfo, chunks: Iterator[pb.Chunk], tls_identity: str | None
+        self,
+        info: pb.ResultInfo,
+        chunks: Iterator[pb.Chunk],
+        tls_identity: str | None,
+        *,
+        limit: Callable[[float], None] | None = None,
     ) -> None:
         """Validate a result stream and record it; raises :class:`NetError` on refusal.
 
         Authentication, run, round, task and duplicate checks and the declared-size cap all happen
         before a chunk is read; chunk checksums and the result schema are checked as it arrives.
+        ``limit`` is told the round's deadline (monotonic), by which the stream must end; a chunk
+        arriving later is refused with ``DEADLINE_PASSED``.
         """
         with self._lock:
             try:
                 rec = self._authenticate(info.header, tls_identity)
-                self._task_for(rec, info)
+                rnd0, _ = self._task_for(rec, info)
+                deadline = rnd0.deadline
+                if limit is not None:
+                    limit(deadline)
                 assembler = Reassembler(
                     declared_bytes=info.payload_bytes,
                     declared_chunks=info.num_chunks,
@@ -315,6 +325,8 @@ class Broker:
         try:  # read outside the lock: other workers keep being served meanwhile
             early = check is None
             for chunk in chunks:
+                if time.monotonic() > deadline:
+                    raise NetError(ErrorCode.DEADLINE_PASSED, "round deadline passed mid-stream")
                 assembler.add(chunk)
                 if not early and assembler.header_received and not assembler.complete:
                     assert check is not None

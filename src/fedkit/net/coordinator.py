@@ -25,6 +25,7 @@ from fedkit.data.spec import build_federated
 from fedkit.net.broker import Broker
 from fedkit.net.deployment import Deployment
 from fedkit.net.executor import RemoteExecutor
+from fedkit.net.guard import StreamGuard
 from fedkit.net.results import NullRecorder, RunRecorder, Summary
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
@@ -36,6 +37,8 @@ log = logging.getLogger("fedkit.coordinator")
 
 RESULT_HEADER_ALLOWANCE = 1 << 20
 """Bytes allowed for a result's safetensors header and metadata beyond its tensors (1 MiB)."""
+PENDING_STREAMS_TOTAL = 32
+"""Result streams without their first message the whole server holds at once."""
 
 
 def serve(
@@ -83,8 +86,17 @@ def serve(
         experiment_digest=exp.digest,
         num_clients=len(fd.train_parts),
     )
-    server, port = make_server(listen, security, max_workers=max(32, 2 * len(fd.train_parts) + 8))
-    add_service(server, broker)
+    # Each worker holds at most a long poll and a push at once (2n + 8 threads); pending result
+    # streams (first message not yet in) are capped apart, so a flood of them never takes the
+    # threads honest workers need (see fedkit.net.guard).
+    guard = StreamGuard(
+        max_pending=s.max_pending_streams,
+        max_pending_total=PENDING_STREAMS_TOTAL,
+        idle_s=s.stream_idle_s,
+    )
+    threads = 2 * len(fd.train_parts) + 8 + PENDING_STREAMS_TOTAL + 8
+    server, port = make_server(listen, security, max_workers=threads)
+    add_service(server, broker, guard)
     checkpointer = SQLiteCheckpointer(db)
     attempts: list[RoundRow] = []
 
@@ -163,6 +175,7 @@ def serve(
     finally:
         broker.shutdown(grace_s=shutdown_grace_s)
         server.stop(grace=1.0)
+        guard.close()
     rows = db.round_rows()
     db.close()
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]

@@ -1,7 +1,10 @@
 """Bounded retries with exponential backoff and full jitter for transient gRPC failures.
 
-Only ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` are transient; anything else (a typed refusal, an
-authentication failure) is raised at once. A TLS handshake failure also surfaces as
+``UNAVAILABLE`` (coordinator down or restarting), ``DEADLINE_EXCEEDED`` and
+``RESOURCE_EXHAUSTED`` (the server's call limit, or too many pending streams from this host) are
+transient: they are retried for an outage window (``outage_s``, default 60 s — long enough to cover
+a coordinator restart) or ``max_attempts``, whichever ends first. Anything else (a typed refusal,
+an authentication failure) is raised at once. A TLS handshake failure also surfaces as
 ``UNAVAILABLE``, but no retry can fix a certificate, so it is turned into
 :class:`~fedkit.net.errors.TLSHandshakeError` immediately (fail fast).
 
@@ -23,7 +26,13 @@ from fedkit.net.errors import TLSHandshakeError
 
 T = TypeVar("T")
 
-TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
 _TLS_MARKERS = ("ssl", "tls", "handshake", "certificate")
 
 
@@ -36,12 +45,14 @@ class RetryPolicy:
         base_delay_s: Upper bound of the first backoff (> 0).
         max_delay_s: Cap on any single backoff (>= base_delay_s).
         multiplier: Growth of the bound per attempt (>= 1).
+        outage_s: Stop retrying once this long has passed since the first attempt (> 0).
     """
 
-    max_attempts: int = 10
+    max_attempts: int = 1_000
     base_delay_s: float = 0.1
     max_delay_s: float = 2.0
     multiplier: float = 2.0
+    outage_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -52,6 +63,8 @@ class RetryPolicy:
             raise ValueError(f"max_delay_s={self.max_delay_s} must be >= base_delay_s")
         if self.multiplier < 1:
             raise ValueError(f"multiplier={self.multiplier} must be >= 1")
+        if not self.outage_s > 0:
+            raise ValueError(f"outage_s={self.outage_s} must be > 0")
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Backoff before retry number ``attempt`` (1-based), with full jitter."""
@@ -74,8 +87,10 @@ def call_with_retry(
     rng: random.Random | None = None,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, grpc.RpcError], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Call ``fn`` until it succeeds, a non-transient error occurs, or attempts run out.
+    """Call ``fn`` until it succeeds, a non-transient error occurs, or attempts or the outage
+    window (``policy.outage_s``) run out.
 
     Raises:
         TLSHandshakeError: at the first TLS failure (never retried).
@@ -83,6 +98,7 @@ def call_with_retry(
     """
     rng = rng or random.Random()
     attempt = 0
+    start = clock()
     while True:
         attempt += 1
         try:
@@ -99,6 +115,9 @@ def call_with_retry(
             code = err.code() if isinstance(err, grpc.Call) else None
             if code not in TRANSIENT or attempt >= policy.max_attempts:
                 raise
+            delay = policy.delay(attempt, rng)
+            if clock() + delay - start > policy.outage_s:
+                raise
             if on_retry is not None:
                 on_retry(attempt, err)
-            sleep(policy.delay(attempt, rng))
+            sleep(delay)

@@ -1,7 +1,9 @@
 """The gRPC servicer: translates the four RPCs into :class:`~fedkit.net.broker.Broker` calls.
 
 Every refusal is answered with a typed ``Error`` in the reply (never an exception text), so a
-worker can react to the code; the servicer itself holds no state.
+worker can react to the code. Streams are guarded (:mod:`fedkit.net.guard`): a peer may hold only
+a few result streams whose first message has not arrived (a newer one evicts its oldest), and
+every stream is cancelled after ``idle_s`` without a message or at its round's deadline.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import grpc
 
 from fedkit.net.broker import Broker
 from fedkit.net.errors import ErrorCode, NetError
+from fedkit.net.guard import StreamGuard
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
 from fedkit.net.tls import peer_common_name
@@ -23,8 +26,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 class CoordinatorService(pb_grpc.CoordinatorServicer):
     """Serves workers from a shared :class:`Broker`."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, guard: StreamGuard | None = None) -> None:
         self.broker = broker
+        self.guard = guard or StreamGuard()
 
     def Register(
         self, request: pb.RegisterRequest, context: grpc.ServicerContext
@@ -44,31 +48,46 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         except NetError as err:
             yield pb.TaskPart(info=pb.TaskInfo(error=err.to_proto()))
             return
-        yield pb.TaskPart(info=info)
-        yield from wire
+        watch = self.guard.watch(context)  # a reader too slow to take a chunk is cut
+        try:
+            yield pb.TaskPart(info=info)
+            for part in wire:
+                watch.touch()
+                yield part
+        finally:
+            watch.done()
 
     def PushResult(
         self, request_iterator: Iterator[pb.ResultPart], context: grpc.ServicerContext
     ) -> pb.Ack:
-        """Receive one result: a ResultInfo, then its chunks."""
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "info":
-            return pb.Ack(
-                error=NetError(
-                    ErrorCode.MALFORMED, "a result stream must start with ResultInfo"
-                ).to_proto()
-            )
-
-        def chunks() -> Iterator[pb.Chunk]:
-            for part in request_iterator:
-                if part.WhichOneof("part") != "chunk":
-                    raise NetError(ErrorCode.MALFORMED, "only chunks may follow ResultInfo")
-                yield part.chunk
-
+        """Receive one result: a ResultInfo, then its chunks (guarded, see module docstring)."""
+        identity = peer_common_name(context)
+        peer = identity if identity is not None else peer_host(context.peer())
+        watch = self.guard.watch(context, pending_peer=peer)
         try:
-            self.broker.accept_result(first.info, chunks(), peer_common_name(context))
+            first = next(request_iterator, None)
+            watch.touch()
+            if first is None or first.WhichOneof("part") != "info":
+                return pb.Ack(
+                    error=NetError(
+                        ErrorCode.MALFORMED, "a result stream must start with ResultInfo"
+                    ).to_proto()
+                )
+
+            def chunks() -> Iterator[pb.Chunk]:
+                for part in request_iterator:
+                    watch.touch()
+                    if part.WhichOneof("part") != "chunk":
+                        raise NetError(ErrorCode.MALFORMED, "only chunks may follow ResultInfo")
+                    yield part.chunk
+
+            self.broker.accept_result(first.info, chunks(), identity, limit=watch.limit)
         except NetError as err:
             return pb.Ack(error=err.to_proto())
+        except grpc.RpcError:  # cut by the watchdog (idle, or past the round's deadline)
+            return pb.Ack(error=NetError(ErrorCode.DEADLINE_PASSED, "result stream cut").to_proto())
+        finally:
+            watch.done()
         return pb.Ack(error=pb.Error(code=pb.OK))
 
     def Heartbeat(
@@ -81,19 +100,31 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             return pb.HeartbeatReply(error=err.to_proto())
 
 
+def peer_host(peer: str) -> str:
+    """The address part of a gRPC peer string (``ipv4:10.0.0.5:5123`` → ``ipv4:10.0.0.5``):
+    one key for every connection from the same host."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, port = rest.rpartition(":")
+        return f"{kind}:{host}" if port.isdigit() and host else peer
+    return peer
+
+
 def _serialize_part(part: pb.TaskPart | bytes) -> bytes:
     """``TaskPart`` serialiser that passes pre-serialised chunk messages through unchanged."""
     return part if isinstance(part, bytes) else part.SerializeToString()
 
 
-def add_service(server: grpc.Server, broker: Broker) -> CoordinatorService:
+def add_service(
+    server: grpc.Server, broker: Broker, guard: StreamGuard | None = None
+) -> CoordinatorService:
     """Register a :class:`CoordinatorService` for ``broker`` on ``server``.
 
     The method table mirrors the generated one (same service and method names, same messages)
     except that ``GetTask`` accepts pre-serialised chunk messages, so a broadcast is serialised
     once per round rather than once per worker.
     """
-    service = CoordinatorService(broker)
+    service = CoordinatorService(broker, guard)
     handlers = {
         "Register": grpc.unary_unary_rpc_method_handler(
             service.Register,

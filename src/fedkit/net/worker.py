@@ -293,6 +293,11 @@ class Worker:
         """Send a result; False when the coordinator refused it in a way to shrug off."""
         try:
             self.client.push_result(task, payload, compute_s=compute_s)
+        except grpc.RpcError as err:  # unreachable past the outage window, or the stream was cut
+            code = err.code() if isinstance(err, grpc.Call) else None
+            log.warning("round %d result not delivered (%s); staying in the run", task.round, code)
+            self._need_register.set()  # the coordinator may have restarted meanwhile
+            return False
         except NetError as err:
             if err.code in _REREGISTER:
                 self._need_register.set()
