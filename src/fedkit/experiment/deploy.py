@@ -27,10 +27,13 @@ import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from fedkit.algorithm import Algorithm
 from fedkit.checkpoint import write_atomic
+from fedkit.experiment.attack import AttackSettings
 from fedkit.experiment.config import ConfigError, ExperimentConfig, experiment_from_mapping
 from fedkit.experiment.deploy_results import ResultsRecorder
 from fedkit.experiment.runner import build_algorithm, model_init_seed
@@ -38,6 +41,7 @@ from fedkit.net.coordinator import serve
 from fedkit.net.deployment import DeployError, Deployment, deploy_from_mapping
 from fedkit.net.results import Summary
 from fedkit.net.transport import Security
+from fedkit.net.worker import LocalData
 from fedkit.net.worker import run_worker as serve_worker
 
 
@@ -198,11 +202,17 @@ def run_worker(
     state_dir: Path | None = None,
     threads: int = 1,
     give_up_s: float = 120.0,
+    attack: AttackSettings | None = None,
 ) -> int:
-    """Load the experiment file and serve one client until the run ends (rounds accepted)."""
+    """Load the experiment file and serve one client until the run ends (rounds accepted).
+
+    The client attacks when the file's ``[attack]`` names it among the attackers, or when
+    ``attack`` (``fedkit worker --attack``) is given: that attack then replaces the file's.
+    """
+    file = read_deployment(experiment)
     return serve_worker(
         coordinator=coordinator,
-        exp=load_deployment(experiment),
+        exp=file.deployment,
         client_id=client_id,
         data_root=data_root,
         security=security,
@@ -210,7 +220,33 @@ def run_worker(
         state_dir=state_dir,
         threads=threads,
         give_up_s=give_up_s,
+        adapt=attack_adapter(attack or file.config.attack, file.config.run.seed, client_id),
     )
+
+
+def attack_adapter(
+    attack: AttackSettings | None, seed: int, client_id: int
+) -> Callable[[Algorithm[Any, Any, Any, Any], LocalData], Algorithm[Any, Any, Any, Any]] | None:
+    """What makes a worker's client run ``attack`` when it is one of the attackers (the same
+    set as the simulator's, from the population and the seed), or ``None`` without an attack."""
+    if attack is None:
+        return None
+
+    def adapt(
+        algorithm: Algorithm[Any, Any, Any, Any], local: LocalData
+    ) -> Algorithm[Any, Any, Any, Any]:
+        try:
+            return attack.wrap(
+                algorithm,
+                num_clients=local.num_clients,
+                seed=seed,
+                num_classes=local.num_classes,
+                only=frozenset({client_id}),
+            )
+        except ConfigError as exc:
+            raise ExperimentError(str(exc)) from None
+
+    return adapt
 
 
 def worker_command(

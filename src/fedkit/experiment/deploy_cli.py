@@ -58,6 +58,18 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         )
 
 
+def _exit_for(summary: Summary) -> None:
+    """Exit 0 only when every round was committed: 3 when some were skipped, 4 when none was."""
+    if summary.status == "completed":
+        return
+    typer.echo(
+        f"warning: {summary.committed_rounds} of {summary.rounds} rounds committed "
+        f"({summary.status})",
+        err=True,
+    )
+    raise typer.Exit(3 if summary.committed_rounds else 4)
+
+
 def _load(path: Path) -> DeploymentFile:
     from fedkit.experiment.deploy import ExperimentError, read_deployment
 
@@ -87,6 +99,9 @@ def coordinator(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
+    import sqlite3
+
+    from fedkit.checkpoint import CheckpointError
     from fedkit.experiment.deploy import coordinate
     from fedkit.net.executor import QuorumError
 
@@ -97,13 +112,19 @@ def coordinator(
         summary = coordinate(
             exp, listen=listen, security=sec, out_dir=out, data_root=data, min_workers=min_workers
         )
-    except (PermissionError, FileNotFoundError, OSError) as exc:
+    except (PermissionError, FileNotFoundError, OSError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except sqlite3.Error as exc:
+        typer.echo(
+            f"error: the state in {out} cannot be used ({exc}); check the directory", err=True
+        )
         raise typer.Exit(2) from None
     except QuorumError as exc:
         typer.echo(f"error: {exc} (the last committed round is kept in {out})", err=True)
         raise typer.Exit(1) from None
     _print_summary(summary, as_json)
+    _exit_for(summary)
 
 
 @app.command()
@@ -121,13 +142,38 @@ def worker(
         Path | None, typer.Option("--state-dir", help="Persist client state here.")
     ] = None,
     threads: Annotated[int, typer.Option("--threads", help="torch threads.")] = 1,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            "--attack",
+            help="Make this client an attacker: an attack name (label_flip, sign_flip, ipm, "
+            "gaussian_noise, backdoor, alie, label_noise, input_noise) or module:Class.",
+        ),
+    ] = None,
+    attack_set: Annotated[
+        list[str] | None,
+        typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
+    from fedkit.checkpoint import CheckpointError
+    from fedkit.experiment.attack import AttackSettings
+    from fedkit.experiment.config import ConfigError, parse_overrides
     from fedkit.experiment.deploy import ExperimentError, run_worker
     from fedkit.net.errors import NetError, TLSHandshakeError
 
     _logging(verbose)
+    settings = None
+    if attack is not None or attack_set:
+        try:
+            if attack is None:
+                raise ConfigError("--attack-set needs --attack NAME")
+            table = {**parse_overrides(attack_set or []), "name": attack, "clients": [client_id]}
+            settings = AttackSettings.from_mapping(table)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
         rounds = run_worker(
             coordinator=coordinator,
@@ -138,6 +184,7 @@ def worker(
             tls_name=tls_name,
             state_dir=state_dir,
             threads=threads,
+            attack=settings,
         )
     except ExperimentError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -148,6 +195,7 @@ def worker(
         FileNotFoundError,
         ConnectionError,
         NetError,
+        CheckpointError,
     ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from None
@@ -174,6 +222,7 @@ def launch(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_summary(summary, as_json)
+    _exit_for(summary)
 
 
 @certs_app.command("create")

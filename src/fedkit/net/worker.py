@@ -12,10 +12,12 @@ errors are retried with backoff; a TLS handshake failure stops it at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import grpc
 import torch
 from safetensors.torch import save as st_save
 
-from fedkit.algorithm import ClientData, RoundInfo
+from fedkit.algorithm import Algorithm, ClientData, RoundInfo
 from fedkit.checkpoint import CheckpointError, load_sealed, sealed, write_atomic
 from fedkit.client import evaluate_client, run_client
 from fedkit.data.spec import build_federated
@@ -319,13 +321,20 @@ def run_worker(
     state_dir: Path | None = None,
     threads: int = 1,
     give_up_s: float = 120.0,
+    adapt: Callable[[Algorithm[Any, Any, Any, Any], LocalData], Algorithm[Any, Any, Any, Any]]
+    | None = None,
 ) -> int:
     """Load this client's data, then serve ``exp`` until the run ends.
+
+    ``adapt`` changes the algorithm's client half once the data is known (e.g. an attack this
+    worker runs, :mod:`fedkit.attacks`); the server half must stay the file's.
 
     Returns the number of rounds whose result the coordinator accepted.
     """
     set_threads(threads)
     local = load_local_data(exp, client_id, data_root)
+    if adapt is not None:
+        exp = dataclasses.replace(exp, algorithm=adapt(exp.algorithm, local))
     # Pay torch's one-time lazy import (the first optimiser imports torch._dynamo, seconds on a
     # small machine) before registering, not inside the first round's deadline.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
