@@ -201,6 +201,10 @@ class RunSummary:
         bytes_down: Total bytes of messages sent to clients.
         model_sha256: :func:`fedkit.params.sha256` of the final global parameters (parity check).
         final_loss: Centralised test loss after the last round (``None`` if never evaluated).
+        metrics: The last value of each probe metric of the run (``dp_epsilon`` and
+            ``dp_delta`` of a DP run, an attack's success rate), ``None`` when it had none.
+        stopped: Why the run stopped before its last round (e.g. its privacy budget), else
+            ``None``.
     """
 
     rounds: int
@@ -213,6 +217,8 @@ class RunSummary:
     bytes_down: int
     model_sha256: str
     final_loss: float | None = None
+    metrics: dict[str, float] | None = None
+    stopped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as a JSON-ready dictionary."""

@@ -59,6 +59,7 @@ from fedkit.experiment.results import (
 from fedkit.local import LocalTraining
 from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, sha256
+from fedkit.privacy.plan import PrivacyPlan, plan_privacy
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
@@ -175,6 +176,7 @@ class _Recorder:
         self.rounds_to_target: int | None = None
         self.bytes_up = 0
         self.bytes_down = 0
+        self.metrics: dict[str, float] = {}
 
     def __call__(self, record: RoundRecord, params: Params) -> None:
         evals = self.federated_evals(record, params)
@@ -196,9 +198,12 @@ class _Recorder:
         self.rounds = record.round + 1
         self.bytes_up += record.bytes_up
         self.bytes_down += record.bytes_down
+        self.metrics.update(record.metrics)
         self.progress.update(self.rounds, loss=finite(record.train_loss), accuracy=acc)
 
-    def summary(self, params: Params, wall_seconds: float) -> RunSummary:
+    def summary(
+        self, params: Params, wall_seconds: float, stopped: str | None = None
+    ) -> RunSummary:
         return RunSummary(
             rounds=self.rounds,
             final_accuracy=self.final_accuracy,
@@ -210,6 +215,8 @@ class _Recorder:
             bytes_down=self.bytes_down,
             model_sha256=sha256(params),
             final_loss=self.final_loss,
+            metrics=dict(self.metrics) or None,
+            stopped=stopped,
         )
 
 
@@ -275,6 +282,29 @@ def _probes(cfg: ExperimentConfig, built: _Built, rounds: int) -> list[Probe]:
         return probe(params, info) if _due(every, info.round, rounds) else {}
 
     return [when_due]
+
+
+def _with_privacy(
+    cfg: ExperimentConfig, algorithm: Any, num_clients: int
+) -> tuple[Any, ExperimentConfig, PrivacyPlan]:
+    """A DP aggregator chain checked and resolved for this run (cohort size, seeded noise:
+    the run's recorded config then says ``noise_source = "seeded"``), and its privacy plan."""
+    try:
+        plan = plan_privacy(
+            getattr(algorithm, "aggregator", None),
+            weighting=getattr(algorithm, "weighting", None),
+            num_clients=num_clients,
+            cohort=cfg.run.cohort_size(num_clients),
+            sampler=cfg.sampler,
+            seeded=True,
+        )
+    except ValueError as e:
+        raise ConfigError(f"aggregator: {e}") from e
+    if plan.accounting is None or cfg.algorithm is None:
+        return algorithm, cfg, plan
+    algorithm = dataclasses.replace(algorithm, aggregator=plan.aggregator)
+    settings = dataclasses.replace(cfg.algorithm, algorithm=algorithm)
+    return algorithm, dataclasses.replace(cfg, algorithm=settings), plan
 
 
 def _describe(exc: BaseException) -> str:
@@ -348,8 +378,10 @@ def _run_federated(
     centralized = not a.federated
     executor: Any = None
     capture: _EvalCapture | None = None
+    privacy = PrivacyPlan(aggregator=None)
     if not centralized:
         algorithm = build_algorithm(a)
+        algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
         if cfg.attack is not None:
             algorithm = cfg.attack.wrap(
                 algorithm,
@@ -398,6 +430,7 @@ def _run_federated(
     progress.start_run(cfg.name, rounds)
 
     def body() -> RunSummary:
+        stopped: str | None = None
         if centralized:
             model = spec.build()
             final = train_centralized(
@@ -413,7 +446,7 @@ def _run_federated(
             ).params
         else:
             assert capture is not None
-            final = run(
+            result = run(
                 algorithm,
                 capture,
                 model_params(spec.build()),
@@ -427,9 +460,11 @@ def _run_federated(
                 evaluator=evaluator,
                 sampler=cfg.sampler,
                 callbacks=[recorder],
-                probes=_probes(cfg, built, rounds),
-            ).params
-        return recorder.summary(final, time.perf_counter() - t0)
+                stop=privacy.stop,
+                probes=[*_probes(cfg, built, rounds), *privacy.probes],
+            )
+            final, stopped = result.params, result.stopped
+        return recorder.summary(final, time.perf_counter() - t0, stopped)
 
     close = getattr(executor, "close", None)
     return _recorded(
