@@ -11,14 +11,31 @@ kept in the coordinator's own database).
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedkit.evaluate import ClientEval
 from fedkit.experiment.records import client_rows, round_row
-from fedkit.experiment.results import ResultsStore, RunSummary
+from fedkit.experiment.results import ResultsStore, RunSummary, results_path
 from fedkit.net.results import Summary
 from fedkit.run import RoundRecord
+
+
+def forget_rounds(out_dir: Path, run_id: int, first: int) -> None:
+    """Delete run ``run_id``'s round and client rows from round ``first`` on, in one transaction
+    (rounds recorded here that the coordinator's database never committed)."""
+    path = results_path(out_dir)
+    if not path.exists():
+        return
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("DELETE FROM clients WHERE run_id = ? AND round >= ?", (run_id, first))
+        con.execute("DELETE FROM rounds WHERE run_id = ? AND round >= ?", (run_id, first))
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 class ResultsRecorder:
@@ -47,8 +64,11 @@ class ResultsRecorder:
             raise RuntimeError("ResultsRecorder.start() was not called")
         return self._store
 
-    def start(self, resume: int | None) -> int:
-        """Open the store and start a run (or continue run ``resume``); returns its id."""
+    def start(self, resume: int | None, decided: int = 0) -> int:
+        """Open the store and start a run (or continue run ``resume``, forgetting its rounds
+        from ``decided`` on: the coordinator's database did not commit them); returns its id."""
+        if resume is not None:
+            forget_rounds(self.out_dir, resume, decided)
         self._store = ResultsStore.in_dir(self.out_dir)
         if resume is None:
             resume = self._store.start_run(name=self.name, study=self.study, config=self.config)
@@ -59,8 +79,8 @@ class ResultsRecorder:
     def record(self, record: RoundRecord, evals: Sequence[ClientEval] = ()) -> None:
         """Add one round and its clients (round-trip time in ``seconds``).
 
-        A round already recorded (an aborted round re-run after a coordinator restart) is kept
-        as first recorded.
+        A round recorded before is left as it is (it cannot be: :meth:`start` forgets every
+        round the coordinator's database did not decide).
         """
         if record.round in self._recorded:
             return
@@ -69,7 +89,10 @@ class ResultsRecorder:
         self.store.add_round(self.run_id, row, client_rows(record, evals))
 
     def finish(self, summary: Summary) -> None:
-        """Mark the run completed and close the store."""
+        """Mark the run completed (failed when no round was committed) and close the store."""
+        if summary.committed_rounds == 0:
+            self.fail(f"no round of {summary.rounds} was committed (every round was skipped)")
+            return
         self.store.finish_run(
             self.run_id,
             RunSummary(

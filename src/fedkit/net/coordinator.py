@@ -65,7 +65,7 @@ def serve(
     run_id = db.run_id(exp.digest)
     recorder = recorder or NullRecorder()
     known = db.get_meta("results_run_id")
-    results_run_id = recorder.start(int(known) if known else None)
+    results_run_id = recorder.start(int(known) if known else None, db.completed_rounds())
     db.set_meta("results_run_id", str(results_run_id))
     fd = build_federated(exp.data, data_root)
     ds = fd.dataset
@@ -133,9 +133,10 @@ def serve(
                 )
             )  # fmt: skip
         attempts.clear()
-        if not record.committed:  # a committed round's rows commit with its checkpoint, next
-            db.commit(completed_rounds=None, checkpoint=None)
         recorder.record(record, executor.last_evals if record.federated is not None else ())
+        if not record.committed:  # decided (skipped): counted, so a restart does not re-run it
+            checkpointer.skip(record.round + 1)
+        # a committed round's rows commit with its checkpoint, right after this callback
         log.info(
             "round %d %s: %d clients, loss %.4f, accuracy %s",
             record.round,
@@ -170,21 +171,29 @@ def serve(
             checkpointer=checkpointer,
         )
     except BaseException as exc:
+        # The coordinator's own error: workers are *not* told to shut down, so that the
+        # operator's restart (same --out) finds them waiting (they retry for their outage window).
         recorder.fail(f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        broker.shutdown(grace_s=shutdown_grace_s)
         server.stop(grace=1.0)
         guard.close()
+        raise
+    broker.shutdown(grace_s=shutdown_grace_s)
+    server.stop(grace=1.0)
+    guard.close()
     rows = db.round_rows()
     db.close()
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]
     target = exp.target_accuracy
     reached = [r.round + 1 for r in rows if target is not None and (r.accuracy or 0.0) >= target]
+    committed = sum(1 for r in rows if r.committed)
     summary = Summary(
         run_id=results_run_id,
         name=exp.name,
-        status="completed",
+        status=(
+            "completed"
+            if committed == exp.rounds
+            else ("partial" if committed else "no_rounds_committed")
+        ),
         rounds=exp.rounds,
         final_accuracy=accuracies[-1] if accuracies else (all_acc[-1] if all_acc else None),
         best_accuracy=max(all_acc) if all_acc else None,
@@ -195,7 +204,7 @@ def serve(
         bytes_up=sum(r.bytes_up for r in rows),
         bytes_down=sum(r.bytes_down for r in rows),
         model_sha256=sha256(result.params),
-        committed_rounds=sum(1 for r in rows if r.committed),
+        committed_rounds=committed,
         start_round=result.start_round,
         deployment_id=run_id,
     )

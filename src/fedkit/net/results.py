@@ -25,6 +25,8 @@ class Summary:
     run_id: int
     name: str
     status: str
+    """``completed`` (every round committed), ``partial`` (some rounds skipped) or
+    ``no_rounds_committed``."""
     rounds: int
     final_accuracy: float | None
     best_accuracy: float | None
@@ -43,18 +45,18 @@ class Summary:
 class RunRecorder(Protocol):
     """Receives a coordinator's run, round by round."""
 
-    def start(self, resume: int | None) -> int:
+    def start(self, resume: int | None, decided: int = 0) -> int:
         """Open the run, or continue run ``resume`` after a coordinator restart; returns its id.
 
-        The coordinator keeps the id in its own database and passes it back after a restart.
+        The coordinator keeps the id in its own database and passes it back after a restart,
+        with the number of rounds its database holds as decided: rounds from ``decided`` on
+        were recorded here but not committed there (a crash in between), so they are forgotten
+        and recorded again when they are re-run — the coordinator's database is the one record.
         """
         ...
 
     def record(self, record: RoundRecord, evals: Sequence[ClientEval]) -> None:
-        """One round (aborted rounds too) with the clients' federated evaluations, if any ran.
-
-        A round may arrive twice (re-run after a coordinator restart); the first one counts.
-        """
+        """One round (aborted rounds too) with the clients' federated evaluations, if any ran."""
         ...
 
     def finish(self, summary: Summary) -> None:
@@ -69,7 +71,7 @@ class RunRecorder(Protocol):
 class NullRecorder:
     """A :class:`RunRecorder` that records nothing (run id 0)."""
 
-    def start(self, resume: int | None) -> int:
+    def start(self, resume: int | None, decided: int = 0) -> int:
         """Nothing to open."""
         return 0 if resume is None else resume
 

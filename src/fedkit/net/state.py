@@ -5,7 +5,9 @@ run loop's :class:`fedkit.checkpoint.Checkpointer` here. Each committed round is
 transaction: the checkpoint (:func:`fedkit.checkpoint.encode` bytes — server state incl. model and
 server-optimiser state, the completed-round count and the seed, which with the round *is* the RNG
 state, see :mod:`fedkit.rng`), the round's record and every worker's round-trip time, staged by
-the coordinator before the run loop saves. A SIGKILL at any point leaves the previous round or the
+the coordinator before the run loop saves. A skipped round is committed the same way (the state
+unchanged, the round counted), so the checkpoint's round count is the number of *decided*
+rounds. A SIGKILL at any point leaves the previous round or the
 new one. On restart the run loop loads the checkpoint from the same row, and the run id is kept so
 reconnecting workers stay in the run.
 """
@@ -213,11 +215,14 @@ class SQLiteCheckpointer:
     """The deployment's :class:`~fedkit.checkpoint.Checkpointer`: the ``checkpoint`` row.
 
     ``save`` commits the checkpoint together with the rows staged since the last commit (the
-    round's attempts and round-trip times) in one transaction.
+    round's attempts and round-trip times) in one transaction. :meth:`skip` records a round
+    decided without a commit (aborted, then skipped) the same way: the unchanged state with the
+    round counted, so a restarted coordinator resumes *after* it instead of running it again.
     """
 
     def __init__(self, db: CoordinatorDB) -> None:
         self.db = db
+        self._last: tuple[Any, RunKey] | None = None  # the state the checkpoint row holds
 
     def save(
         self, completed_rounds: int, state: Any, client_tensors: Mapping[str, Tensor], key: RunKey
@@ -225,6 +230,21 @@ class SQLiteCheckpointer:
         """Commit the checkpoint and the staged rows in one transaction."""
         blob = encode(completed_rounds, state, client_tensors, key)
         self.db.commit(completed_rounds=completed_rounds, checkpoint=blob)
+        self._last = (state, key)
+
+    def skip(self, completed_rounds: int) -> None:
+        """Round ``completed_rounds - 1`` was decided without changing the state (skipped):
+        commit the staged rows with the same state counted past it, in one transaction.
+
+        Raises:
+            RuntimeError: before :meth:`load` or :meth:`save` (no state to count on).
+        """
+        if self._last is None:
+            raise RuntimeError("SQLiteCheckpointer.skip() before load() or save()")
+        state, key = self._last
+        self.db.commit(
+            completed_rounds=completed_rounds, checkpoint=encode(completed_rounds, state, {}, key)
+        )
 
     def load(self, template: S, key: RunKey) -> Checkpoint[S] | None:
         """The committed checkpoint validated against ``template`` and ``key``, or None.
@@ -235,8 +255,11 @@ class SQLiteCheckpointer:
         """
         raw = self.db.checkpoint_bytes()
         if raw is None:
+            self._last = (template, key)  # the run loop's initial state
             return None
-        return decode(raw, template, key, where=f"in {self.db.path} (table checkpoint)")
+        restored = decode(raw, template, key, where=f"in {self.db.path} (table checkpoint)")
+        self._last = (restored.state, key)
+        return restored
 
 
 class _Tx:
