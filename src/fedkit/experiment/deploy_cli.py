@@ -142,14 +142,38 @@ def worker(
         Path | None, typer.Option("--state-dir", help="Persist client state here.")
     ] = None,
     threads: Annotated[int, typer.Option("--threads", help="torch threads.")] = 1,
+    attack: Annotated[
+        str | None,
+        typer.Option(
+            "--attack",
+            help="Make this client an attacker: an attack name (label_flip, sign_flip, ipm, "
+            "gaussian_noise, backdoor, alie, label_noise, input_noise) or module:Class.",
+        ),
+    ] = None,
+    attack_set: Annotated[
+        list[str] | None,
+        typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
     from fedkit.checkpoint import CheckpointError
+    from fedkit.experiment.attack import AttackSettings
+    from fedkit.experiment.config import ConfigError, parse_overrides
     from fedkit.experiment.deploy import ExperimentError, run_worker
     from fedkit.net.errors import NetError, TLSHandshakeError
 
     _logging(verbose)
+    settings = None
+    if attack is not None or attack_set:
+        try:
+            if attack is None:
+                raise ConfigError("--attack-set needs --attack NAME")
+            table = {**parse_overrides(attack_set or []), "name": attack, "clients": [client_id]}
+            settings = AttackSettings.from_mapping(table)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     try:
         rounds = run_worker(
             coordinator=coordinator,
@@ -160,6 +184,7 @@ def worker(
             tls_name=tls_name,
             state_dir=state_dir,
             threads=threads,
+            attack=settings,
         )
     except ExperimentError as exc:
         typer.echo(f"error: {exc}", err=True)
