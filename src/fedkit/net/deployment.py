@@ -53,8 +53,6 @@ class DeploySettings:
             stream's first message must arrive within it (connection exhaustion).
         max_pending_streams: Result streams one peer (its address, or its certificate under
             mutual TLS) may hold open before they are authenticated; more are refused at once.
-        max_missed_tasks: A worker that leaves this many tasks in a row unanswered is left out
-            of selection until it answers a task again (0: never excluded).
     """
 
     deadline_s: float = 120.0
@@ -71,7 +69,6 @@ class DeploySettings:
     max_client_examples: int = 100_000_000
     stream_idle_s: float = 10.0
     max_pending_streams: int = 4
-    max_missed_tasks: int = 3
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _NUMBERS.items():
@@ -165,10 +162,9 @@ _NUMBERS: dict[str, tuple[float, float]] = {
     "max_client_examples": (1, 1 << 53),
     "stream_idle_s": (1e-3, 3_600.0),
     "max_pending_streams": (1, 10_000),
-    "max_missed_tasks": (0, 1_000_000),
 }
 """Allowed closed range of every numeric ``[deploy]`` key (booleans are not numbers here)."""
-_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams", "max_missed_tasks"}
+_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams"}
 
 
 def _check_number(name: str, v: object, lo: float, hi: float, *, integer: bool) -> None:
