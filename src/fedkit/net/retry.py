@@ -1,7 +1,7 @@
 """Bounded retries with exponential backoff and full jitter for transient gRPC failures.
 
 ``UNAVAILABLE`` (coordinator down or restarting), ``DEADLINE_EXCEEDED`` and
-``RESOURCE_EXHAUSTED`` (the server's call limit, or too many pending streams from this host) are
+``RESOURCE_EXHAUSTED`` (the server's concurrent-call limit) are
 transient: they are retried for an outage window (``outage_s``, default 60 s — long enough to cover
 a coordinator restart) or ``max_attempts``, whichever ends first. Anything else (a typed refusal,
 an authentication failure) is raised at once. A TLS handshake failure also surfaces as
