@@ -24,6 +24,7 @@ from fedkit.attacks.backdoor import Backdoor
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.privacy import ClipNorm
+from fedkit.privacy.gaussian import GaussianNoise
 from fedkit.robust import CoordinateMedian, GeometricMedian, Krum, TrimmedMean
 from fedkit.run import RunConfig, RunResult, run
 from fedkit.sim.processes import ProcessExecutor
@@ -46,6 +47,24 @@ ALGORITHMS: dict[str, Any] = {
     "fedavg+krum": FedAvg(local=LOCAL, aggregator=Krum(f=0, m=2)),
     # a buffering rule that uses the client weights: the geometric median (RFA)
     "fedavg+geomed": FedAvg(local=LOCAL, aggregator=GeometricMedian()),
+    # DP-FedAvg with seeded noise: central (server) noise and distributed (per-client) noise
+    **{
+        f"dp-fedavg-{kind}": FedAvg(
+            local=LOCAL,
+            weighting="uniform",
+            aggregator=ClipNorm(
+                max_norm=0.5,
+                inner=GaussianNoise(
+                    noise_multiplier=1.0,
+                    clip_norm=0.5,
+                    expected_clients=5,
+                    noise_source="seeded",
+                    distributed=kind == "distributed",
+                ),
+            ),
+        )
+        for kind in ("central", "distributed")
+    },
     # attackers: a backdoor (poisoned data, boosted update) against a trimmed mean, and "a
     # little is enough" (extra training on shards, from the attacker's own streams) vs the median
     "backdoor+trimmed": Attacked(
