@@ -268,6 +268,7 @@ AGGREGATORS.register("reweight", "fedkit.robust.reweight:HuberReweight")
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 SAMPLERS.register("poisson", "fedkit.privacy.poisson:PoissonSampler")
 
+ATTACKS.register("none", "fedkit.attacks.base:Attack")  # honest: a study's clean baseline
 ATTACKS.register("label_flip", "fedkit.attacks.label_flip:LabelFlip")
 ATTACKS.register("sign_flip", "fedkit.attacks.sign_flip:SignFlip")
 ATTACKS.register("ipm", "fedkit.attacks.sign_flip:SignFlip", scale=0.1)

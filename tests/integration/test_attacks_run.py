@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedkit.experiment.config import ConfigError, study_from_mapping
+from fedkit.experiment.report import arm_from_store
 from fedkit.experiment.results import ResultsStore, results_path
 from fedkit.experiment.runner import run_experiment
 from tests.integration.test_runner import TINY
@@ -30,6 +31,10 @@ def _run(doc: dict[str, object], tmp: Path) -> tuple[str, list[dict[str, float] 
         assert out.status == "completed" and out.summary is not None
         rows = store.rounds(out.run_id)
         config = store.run(out.run_id).config
+        last = {}
+        for r in rows:
+            last.update({k: v for k, v in (r.details or {}).items() if not math.isnan(v)})
+        assert dict(arm_from_store(store, out.run_id).metrics) == last  # what reports show
     if "attack" in doc:
         assert config["attack"]["name"] == doc["attack"]["name"]  # type: ignore[index]
     return out.summary.model_sha256, [None if r.details is None else dict(r.details) for r in rows]

@@ -3,6 +3,8 @@
 Each attack is a frozen dataclass with its settings, registered in
 :data:`fedkit.registry.ATTACKS` and chosen in the experiment file's ``[attack]`` table:
 
+* ``none`` — :class:`~fedkit.attacks.base.Attack` itself: attackers behave honestly (a study's
+  clean baseline in the same grid)
 * ``label_flip`` — :class:`~fedkit.attacks.label_flip.LabelFlip` (Fang et al. 2020)
 * ``sign_flip`` — :class:`~fedkit.attacks.sign_flip.SignFlip` (Damaskinos et al. 2018)
 * ``ipm`` — inner-product manipulation (Xie et al. 2020): ``SignFlip`` with ``scale = ε = 0.1``

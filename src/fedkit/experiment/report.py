@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fedkit.experiment.report_html import ReportDocument, render_html, render_markdown
-from fedkit.experiment.report_model import Arm, RoundPoint
+from fedkit.experiment.report_matrix import attack_matrix, matrix_plots, matrix_sections
+from fedkit.experiment.report_model import Arm, RoundPoint, Section
 from fedkit.experiment.report_plots import Plot, write_plots
 from fedkit.experiment.results import DB_NAME, ResultsStore, RunRow
 
@@ -101,8 +103,12 @@ def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
     """
     run = store.run(run_id)
     points: list[RoundPoint] = []
+    metrics: dict[str, float] = {}
     wall, up, down = 0.0, 0, 0
     for row in store.rounds(run_id):
+        for key, value in (row.details or {}).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                metrics[key] = float(value)
         wall += row.wall_seconds
         up += row.bytes_up
         down += row.bytes_down
@@ -137,6 +143,7 @@ def arm_from_store(store: ResultsStore, run_id: int) -> Arm:
         client_round=None if last is None else last + 1,
         personal_accuracy=personal_acc,
         settings=tuple(flatten_config(run.config)),
+        metrics=tuple(sorted(metrics.items())),
         study=run.study,
         source=str(store.path),
     )
@@ -234,12 +241,18 @@ def write_report(
         raise ValueError("write_report needs at least one arm")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = tuple(write_plots(arms, out))
+    plots: list[Plot] = write_plots(arms, out)
+    sections: list[Section] = []
+    matrix = attack_matrix(arms)
+    if matrix is not None:
+        plots += matrix_plots(matrix, out)
+        sections += matrix_sections(matrix)
     doc = ReportDocument(
         title=title or _title(arms),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         arms=tuple(arms),
-        plots=plots,
+        plots=tuple(plots),
+        sections=tuple(sections),
     )
     md = out / "report.md"
     html = out / "report.html"
@@ -247,4 +260,4 @@ def write_report(
     tmp = out / ".report.html.tmp"
     tmp.write_text(render_html(doc), encoding="utf-8")
     tmp.replace(html)
-    return ReportFiles(markdown=md, html=html, plots=plots)
+    return ReportFiles(markdown=md, html=html, plots=tuple(plots))

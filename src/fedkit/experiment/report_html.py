@@ -15,7 +15,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedkit.experiment.report_model import Arm, ArmSummary, differing_settings, labels, summarize
+from fedkit.experiment.report_model import (
+    Arm,
+    ArmSummary,
+    Section,
+    differing_settings,
+    labels,
+    summarize,
+)
 from fedkit.experiment.report_plots import Plot, format_bytes
 
 __all__ = ["ReportDocument", "render_html", "render_markdown", "summary_rows"]
@@ -35,6 +42,7 @@ _COLUMNS = (
     "bytes up + down",
     "client acc. mean / p10 (n)",
     "personal acc. mean / p10",
+    "last metrics",
 )
 
 
@@ -47,12 +55,14 @@ class ReportDocument:
         generated: timestamp text shown under the title.
         arms: the runs compared, in table order.
         plots: the figures, in report order.
+        sections: tables of a kind of study (e.g. the robustness verdicts), after the figures.
     """
 
     title: str
     generated: str
     arms: tuple[Arm, ...]
     plots: tuple[Plot, ...]
+    sections: tuple[Section, ...] = ()
 
 
 def _pct(value: float | None) -> str:
@@ -89,6 +99,7 @@ def _row(arm: Arm, label: str, s: ArmSummary) -> list[str]:
         format_bytes(s.bytes_up + s.bytes_down),
         clients,
         "–" if s.personal_mean is None else f"{_pct(s.personal_mean)} / {_pct(s.personal_p10)}",
+        "; ".join(f"{k} {v:.4g}" for k, v in arm.metrics) or "–",
     ]
 
 
@@ -139,6 +150,10 @@ def render_markdown(doc: ReportDocument) -> str:
     ]
     for plot in doc.plots:
         out += [f"### {plot.title}", "", f"![{plot.title}]({plot.path.name})", ""]
+    for sec in doc.sections:
+        out += [f"## {sec.title}", ""]
+        out += _md_table(sec.header, sec.rows)
+        out += ["", sec.note, ""] if sec.note else [""]
     common, header, diff = _settings_tables(doc.arms)
     if diff:
         out += ["## Settings that differ between arms", ""]
@@ -208,6 +223,11 @@ def render_html(doc: ReportDocument) -> str:
             f'<img alt="{esc(plot.title)}" src="data:image/png;base64,{data}">',
             "</figure>",
         ]
+    for sec in doc.sections:
+        out.append(f"<h2>{esc(sec.title)}</h2>")
+        out += _html_table(sec.header, sec.rows)
+        if sec.note:
+            out.append(f'<p class="note">{esc(sec.note)}</p>')
     common, header, diff = _settings_tables(doc.arms)
     if diff:
         out.append("<h2>Settings that differ between arms</h2>")

@@ -66,6 +66,8 @@ class Arm:
         personal_accuracy: per-client accuracies of the clients' personal models at that
             evaluation (personalised algorithms; empty otherwise).
         settings: flattened run configuration, ``(dotted key, value as text)`` pairs.
+        metrics: the last recorded value of each named per-round measurement (the results
+            database's ``details``: an attack's backdoor accuracy, a privacy accountant's ε).
         study: the study the run belongs to, if any.
         source: where the run was read from (a results directory or database).
     """
@@ -80,6 +82,7 @@ class Arm:
     client_round: int | None = None
     personal_accuracy: tuple[float, ...] = ()
     settings: tuple[tuple[str, str], ...] = ()
+    metrics: tuple[tuple[str, float], ...] = ()
     study: str | None = None
     source: str = ""
 
@@ -87,6 +90,23 @@ class Arm:
         rounds = [p.round for p in self.points]
         if rounds != sorted(set(rounds)):
             raise ValueError(f"Arm {self.name!r}: points must have increasing, distinct rounds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Section:
+    """A table a report adds for a kind of study (e.g. the aggregator × attack matrix).
+
+    Attributes:
+        title: the section heading.
+        header: the table's column names.
+        rows: its cells.
+        note: a sentence under the table.
+    """
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
