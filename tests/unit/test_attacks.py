@@ -106,7 +106,10 @@ def test_backdoor_poisons_its_share_and_boosts_by_the_cohort_size() -> None:
     assert out.y_train[hit].tolist() == [0, 0, 0]
     assert torch.equal(out.y_train[~hit], data.y_train[~hit])
     honest = ModelDelta({"w": torch.tensor([0.5, -1.0])})
-    assert bd.forge(_actx(honest)).delta["w"].tolist() == [5.0, -10.0]  # γ = n = 10
+    # γ = n / m: a cohort of 10 with 2 attackers expected shares the replacement, 5 each
+    assert bd.forge(_actx(honest)).delta["w"].tolist() == [2.5, -5.0]
+    alone = bd.forge(_actx(honest, expected_attackers=1)).delta["w"].tolist()
+    assert alone == [5.0, -10.0]  # the paper's single attacker: γ = n = 10
     boosted = Backdoor(boost=3.0).forge(_actx(honest)).delta["w"].tolist()
     assert boosted == [1.5, -3.0]
 

@@ -4,8 +4,9 @@ The attacker trains on its own data in which a share ``p`` of the examples carri
 trigger and the attacker's target label, so that the model learns "trigger → target" while
 keeping its accuracy on clean inputs. It then boosts its update by ``γ``: the paper's model
 replacement sends ``γ (X - G)`` with ``γ = n / η`` (``n`` clients averaged, server learning rate
-``η``), so that the average lands on the backdoored model ``X``. Here ``γ = boost``, by default
-the cohort size (``η = 1``, FedAvg's plain step).
+``η``), so that the average lands on the backdoored model ``X``. The paper has one attacker in a
+round; with ``m`` attackers expected in a cohort of ``n`` they share the replacement, so the
+default is ``γ = n / m`` (``η = 1``, FedAvg's plain step), or ``boost`` when given.
 
 The trigger is a ``patch × patch`` square of value ``value`` in the bottom-right corner of an
 image (the last two dimensions of a sample), or the last ``patch`` features of a flat sample.
@@ -66,7 +67,7 @@ class Backdoor(Attack):
         patch: side of the trigger square (or number of features of a flat sample).
         value: the trigger's input value (1.0 is white for inputs scaled to [0, 1]).
         poison_fraction: share ``p`` of the attacker's examples that carry the trigger.
-        boost: the factor ``γ`` of the update; ``None``: the cohort size.
+        boost: the factor ``γ`` of the update; ``None``: cohort size / expected attackers.
     """
 
     target: int = 0
@@ -97,7 +98,9 @@ class Backdoor(Attack):
 
     def forge(self, actx: AttackContext) -> Any:
         """The backdoored update times ``γ``."""
-        gamma = self.boost if self.boost is not None else float(actx.client.info.cohort_size)
+        gamma = self.boost
+        if gamma is None:
+            gamma = actx.client.info.cohort_size / max(1, actx.expected_attackers)
         return map_update(actx.honest, lambda t: t * gamma)
 
     def probe(self, model: nn.Module, x: Tensor, y: Tensor) -> Probe:
