@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fedkit.dpsgd import DPSGD, train_dpsgd
+
 LossHook = Callable[[nn.Module], Tensor]
 GradHook = Callable[[nn.Module], None]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -50,6 +52,8 @@ class LocalTraining:
         batch_size: mini-batch size; ``0`` means the full local dataset (one batch per epoch).
         momentum: heavy-ball momentum in [0, 1).
         weight_decay: L2 coefficient (>= 0), added to the gradient as ``torch.optim.SGD`` does.
+        dp: sample-level DP-SGD (per-sample clipping and noise, :mod:`fedkit.dpsgd`);
+            ``None``: plain SGD.
     """
 
     lr: float = 0.1
@@ -58,6 +62,7 @@ class LocalTraining:
     batch_size: int = 10
     momentum: float = 0.0
     weight_decay: float = 0.0
+    dp: DPSGD | None = None
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -135,6 +140,24 @@ def train_local(
     if not 0.0 < work_fraction <= 1.0:
         raise ValueError(f"work_fraction must be in (0, 1], got {work_fraction!r}")
     steps = max(1, int(cfg.planned_steps(n) * work_fraction))
+    if cfg.dp is not None:
+        if loss_hook is not None or grad_hook is not None:
+            raise ValueError("DP-SGD local training takes no loss or gradient hooks")
+        seen, mean = train_dpsgd(
+            model,
+            x,
+            y,
+            cfg.dp,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            generator=generator,
+            loss_fn=loss_fn,
+            steps=steps,
+            trainable=trainable,
+        )
+        return LocalStats(steps=steps, examples=seen, mean_loss=mean)
     named = [(k, p) for k, p in model.named_parameters() if trainable is None or trainable(k)]
     opt = torch.optim.SGD(
         [p for _, p in named],

@@ -141,3 +141,46 @@ def test_privacy_study_example_validates_and_every_dp_arm_plans() -> None:
             assert plan.accounting.sampling == "poisson"
             zs.append(plan.accounting.noise_multiplier)
     assert zs == [0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def _dpsgd_doc(executor: str = "serial") -> dict[str, Any]:
+    doc = tomllib.loads(TINY)
+    del doc["aggregator"]
+    doc["algorithm"]["local"]["dp"] = {
+        "noise_multiplier": 1.0,
+        "max_grad_norm": 1.0,
+        "noise_source": "seeded",
+    }
+    doc["run"].update(rounds=2, executor=executor)
+    return doc
+
+
+def test_dpsgd_run_records_the_per_client_epsilon_bound(tmp_path: Path) -> None:
+    """Sample-level DP-SGD from [algorithm.local.dp]: details hold dpsgd_epsilon_max, the largest
+    per-client ε over the clients' sizes after t + 1 rounds of their planned steps."""
+    from fedkit.data.spec import build_federated
+    from fedkit.data.store import ClientStore
+    from fedkit.dpsgd import DPSGD, client_epsilon
+
+    cfg = experiment_from_mapping(_dpsgd_doc(), name="dpsgd", study="s")
+    outcome, store = _run(_dpsgd_doc(), tmp_path)
+    assert outcome.status == "completed", outcome.error
+    clients = ClientStore.from_federated(build_federated(cfg.data))
+    dp = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0, noise_source="seeded")
+    sizes = {clients.num_examples(i) for i in range(clients.num_clients)}
+    local = cfg.algorithm.local  # type: ignore[union-attr]
+    assert local is not None
+    for t, row in enumerate(store.rounds(outcome.run_id)):
+        want = max(
+            client_epsilon(dp, sample_rate=min(10, n) / n, steps=local.planned_steps(n) * (t + 1))
+            for n in sizes
+            if n
+        )
+        assert row.details is not None
+        assert row.details["dpsgd_epsilon_max"] == pytest.approx(want, rel=1e-12)
+
+
+def test_dpsgd_is_refused_under_the_vectorised_executor(tmp_path: Path) -> None:
+    cfg = experiment_from_mapping(_dpsgd_doc("vectorized"), name="dpsgd", study="s")
+    with pytest.raises(ConfigError, match="DP-SGD"):
+        run_experiment(cfg, ResultsStore(results_path(tmp_path)))

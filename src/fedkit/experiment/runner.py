@@ -59,7 +59,7 @@ from fedkit.experiment.results import (
 from fedkit.local import LocalTraining
 from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, sha256
-from fedkit.privacy.plan import PrivacyPlan, plan_privacy
+from fedkit.privacy.plan import PrivacyPlan, dpsgd_probes, plan_privacy
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
@@ -382,6 +382,13 @@ def _run_federated(
     if not centralized:
         algorithm = build_algorithm(a)
         algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
+        local_dp = a.local is not None and a.local.dp is not None
+        if local_dp and cfg.run.executor == "vectorized":
+            raise ConfigError(
+                "algorithm.local.dp (DP-SGD) trains client by client: use run.executor = "
+                "'serial' or 'processes', not 'vectorized'"
+            )
+        sizes = [store.num_examples(i) for i in range(store.num_clients)]
         if cfg.attack is not None:
             algorithm = cfg.attack.wrap(
                 algorithm,
@@ -461,7 +468,11 @@ def _run_federated(
                 sampler=cfg.sampler,
                 callbacks=[recorder],
                 stop=privacy.stop,
-                probes=[*_probes(cfg, built, rounds), *privacy.probes],
+                probes=[
+                    *_probes(cfg, built, rounds),
+                    *privacy.probes,
+                    *dpsgd_probes(a.local, sizes),
+                ],
             )
             final, stopped = result.params, result.stopped
         return recorder.summary(final, time.perf_counter() - t0, stopped)

@@ -25,10 +25,8 @@ took part.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import dp_accounting as dpa
@@ -36,6 +34,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from fedkit.algorithm import RoundInfo
+from fedkit.dpsgd import quiet_absl
 from fedkit.params import Params
 from fedkit.privacy.gaussian import GaussianNoise
 
@@ -47,19 +46,6 @@ Sampling = Literal["poisson", "fixed"]
 def default_delta(num_clients: int) -> float:
     """``1 / N^1.1``: below ``1/N``, as a meaningful δ for ``N`` users must be."""
     return float(num_clients**-1.1)
-
-
-@contextlib.contextmanager
-def _quiet_absl() -> Iterator[None]:
-    """dp-accounting logs a warning for each fractional RDP order whose series it drops (the
-    order is then left out of the minimum, which only makes ε larger); keep those out of runs."""
-    log = logging.getLogger("absl")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -156,7 +142,7 @@ class PrivacyAccounting:
                 acc = RdpAccountant(neighboring_relation=self.neighboring)
             else:
                 acc = PLDAccountant(neighboring_relation=self.neighboring)
-            with _quiet_absl():
+            with quiet_absl():
                 acc.compose(self.event(), releases)
                 cached = float(acc.get_epsilon(self.delta))
             self._cache[releases] = cached

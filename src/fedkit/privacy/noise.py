@@ -18,43 +18,23 @@ least significant bits for differential privacy"); neither source addresses that
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Literal
 
 import torch
 
 from fedkit.aggregate import AggContext
+from fedkit.csprng import os_normal
 
 NoiseSource = Literal["auto", "seeded", "os"]
 NOISE_SOURCES: tuple[str, ...] = ("auto", "seeded", "os")
 STREAM = "dp-noise"
 """The name of the seeded stream (``AggContext.stream(STREAM)``)."""
 
-_TWO_POW_53 = float(2**53)
-
 
 def check_source(source: str) -> None:
     """Reject a noise-source name other than :data:`NOISE_SOURCES`."""
     if source not in NOISE_SOURCES:
         raise ValueError(f"noise_source must be one of {NOISE_SOURCES}, got {source!r}")
-
-
-def _os_uniform(n: int) -> torch.Tensor:
-    """``n`` float64 uniforms on (0, 1] from 53 bits of ``os.urandom`` each."""
-    raw = torch.frombuffer(bytearray(os.urandom(8 * n)), dtype=torch.int64)
-    bits = (raw >> 11) & ((1 << 53) - 1)  # arithmetic shift, then keep the 53 low bits
-    return (bits.double() + 1.0) / _TWO_POW_53
-
-
-def os_normal(shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Standard normal float64 samples from the OS CSPRNG (Box–Muller, see module docstring)."""
-    n = math.prod(shape)
-    if n == 0:
-        return torch.zeros(shape, dtype=torch.float64)
-    u1, u2 = _os_uniform(n), _os_uniform(n)
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
-    return z.reshape(shape)
 
 
 class NoiseDraw:

@@ -12,16 +12,21 @@ empty plan.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fedkit.algorithm import RoundInfo
+from fedkit.dpsgd import DPSGD, client_epsilon
+from fedkit.local import LocalTraining
+from fedkit.params import Params
 from fedkit.privacy.accounting import EpsilonProbe, PrivacyAccounting, Sampling
 from fedkit.privacy.chain import check_chain, find_noise, resolve
 from fedkit.privacy.poisson import PoissonSampler
 from fedkit.run import Probe
 from fedkit.sampling import ClientSampler, UniformSampler
 
-__all__ = ["PrivacyPlan", "plan_privacy", "sampling_of"]
+__all__ = ["ClientEpsilonProbe", "PrivacyPlan", "dpsgd_probes", "plan_privacy", "sampling_of"]
 
 
 def sampling_of(sampler: ClientSampler) -> Sampling:
@@ -93,3 +98,44 @@ def plan_privacy(
     return PrivacyPlan(
         aggregator=resolved, accounting=accounting, target_epsilon=noise.target_epsilon
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientEpsilonProbe:
+    """Run-loop probe of sample-level DP-SGD: ``dpsgd_epsilon_max``, the largest per-client ε
+    (examples of one client, :func:`fedkit.dpsgd.client_epsilon`) after round ``t``,
+    over every client, as if each had trained in all ``t + 1`` rounds so far (an upper bound
+    for clients that took part less often), and ``dpsgd_delta``.
+
+    Attributes:
+        local: the local-training settings (``local.dp`` set).
+        sizes: every client's number of training examples.
+    """
+
+    local: LocalTraining
+    sizes: tuple[int, ...]
+
+    def __call__(self, params: Params, info: RoundInfo) -> Mapping[str, float]:
+        """The bound after round ``info.round``."""
+        dp = self.local.dp
+        assert dp is not None
+        worst = 0.0
+        for n in sorted(set(self.sizes)):
+            if n == 0:
+                continue
+            b = n if self.local.batch_size == 0 else min(self.local.batch_size, n)
+            steps = self.local.planned_steps(n) * (info.round + 1)
+            worst = max(worst, _client_epsilon(dp, b / n, steps))
+        return {"dpsgd_epsilon_max": worst, "dpsgd_delta": dp.delta}
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_epsilon(dp: DPSGD, sample_rate: float, steps: int) -> float:
+    return client_epsilon(dp, sample_rate=sample_rate, steps=steps)
+
+
+def dpsgd_probes(local: LocalTraining | None, sizes: Sequence[int]) -> list[Probe]:
+    """``[ClientEpsilonProbe]`` when ``local`` trains with DP-SGD, else ``[]``."""
+    if local is None or local.dp is None:
+        return []
+    return [ClientEpsilonProbe(local, tuple(sizes))]
