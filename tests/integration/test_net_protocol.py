@@ -189,14 +189,15 @@ def test_mutual_tls_and_fail_fast(tmp_path: Path) -> None:
     c = Coordinator(Security(cert_dir=good_dir), require_tls=True)
     try:
         cl = CoordinatorClient(
-            c.address, client_id="0", security=Security(cert_dir=good_dir), tls_identity="worker-1"
+            c.address, client_id="1", security=Security(cert_dir=good_dir), tls_identity="worker-1"
         )
         cl.register()
-        c.open(1, ["0"])
+        c.open(1, ["1"])
         task = cl.get_task(wait_s=2)
         cl.push_result(task, encode(MODEL), compute_s=0)
-        assert set(c.broker.collect(want=1)) == {"0"}
-        assert c.broker._workers[cl.worker_id].tls_identity == "worker-1"
+        assert set(c.broker.collect(want=1)) == {"1"}
+        ident = c.broker._workers[cl.worker_id].identity
+        assert ident is not None and ident.name == "worker-1" and "1" in ident.clients
         # a worker certificate from another CA: fails fast, not after the whole retry budget
         rogue = CoordinatorClient(
             c.address,

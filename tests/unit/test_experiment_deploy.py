@@ -95,11 +95,13 @@ def test_deploy_commands_keep_their_flags() -> None:
 
     common = {"--experiment", "--data", "--verbose", "-v"}
     assert flags("coordinator") == common | {
-        "--listen", "--out", "--tls-dir", "--insecure", "--json", "--min-workers"
+        "--listen", "--out", "--tls-dir", "--insecure", "--json", "--min-workers", "--secret-file"
     }  # fmt: skip
     assert flags("worker") == common | {
         "--coordinator", "--client-id", "--tls-dir", "--tls-name", "--insecure", "--state-dir",
-        "--threads", "--attack", "--attack-set",
+        "--threads", "--attack", "--attack-set", "--secret-file",
     }  # fmt: skip
     assert flags("launch") == common | {"--workers", "--out", "--json"}
     assert flags("certs", "create") == {"--out", "--coordinator-host", "--workers", "--days"}
+    assert flags("certs", "issue") == {"--dir", "--name", "--clients", "--days"}
+    assert flags("secrets", "create") == {"--out", "--clients"}

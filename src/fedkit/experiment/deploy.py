@@ -39,6 +39,7 @@ from fedkit.experiment.deploy_results import ResultsRecorder
 from fedkit.experiment.runner import build_algorithm, model_init_seed
 from fedkit.net.coordinator import serve
 from fedkit.net.deployment import DeployError, Deployment, deploy_from_mapping
+from fedkit.net.identity import Enrolment, create_secrets, load_enrolment, read_secret
 from fedkit.net.results import Summary
 from fedkit.net.transport import Security
 from fedkit.net.worker import LocalData
@@ -153,8 +154,10 @@ def coordinate(
     data_root: Path | None = None,
     min_workers: int = 0,
     on_listening: Callable[[int], None] | None = None,
+    enrolment: Enrolment | None = None,
 ) -> Summary:
-    """Serve a loaded experiment file as a coordinator, recording into ``out_dir``."""
+    """Serve a loaded experiment file as a coordinator, recording into ``out_dir`` (with
+    ``enrolment``, workers must present their client id's enrolment secret)."""
     return serve(
         file.deployment,
         listen=listen,
@@ -164,6 +167,7 @@ def coordinate(
         min_workers=min_workers,
         on_listening=on_listening,
         recorder=results_recorder(file, out_dir),
+        enrolment=enrolment,
     )
 
 
@@ -176,8 +180,10 @@ def run_coordinator(
     security: Security | None = None,
     threads: int = 1,
     min_workers: int = 0,
+    secret_file: Path | None = None,
 ) -> Summary:
-    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end."""
+    """Load the experiment file, serve it, and write ``OUT/summary.json`` at the end
+    (``secret_file``: the run secret of ``fedkit secrets create``; workers must enrol)."""
     torch.set_num_threads(max(1, threads))
     summary = coordinate(
         read_deployment(experiment),
@@ -186,6 +192,7 @@ def run_coordinator(
         out_dir=out_dir,
         data_root=data_root,
         min_workers=min_workers,
+        enrolment=None if secret_file is None else load_enrolment(secret_file),
     )
     write_atomic(out_dir / "summary.json", json.dumps(dataclasses.asdict(summary)).encode())
     return summary
@@ -203,13 +210,16 @@ def run_worker(
     threads: int = 1,
     give_up_s: float = 120.0,
     attack: AttackSettings | None = None,
+    secret_file: Path | None = None,
 ) -> int:
     """Load the experiment file and serve one client until the run ends (rounds accepted).
 
     The client attacks when the file's ``[attack]`` names it among the attackers, or when
     ``attack`` (``fedkit worker --attack``) is given: that attack then replaces the file's.
+    ``secret_file`` holds this client id's enrolment secret (``client-<id>.secret``).
     """
     file = read_deployment(experiment)
+    secret = "" if secret_file is None else read_secret(secret_file)
     return serve_worker(
         coordinator=coordinator,
         exp=file.deployment,
@@ -220,6 +230,7 @@ def run_worker(
         state_dir=state_dir,
         threads=threads,
         give_up_s=give_up_s,
+        enrolment_secret=secret,
         adapt=attack_adapter(attack or file.config.attack, file.config.run.seed, client_id),
     )
 
@@ -250,7 +261,12 @@ def attack_adapter(
 
 
 def worker_command(
-    *, address: str, experiment: Path, client_id: int, data_root: Path | None
+    *,
+    address: str,
+    experiment: Path,
+    client_id: int,
+    data_root: Path | None,
+    secret_file: Path | None = None,
 ) -> list[str]:
     """The command line of one local worker process (``python -m fedkit worker …``)."""
     cmd = [
@@ -259,6 +275,8 @@ def worker_command(
     ]  # fmt: skip
     if data_root is not None:
         cmd += ["--data", str(data_root)]
+    if secret_file is not None:
+        cmd += ["--secret-file", str(secret_file)]
     return cmd
 
 
@@ -281,7 +299,8 @@ def launch(
 
     The coordinator runs in this process on a free loopback port; each worker is a separate Python
     process (one torch thread each) serving one client id, with its log in
-    ``OUT/worker-<id>.log``.
+    ``OUT/worker-<id>.log``. Fresh enrolment secrets are made in ``OUT/secrets`` (mode 0600)
+    and each worker is given its own, so no other local process can take a client id.
     """
     num_clients = file.deployment.data.num_clients
     if workers != num_clients:
@@ -290,6 +309,8 @@ def launch(
             "serves one client id"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    secrets_dir = out_dir / "secrets"
+    create_secrets(secrets_dir, clients=workers)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start_workers(port: int) -> None:
@@ -300,6 +321,7 @@ def launch(
                 experiment=experiment_path,
                 client_id=cid,
                 data_root=data_root,
+                secret_file=secrets_dir / f"client-{cid}.secret",
             )
             procs.append(
                 subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env())
@@ -315,6 +337,7 @@ def launch(
             data_root=data_root,
             on_listening=start_workers,
             min_workers=workers,
+            enrolment=load_enrolment(secrets_dir / "run.secret"),
         )
     finally:
         for p in procs:

@@ -1,4 +1,4 @@
-"""``fedkit coordinator | worker | launch | certs``: the deployment commands.
+"""``fedkit coordinator | worker | launch | certs | secrets``: the deployment commands.
 
 Mounted by :mod:`fedkit.cli` (``fedkit …`` or ``python -m fedkit …``). They read experiment files
 (:mod:`fedkit.experiment.deploy`) and hand typed objects to :mod:`fedkit.net`.
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment over gRPC.")
 certs_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment certificates.")
+secrets_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Enrolment secrets (plaintext mode)."
+)
 
 ExperimentOpt = Annotated[Path, typer.Option("--experiment", help="Experiment TOML file.")]
 DataOpt = Annotated[
@@ -32,6 +35,14 @@ TlsOpt = Annotated[
 ]
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback address.")
+]
+SecretOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--secret-file",
+        help="Enrolment secret made by `fedkit secrets create` (coordinator: run.secret; "
+        "worker: client-<id>.secret).",
+    ),
 ]
 
 
@@ -96,6 +107,7 @@ def coordinator(
     min_workers: Annotated[
         int, typer.Option("--min-workers", help="Wait for this many workers before round 0.")
     ] = 0,
+    secret_file: SecretOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
@@ -103,15 +115,22 @@ def coordinator(
 
     from fedkit.checkpoint import CheckpointError
     from fedkit.experiment.deploy import coordinate
+    from fedkit.net.deployment import DeployError
     from fedkit.net.executor import QuorumError
+    from fedkit.net.identity import IdentityError, load_enrolment
 
     _logging(verbose)
     exp = _load(experiment)
     sec = _security(tls_dir, insecure)
     try:
+        enrolment = None if secret_file is None else load_enrolment(secret_file)
         summary = coordinate(
-            exp, listen=listen, security=sec, out_dir=out, data_root=data, min_workers=min_workers
-        )
+            exp, listen=listen, security=sec, out_dir=out, data_root=data,
+            min_workers=min_workers, enrolment=enrolment,
+        )  # fmt: skip
+    except (DeployError, IdentityError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (PermissionError, FileNotFoundError, OSError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -154,6 +173,7 @@ def worker(
         list[str] | None,
         typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
     ] = None,
+    secret_file: SecretOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
@@ -161,7 +181,9 @@ def worker(
     from fedkit.experiment.attack import AttackSettings
     from fedkit.experiment.config import ConfigError, parse_overrides
     from fedkit.experiment.deploy import ExperimentError, run_worker
+    from fedkit.net.deployment import DeployError
     from fedkit.net.errors import NetError, TLSHandshakeError
+    from fedkit.net.identity import IdentityError
 
     _logging(verbose)
     settings = None
@@ -185,8 +207,9 @@ def worker(
             state_dir=state_dir,
             threads=threads,
             attack=settings,
+            secret_file=secret_file,
         )
-    except ExperimentError as exc:
+    except (ExperimentError, DeployError, IdentityError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except (
@@ -247,10 +270,53 @@ def certs_create(
     )
 
 
+@certs_app.command("issue")
+def certs_issue(
+    cert_dir: Annotated[
+        Path, typer.Option("--dir", help="Directory of `fedkit certs create` (ca.pem, ca.key).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Certificate name (NAME.pem, NAME.key).")],
+    clients: Annotated[str, typer.Option("--clients", help="Client ids it may serve, e.g. 0,2-4.")],
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 365,
+) -> None:
+    """Issue a worker certificate for a set of client ids (one machine serving several)."""
+    from fedkit.net.identity import ClientIds
+    from fedkit.net.tls import issue_worker
+
+    try:
+        files = issue_worker(cert_dir, name, ClientIds.parse(clients), days=days)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {files[0]} and {files[1]} (clients {ClientIds.parse(clients)})")
+
+
+@secrets_app.command("create")
+def secrets_create(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write into.")],
+    clients: Annotated[int, typer.Option("--clients", help="Number of client ids (0..N-1).")],
+) -> None:
+    """Create a run secret (coordinator) and one enrolment secret per client id (workers)."""
+    from fedkit.net.identity import create_secrets
+
+    try:
+        files = create_secrets(out, clients=clients)
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"wrote {len(files)} files to {out} (mode 0600): run.secret for the coordinator "
+        "(--secret-file), client-<id>.secret for worker <id> only"
+    )
+
+
 app.add_typer(certs_app, name="certs")
+app.add_typer(secrets_app, name="secrets")
 
 
 def register(root: typer.Typer) -> None:
-    """Add ``coordinator``, ``worker``, ``launch`` and ``certs`` to the ``fedkit`` application."""
+    """Add ``coordinator``, ``worker``, ``launch``, ``certs`` and ``secrets`` to the ``fedkit``
+    application."""
     root.registered_commands.extend(app.registered_commands)
     root.add_typer(certs_app, name="certs")
+    root.add_typer(secrets_app, name="secrets")

@@ -6,12 +6,21 @@ Tasks are keyed by client id: whichever authenticated worker serves that client 
 worker re-registers and takes over) gets the task. Results are refused with a typed error when
 they are unauthenticated, for another run, stale, duplicate (first wins), late, oversized (checked
 against the declared size before anything is buffered), corrupted or of the wrong schema.
+
+Client ids are bound to identities (:mod:`fedkit.net.identity`): under mutual TLS a call is
+accepted only for a client id the peer's certificate names; in plaintext mode with an
+:class:`~fedkit.net.identity.Enrolment` a registration must carry the client id's enrolment
+secret. A worker that keeps missing its tasks — ``max_missed_tasks`` rounds in a row closed
+without its result while it still heartbeats — is *suspended*: no round waits for it, and
+over-selection and federated evaluation pass it by, until it pushes a result again (even a late
+one) or registers again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -21,7 +30,10 @@ from dataclasses import dataclass, field
 
 from fedkit.net.codec import Buffer, Reassembler
 from fedkit.net.errors import ErrorCode, NetError
+from fedkit.net.identity import Enrolment, PeerIdentity
 from fedkit.net.proto import fedkit_pb2 as pb
+
+log = logging.getLogger("fedkit.coordinator")
 
 
 @dataclass(kw_only=True)
@@ -31,8 +43,10 @@ class WorkerRecord:
     worker_id: str
     client_id: str
     token: str
-    tls_identity: str | None
+    identity: PeerIdentity | None
     last_seen: float
+    missed: int = 0
+    """Rounds in a row that closed without this worker's result for its task."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +123,9 @@ class Broker:
         require_tls_identity: Whether every call must carry a client certificate (mutual TLS).
         experiment_digest: SHA-256 of the experiment file; workers with another digest are refused.
         num_clients: Size of the client population; client ids must be ``0..num_clients-1``.
+        enrolment: When set, a registration must carry the client id's enrolment secret.
+        max_missed_tasks: Suspend a worker after this many rounds in a row closed without its
+            result (0: never).
     """
 
     def __init__(
@@ -121,8 +138,12 @@ class Broker:
         require_tls_identity: bool = False,
         experiment_digest: str = "",
         num_clients: int | None = None,
+        enrolment: Enrolment | None = None,
+        max_missed_tasks: int = 0,
     ) -> None:
         self.run_id = run_id
+        self.enrolment = enrolment
+        self.max_missed_tasks = max_missed_tasks
         self.num_clients = num_clients
         self.max_result_bytes = max_result_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -142,8 +163,8 @@ class Broker:
         """Recent refusals (who, code), for logs and tests."""
 
     # ----------------------------------------------------------------- authentication
-    def _authenticate(self, header: pb.Header, tls_identity: str | None) -> WorkerRecord:
-        if self.require_tls_identity and tls_identity is None:
+    def _authenticate(self, header: pb.Header, identity: PeerIdentity | None) -> WorkerRecord:
+        if self.require_tls_identity and identity is None:
             raise NetError(ErrorCode.UNAUTHENTICATED, "no client certificate on this call")
         rec = self._workers.get(header.worker_id)
         if rec is None:
@@ -152,8 +173,13 @@ class Broker:
             )
         if not hmac.compare_digest(rec.token.encode(), header.token.encode()):
             raise NetError(ErrorCode.UNAUTHENTICATED, "wrong or missing token")
-        if rec.tls_identity != tls_identity:
+        if _fingerprint(rec.identity) != _fingerprint(identity):
             raise NetError(ErrorCode.UNAUTHENTICATED, "TLS identity differs from registration")
+        if identity is not None and rec.client_id not in identity.clients:
+            raise NetError(
+                ErrorCode.UNAUTHENTICATED,
+                f"certificate {identity.name!r} does not name client {rec.client_id}",
+            )
         if header.run_id != self.run_id:
             raise NetError(ErrorCode.RUN_MISMATCH, f"run {header.run_id!r} is not {self.run_id!r}")
         rec.last_seen = time.monotonic()
@@ -164,15 +190,17 @@ class Broker:
         return err
 
     # ----------------------------------------------------------------- servicer side
-    def register(self, req: pb.RegisterRequest, tls_identity: str | None) -> pb.RegisterReply:
+    def register(self, req: pb.RegisterRequest, identity: PeerIdentity | None) -> pb.RegisterReply:
         """Admit a worker serving ``req.client_id``.
 
+        The client id must be one the peer's certificate names (mutual TLS) and, with an
+        enrolment, the request must carry its enrolment secret; otherwise ``UNAUTHENTICATED``.
         An earlier worker of that client is replaced when it has gone silent (or, under mutual
         TLS, when the same certificate registers again: the worker restarted); while it is live
         the newcomer is refused with ``CLIENT_TAKEN``.
         """
         with self._lock:
-            if self.require_tls_identity and tls_identity is None:
+            if self.require_tls_identity and identity is None:
                 raise self._reject(
                     "register", NetError(ErrorCode.UNAUTHENTICATED, "no client cert")
                 )
@@ -192,15 +220,37 @@ class Broker:
                     ),
                 )
             n = self.num_clients
-            if not (req.client_id.isdigit() and (n is None or int(req.client_id) < n)):
+            cid = req.client_id
+            canonical = cid.isascii() and cid.isdigit() and len(cid) < 12 and str(int(cid)) == cid
+            if not (canonical and (n is None or int(cid) < n)):
                 allowed = "a non-negative integer" if n is None else f"0..{n - 1}"
                 raise self._reject(
                     "register",
-                    NetError(ErrorCode.MALFORMED, f"client id {req.client_id!r} is not {allowed}"),
+                    NetError(ErrorCode.MALFORMED, f"client id {cid!r} is not {allowed}"),
+                )
+            if identity is not None and cid not in identity.clients:
+                raise self._reject(
+                    "register",
+                    NetError(
+                        ErrorCode.UNAUTHENTICATED,
+                        f"certificate {identity.name!r} may serve clients {identity.clients}, "
+                        f"not client {cid}",
+                    ),
+                )
+            if self.enrolment is not None and not self.enrolment.admits(cid, req.enrolment_secret):
+                raise self._reject(
+                    "register",
+                    NetError(
+                        ErrorCode.UNAUTHENTICATED,
+                        f"client {cid}: enrolment secret missing or wrong (give the worker "
+                        f"client-{cid}.secret with --secret-file)",
+                    ),
                 )
             old = self._workers.get(self._by_client.get(req.client_id, ""))
             if old is not None:
-                same_cert = tls_identity is not None and old.tls_identity == tls_identity
+                same_cert = identity is not None and _fingerprint(old.identity) == _fingerprint(
+                    identity
+                )
                 same_worker = old.worker_id == req.header.worker_id and hmac.compare_digest(
                     old.token.encode(), req.header.token.encode()
                 )  # the same worker registering again (e.g. after a lost reply)
@@ -222,7 +272,7 @@ class Broker:
                 worker_id=worker_id,
                 client_id=req.client_id,
                 token=token,
-                tls_identity=tls_identity,
+                identity=identity,
                 last_seen=time.monotonic(),
             )
             self._by_client[req.client_id] = worker_id
@@ -236,18 +286,20 @@ class Broker:
                 max_payload_bytes=self.max_result_bytes,
             )
 
-    def heartbeat(self, req: pb.HeartbeatRequest, tls_identity: str | None) -> pb.HeartbeatReply:
+    def heartbeat(
+        self, req: pb.HeartbeatRequest, identity: PeerIdentity | None
+    ) -> pb.HeartbeatReply:
         """Refresh a worker's liveness."""
         with self._lock:
             try:
-                self._authenticate(req.header, tls_identity)
+                self._authenticate(req.header, identity)
             except NetError as err:
                 raise self._reject("heartbeat", err) from None
             rnd = self._round.round if self._round is not None else max(self._last_round, 0)
             return pb.HeartbeatReply(error=pb.Error(code=pb.OK), round=rnd)
 
     def next_task(
-        self, req: pb.GetTaskRequest, tls_identity: str | None, *, max_wait_s: float = 5.0
+        self, req: pb.GetTaskRequest, identity: PeerIdentity | None, *, max_wait_s: float = 5.0
     ) -> tuple[pb.TaskInfo, list[bytes]]:
         """The worker's task for the open round, waiting up to ``wait_s`` for one to appear.
 
@@ -257,7 +309,7 @@ class Broker:
         with self._lock:
             while True:
                 try:
-                    rec = self._authenticate(req.header, tls_identity)
+                    rec = self._authenticate(req.header, identity)
                 except NetError as err:
                     raise self._reject("get_task", err) from None
                 if self._shutdown:
@@ -295,7 +347,7 @@ class Broker:
         self,
         info: pb.ResultInfo,
         chunks: Iterator[pb.Chunk],
-        tls_identity: str | None,
+        identity: PeerIdentity | None,
         *,
         limit: Callable[[float], None] | None = None,
     ) -> None:
@@ -308,7 +360,8 @@ class Broker:
         """
         with self._lock:
             try:
-                rec = self._authenticate(info.header, tls_identity)
+                rec = self._authenticate(info.header, identity)
+                rec.missed = 0  # it answers (even late): back in selection
                 rnd0, _ = self._task_for(rec, info)
                 deadline = rnd0.deadline
                 if limit is not None:
@@ -392,16 +445,33 @@ class Broker:
         return rnd, task
 
     # ----------------------------------------------------------------- executor side
+    def _suspended(self, w: WorkerRecord) -> bool:
+        return 0 < self.max_missed_tasks <= w.missed
+
     def _live(self, now: float) -> set[str]:
-        return {w.client_id for w in self._workers.values() if now - w.last_seen <= self.liveness_s}
+        """Clients whose worker was heard from within the liveness window and is not
+        suspended."""
+        return {
+            w.client_id
+            for w in self._workers.values()
+            if now - w.last_seen <= self.liveness_s and not self._suspended(w)
+        }
 
     def live_clients(self) -> set[str]:
-        """Client ids whose worker was heard from within the liveness window."""
+        """Client ids whose worker was heard from within the liveness window (suspended workers
+        excluded, see module docstring)."""
         with self._lock:
             return self._live(time.monotonic())
 
+    def suspended_clients(self) -> set[str]:
+        """Client ids whose worker is suspended for missing ``max_missed_tasks`` tasks in a
+        row."""
+        with self._lock:
+            return {w.client_id for w in self._workers.values() if self._suspended(w)}
+
     def wait_for_clients(self, wanted: set[str], need: int, timeout_s: float) -> set[str]:
-        """Wait until at least ``need`` of the ``wanted`` clients are live, or ``timeout_s``.
+        """Wait until at least ``need`` of the ``wanted`` clients are live, or ``timeout_s``
+        (a suspended client is not waited for).
 
         Returns the live clients among ``wanted``.
         """
@@ -410,7 +480,12 @@ class Broker:
             while True:
                 live = self._live(time.monotonic()) & wanted
                 left = end - time.monotonic()
-                if len(live) >= need or left <= 0:
+                waitable = len(wanted) - sum(
+                    1
+                    for w in self._workers.values()
+                    if w.client_id in wanted and self._suspended(w)
+                )
+                if len(live) >= min(need, waitable) or left <= 0:
                     return live
                 self._lock.wait(min(left, 0.5))
 
@@ -447,6 +522,9 @@ class Broker:
         the lock, so workers keep being served) and the broker drops its payload right after,
         so the caller can fold results in without the round holding every payload at once.
 
+        A round that closes short of ``want`` counts a missed task for every worker whose task
+        got no result (and was not refused); ``max_missed_tasks`` of them in a row suspend it.
+
         Returns the accepted results by client id (without payloads when ``on_result`` took them).
         """
         handed = 0
@@ -473,6 +551,8 @@ class Broker:
                     break
                 self._lock.wait(min(left, 0.25))
             rnd.closed = True
+            if len(rnd.results) < min(want, len(rnd.tasks)):
+                self._count_misses(rnd)
             self._last_round = rnd.round
             self._round = None
             self._result_check = None
@@ -480,6 +560,24 @@ class Broker:
         if on_result is not None:  # the round is closed: nothing arrives any more
             self._hand_over(rnd, rest, on_result)
         return dict(rnd.results)
+
+    def _count_misses(self, rnd: _Round) -> None:
+        """Count a miss for each worker whose task of the closed round got no result."""
+        for c, task in rnd.tasks.items():
+            if task.done or c in rnd.refused:
+                continue
+            w = self._workers.get(self._by_client.get(c, ""))
+            if w is None:
+                continue
+            w.missed += 1
+            if w.missed == self.max_missed_tasks:
+                log.warning(
+                    "client %s (worker %s) missed %d tasks in a row: no round waits for it until "
+                    "it answers or registers again",
+                    c,
+                    w.worker_id,
+                    w.missed,
+                )
 
     def _hand_over(
         self, rnd: _Round, clients: list[str], on_result: Callable[[Result], None]
@@ -503,6 +601,10 @@ class Broker:
                 if live <= self._told_to_stop or now >= end:
                     return
                 self._lock.wait(min(end - now, 0.25))
+
+
+def _fingerprint(identity: PeerIdentity | None) -> str | None:
+    return None if identity is None else identity.fingerprint
 
 
 def rec_name(info: pb.ResultInfo) -> str:

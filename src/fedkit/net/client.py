@@ -49,6 +49,8 @@ class CoordinatorClient:
         retry: Backoff policy for transient failures.
         experiment_digest: SHA-256 of the experiment file, checked by the coordinator.
         rpc_timeout_s: Deadline of each unary call.
+        enrolment_secret: This client id's enrolment secret (hex), sent when registering; needed
+            when the coordinator requires enrolment (:mod:`fedkit.net.identity`).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class CoordinatorClient:
         retry: RetryPolicy | None = None,
         experiment_digest: str = "",
         rpc_timeout_s: float = 30.0,
+        enrolment_secret: str = "",
     ) -> None:
         self.address = address
+        self.enrolment_secret = enrolment_secret
         self.client_id = client_id
         self.retry = retry or RetryPolicy()
         self.experiment_digest = experiment_digest
@@ -102,6 +106,7 @@ class CoordinatorClient:
                 header=self.header(),  # a worker registering again proves it is the same one
                 client_id=self.client_id,
                 experiment_digest=self.experiment_digest,
+                enrolment_secret=self.enrolment_secret,
             )
             reply: pb.RegisterReply = self._stub.Register(req, timeout=self.rpc_timeout_s)
             return reply

@@ -23,9 +23,10 @@ from pathlib import Path
 from fedkit.client import prepared_template
 from fedkit.data.spec import build_federated
 from fedkit.net.broker import Broker
-from fedkit.net.deployment import Deployment
+from fedkit.net.deployment import DeployError, Deployment
 from fedkit.net.executor import RemoteExecutor
 from fedkit.net.guard import StreamGuard
+from fedkit.net.identity import Enrolment
 from fedkit.net.results import NullRecorder, RunRecorder, Summary
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
@@ -52,14 +53,35 @@ def serve(
     shutdown_grace_s: float = 10.0,
     min_workers: int = 0,
     recorder: RunRecorder | None = None,
+    enrolment: Enrolment | None = None,
 ) -> Summary:
     """Run the experiment as a coordinator (see module docstring).
 
     With ``min_workers``, round 0 waits (up to ``deploy.select_timeout_s``) until that many
     workers have registered, so that every launched worker takes part from the start.
     ``recorder`` receives every round (default: recorded in ``coordinator.db`` only).
+    With ``enrolment`` every worker must register with its client id's enrolment secret
+    (required when ``deploy.enrolment = "secret"``).
+
+    Raises:
+        DeployError: the data or the model cannot be built from the experiment (e.g. a model
+            option of the wrong type), or enrolment is required but no secret was given.
     """
     t0 = time.perf_counter()
+    if exp.deploy.enrolment == "secret" and enrolment is None:
+        raise DeployError(
+            'deploy.enrolment = "secret" needs the run secret: pass --secret-file (made by '
+            "`fedkit secrets create`)"
+        )
+    try:  # built once, before any state is written
+        fd = build_federated(exp.data, data_root)
+    except ValueError as exc:
+        raise DeployError(f"data: {exc}") from None
+    ds = fd.dataset
+    try:
+        model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
+    except (ValueError, TypeError) as exc:
+        raise DeployError(f"model: {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     db = CoordinatorDB(out_dir / "coordinator.db")
     run_id = db.run_id(exp.digest)
@@ -67,9 +89,6 @@ def serve(
     known = db.get_meta("results_run_id")
     results_run_id = recorder.start(int(known) if known else None, db.completed_rounds())
     db.set_meta("results_run_id", str(results_run_id))
-    fd = build_federated(exp.data, data_root)
-    ds = fd.dataset
-    model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
     init = exp.initial_params(model)
     algorithm = exp.algorithm
     # the update every worker's result must match: names, dtypes, shapes (no training needed)
@@ -85,6 +104,8 @@ def serve(
         require_tls_identity=security.tls,
         experiment_digest=exp.digest,
         num_clients=len(fd.train_parts),
+        enrolment=enrolment,
+        max_missed_tasks=s.max_missed_tasks,
     )
     # Each worker holds at most a long poll and a push at once (2n + 8 threads); pending result
     # streams (first message not yet in) are capped apart, so a flood of them never takes the

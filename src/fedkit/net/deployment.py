@@ -23,6 +23,7 @@ from fedkit.params import Params, model_params
 from fedkit.sampling import ClientSampler, UniformSampler
 
 ON_ABORT = ("skip", "stop")
+ENROLMENT = ("none", "secret")
 
 
 class DeployError(ValueError):
@@ -53,6 +54,12 @@ class DeploySettings:
             stream's first message must arrive within it (connection exhaustion).
         max_pending_streams: Result streams one peer (its address, or its certificate under
             mutual TLS) may hold open before they are authenticated; more are refused at once.
+        max_missed_tasks: A worker whose tasks got no result this many rounds in a row (while
+            it heartbeats) is suspended: no round waits for it, over-selection and federated
+            evaluation pass it by, until it answers or registers again (0: never suspend).
+        enrolment: ``"none"``, or ``"secret"``: in plaintext mode every worker must register
+            with its client id's enrolment secret (``fedkit secrets create``; the coordinator
+            refuses to start without ``--secret-file``).
     """
 
     deadline_s: float = 120.0
@@ -69,12 +76,16 @@ class DeploySettings:
     max_client_examples: int = 100_000_000
     stream_idle_s: float = 10.0
     max_pending_streams: int = 4
+    max_missed_tasks: int = 3
+    enrolment: Literal["none", "secret"] = "none"
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _NUMBERS.items():
             _check_number(name, getattr(self, name), lo, hi, integer=name in _INTEGERS)
         if self.quorum <= 0:
             raise DeployError(f"deploy.quorum = {self.quorum!r}: must be in (0, 1]")
+        if self.enrolment not in ENROLMENT:
+            raise DeployError(f"deploy.enrolment = {self.enrolment!r}: allowed {ENROLMENT}")
         if self.on_abort not in ON_ABORT:
             raise DeployError(f"deploy.on_abort = {self.on_abort!r}: allowed {ON_ABORT}")
         if not isinstance(self.balance_stragglers, bool):
@@ -162,9 +173,10 @@ _NUMBERS: dict[str, tuple[float, float]] = {
     "max_client_examples": (1, 1 << 53),
     "stream_idle_s": (1e-3, 3_600.0),
     "max_pending_streams": (1, 10_000),
+    "max_missed_tasks": (0, 1_000),
 }
 """Allowed closed range of every numeric ``[deploy]`` key (booleans are not numbers here)."""
-_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams"}
+_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams", "max_missed_tasks"}
 
 
 def _check_number(name: str, v: object, lo: float, hi: float, *, integer: bool) -> None:

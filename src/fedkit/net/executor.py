@@ -5,7 +5,9 @@ run loop (:func:`fedkit.run.run`) exactly as the simulator does. One round:
 
 1. wait (up to ``select_timeout_s``) until enough selected clients have a live worker;
 2. over-selection: with ``over_selection > 1``, extra clients (drawn from the server RNG stream of
-   the round) are asked too and the first ``clients_per_round`` results win;
+   the round) are asked too and the first ``clients_per_round`` results win; a cohort member whose
+   worker is suspended (it kept missing its tasks, see :class:`~fedkit.net.broker.Broker`) gets a
+   stand-in drawn the same way, so it no longer makes the round wait its deadline;
 3. the broadcast message is encoded once (safetensors chunks) and published with a deadline;
 4. results are validated as they stream in (see :class:`~fedkit.net.broker.Broker`); the phase
    ends when enough results arrived, every outstanding worker is gone, or the deadline passes;
@@ -98,7 +100,11 @@ class RemoteExecutor:
         return self._num_clients
 
     def _extras(self, cohort: Sequence[int], info: RoundInfo) -> list[int]:
+        """Over-selected clients, plus one stand-in per suspended cohort member (a worker that
+        kept missing its tasks), drawn from the live clients outside the cohort."""
+        suspended = {int(c) for c in self.broker.suspended_clients() if c.isdigit()}
         want = math.ceil(self.settings.over_selection * len(cohort)) - len(cohort)
+        want += len(suspended & set(cohort))
         if want <= 0:
             return []
         live = {int(c) for c in self.broker.live_clients() if c.isdigit()}

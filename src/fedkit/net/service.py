@@ -4,6 +4,9 @@ Every refusal is answered with a typed ``Error`` in the reply (never an exceptio
 worker can react to the code. Streams are guarded (:mod:`fedkit.net.guard`): a peer may hold only
 a few result streams whose first message has not arrived (a newer one evicts its oldest), and
 every stream is cancelled after ``idle_s`` without a message or at its round's deadline.
+Under mutual TLS every call's certificate is read (:func:`fedkit.net.tls.peer_identity`): one that
+may serve no client (a CA certificate, the coordinator's, one naming no client ids) is refused
+with ``UNAUTHENTICATED`` before the broker sees the call.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import grpc
 from fedkit.net.broker import Broker
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.guard import StreamGuard
+from fedkit.net.identity import IdentityError, PeerIdentity
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
-from fedkit.net.tls import peer_common_name
+from fedkit.net.tls import peer_identity
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 """``fedkit.net.v1.Coordinator``."""
@@ -35,7 +39,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.RegisterReply:
         """Admit a worker and issue its per-run token."""
         try:
-            return self.broker.register(request, peer_common_name(context))
+            return self.broker.register(request, _identity(context))
         except NetError as err:
             return pb.RegisterReply(error=err.to_proto())
 
@@ -44,7 +48,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> Iterator[pb.TaskPart | bytes]:
         """Stream the worker's task info, then its payload chunks (already serialised)."""
         try:
-            info, wire = self.broker.next_task(request, peer_common_name(context))
+            info, wire = self.broker.next_task(request, _identity(context))
         except NetError as err:
             yield pb.TaskPart(info=pb.TaskInfo(error=err.to_proto()))
             return
@@ -61,8 +65,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self, request_iterator: Iterator[pb.ResultPart], context: grpc.ServicerContext
     ) -> pb.Ack:
         """Receive one result: a ResultInfo, then its chunks (guarded, see module docstring)."""
-        identity = peer_common_name(context)
-        peer = identity if identity is not None else peer_host(context.peer())
+        try:
+            identity = _identity(context)
+        except NetError as err:  # refused before a message is read: nothing is held
+            return pb.Ack(error=err.to_proto())
+        peer = identity.fingerprint if identity is not None else peer_host(context.peer())
         watch = self.guard.watch(context, pending_peer=peer)
         try:
             first = next(request_iterator, None)
@@ -95,9 +102,18 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     ) -> pb.HeartbeatReply:
         """Refresh liveness."""
         try:
-            return self.broker.heartbeat(request, peer_common_name(context))
+            return self.broker.heartbeat(request, _identity(context))
         except NetError as err:
             return pb.HeartbeatReply(error=err.to_proto())
+
+
+def _identity(context: grpc.ServicerContext) -> PeerIdentity | None:
+    """The call's worker identity (None without mutual TLS); a certificate that may serve no
+    client is ``UNAUTHENTICATED``."""
+    try:
+        return peer_identity(context)
+    except IdentityError as exc:
+        raise NetError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
 
 
 def peer_host(peer: str) -> str:

@@ -2,9 +2,11 @@
 
 ``fedkit certs create`` makes a small private PKI with ``cryptography``: a CA, one server
 certificate for the coordinator (its host names / IPs as subject alternative names, plus
-localhost) and one client certificate per worker (common name ``worker-<i>``). The coordinator
-requires a client certificate signed by the CA (mutual TLS) and takes a worker's identity from the
-certificate's common name. Private keys are written with mode 0600.
+localhost) and one client certificate per worker (common name ``worker-<i>``, serving client id
+*i*: SAN URI ``fedkit:client:<i>``). ``fedkit certs issue`` adds a worker certificate for any set of
+client ids (``--clients 0,2-4``) with the same CA. The coordinator requires a client certificate
+signed by the CA (mutual TLS) and lets it serve only the client ids it names
+(:mod:`fedkit.net.identity`). Private keys are written with mode 0600.
 
 Layout of a certificate directory::
 
@@ -24,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedkit.net.identity import ClientIds, IdentityError, PeerIdentity, identity_of
 
 COORDINATOR_NAME = "fedkit-coordinator"
 
@@ -70,6 +74,7 @@ def _issue(
     ca_name: x509.Name,
     days: int,
     server_hosts: list[str] | None,
+    clients: ClientIds | None = None,
 ) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -91,6 +96,9 @@ def _issue(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
+        uris = [x509.UniformResourceIdentifier(u) for u in (clients or ClientIds()).uris()]
+        if uris:
+            builder = builder.add_extension(x509.SubjectAlternativeName(uris), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
 
 
@@ -102,7 +110,8 @@ def create_certs(
     Args:
         out: Directory to write into (created if missing).
         coordinator_hosts: Host names or IP addresses workers use to reach the coordinator.
-        workers: Number of worker certificates (``worker-0`` ... ``worker-<N-1>``).
+        workers: Number of worker certificates (``worker-0`` ... ``worker-<N-1>``; worker *i*
+            may serve client id *i*).
         days: Validity period.
 
     Returns:
@@ -149,16 +158,58 @@ def create_certs(
         written.extend([out / f"{name}.pem", out / f"{name}.key"])
 
     emit("ca", ca_cert, ca_key)
-    parties: list[tuple[str, list[str] | None]] = [("coordinator", coordinator_hosts)]
-    parties += [(f"worker-{i}", None) for i in range(workers)]
-    for name, hosts in parties:
+    key = _key()
+    cert = _issue(
+        subject=COORDINATOR_NAME, key=key, ca_key=ca_key, ca_name=ca_name, days=days,
+        server_hosts=coordinator_hosts,
+    )  # fmt: skip
+    emit("coordinator", cert, key)
+    for i in range(workers):
         key = _key()
-        subject = COORDINATOR_NAME if hosts is not None else name
+        ids = ClientIds.of([(i, i)])
         cert = _issue(
-            subject=subject, key=key, ca_key=ca_key, ca_name=ca_name, days=days, server_hosts=hosts
-        )
-        emit(name, cert, key)
+            subject=f"worker-{i}", key=key, ca_key=ca_key, ca_name=ca_name, days=days,
+            server_hosts=None, clients=ids,
+        )  # fmt: skip
+        emit(f"worker-{i}", cert, key)
     return written
+
+
+def issue_worker(cert_dir: Path, name: str, clients: ClientIds, *, days: int = 365) -> list[Path]:
+    """Issue ``<name>.pem`` / ``<name>.key`` in ``cert_dir`` with the CA there (``ca.pem``,
+    ``ca.key``): a worker certificate that may serve ``clients`` (one machine serving several
+    client ids).
+
+    Raises:
+        FileNotFoundError: the CA files are missing.
+        ValueError: no client ids, a bad name, or a name that would overwrite the CA's or the
+            coordinator's files.
+    """
+    if not clients:
+        raise ValueError("a worker certificate must name at least one client id")
+    if (
+        not name
+        or name in ("ca", "coordinator")
+        or not all(c.isalnum() or c in "-_." for c in name)
+    ):
+        raise ValueError(f"certificate name {name!r}: letters, digits, '-', '_' or '.'; not ca")
+    ca_pem, ca_key_path = cert_dir / "ca.pem", cert_dir / "ca.key"
+    for p in (ca_pem, ca_key_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found; create the CA with `fedkit certs create`")
+    ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{ca_key_path} is not the EC key `fedkit certs create` writes")
+    key = _key()
+    cert = _issue(
+        subject=name, key=key, ca_key=ca_key, ca_name=ca_cert.subject, days=days,
+        server_hosts=None, clients=clients,
+    )  # fmt: skip
+    paths = [cert_dir / f"{name}.pem", cert_dir / f"{name}.key"]
+    _write(paths[0], cert.public_bytes(serialization.Encoding.PEM), secret=False)
+    _write(paths[1], _pem_key(key), secret=True)
+    return paths
 
 
 def load_bundle(cert_dir: Path, name: str) -> CertBundle:
@@ -196,10 +247,29 @@ def channel_credentials(bundle: CertBundle) -> grpc.ChannelCredentials:
     )
 
 
-def peer_common_name(context: grpc.ServicerContext) -> str | None:
-    """The common name of the client certificate on this call, or None without mutual TLS."""
-    names = context.auth_context().get("x509_common_name")
-    if not names:
+def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
+    """The worker identity of the client certificate on this call, or None without mutual TLS.
+
+    Raises:
+        IdentityError: the certificate (already verified against the CA by TLS) may not serve
+            any client: a CA certificate, one not for client authentication, or one naming no
+            client ids.
+    """
+    pem = context.auth_context().get("x509_pem_cert")
+    if not pem:
         return None
-    first = names[0]
-    return first.decode("utf-8") if isinstance(first, bytes) else str(first)
+    first = pem[0] if isinstance(pem, list) else pem
+    return identity_of(first if isinstance(first, bytes) else str(first).encode())
+
+
+__all__ = [
+    "COORDINATOR_NAME",
+    "CertBundle",
+    "IdentityError",
+    "channel_credentials",
+    "create_certs",
+    "issue_worker",
+    "load_bundle",
+    "peer_identity",
+    "server_credentials",
+]

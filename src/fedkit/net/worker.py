@@ -32,7 +32,7 @@ from fedkit.client import evaluate_client, run_client
 from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
 from fedkit.net.client import CoordinatorClient, Task
-from fedkit.net.deployment import Deployment
+from fedkit.net.deployment import DeployError, Deployment
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
@@ -119,7 +119,12 @@ class Worker:
         self.state_dir = state_dir
         self.poll_s = poll_s
         self.give_up_s = give_up_s
-        self.model = exp.build_model(num_classes=local.num_classes, input_shape=local.input_shape)
+        try:
+            self.model = exp.build_model(
+                num_classes=local.num_classes, input_shape=local.input_shape
+            )
+        except (ValueError, TypeError) as exc:
+            raise DeployError(f"model: {exc}") from None
         self.algorithm = exp.algorithm
         init = exp.initial_params(self.model)
         info0 = RoundInfo(
@@ -321,6 +326,7 @@ def run_worker(
     state_dir: Path | None = None,
     threads: int = 1,
     give_up_s: float = 120.0,
+    enrolment_secret: str = "",
     adapt: Callable[[Algorithm[Any, Any, Any, Any], LocalData], Algorithm[Any, Any, Any, Any]]
     | None = None,
 ) -> int:
@@ -328,11 +334,18 @@ def run_worker(
 
     ``adapt`` changes the algorithm's client half once the data is known (e.g. an attack this
     worker runs, :mod:`fedkit.attacks`); the server half must stay the file's.
+    ``enrolment_secret`` is this client id's secret when the coordinator requires enrolment.
 
     Returns the number of rounds whose result the coordinator accepted.
+
+    Raises:
+        DeployError: this client's data or the model cannot be built from the experiment.
     """
     set_threads(threads)
-    local = load_local_data(exp, client_id, data_root)
+    try:
+        local = load_local_data(exp, client_id, data_root)
+    except ValueError as exc:
+        raise DeployError(f"data: {exc}") from None
     if adapt is not None:
         exp = dataclasses.replace(exp, algorithm=adapt(exp.algorithm, local))
     # Pay torch's one-time lazy import (the first optimiser imports torch._dynamo, seconds on a
@@ -344,6 +357,7 @@ def run_worker(
         security=security or Security(),
         tls_identity=tls_name or f"worker-{client_id}",
         experiment_digest=exp.digest,
+        enrolment_secret=enrolment_secret,
     )
     try:
         worker = Worker(

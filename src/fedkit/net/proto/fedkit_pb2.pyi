@@ -75,14 +75,16 @@ class Header(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("header", "client_id", "experiment_digest")
+    __slots__ = ("header", "client_id", "experiment_digest", "enrolment_secret")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ENROLMENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     header: Header
     client_id: str
     experiment_digest: str
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ...) -> None: ...
+    enrolment_secret: str
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes")
