@@ -258,6 +258,7 @@ def test_attack_table_builds_validates_and_round_trips() -> None:
     ipm = AttackSettings.from_mapping({"name": "ipm", "clients": [4, 1, 4]})
     assert ipm.clients == (1, 4) and ipm.attack == SignFlip(scale=0.1)
     assert AttackSettings.from_mapping(ipm.to_mapping()) == ipm
+    assert ipm.to_mapping()["name"] == "ipm"  # a preset keeps its name in the record
     with pytest.raises(ConfigError, match="not in the population"):
         ipm.attackers(3, 0)
     bad = [

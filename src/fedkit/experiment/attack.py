@@ -35,12 +35,14 @@ class AttackSettings:
     """A validated ``[attack]`` table (module docstring).
 
     Attributes:
+        name: the attack's name as the file gives it (a preset such as ``ipm`` keeps its name).
         attack: the attack.
         fraction: share of the population that attacks (ignored when ``clients`` is given).
         clients: the attacking client ids, or ``None`` to draw ``fraction`` of them.
         assumed_fraction: passed to :class:`fedkit.attacks.base.Attacked`.
     """
 
+    name: str
     attack: Attack
     fraction: float = 0.0
     clients: tuple[int, ...] | None = None
@@ -78,6 +80,7 @@ class AttackSettings:
         ):
             raise ConfigError(f"attack.assumed_fraction must be in [0, 1]; got {assumed!r}")
         return cls(
+            name=str(own["name"]),
             attack=attack,
             fraction=float(fraction),
             clients=clients,
@@ -120,7 +123,7 @@ class AttackSettings:
 
     def to_mapping(self) -> dict[str, Any]:
         """The table as plain values (what the results store records)."""
-        out = describe(self.attack, name=ATTACKS.name_of(self.attack))
+        out = describe(self.attack, name=self.name)
         if self.clients is not None:
             out["clients"] = list(self.clients)
         else:
