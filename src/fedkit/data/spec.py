@@ -56,6 +56,18 @@ __all__ = [
 PartitionName = Literal["iid", "dirichlet", "shards", "one_class", "quantity", "natural"]
 TestPartition = Literal["auto", "proportional", "natural", "none"]
 DirichletMethod = Literal["hsu", "per_class"]
+MAX_CLIENTS = 10_000_000
+"""Largest ``num_clients``."""
+MAX_EXAMPLES = 1_000_000_000
+"""Largest per-client count (``min_size``, ``shards_per_client``)."""
+MAX_SEED = 2**63 - 1
+"""Largest partition seed."""
+MAX_DIRICHLET_ALPHA = 1e6
+"""Largest Dirichlet concentration (at 1e6 the split is IID for every dataset here)."""
+MAX_SYNTHETIC = 100.0
+"""Largest Synthetic α and β (the papers use 0 to 1; at β = 1e6 features reach 1e6)."""
+MAX_SIGMA = 10.0
+"""Largest lognormal σ of ``partition = "quantity"`` (e^10 ≈ 22026× size ratios at 1σ)."""
 PARTITIONS: tuple[str, ...] = get_args(PartitionName)
 TEST_PARTITIONS: tuple[str, ...] = get_args(TestPartition)
 DIRICHLET_METHODS: tuple[str, ...] = get_args(DirichletMethod)
@@ -124,8 +136,8 @@ class DataSpec:
         self._check_choice("partition", self.partition, PARTITIONS)
         self._check_choice("dirichlet_method", self.dirichlet_method, DIRICHLET_METHODS)
         self._check_choice("test_partition", self.test_partition, TEST_PARTITIONS)
-        self._check_int("seed", self.seed, 0)
-        self._check_int("min_size", self.min_size, 0)
+        self._check_int("seed", self.seed, 0, MAX_SEED)
+        self._check_int("min_size", self.min_size, 0, MAX_EXAMPLES)
         if self.num_clients is None:
             if self.partition != "natural":
                 raise ValueError(
@@ -133,7 +145,7 @@ class DataSpec:
                     "(an int >= 1); only partition='natural' may leave it unset"
                 )
         else:
-            self._check_int("num_clients", self.num_clients, 1)
+            self._check_int("num_clients", self.num_clients, 1, MAX_CLIENTS)
         synthetic = self.dataset == "synthetic"
         uses = _USES[self.partition] | ({"alpha", "beta"} if synthetic else frozenset())
         for key in ("alpha", "beta", "shards_per_client", "sigma"):
@@ -153,18 +165,24 @@ class DataSpec:
                     f"data.alpha must be a finite number{' > 0' if dirichlet_alpha else ' >= 0'}, "
                     f"got {self.alpha!r}"
                 )
-            if (dirichlet_alpha and self.alpha <= 0) or self.alpha < 0:
+            hi = MAX_DIRICHLET_ALPHA if dirichlet_alpha else MAX_SYNTHETIC
+            if (dirichlet_alpha and self.alpha <= 0) or self.alpha < 0 or self.alpha > hi:
                 bound = "> 0 (the Dirichlet concentration)" if dirichlet_alpha else ">= 0"
-                raise ValueError(f"data.alpha must be {bound}, got {self.alpha!r}")
-        if self.beta is not None and (not _is_number(self.beta) or self.beta < 0):
-            raise ValueError(f"data.beta must be a finite number >= 0, got {self.beta!r}")
+                raise ValueError(f"data.alpha must be {bound} and <= {hi:g}, got {self.alpha!r}")
+        if self.beta is not None and (
+            not _is_number(self.beta) or not 0 <= self.beta <= MAX_SYNTHETIC
+        ):
+            raise ValueError(
+                f"data.beta must be a finite number >= 0 and <= {MAX_SYNTHETIC:g}, got "
+                f"{self.beta!r}"
+            )
         if self.partition == "shards":
             if self.shards_per_client is None:
                 raise ValueError(
                     "data.shards_per_client is required for partition='shards' "
                     "(an int >= 1; McMahan et al. use 2)"
                 )
-            self._check_int("shards_per_client", self.shards_per_client, 1)
+            self._check_int("shards_per_client", self.shards_per_client, 1, MAX_EXAMPLES)
         if self.partition == "quantity" and (
             self.sigma is None or not _is_number(self.sigma) or self.sigma < 0
         ):
@@ -172,6 +190,8 @@ class DataSpec:
                 f"data.sigma must be a finite number >= 0 for partition='quantity', "
                 f"got {self.sigma!r}"
             )
+        if self.sigma is not None and self.sigma > MAX_SIGMA:
+            raise ValueError(f"data.sigma must be <= {MAX_SIGMA:g}, got {self.sigma!r}")
         if self.test_partition == "natural" and self.partition != "natural":
             raise ValueError(
                 "data.test_partition='natural' needs partition='natural'; allowed here: "
@@ -195,9 +215,13 @@ class DataSpec:
             raise ValueError(f"data.{key} must be one of {', '.join(allowed)}; got {value!r}")
 
     @staticmethod
-    def _check_int(key: str, value: object, minimum: int) -> None:
+    def _check_int(key: str, value: object, minimum: int, maximum: int) -> None:
         if not _is_int(value) or cast(int, value) < minimum:
             raise ValueError(f"data.{key} must be an int >= {minimum}, got {value!r}")
+        if cast(int, value) > maximum:
+            raise ValueError(
+                f"data.{key} must be an int >= {minimum} and <= {maximum}, got {value!r}"
+            )
 
     def _synthetic_keys(self) -> set[str]:
         """The keys given as fields that go to the Synthetic generator."""

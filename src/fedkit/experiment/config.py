@@ -95,7 +95,14 @@ from typing import TYPE_CHECKING, Any
 
 from fedkit.data.spec import DataSpec
 from fedkit.experiment.attack import AttackSettings
-from fedkit.experiment.tables import ConfigError, build, construct, describe, merge_preset
+from fedkit.experiment.tables import (
+    ConfigError,
+    build,
+    check_value,
+    construct,
+    describe,
+    merge_preset,
+)
 from fedkit.local import LocalTraining
 from fedkit.registry import (
     AGGREGATORS,
@@ -180,10 +187,22 @@ def _is_num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
+MAX_ROUNDS = 1_000_000
+"""Largest ``run.rounds`` (and evaluation interval): a million rounds is beyond any study."""
+MAX_CLIENTS = 10_000_000
+"""Largest client population or cohort (``data.num_clients``, ``run.clients_per_round``)."""
+MAX_PROCESSES = 1_024
+"""Largest ``run.processes`` and ``run.threads``."""
+MAX_SEED = 2**63 - 1
+"""Largest seed (seeds end up in int64 generators)."""
+MAX_MODEL_SIZE = 1 << 20
+"""Largest integer model option (a width, a layer count, a vocabulary size)."""
+
+
 def _int(key: str, v: object, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
     if optional and v is None:
         return
-    bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    bound = f">= {lo}" if hi is None else f">= {lo} and <= {hi}"
     if not _is_int(v) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]
         raise ConfigError(f"{key} must be an int {bound}; got {v!r}")
 
@@ -254,6 +273,7 @@ class ModelSettings:
                 f"unknown key model.{unknown[0]} for model {self.name!r}; allowed: "
                 f"name{', ' if allowed else ''}{', '.join(allowed)}"
             )
+        _check_model_options(MODELS[self.name], self.options)
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @classmethod
@@ -270,6 +290,23 @@ class ModelSettings:
     def to_mapping(self) -> dict[str, Any]:
         """As a ``[model]`` table."""
         return {"name": self.name, **dict(self.options)}
+
+
+def _check_model_options(builder: Any, options: Mapping[str, Any]) -> None:
+    """Each option against the builder's annotation (booleans are not numbers), and every
+    integer in it (a width, a count, a size) in [1, MAX_MODEL_SIZE]."""
+    import typing
+
+    hints = typing.get_type_hints(builder)
+    for k, v in options.items():
+        key = f"model.{k}"
+        tp = hints.get(k)
+        if typing.get_origin(tp) in (Sequence, list):  # e.g. mlp's ``hidden: Sequence[int]``
+            tp = tuple[typing.get_args(tp)[0], ...]  # type: ignore[misc]
+        check_value(tp, v, key)
+        for x in v if isinstance(v, list | tuple) else [v]:
+            if _is_int(x) and not 1 <= x <= MAX_MODEL_SIZE:
+                raise ConfigError(f"{key} must hold ints >= 1 and <= {MAX_MODEL_SIZE}; got {v!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -389,13 +426,13 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         r = "run."
-        _int(r + "rounds", self.rounds, 1, optional=True)
-        _int(r + "clients_per_round", self.clients_per_round, 1, optional=True)
+        _int(r + "rounds", self.rounds, 1, MAX_ROUNDS, optional=True)
+        _int(r + "clients_per_round", self.clients_per_round, 1, MAX_CLIENTS, optional=True)
         _num(r + "client_fraction", self.client_fraction, 0.0, 1.0, lo_open=True, optional=True)
         if self.clients_per_round is not None and self.client_fraction is not None:
             raise ConfigError("set one of run.clients_per_round and run.client_fraction, not both")
-        _int(r + "eval_every", self.eval_every, 0)
-        _int(r + "federated_eval_every", self.federated_eval_every, 0, optional=True)
+        _int(r + "eval_every", self.eval_every, 0, MAX_ROUNDS)
+        _int(r + "federated_eval_every", self.federated_eval_every, 0, MAX_ROUNDS, optional=True)
         if self.executor not in EXECUTORS:
             raise ConfigError(
                 f"run.executor must be one of {EXECUTORS.allowed()}; got {self.executor!r}"
@@ -405,9 +442,9 @@ class RunSettings:
                 EXECUTORS.load(self.executor)
             except UnknownNameError as e:
                 raise ConfigError(f"run.executor: {e}") from None
-        _int(r + "processes", self.processes, 1)
-        _int(r + "threads", self.threads, 1)
-        _int(r + "seed", self.seed, 0)
+        _int(r + "processes", self.processes, 1, MAX_PROCESSES)
+        _int(r + "threads", self.threads, 1, MAX_PROCESSES)
+        _int(r + "seed", self.seed, 0, MAX_SEED)
         _num(r + "target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
 
     @classmethod

@@ -136,7 +136,9 @@ def coordinator(
         raise typer.Exit(2) from None
     except sqlite3.Error as exc:
         typer.echo(
-            f"error: the state in {out} cannot be used ({exc}); check the directory", err=True
+            f"error: the state in {out} cannot be read or written ({exc}); check that the "
+            "directory is writable and has free space",
+            err=True,
         )
         raise typer.Exit(2) from None
     except QuorumError as exc:

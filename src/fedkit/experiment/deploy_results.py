@@ -19,6 +19,7 @@ from fedkit.evaluate import ClientEval
 from fedkit.experiment.records import client_rows, round_row
 from fedkit.experiment.results import ResultsStore, RunSummary, results_path
 from fedkit.net.results import Summary
+from fedkit.net.state import StorageError
 from fedkit.run import RoundRecord
 
 
@@ -67,13 +68,16 @@ class ResultsRecorder:
     def start(self, resume: int | None, decided: int = 0) -> int:
         """Open the store and start a run (or continue run ``resume``, forgetting its rounds
         from ``decided`` on: the coordinator's database did not commit them); returns its id."""
-        if resume is not None:
-            forget_rounds(self.out_dir, resume, decided)
-        self._store = ResultsStore.in_dir(self.out_dir)
-        if resume is None:
-            resume = self._store.start_run(name=self.name, study=self.study, config=self.config)
-        self.run_id = resume
-        self._recorded = {r.round for r in self._store.rounds(resume)}
+        try:
+            if resume is not None:
+                forget_rounds(self.out_dir, resume, decided)
+            self._store = ResultsStore.in_dir(self.out_dir)
+            if resume is None:
+                resume = self._store.start_run(name=self.name, study=self.study, config=self.config)
+            self.run_id = resume
+            self._recorded = {r.round for r in self._store.rounds(resume)}
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError.of("results database", results_path(self.out_dir), exc) from None
         return resume
 
     def record(self, record: RoundRecord, evals: Sequence[ClientEval] = ()) -> None:

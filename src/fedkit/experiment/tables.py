@@ -31,7 +31,19 @@ from typing import Any, Literal, Union
 
 from fedkit.registry import REGISTRIES, Registry, UnknownNameError
 
-__all__ = ["ConfigError", "build", "construct", "describe", "merge_preset"]
+__all__ = [
+    "INT64_MAX",
+    "ConfigError",
+    "build",
+    "check_value",
+    "construct",
+    "describe",
+    "merge_preset",
+]
+
+INT64_MAX = 2**63 - 1
+"""Largest integer any field accepts (ints end up in torch / numpy int64; larger ones overflow
+there with a traceback instead of a message naming the key)."""
 
 
 class ConfigError(ValueError):
@@ -183,6 +195,8 @@ def _convert(tp: Any, v: Any, key: str, default: Callable[[], Any] = lambda: Non
     if tp is int:
         if not _is_int(v):
             raise ConfigError(f"{key} must be an int; got {v!r}")
+        if not -INT64_MAX - 1 <= v <= INT64_MAX:
+            raise ConfigError(f"{key} must be an int in [-2^63, 2^63 - 1]; got {v!r}")
         return v
     if tp is float:
         if not (_is_int(v) or isinstance(v, float)) or not math.isfinite(float(v)):
@@ -205,6 +219,12 @@ def _convert(tp: Any, v: Any, key: str, default: Callable[[], Any] = lambda: Non
             raise ConfigError(f"{key} must be a table; got {v!r}")
         return dict(v)
     return v
+
+
+def check_value(tp: Any, v: Any, key: str) -> Any:
+    """``v`` checked against the annotation ``tp`` as a field of a built class would be (for
+    keyword options that are not built through :func:`construct`, e.g. a model's)."""
+    return _convert(tp, v, key)
 
 
 def _located(exc: Exception, key: str, fields: Mapping[str, _Param]) -> str:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -34,6 +36,21 @@ GRPC_MESSAGE_BYTES = CHUNK_BYTES + 64 * 1024
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 """Largest safetensors JSON header accepted (the format's own limit is 100 MB)."""
+MAX_HEADER_DEPTH = 8
+"""Deepest JSON nesting a header may have (safetensors needs 3: object, entry, shape list); a
+header nested thousands deep would otherwise end the parser in a RecursionError."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text (strings skipped), in linear time without
+    recursion."""
+    steps = _OPEN[np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -146,9 +163,14 @@ def _parse_header(data: Buffer) -> tuple[dict[str, TensorSpec], dict[str, str], 
     (n,) = struct.unpack("<Q", data[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(data):
         raise NetError(ErrorCode.MALFORMED, f"safetensors header length {n} exceeds the payload")
+    text = bytes(data[8 : 8 + n])
+    if json_depth(text) > MAX_HEADER_DEPTH:
+        raise NetError(
+            ErrorCode.MALFORMED, f"safetensors header nested deeper than {MAX_HEADER_DEPTH} levels"
+        )
     try:
-        raw = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise NetError(ErrorCode.MALFORMED, f"safetensors header is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise NetError(ErrorCode.MALFORMED, "safetensors header is not a JSON object")

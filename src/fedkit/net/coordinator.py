@@ -29,7 +29,7 @@ from fedkit.net.guard import StreamGuard
 from fedkit.net.identity import Enrolment
 from fedkit.net.results import NullRecorder, RunRecorder, Summary
 from fedkit.net.service import add_service
-from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
+from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer, StorageError
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
@@ -82,7 +82,10 @@ def serve(
         model = exp.build_model(num_classes=ds.num_classes, input_shape=tuple(ds.input_shape))
     except (ValueError, TypeError) as exc:
         raise DeployError(f"model: {exc}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError.of("output directory", out_dir, exc) from None
     db = CoordinatorDB(out_dir / "coordinator.db")
     run_id = db.run_id(exp.digest)
     recorder = recorder or NullRecorder()

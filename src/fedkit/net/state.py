@@ -93,16 +93,37 @@ class RoundRow:
     wall_s: float
 
 
+class StorageError(OSError):
+    """A state file that cannot be opened, read or written; the message names the file and what
+    to do."""
+
+    @classmethod
+    def of(cls, what: str, path: Path, exc: BaseException) -> StorageError:
+        """The error for ``what`` at ``path`` failing with ``exc``."""
+        return cls(
+            f"{what} {path} cannot be used ({exc}): check that its directory is writable and has "
+            "free space; a damaged database can be moved away to start afresh (its rounds are "
+            "then lost)"
+        )
+
+
 class CoordinatorDB:
-    """SQLite file of one coordinator (WAL, synchronous=FULL; one writer: the run loop)."""
+    """SQLite file of one coordinator (WAL, synchronous=FULL; one writer: the run loop).
+
+    Raises:
+        StorageError: the file cannot be created or is not a coordinator database.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError.of("coordinator database", path, exc) from None
         self._pending_rtt: list[RttRow] = []
         self._pending_rounds: list[RoundRow] = []
 
