@@ -146,8 +146,9 @@ class LocalPlan(Generic[X]):
 
     @property
     def vectorizable(self) -> bool:
-        """True when the plan's steering is the linear term only (no general hooks)."""
-        return self.grad_hook is None and self.loss_hook is None
+        """True when the plan's steering is the linear term only (no general hooks) and its
+        local training is plain SGD (sample-level DP-SGD clips per example: client by client)."""
+        return self.grad_hook is None and self.loss_hook is None and self.local.dp is None
 
 
 @dataclasses.dataclass(frozen=True)

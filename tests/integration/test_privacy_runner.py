@@ -180,7 +180,14 @@ def test_dpsgd_run_records_the_per_client_epsilon_bound(tmp_path: Path) -> None:
         assert row.details["dpsgd_epsilon_max"] == pytest.approx(want, rel=1e-12)
 
 
-def test_dpsgd_is_refused_under_the_vectorised_executor(tmp_path: Path) -> None:
-    cfg = experiment_from_mapping(_dpsgd_doc("vectorized"), name="dpsgd", study="s")
-    with pytest.raises(ConfigError, match="DP-SGD"):
-        run_experiment(cfg, ResultsStore(results_path(tmp_path)))
+def test_dpsgd_under_the_vectorised_executor_trains_client_by_client_as_serial(
+    tmp_path: Path,
+) -> None:
+    shas = []
+    for executor in ("serial", "vectorized"):
+        cfg = experiment_from_mapping(_dpsgd_doc(executor), name="dpsgd", study="s")
+        with ResultsStore(results_path(tmp_path / executor)) as store:
+            outcome = run_experiment(cfg, store)
+        assert outcome.status == "completed" and outcome.summary is not None
+        shas.append(outcome.summary.model_sha256)
+    assert shas[0] == shas[1]

@@ -382,12 +382,6 @@ def _run_federated(
     if not centralized:
         algorithm = build_algorithm(a)
         algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
-        local_dp = a.local is not None and a.local.dp is not None
-        if local_dp and cfg.run.executor == "vectorized":
-            raise ConfigError(
-                "algorithm.local.dp (DP-SGD) trains client by client: use run.executor = "
-                "'serial' or 'processes', not 'vectorized'"
-            )
         sizes = [store.num_examples(i) for i in range(store.num_clients)]
         if cfg.attack is not None:
             algorithm = cfg.attack.wrap(
