@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from fedkit.aggregate import Aggregator
-from fedkit.local import GradHook, LocalStats, LocalTraining, LossHook
+from fedkit.local import GradHook, LocalStats, LocalTraining, LossFn, LossHook
 from fedkit.params import Params
 
 S = TypeVar("S")
@@ -127,6 +127,8 @@ class LocalPlan(Generic[X]):
             labels or backdoor-triggered examples, see :mod:`fedkit.attacks`).
         grad_hook: an extra in-place gradient edit (not vectorisable).
         loss_hook: an extra loss term (not vectorisable).
+        loss_fn: the batch loss ``(outputs, targets) -> scalar`` in place of cross-entropy
+            (FedAwS's positive-only loss; not vectorisable).
     """
 
     start: Params
@@ -139,6 +141,7 @@ class LocalPlan(Generic[X]):
     data: ClientData | None = None
     grad_hook: GradHook | None = None
     loss_hook: LossHook | None = None
+    loss_fn: LossFn | None = None
 
     def __post_init__(self) -> None:
         if not self.prox_mu >= 0.0:
@@ -148,7 +151,12 @@ class LocalPlan(Generic[X]):
     def vectorizable(self) -> bool:
         """True when the plan's steering is the linear term only (no general hooks) and its
         local training is plain SGD (sample-level DP-SGD clips per example: client by client)."""
-        return self.grad_hook is None and self.loss_hook is None and self.local.dp is None
+        return (
+            self.grad_hook is None
+            and self.loss_hook is None
+            and self.loss_fn is None
+            and self.local.dp is None
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from fedkit.algorithm import (
 )
 from fedkit.evaluate import ClientEval, evaluate
 from fedkit.executor import ClientMetrics
-from fedkit.local import GradHook, train_local
+from fedkit.local import GradHook, classification_loss, train_local
 from fedkit.params import Params, load_params, zeros_like
 from fedkit.rng import SERVER, generator
 
@@ -117,6 +117,7 @@ def train_plan(ctx: ClientContext, plan: LocalPlan[Any], data: ClientData) -> Lo
         generator=ctx.generator,
         loss_hook=plan.loss_hook,
         grad_hook=linear_hook(plan),
+        loss_fn=classification_loss if plan.loss_fn is None else plan.loss_fn,
         work_fraction=ctx.work_fraction,
         trainable=(lambda k: k not in frozen) if frozen else None,
     )
