@@ -58,39 +58,65 @@ def test_arms_become_cells_by_fraction_row_and_attack() -> None:
     assert attack_matrix([clean]) is None
 
 
-def test_verdict_names_the_best_robust_rule_its_gap_and_the_attacks_that_break_every_rule() -> None:
+def test_verdict_names_the_best_robust_rule_its_gap_and_the_rules_broken() -> None:
     m = attack_matrix(_arms())
     assert m is not None
     low, high = matrix_sections(m)
     # 0.1: only median under sign flip was run, with no clean run at 0.1: gap unknown
-    assert low.rows == (("sign_flip", "median", "85.0%", "–", "–", "–", "held"),)
+    assert low.rows == (("sign_flip", "median", "85.0%", "–", "–", "–", "0 of 1", "held"),)
     rows = {r[0]: r for r in high.rows}
-    # sign flip: best robust = median 0.84 (the mean's 0.40 is not a robust rule); clean 0.86
+    # sign flip: best robust = median 0.84 (the mean's 0.40 is not a robust rule); clean 0.86;
+    # Krum lost 1 point (0.80 → 0.79): nothing broken
     assert rows["sign_flip"] == (
-        "sign_flip", "median", "84.0%", "86.0%", "+2.0 pts", "–", "held"
+        "sign_flip", "median", "84.0%", "86.0%", "+2.0 pts", "–", "0 of 2", "held"
     )  # fmt: skip
-    # backdoor: accuracy held (median 0.85 vs 0.86) but every robust rule lets > 50% through
-    # (lowest backdoor accuracy 55%, Krum): it breaks every aggregator
+    # backdoor: accuracy held (median 0.85 vs 0.86) but both robust rules let > 50% through
+    # (median 62%, Krum 55%): no rule kept it out, so the best is the most accurate, and the
+    # backdoor breaks every aggregator
     assert rows["backdoor"] == (
-        "backdoor", "median", "85.0%", "86.0%", "+1.0 pts", "55.0%", "breaks every aggregator"
+        "backdoor", "median", "85.0%", "86.0%", "+1.0 pts", "62.0%", "2 of 2: median, krum",
+        "breaks every aggregator",
     )  # fmt: skip
     assert "Attacks that break every aggregator: backdoor." in high.note
     assert "No attack broke every aggregator." in low.note
 
 
-def test_an_accuracy_gap_beyond_ten_points_breaks_every_aggregator() -> None:
+def test_against_a_backdoor_the_best_rule_is_the_most_accurate_that_kept_it_out() -> None:
     arms = [
         _arm("median", "none", 0.2, 0.86),
-        _arm("median", "alie", 0.2, 0.75),  # 11 points below its clean run
+        _arm("median", "backdoor", 0.2, 0.85, bd=0.9),
         _arm("krum", "none", 0.2, 0.80),
-        _arm("krum", "alie", 0.2, 0.71),  # 9 points below its clean run, but not the best rule
+        _arm("krum", "backdoor", 0.2, 0.78, bd=0.1),
     ]
     m = attack_matrix(arms)
     assert m is not None
     (sec,) = matrix_sections(m)
     assert sec.rows == (
-        ("alie", "median", "75.0%", "86.0%", "+11.0 pts", "–", "breaks every aggregator"),
+        ("backdoor", "krum", "78.0%", "80.0%", "+2.0 pts", "10.0%", "1 of 2: median", "held"),
     )
+
+
+def test_an_accuracy_gap_beyond_ten_points_breaks_a_rule() -> None:
+    def sec(krum_alie: float) -> tuple[str, ...]:
+        arms = [
+            _arm("median", "none", 0.2, 0.86),
+            _arm("median", "alie", 0.2, 0.75),  # 11 points below its clean run: broken
+            _arm("krum", "none", 0.2, 0.80),
+            _arm("krum", "alie", 0.2, krum_alie),
+        ]
+        m = attack_matrix(arms)
+        assert m is not None
+        (only,) = matrix_sections(m)
+        (row,) = only.rows
+        return row
+
+    # Krum 9 points below: not broken, so the attack held against one rule
+    assert sec(0.71)[6:] == ("1 of 2: median", "held")
+    # Krum 11 points below too: every rule broken
+    assert sec(0.69) == (
+        "alie", "median", "75.0%", "86.0%", "+11.0 pts", "–", "2 of 2: median, krum",
+        "breaks every aggregator",
+    )  # fmt: skip
 
 
 def test_report_carries_the_heatmaps_the_verdicts_and_last_metrics(tmp_path: Path) -> None:

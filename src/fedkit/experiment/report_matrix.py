@@ -6,10 +6,10 @@ attacks (``none``, the honest baseline, first), one matrix per attacker fraction
 the run's final test accuracy and, for the backdoor, its final backdoor accuracy.
 
 The verdict table gives, per fraction and attack, the best robust aggregator (every row but the
-plain mean), its accuracy, and the gap to the same aggregator's clean run. An attack *breaks every
-aggregator* when even the best one loses more than :data:`BROKEN_GAP` of accuracy to its clean
-run, or (a backdoor) when every aggregator lets more than :data:`BROKEN_BACKDOOR` of triggered
-inputs through.
+plain mean; against a backdoor, the best of those that kept it out), its accuracy, the gap to the
+same aggregator's clean run, and the rules the attack broke: a rule is broken when it loses more
+than :data:`BROKEN_GAP` of accuracy to its clean run or lets more than :data:`BROKEN_BACKDOOR` of
+triggered inputs through. An attack that breaks every rule is named as such.
 """
 
 from __future__ import annotations
@@ -109,46 +109,61 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _broken(m: AttackMatrix, frac: float, row: str, attack: str) -> bool:
+    """Whether ``attack`` broke ``row``: more than :data:`BROKEN_GAP` below its clean run, or
+    more than :data:`BROKEN_BACKDOOR` of triggered inputs let through."""
+    acc = m.accuracy.get((frac, row, attack))
+    clean = m.accuracy.get((frac, row, CLEAN))
+    bd = m.backdoor.get((frac, row, attack))
+    lost = acc is not None and clean is not None and clean - acc > BROKEN_GAP
+    return lost or (bd is not None and bd > BROKEN_BACKDOOR)
+
+
 def verdict(m: AttackMatrix, frac: float) -> Section:
     """The verdict table for one attacker fraction (module docstring)."""
     rows: list[tuple[str, ...]] = []
-    broken: list[str] = []
+    broken_all: list[str] = []
     for attack in m.cols:
         if attack == CLEAN:
             continue
-        scored = [
-            (m.accuracy[(frac, r, attack)], r) for r in m.robust if (frac, r, attack) in m.accuracy
-        ]
-        if not scored:
+        ran = [r for r in m.robust if (frac, r, attack) in m.accuracy]
+        if not ran:
             continue
-        best, row = max(scored)
+        # the best defence: the highest accuracy among the rules the backdoor (if any) did not
+        # get through, else among all
+        row = min(
+            ran,
+            key=lambda r: (
+                m.backdoor.get((frac, r, attack), 0.0) > BROKEN_BACKDOOR,
+                -m.accuracy[(frac, r, attack)],
+            ),
+        )
+        best = m.accuracy[(frac, row, attack)]
         clean = m.accuracy.get((frac, row, CLEAN))
-        gap = None if clean is None else clean - best
-        bds = [m.backdoor[(frac, r, attack)] for r in m.robust if (frac, r, attack) in m.backdoor]
-        through = bool(bds) and min(bds) > BROKEN_BACKDOOR
-        breaks = (gap is not None and gap > BROKEN_GAP) or through
-        if breaks:
-            broken.append(attack)
+        broken = [r for r in ran if _broken(m, frac, r, attack)]
+        if len(broken) == len(ran):
+            broken_all.append(attack)
         rows.append(
             (
                 attack,
                 row,
                 _pct(best),
                 _pct(clean),
-                "–" if gap is None else f"{100 * gap:+.1f} pts",
-                "–" if not bds else _pct(min(bds)),
-                "breaks every aggregator" if breaks else "held",
+                "–" if clean is None else f"{100 * (clean - best):+.1f} pts",
+                _pct(m.backdoor.get((frac, row, attack))),
+                f"{len(broken)} of {len(ran)}" + (f": {', '.join(broken)}" if broken else ""),
+                "breaks every aggregator" if len(broken) == len(ran) else "held",
             )
         )
     note = (
-        f"With {100 * frac:g}% attackers. Best robust aggregator = highest final accuracy among "
-        "every rule but the plain mean; the gap is to that aggregator's run without attackers. "
-        f"An attack breaks every aggregator when the best one loses more than "
-        f"{100 * BROKEN_GAP:g} points, or when every one lets more than "
-        f"{100 * BROKEN_BACKDOOR:g}% of triggered inputs through. "
+        f"With {100 * frac:g}% attackers. The best robust aggregator is, among every rule but "
+        "the plain mean, the one with the highest final accuracy (against a backdoor: among the "
+        "rules that kept it out, if any did); the gap is to that rule's run without attackers. "
+        f"A rule is broken when it loses more than {100 * BROKEN_GAP:g} points to its clean "
+        f"run or lets more than {100 * BROKEN_BACKDOOR:g}% of triggered inputs through. "
         + (
-            f"Attacks that break every aggregator: {', '.join(broken)}."
-            if broken
+            f"Attacks that break every aggregator: {', '.join(broken_all)}."
+            if broken_all
             else "No attack broke every aggregator."
         )
     )
@@ -160,7 +175,8 @@ def verdict(m: AttackMatrix, frac: float) -> Section:
             "its accuracy",
             "its clean accuracy",
             "gap",
-            "lowest backdoor acc.",
+            "its backdoor acc.",
+            "rules broken",
             "verdict",
         ),
         rows=tuple(rows),
