@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from fedkit.models.personal import embedding_mlp, mlp_bn
 from fedkit.models.resnet_gn import resnet18_gn
 from fedkit.models.text import char_lstm, nextword_lstm
 from fedkit.models.vision import cnn, femnist_cnn, lenet5, logreg, mlp
@@ -32,6 +33,8 @@ MODELS: MappingProxyType[str, ModelBuilder] = MappingProxyType(
         "resnet18_gn": resnet18_gn,
         "char_lstm": char_lstm,
         "nextword_lstm": nextword_lstm,
+        "mlp_bn": mlp_bn,
+        "embedding_mlp": embedding_mlp,
     }
 )
 
