@@ -16,6 +16,16 @@ Aggregators are frozen dataclasses: the algorithm holds one as its ``aggregator`
 experiment file builds it from ``[aggregator]``, and wrappers compose by holding an ``inner``
 aggregator (clip → noise → secure sum → mean).
 
+**State across rounds.** An aggregator that must remember something from one round to the next
+(adaptive clipping's clip norm, Andrew et al. 2021) keeps it *outside* itself, as an
+:data:`AggState`: a few named float64 scalars. It may define ``init_state() -> AggState`` and
+``next_state(acc, state, ctx) -> AggState`` (both optional; :func:`init_state` and
+:func:`next_state` give the stateless defaults). The run loop holds the state, hands it to every
+step of the round (``RoundInfo.agg_state`` → ``AggContext.state``, on the clients and on the
+server), calls ``next_state`` after ``result`` on committed rounds, and checkpoints it with the
+server state. Being plain JSON-safe numbers, it travels to gloo ranks and deployment workers with
+the round's information and is validated on arrival (:func:`check_state`).
+
 :class:`WeightedMean` keeps its sums in float64, so the mean does not depend (beyond float64
 rounding) on the order in which clients arrive; its result stays in float64 (the server step
 casts to each parameter's dtype when it applies it).
@@ -24,6 +34,9 @@ casts to each parameter's dtype when it applies it).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Iterable
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
@@ -38,9 +51,74 @@ R = TypeVar("R", covariant=True)
 T = TypeVar("T")
 
 
+AggState = tuple[tuple[str, float], ...]
+"""An aggregator's state across rounds: ``(name, value)`` pairs, names unique, values finite."""
+
+MAX_STATE_ENTRIES = 64
+"""The most entries an :data:`AggState` may hold (what a peer or a file may send)."""
+_STATE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+
+
+class AggStateError(ValueError):
+    """An aggregator state that is malformed (from a peer, a file, or a buggy stage)."""
+
+
+def check_state(raw: object) -> AggState:
+    """Validate ``raw`` (a sequence of ``(name, value)`` pairs, e.g. parsed JSON) as an
+    :data:`AggState`: at most :data:`MAX_STATE_ENTRIES` entries, names of letters, digits, ``_``
+    and ``.`` (at most 64, unique), values finite numbers (booleans are not numbers).
+
+    Raises:
+        AggStateError: saying which entry is wrong.
+    """
+    if not isinstance(raw, list | tuple):
+        raise AggStateError(f"aggregator state must be a list of [name, value] pairs, got {raw!r}")
+    if len(raw) > MAX_STATE_ENTRIES:
+        raise AggStateError(
+            f"aggregator state has {len(raw)} entries; at most {MAX_STATE_ENTRIES} allowed"
+        )
+    out: list[tuple[str, float]] = []
+    for entry in raw:
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise AggStateError(f"aggregator state entry {entry!r} is not a [name, value] pair")
+        name, value = entry
+        if not isinstance(name, str) or not _STATE_NAME.fullmatch(name):
+            raise AggStateError(f"aggregator state name {name!r} is not a valid name")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AggStateError(f"aggregator state {name!r} = {value!r} is not a number")
+        if not math.isfinite(value):
+            raise AggStateError(f"aggregator state {name!r} = {value!r} is not finite")
+        out.append((name, float(value)))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise AggStateError(f"aggregator state names repeat: {names}")
+    return tuple(out)
+
+
+def state_value(state: AggState, name: str) -> float:
+    """The value of ``name`` in ``state``.
+
+    Raises:
+        AggStateError: ``name`` is not in ``state`` (the round's state did not reach this step).
+    """
+    for key, value in state:
+        if key == name:
+            return value
+    raise AggStateError(
+        f"aggregator state {name!r} is missing from this round's state {dict(state)!r}: the "
+        "run loop (or the executor) did not pass the aggregator's state to this step"
+    )
+
+
+def combine_states(*parts: Iterable[tuple[str, float]]) -> AggState:
+    """Concatenate stage states (an outer stage's keys, then its inner's), checked."""
+    return check_state([entry for part in parts for entry in part])
+
+
 @dataclasses.dataclass(frozen=True)
 class AggContext:
-    """Where an aggregation step runs: the round, the client (``SERVER`` on the server), the seed.
+    """Where an aggregation step runs: the round, the client (``SERVER`` on the server), the
+    seed, and the aggregator's state for this round (:data:`AggState`; empty when stateless).
 
     ``stream(name)`` is a generator derived from ``(seed, round, client_id, "agg/" + name)``:
     the same draw wherever the step runs, independent of the client's training stream.
@@ -49,10 +127,15 @@ class AggContext:
     round: int
     seed: int
     client_id: int = SERVER
+    state: AggState = ()
 
     def stream(self, name: str) -> torch.Generator:
         """A named random stream of this step."""
         return generator(self.seed, self.round, self.client_id, "agg/" + name)
+
+    def value(self, name: str) -> float:
+        """The aggregator state's ``name`` this round (see :func:`state_value`)."""
+        return state_value(self.state, name)
 
 
 class Collective(Protocol):
@@ -94,6 +177,32 @@ class Aggregator(Protocol[U, A, R]):
     def result(self, acc: A, ctx: AggContext) -> R:
         """Finish: the aggregate the server half consumes."""
         ...
+
+
+def init_state(agg: Any) -> AggState:
+    """The aggregator's state before round 0: its ``init_state()``, or empty (stateless)."""
+    method = getattr(agg, "init_state", None)
+    return check_state(method()) if method is not None else ()
+
+
+def next_state(agg: Any, acc: Any, state: AggState, ctx: AggContext) -> AggState:
+    """The state after a committed round whose total accumulator is ``acc``: the aggregator's
+    ``next_state(acc, state, ctx)`` (server side, ``ctx`` the server's context), or ``state``.
+
+    Raises:
+        AggStateError: the new state is malformed or its names differ from ``state``'s (a
+            stage's state keeps its names for the whole run).
+    """
+    method = getattr(agg, "next_state", None)
+    if method is None:
+        return state
+    new = check_state(method(acc, state, ctx))
+    if [n for n, _ in new] != [n for n, _ in state]:
+        raise AggStateError(
+            f"next_state changed the state's names from {[n for n, _ in state]} to "
+            f"{[n for n, _ in new]}"
+        )
+    return new
 
 
 def gather_merge(agg: Aggregator[Any, A, Any], acc: A, comm: Collective) -> A:
@@ -214,7 +323,9 @@ class Stage:
     """A stage of the aggregator chain that forwards everything to its ``inner`` aggregator.
 
     Subclass it and override what the stage changes (clipping overrides ``prepare``; a noise
-    stage ``result``): stages compose, ``Clip(inner=Noise(inner=WeightedMean()))``.
+    stage ``result``): stages compose, ``Clip(inner=Noise(inner=WeightedMean()))``. State
+    across rounds (:data:`AggState`) is forwarded too: a stage with state of its own overrides
+    ``init_state``/``next_state`` and combines its keys with the inner stage's.
     """
 
     inner: Aggregator[Any, Any, Any] = dataclasses.field(default_factory=WeightedMean)
@@ -242,3 +353,11 @@ class Stage:
     def result(self, acc: Any, ctx: AggContext) -> Any:
         """The inner stage's."""
         return self.inner.result(acc, ctx)
+
+    def init_state(self) -> AggState:
+        """The inner stage's (empty for a stateless chain)."""
+        return init_state(self.inner)
+
+    def next_state(self, acc: Any, state: AggState, ctx: AggContext) -> AggState:
+        """The inner stage's (``state`` unchanged for a stateless chain)."""
+        return next_state(self.inner, acc, state, ctx)

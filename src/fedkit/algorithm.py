@@ -33,7 +33,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from fedkit.aggregate import Aggregator
+from fedkit.aggregate import Aggregator, AggState
 from fedkit.local import GradHook, LocalStats, LocalTraining, LossFn, LossHook
 from fedkit.params import Params
 
@@ -55,6 +55,9 @@ class RoundInfo:
         cohort_size: the number of clients selected this round.
         reported: the number of clients whose updates are in the aggregate; set by the run loop
             for ``server_update`` (``None`` before the round has run).
+        agg_state: the aggregator's state for this round (:data:`fedkit.aggregate.AggState`,
+            e.g. adaptive clipping's clip norm), held by the run loop; every aggregation step of
+            the round sees it as ``AggContext.state``. Empty for a stateless aggregator.
     """
 
     round: int
@@ -62,6 +65,7 @@ class RoundInfo:
     num_clients: int
     cohort_size: int
     reported: int | None = None
+    agg_state: AggState = ()
 
 
 @dataclasses.dataclass(frozen=True)

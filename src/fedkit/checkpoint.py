@@ -19,6 +19,12 @@ server state holding a NaN or an infinity is refused too. A checkpoint that cann
 
 Randomness needs no saved generator state: every draw derives from ``(seed, round, client)``
 (:mod:`fedkit.rng`), so the seed and the committed round *are* the RNG state.
+
+An aggregator with state across rounds (:data:`fedkit.aggregate.AggState`, e.g. adaptive
+clipping's clip norm) is checkpointed with the server state: the run loop saves
+:func:`with_agg_state` (``server/state/…`` and one float64 scalar ``server/agg/<name>`` per
+entry, exact) and splits it again with :func:`split_agg_state`. A stateless aggregator saves the
+server state alone, as before, so checkpoints written before the state existed still load.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from fedkit.aggregate import AggState, check_state
 from fedkit.params import tree_flatten, tree_unflatten
 
 S = TypeVar("S")
@@ -86,6 +93,40 @@ class Checkpointer(Protocol):
                 left untouched.
         """
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StateWithAgg(Generic[S]):
+    """The server state together with the aggregator's state (one float64 scalar per entry)."""
+
+    state: S
+    agg: dict[str, Tensor]
+
+
+def with_agg_state(state: Any, agg_state: AggState) -> Any:
+    """What the run loop checkpoints: ``state`` alone when ``agg_state`` is empty, else
+    :class:`StateWithAgg` (also the load template, built from the initial aggregator state)."""
+    if not agg_state:
+        return state
+    agg = {name: torch.tensor(value, dtype=torch.float64) for name, value in agg_state}
+    return StateWithAgg(state=state, agg=agg)
+
+
+def split_agg_state(saved: Any, like: AggState) -> tuple[Any, AggState]:
+    """Inverse of :func:`with_agg_state`: the server state and the aggregator state, in the
+    order of ``like`` (the initial state, whose names the restored one has).
+
+    Raises:
+        CheckpointError: a restored value is not a finite number.
+    """
+    if not like:
+        return saved, ()
+    assert isinstance(saved, StateWithAgg)
+    try:
+        restored = check_state([(name, float(saved.agg[name])) for name, _ in like])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint: aggregator state is invalid ({e})") from e
+    return saved.state, restored
 
 
 def encode(

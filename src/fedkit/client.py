@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from fedkit.aggregate import AggContext, NonFiniteUpdateError, check_finite
+from fedkit.aggregate import AggContext, NonFiniteUpdateError, check_finite, init_state
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -150,7 +150,7 @@ def finish_client(
     Returns ``None`` (logged) when the update is refused for a NaN or infinite value: the caller
     drops the client from the round and keeps its previous state.
     """
-    ctx = AggContext(round=info.round, seed=info.seed, client_id=client_id)
+    ctx = AggContext(round=info.round, seed=info.seed, client_id=client_id, state=info.agg_state)
     try:
         update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
         check_finite(update, client_id)
@@ -194,16 +194,17 @@ def prepared_template(algorithm: Algorithm[Any, Any, Any, Any], params: Params, 
     """A prepared update shaped as clients send it, found without training.
 
     ``prepare`` runs on the algorithm's zero ``update_template`` (its draws use the server's
-    stream of round 0, so no client's stream is touched); only names, dtypes and shapes matter.
+    stream of round 0, so no client's stream is touched; its state is the aggregator's initial
+    one); only names, dtypes and shapes matter.
     """
     update = algorithm.update_template(zeros_like(params))
-    ctx = AggContext(round=0, seed=seed, client_id=SERVER)
+    ctx = AggContext(round=0, seed=seed, client_id=SERVER, state=init_state(algorithm.aggregator))
     return algorithm.aggregator.prepare(update, 1.0, ctx)
 
 
 def server_context(info: RoundInfo) -> AggContext:
-    """The aggregation context of the server in round ``info``."""
-    return AggContext(round=info.round, seed=info.seed, client_id=SERVER)
+    """The aggregation context of the server in round ``info`` (with the round's state)."""
+    return AggContext(round=info.round, seed=info.seed, client_id=SERVER, state=info.agg_state)
 
 
 def evaluate_client(

@@ -1,8 +1,15 @@
 """The one run loop, shared by simulation and deployment.
 
 For each round: sample a cohort → broadcast → execute (any executor) → aggregate result →
-server update → evaluate every ``eval_every`` rounds → callbacks → checkpoint. A round in which
-no client finished leaves the model unchanged and is recorded as not committed.
+server update → the aggregator's next state → evaluate every ``eval_every`` rounds → callbacks →
+checkpoint. A round in which no client finished leaves the model (and the aggregator's state)
+unchanged and is recorded as not committed.
+
+The loop holds the aggregator's state across rounds (:data:`fedkit.aggregate.AggState`, e.g.
+adaptive clipping's clip norm): ``init_state`` before round 0, in each round's
+:class:`~fedkit.algorithm.RoundInfo` (so every client's and the server's aggregation context
+carry it, under any executor and in deployment), ``next_state`` after a committed round's
+``result``, and in the checkpoint with the server state.
 """
 
 from __future__ import annotations
@@ -16,8 +23,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from torch import Tensor, nn
 
+from fedkit.aggregate import AggState, init_state, next_state
 from fedkit.algorithm import Algorithm, RoundInfo
-from fedkit.checkpoint import Checkpointer, FileCheckpointer, RunKey
+from fedkit.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    FileCheckpointer,
+    RunKey,
+    split_agg_state,
+    with_agg_state,
+)
 from fedkit.client import server_context
 from fedkit.evaluate import Distribution, EvalResult, evaluate
 from fedkit.executor import ClientMetrics, Executor, RoundOutput
@@ -117,13 +132,15 @@ class Callback(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class RunResult(Generic[S]):
-    """The final server state and the history of the rounds this call ran."""
+    """The final server state and the history of the rounds this call ran (``agg_state``: the
+    aggregator's state after the last round, empty for a stateless aggregator)."""
 
     state: S
     params: Params
     history: list[RoundRecord]
     start_round: int
     stopped: str | None = None
+    agg_state: AggState = ()
 
 
 def _train_loss(clients: Sequence[ClientMetrics]) -> float:
@@ -163,6 +180,7 @@ def run(
     config.validate_population(population)
     sampler = sampler or UniformSampler()
     state = algorithm.init_state(initial_params)
+    agg_state = init_state(algorithm.aggregator)
     start = 0
     key = RunKey(algorithm=algorithm.name, seed=config.seed)
     ckpt = checkpointer
@@ -171,9 +189,18 @@ def run(
             raise ValueError("give config.checkpoint_dir or a checkpointer, not both")
         ckpt = FileCheckpointer(config.checkpoint_dir)
     if ckpt is not None:
-        restored = ckpt.load(state, key)
+        try:
+            restored = ckpt.load(with_agg_state(state, agg_state), key)
+        except CheckpointError as e:
+            if not agg_state:
+                raise
+            raise CheckpointError(
+                f"{e} (this run's aggregator keeps state {[n for n, _ in agg_state]} across "
+                "rounds: a checkpoint of a run without it cannot be resumed)"
+            ) from e
         if restored is not None:
-            state, start = restored.state, restored.completed_rounds
+            state, agg_state = split_agg_state(restored.state, agg_state)
+            start = restored.completed_rounds
             template = algorithm.client_state_template(initial_params)
             if restored.client_tensors and template is not None:
                 executor.load_client_state_tensors(restored.client_tensors, template)
@@ -182,7 +209,11 @@ def run(
     for r in range(start, config.rounds):
         t0 = time.perf_counter()
         info = RoundInfo(
-            round=r, seed=config.seed, num_clients=population, cohort_size=config.clients_per_round
+            round=r,
+            seed=config.seed,
+            num_clients=population,
+            cohort_size=config.clients_per_round,
+            agg_state=agg_state,
         )
         stopped = stop(info) if stop is not None else None
         if stopped is not None:
@@ -192,9 +223,11 @@ def run(
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
         committed = out.accumulator is not None
         if committed:
-            agg = algorithm.aggregator.result(out.accumulator, server_context(info))
+            server_ctx = server_context(info)
+            agg = algorithm.aggregator.result(out.accumulator, server_ctx)
             done = dataclasses.replace(info, reported=len(out.clients))
             state = algorithm.server_update(state, agg, done)
+            agg_state = next_state(algorithm.aggregator, out.accumulator, agg_state, server_ctx)
         params = algorithm.global_params(state)
         central = (
             evaluator(params) if evaluator and _due(config.eval_every, r, config.rounds) else None
@@ -224,11 +257,12 @@ def run(
         for cb in callbacks:
             cb(record, params)
         if ckpt is not None and committed:
-            ckpt.save(r + 1, state, executor.client_state_tensors(), key)
+            ckpt.save(r + 1, with_agg_state(state, agg_state), executor.client_state_tensors(), key)
     return RunResult(
         state=state,
         params=algorithm.global_params(state),
         history=history,
         start_round=start,
         stopped=stopped,
+        agg_state=agg_state,
     )

@@ -288,10 +288,12 @@ def _with_privacy(
     cfg: ExperimentConfig, algorithm: Any, num_clients: int
 ) -> tuple[Any, ExperimentConfig, PrivacyPlan]:
     """A DP aggregator chain checked and resolved for this run (cohort size, seeded noise:
-    the run's recorded config then says ``noise_source = "seeded"``), and its privacy plan."""
+    the run's recorded config then says ``noise_source = "seeded"``; an adaptive clipping
+    stage's count noise likewise), and its privacy plan."""
+    aggregator = getattr(algorithm, "aggregator", None)
     try:
         plan = plan_privacy(
-            getattr(algorithm, "aggregator", None),
+            aggregator,
             weighting=getattr(algorithm, "weighting", None),
             num_clients=num_clients,
             cohort=cfg.run.cohort_size(num_clients),
@@ -300,7 +302,7 @@ def _with_privacy(
         )
     except ValueError as e:
         raise ConfigError(f"aggregator: {e}") from e
-    if plan.accounting is None or cfg.algorithm is None:
+    if plan.aggregator is aggregator or cfg.algorithm is None:
         return algorithm, cfg, plan
     algorithm = dataclasses.replace(algorithm, aggregator=plan.aggregator)
     settings = dataclasses.replace(cfg.algorithm, algorithm=algorithm)

@@ -13,12 +13,14 @@ Round information and a client's result metrics ride in the same metadata under 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from torch import Tensor
 
+from fedkit.aggregate import AggState, AggStateError, check_state
 from fedkit.algorithm import RoundInfo
 from fedkit.net.codec import Buffer, check_template, decode, encode, read_header, template_of
 from fedkit.net.errors import ErrorCode, NetError
@@ -29,6 +31,8 @@ T = TypeVar("T")
 _SCALAR = "s:"
 _INFO = "info:"
 _RESULT = "result:"
+_AGG_STATE_CHARS = 8192
+"""Longest ``info:agg_state`` entry accepted (JSON of at most 64 short names and floats)."""
 
 
 def _scalars(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -136,13 +140,30 @@ def decode_tree(
 
 
 def info_metadata(info: RoundInfo) -> dict[str, str]:
-    """The round information as metadata entries."""
-    return {
+    """The round information as metadata entries (the aggregator's state, when it has one,
+    as a JSON list of ``[name, value]`` pairs: floats round-trip exactly)."""
+    meta = {
         _INFO + "round": str(info.round),
         _INFO + "seed": str(info.seed),
         _INFO + "num_clients": str(info.num_clients),
         _INFO + "cohort_size": str(info.cohort_size),
     }
+    if info.agg_state:
+        meta[_INFO + "agg_state"] = json.dumps([[n, v] for n, v in info.agg_state])
+    return meta
+
+
+def _agg_state(raw: str | None) -> AggState:
+    """The peer's ``info:agg_state``, bounded and validated (finite floats, at most 64)."""
+    if raw is None:
+        return ()
+    if len(raw) > _AGG_STATE_CHARS:
+        raise NetError(ErrorCode.MALFORMED, "aggregator state too long")
+    try:
+        return check_state(json.loads(raw))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and AggStateError included
+        msg = str(exc) if isinstance(exc, AggStateError) else "aggregator state is not JSON"
+        raise NetError(ErrorCode.MALFORMED, msg) from None
 
 
 def info_from_metadata(meta: Mapping[str, str]) -> RoundInfo:
@@ -153,6 +174,7 @@ def info_from_metadata(meta: Mapping[str, str]) -> RoundInfo:
             seed=int(meta[_INFO + "seed"]),
             num_clients=int(meta[_INFO + "num_clients"]),
             cohort_size=int(meta[_INFO + "cohort_size"]),
+            agg_state=_agg_state(meta.get(_INFO + "agg_state")),
         )
     except (KeyError, ValueError) as exc:
         raise NetError(

@@ -20,6 +20,12 @@ when all ``k`` report; the server tops the sum up with ``N(0, σ²·(k − m)/k)
 accounting applies (against the server itself each update then carries only ``σ²/k``: that is
 what secure aggregation would hide).
 
+Under adaptive clipping (:class:`~fedkit.privacy.adaptive_clip.AdaptiveClip` directly outside
+this stage) the clip norm is the round's ``C_t`` (the aggregator state's ``clip_norm``, which
+this stage reads from its context) and the round also releases a noised count; the update noise
+is then ``σ = z_Δ · C_t`` with ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−½)`` (``count_noise`` = ``σ_b``, set
+by :func:`fedkit.privacy.chain.resolve`), so both releases together cost one Gaussian at ``z``.
+
 The stage also holds the accounting settings of the mechanism it implements (``delta``,
 ``target_epsilon``, ``accountant``), read by :mod:`fedkit.privacy.accounting`: the guarantee
 belongs to the mechanism, so it is configured and recorded with it.
@@ -33,6 +39,7 @@ from typing import Any, Literal
 
 from fedkit.aggregate import AggContext, MeanAcc, Stage, WeightedMean
 from fedkit.params import tree_flatten, tree_map, tree_unflatten
+from fedkit.privacy.adaptive_clip import CLIP_NORM, update_noise_multiplier
 from fedkit.privacy.noise import NoiseDraw, NoiseSource, check_source
 
 __all__ = ["Accountant", "GaussianNoise"]
@@ -62,6 +69,9 @@ class GaussianNoise(Stage):
         target_epsilon: stop the run before the round whose release would exceed this ε.
         accountant: ``"rdp"`` (Rényi DP; Poisson or fixed-size cohorts) or ``"pld"`` (privacy
             loss distributions; Poisson sampling only), both from ``dp-accounting``.
+        count_noise: ``σ_b`` of the adaptive clipping stage outside this one (``None``: fixed
+            clipping); the update noise multiplier is then ``z_Δ`` (see the module docstring).
+            Set by :func:`fedkit.privacy.chain.resolve`, checked by ``check_chain``.
         inner: must be a :class:`~fedkit.aggregate.WeightedMean`, whose sums this stage noises.
     """
 
@@ -73,6 +83,7 @@ class GaussianNoise(Stage):
     delta: float | None = None
     target_epsilon: float | None = None
     accountant: Accountant = "rdp"
+    count_noise: float | None = None
 
     def __post_init__(self) -> None:
         _check_positive("noise_multiplier", self.noise_multiplier)
@@ -86,6 +97,8 @@ class GaussianNoise(Stage):
             _check_positive("target_epsilon", self.target_epsilon)
         if self.accountant not in ("rdp", "pld"):
             raise ValueError(f"accountant must be 'rdp' or 'pld', got {self.accountant!r}")
+        if self.count_noise is not None:
+            update_noise_multiplier(self.noise_multiplier, self.count_noise)  # σ_b > z/2
         if type(self.inner) is not WeightedMean:
             raise ValueError(
                 "inner of the gaussian noise stage must be the plain mean ('mean'): the noise "
@@ -93,9 +106,22 @@ class GaussianNoise(Stage):
             )
 
     @property
+    def update_multiplier(self) -> float:
+        """The noise multiplier of the update sum: ``z``, or ``z_Δ`` under adaptive clipping."""
+        if self.count_noise is None:
+            return self.noise_multiplier
+        return update_noise_multiplier(self.noise_multiplier, self.count_noise)
+
+    @property
     def std(self) -> float:
-        """``σ = z · C``, the noise std on the sum."""
+        """``σ = z · C``, the noise std on the sum with fixed clipping."""
         return self.noise_multiplier * self.clip_norm
+
+    def round_std(self, ctx: AggContext) -> float:
+        """This round's noise std on the sum: ``z_Δ · C_t`` when the aggregator state carries
+        the adaptive clip norm ``C_t``, else :attr:`std`."""
+        clip = dict(ctx.state).get(CLIP_NORM, self.clip_norm)
+        return self.update_multiplier * clip
 
     def _k(self) -> int:
         if self.expected_clients is None:
@@ -109,7 +135,7 @@ class GaussianNoise(Stage):
         """Distributed DP: ``Δ_i + N(0, σ²/k)`` (its own draw per client); else unchanged."""
         if self.distributed:
             draw = NoiseDraw(self.noise_source, ctx)
-            std = self.std / math.sqrt(self._k())
+            std = self.round_std(ctx) / math.sqrt(self._k())
             flat = tree_flatten(update)  # sorted paths: the same draw order everywhere
             noised = {p: t + draw.normal(t.shape, std).to(t.dtype) for p, t in flat.items()}
             update = tree_unflatten(update, noised)
@@ -130,9 +156,9 @@ class GaussianNoise(Stage):
         k = self._k()
         if self.distributed:
             missing = max(0, k - int(acc.count))
-            std = self.std * math.sqrt(missing / k)
+            std = self.round_std(ctx) * math.sqrt(missing / k)
         else:
-            std = self.std
+            std = self.round_std(ctx)
         flat = tree_flatten(acc.total)
         if std > 0:
             draw = NoiseDraw(self.noise_source, ctx)

@@ -41,15 +41,17 @@ class NoiseDraw:
     """One draw of Gaussian noise for a whole update, tensor after tensor.
 
     Args:
-        source: ``"seeded"`` draws from ``ctx.stream("dp-noise")``; ``"os"`` and ``"auto"`` from
+        source: ``"seeded"`` draws from ``ctx.stream(stream)``; ``"os"`` and ``"auto"`` from
             the OS CSPRNG.
         ctx: the aggregation context (round, client, seed) of the step adding the noise.
+        stream: the seeded stream's name (a second release of the same step, such as adaptive
+            clipping's noised count, draws from a stream of its own).
     """
 
-    def __init__(self, source: str, ctx: AggContext) -> None:
+    def __init__(self, source: str, ctx: AggContext, stream: str = STREAM) -> None:
         check_source(source)
         self.seeded = source == "seeded"
-        self.generator = ctx.stream(STREAM) if self.seeded else None
+        self.generator = ctx.stream(stream) if self.seeded else None
 
     def normal(self, shape: torch.Size | tuple[int, ...], std: float) -> torch.Tensor:
         """``N(0, std²)`` samples of ``shape`` in float64."""

@@ -6,7 +6,9 @@ noise source (``seeded`` in simulation; a deployment passes ``seeded=False`` and
 CSPRNG), names the sampling scheme the accountant must assume from the sampler, and returns the
 probe that reports ``dp_epsilon`` / ``dp_delta`` every round and the stop that ends the run
 before the round that would exceed ``target_epsilon``. A chain without a noise stage gets an
-empty plan.
+empty plan (an adaptive clipping stage in it is still resolved: its count noise is seeded in
+simulation). A chain whose aggregator keeps state across rounds (adaptive clipping) also gets
+:class:`AggStateProbe`, which reports the state each round used (``agg_clip_norm``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedkit.aggregate import init_state
 from fedkit.algorithm import RoundInfo
 from fedkit.dpsgd import DPSGD, client_epsilon
 from fedkit.local import LocalTraining
@@ -26,7 +29,14 @@ from fedkit.privacy.poisson import PoissonSampler
 from fedkit.run import Probe
 from fedkit.sampling import ClientSampler, UniformSampler
 
-__all__ = ["ClientEpsilonProbe", "PrivacyPlan", "dpsgd_probes", "plan_privacy", "sampling_of"]
+__all__ = [
+    "AggStateProbe",
+    "ClientEpsilonProbe",
+    "PrivacyPlan",
+    "dpsgd_probes",
+    "plan_privacy",
+    "sampling_of",
+]
 
 
 def sampling_of(sampler: ClientSampler) -> Sampling:
@@ -61,8 +71,11 @@ class PrivacyPlan:
 
     @property
     def probes(self) -> list[Probe]:
-        """``[EpsilonProbe]`` with a noise stage, else ``[]``."""
-        return [] if self.accounting is None else [EpsilonProbe(self.accounting)]
+        """``[EpsilonProbe]`` with a noise stage, ``[AggStateProbe]`` with aggregator state."""
+        out: list[Probe] = [] if self.accounting is None else [EpsilonProbe(self.accounting)]
+        if self.aggregator is not None and init_state(self.aggregator):
+            out.append(AggStateProbe())
+        return out
 
     def stop(self, info: RoundInfo) -> str | None:
         """Why round ``info.round`` must not run (the budget), or ``None``."""
@@ -88,7 +101,9 @@ def plan_privacy(
             settings the accountant refuses.
     """
     if check_chain(aggregator, weighting=weighting) is None:
-        return PrivacyPlan(aggregator=aggregator)
+        if aggregator is None:
+            return PrivacyPlan(aggregator=None)
+        return PrivacyPlan(aggregator=resolve(aggregator, cohort=cohort, seeded=seeded))
     resolved = resolve(aggregator, cohort=cohort, seeded=seeded)
     noise = find_noise(resolved)
     assert noise is not None
@@ -98,6 +113,16 @@ def plan_privacy(
     return PrivacyPlan(
         aggregator=resolved, accounting=accounting, target_epsilon=noise.target_epsilon
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class AggStateProbe:
+    """Run-loop probe: the aggregator state round ``t`` ran with, each entry as
+    ``agg_<name>`` (adaptive clipping: ``agg_clip_norm``, the clip norm ``C_t``)."""
+
+    def __call__(self, params: Params, info: RoundInfo) -> Mapping[str, float]:
+        """``{"agg_<name>": value}`` for every entry of ``info.agg_state``."""
+        return {f"agg_{name}": value for name, value in info.agg_state}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ Two ways to start it:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import traceback
@@ -46,7 +47,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fedkit.aggregate import fold
+from fedkit.aggregate import fold, init_state
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.client import evaluate_clients, prepared_template
 from fedkit.data.store import ClientStore
@@ -234,6 +235,7 @@ class DistributedExecutor:
         self._msg_template: Any = None
         self._acc_template: Any = None
         self._stateful = False
+        self._state_names: tuple[str, ...] = ()  # the aggregator state's names, on every rank
         self._closed = False
         self.last_rank_cpu_seconds: list[float] = []
         """CPU seconds each rank spent on its share of the last round (rank 0 only)."""
@@ -256,6 +258,7 @@ class DistributedExecutor:
         self._require_rank0()
         self._bind(algorithm)
         ids = sorted(cohort)
+        state_t = self._state_values(info)
         fracs = []
         for cid in ids:
             f = self.participation(cid, info)
@@ -265,6 +268,8 @@ class DistributedExecutor:
         frac_t = torch.tensor(fracs, dtype=torch.float64)
         self._bcast_header(header, cohort_t, frac_t)
         self._bcast_tree(msg)
+        if state_t is not None:
+            self._bcast_tree(state_t)
         acc, metrics, bytes_up = self._run_share(algorithm, msg, cohort_t, frac_t, info)
         done: list[ClientMetrics] = []
         dropped: list[int] = []
@@ -374,6 +379,7 @@ class DistributedExecutor:
                     dist.broadcast(cohort_t, 0)
                     dist.broadcast(frac_t, 0)
                 msg = self._recv_tree(self._msg_template)
+                info = self._recv_state(info)
                 try:
                     self._run_share(algorithm, msg, cohort_t, frac_t, info)
                 except RemoteRankError:
@@ -422,6 +428,25 @@ class DistributedExecutor:
         info0 = RoundInfo(round=0, seed=0, num_clients=self.num_clients, cohort_size=1)
         self._msg_template = algorithm.broadcast(algorithm.init_state(params), info0)
         self._stateful = algorithm.client_state_template(params) is not None
+        self._state_names = tuple(name for name, _ in init_state(algorithm.aggregator))
+
+    def _state_values(self, info: RoundInfo) -> Tensor | None:
+        """The round's aggregator state values (float64, exact) in the names' order, or
+        ``None`` for a stateless aggregator (nothing is sent)."""
+        if not self._state_names:
+            return None
+        names = tuple(name for name, _ in info.agg_state)
+        if names != self._state_names:
+            raise ValueError(f"aggregator state {names} does not match {self._state_names}")
+        return torch.tensor([v for _, v in info.agg_state], dtype=torch.float64)
+
+    def _recv_state(self, info: RoundInfo) -> RoundInfo:
+        """``info`` with the aggregator state rank 0 sent (after the message)."""
+        if not self._state_names:
+            return info
+        values = self._recv_tree(torch.zeros(len(self._state_names), dtype=torch.float64))
+        state = tuple(zip(self._state_names, values.tolist(), strict=True))
+        return dataclasses.replace(info, agg_state=state)
 
     def _bcast_header(
         self, values: Sequence[int], ids: Tensor | None = None, fracs: Tensor | None = None
