@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedkit.experiment.report_fairness import fairness_plots, fairness_section
 from fedkit.experiment.report_html import ReportDocument, render_html, render_markdown
 from fedkit.experiment.report_matrix import attack_matrix, matrix_plots, matrix_sections
 from fedkit.experiment.report_model import Arm, RoundPoint, Section
@@ -247,6 +248,10 @@ def write_report(
     if matrix is not None:
         plots += matrix_plots(matrix, out)
         sections += matrix_sections(matrix)
+    fairness = fairness_section(arms)
+    if fairness is not None:
+        plots += fairness_plots(arms, out)
+        sections.append(fairness)
     doc = ReportDocument(
         title=title or _title(arms),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
