@@ -41,6 +41,13 @@ def classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
 
 
+MAX_LOCAL_STEPS = 10**6
+"""Most local epochs or steps a client may be asked for (a typo such as 10**12 is refused)."""
+
+MAX_BATCH_SIZE = 2**24
+"""Largest mini-batch size (0 still means the full local dataset)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LocalTraining:
     """Client optimiser settings.
@@ -67,13 +74,16 @@ class LocalTraining:
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.epochs < 1:
-            raise ValueError(f"local_epochs must be >= 1, got {self.epochs!r}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"local_steps must be >= 1 or unset, got {self.steps!r}")
-        if self.batch_size < 0:
+        if not 1 <= self.epochs <= MAX_LOCAL_STEPS:
+            raise ValueError(f"local_epochs must be in [1, {MAX_LOCAL_STEPS}], got {self.epochs!r}")
+        if self.steps is not None and not 1 <= self.steps <= MAX_LOCAL_STEPS:
             raise ValueError(
-                f"batch_size must be >= 1, or 0 for full batch; got {self.batch_size!r}"
+                f"local_steps must be in [1, {MAX_LOCAL_STEPS}] or unset, got {self.steps!r}"
+            )
+        if not 0 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(
+                f"batch_size must be in [1, {MAX_BATCH_SIZE}], or 0 for full batch; "
+                f"got {self.batch_size!r}"
             )
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")

@@ -150,7 +150,7 @@ def test_unknown_section_is_named() -> None:
     [
         ("algorithm.local.lr", -0.1, "algorithm.local.lr must be a finite number > 0, got -0.1"),
         ("algorithm.local.momentum", 1.0, "algorithm.local.momentum must be in [0, 1), got 1.0"),
-        ("algorithm.local.epochs", 0, "algorithm.local.epochs must be >= 1, got 0"),
+        ("algorithm.local.epochs", 0, "algorithm.local.epochs must be in [1, 1000000], got 0"),
         ("algorithm.local.epochs", 1.5, "algorithm.local.epochs must be an int; got 1.5"),
         ("algorithm.local.batch_size", True, "algorithm.local.batch_size must be an int"),
         ("algorithm.server.lr", 0, "algorithm.server.lr must be a finite number > 0, got 0.0"),

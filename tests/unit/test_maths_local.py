@@ -112,7 +112,10 @@ def test_no_data_trains_nothing() -> None:
     ("kwargs", "message"),
     [
         ({"lr": 0.0}, "lr must be a finite number > 0"),
-        ({"steps": 0}, "local_steps must be >= 1 or unset, got 0"),
+        ({"steps": 0}, r"local_steps must be in \[1, 1000000\] or unset, got 0"),
+        ({"steps": 10**12}, r"local_steps must be in \[1, 1000000\] or unset"),
+        ({"epochs": 10**6 + 1}, r"local_epochs must be in \[1, 1000000\]"),
+        ({"batch_size": 2**24 + 1}, r"batch_size must be in \[1, 16777216\], or 0"),
         ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
     ],
 )

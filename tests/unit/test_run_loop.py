@@ -177,8 +177,11 @@ def _go_k(k: int) -> None:
     ("make", "match"),
     [
         (lambda: LocalTraining(lr=-0.1), "lr must be a finite number > 0, got -0.1"),
-        (lambda: LocalTraining(epochs=0), "local_epochs must be >= 1"),
-        (lambda: LocalTraining(batch_size=-2), "batch_size must be >= 1, or 0 for full batch"),
+        (lambda: LocalTraining(epochs=0), r"local_epochs must be in \[1, 1000000\], got 0"),
+        (
+            lambda: LocalTraining(batch_size=-2),
+            r"batch_size must be in \[1, 16777216\], or 0 for full batch",
+        ),
         (lambda: LocalTraining(momentum=1.0), r"momentum must be in \[0, 1\)"),
         (lambda: FedProx(mu=-1.0), "mu must be a finite number >= 0"),
         (lambda: FedAvg(weighting="size"), r"weighting must be one of \('examples', 'uniform'\)"),
