@@ -10,6 +10,14 @@ round policy only a coordinator uses; studies (``arms``/``grid``) are not deploy
 coordinator and every worker load the same file; the coordinator refuses workers whose file
 differs (SHA-256 digest).
 
+Privacy is planned here as ``fedkit run`` plans it (:func:`fedkit.privacy.plan.plan_privacy`):
+the DP chain is checked and resolved (``expected_clients`` from the file's cohort size and
+``data.num_clients``, which a DP deployment must set; the noise source stays ``"auto"``, the OS
+CSPRNG), on the coordinator and on every worker alike, and the coordinator's run loop gets the
+ε probe (``dp_epsilon``/``dp_delta`` in ``results.sqlite`` every round), the target-ε stop and,
+with adaptive clipping, the clip norm of each round (``agg_clip_norm``). ε is a function of the
+round index, so a restarted coordinator continues it.
+
 :func:`load_deployment` turns a file into a typed :class:`~fedkit.net.deployment.Deployment`;
 :func:`run_coordinator`, :func:`run_worker` and :func:`launch` hand it to :mod:`fedkit.net`, with
 the results database (:class:`~fedkit.experiment.deploy_results.ResultsRecorder`) as the
@@ -44,6 +52,8 @@ from fedkit.net.results import Summary
 from fedkit.net.transport import Security
 from fedkit.net.worker import LocalData
 from fedkit.net.worker import run_worker as serve_worker
+from fedkit.privacy.chain import find_adaptive, find_noise
+from fedkit.privacy.plan import PrivacyPlan, plan_privacy
 
 
 class ExperimentError(ValueError):
@@ -56,6 +66,7 @@ class DeploymentFile:
 
     config: ExperimentConfig
     deployment: Deployment
+    privacy: PrivacyPlan = dataclasses.field(default_factory=lambda: PrivacyPlan(aggregator=None))
 
 
 def read_deployment(path: Path) -> DeploymentFile:
@@ -103,6 +114,11 @@ def read_deployment(path: Path) -> DeploymentFile:
         algorithm = build_algorithm(a)
     except ConfigError as exc:
         raise ExperimentError(str(exc)) from None
+    privacy = _plan_privacy(cfg, algorithm)
+    if privacy.aggregator is not None and privacy.aggregator is not algorithm.aggregator:
+        built: Any = algorithm  # a dataclass (the registry's)
+        algorithm = dataclasses.replace(built, aggregator=privacy.aggregator)
+        cfg = dataclasses.replace(cfg, algorithm=dataclasses.replace(a, algorithm=algorithm))
     fed_every = cfg.run.federated_eval_every
     deployment = Deployment(
         name=cfg.name,
@@ -122,7 +138,35 @@ def read_deployment(path: Path) -> DeploymentFile:
         sampler=cfg.sampler,
         deploy=settings,
     )
-    return DeploymentFile(config=cfg, deployment=deployment)
+    return DeploymentFile(config=cfg, deployment=deployment, privacy=privacy)
+
+
+def _plan_privacy(cfg: ExperimentConfig, algorithm: Any) -> PrivacyPlan:
+    """The deployment's privacy plan (see the module docstring); OS noise (``seeded=False``).
+
+    Raises:
+        ExperimentError: an invalid DP chain, or one without ``data.num_clients``.
+    """
+    aggregator = getattr(algorithm, "aggregator", None)
+    if find_noise(aggregator) is None and find_adaptive(aggregator) is None:
+        return PrivacyPlan(aggregator=aggregator)
+    n = cfg.data.num_clients
+    if n is None:
+        raise ExperimentError(
+            "a deployment with a DP or adaptive clipping aggregator needs data.num_clients "
+            "(the population the accountant and the cohort size are computed for)"
+        )
+    try:
+        return plan_privacy(
+            aggregator,
+            weighting=getattr(algorithm, "weighting", None),
+            num_clients=n,
+            cohort=cfg.cohort_size(n),
+            sampler=cfg.sampler,
+            seeded=False,
+        )
+    except ValueError as exc:
+        raise ExperimentError(f"aggregator: {exc}") from None
 
 
 def load_deployment(path: Path) -> Deployment:
@@ -168,6 +212,8 @@ def coordinate(
         on_listening=on_listening,
         recorder=results_recorder(file, out_dir),
         enrolment=enrolment,
+        probes=file.privacy.probes,
+        stop=file.privacy.stop,
     )
 
 

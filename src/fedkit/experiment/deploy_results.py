@@ -110,6 +110,7 @@ class ResultsRecorder:
                 bytes_down=summary.bytes_down,
                 model_sha256=summary.model_sha256,
                 final_loss=summary.final_loss,
+                stopped=summary.stopped,
             ),
         )
         self.close()

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fedkit.algorithm import RoundInfo
 from fedkit.client import prepared_template
 from fedkit.data.spec import build_federated
 from fedkit.net.broker import Broker
@@ -32,7 +33,7 @@ from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer, StorageError
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
-from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
+from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
 
 log = logging.getLogger("fedkit.coordinator")
 
@@ -54,6 +55,8 @@ def serve(
     min_workers: int = 0,
     recorder: RunRecorder | None = None,
     enrolment: Enrolment | None = None,
+    probes: Sequence[Probe] = (),
+    stop: Callable[[RoundInfo], str | None] | None = None,
 ) -> Summary:
     """Run the experiment as a coordinator (see module docstring).
 
@@ -61,7 +64,9 @@ def serve(
     workers have registered, so that every launched worker takes part from the start.
     ``recorder`` receives every round (default: recorded in ``coordinator.db`` only).
     With ``enrolment`` every worker must register with its client id's enrolment secret
-    (required when ``deploy.enrolment = "secret"``).
+    (required when ``deploy.enrolment = "secret"``). ``probes`` and ``stop`` are the run loop's
+    (the edge's privacy plan: ε every round, the target-ε stop); a stopped run is ``completed``
+    when every round it ran was committed, with the reason in ``Summary.stopped``.
 
     Raises:
         DeployError: the data or the model cannot be built from the experiment (e.g. a model
@@ -193,6 +198,8 @@ def serve(
             sampler=exp.sampler,
             callbacks=[commit],
             checkpointer=checkpointer,
+            probes=probes,
+            stop=stop,
         )
     except BaseException as exc:
         # The coordinator's own error: workers are *not* told to shut down, so that the
@@ -210,12 +217,14 @@ def serve(
     target = exp.target_accuracy
     reached = [r.round + 1 for r in rows if target is not None and (r.accuracy or 0.0) >= target]
     committed = sum(1 for r in rows if r.committed)
+    decided = len({r.round for r in rows})
+    expected = exp.rounds if result.stopped is None else decided
     summary = Summary(
         run_id=results_run_id,
         name=exp.name,
         status=(
             "completed"
-            if committed == exp.rounds
+            if committed == expected
             else ("partial" if committed else "no_rounds_committed")
         ),
         rounds=exp.rounds,
@@ -231,6 +240,7 @@ def serve(
         committed_rounds=committed,
         start_round=result.start_round,
         deployment_id=run_id,
+        stopped=result.stopped,
     )
     recorder.finish(summary)
     return summary

@@ -40,6 +40,8 @@ class Summary:
     committed_rounds: int
     start_round: int
     deployment_id: str
+    stopped: str | None = None
+    """Why the run ended before its last round (a privacy budget), else ``None``."""
 
 
 class RunRecorder(Protocol):
