@@ -44,6 +44,14 @@ def test_weights_and_result_by_hand() -> None:
     assert float(torch.tensor(SQUARE).mean(0)[0]) == 2.75
 
 
+def test_weights_do_not_depend_on_the_updates_scale() -> None:
+    # distances below 1 (a late round's small updates): the same weights, the result scaled
+    agg = HuberReweight(kappa=1.5)
+    tiny = [[0.01 * v for v in p] for p in SQUARE]
+    assert _scores(agg, tiny, [1.0] * 4) == pytest.approx(_scores(agg, SQUARE, [1.0] * 4))
+    assert result_of(agg, tiny).tolist() == pytest.approx((0.01 * result_of(agg, SQUARE)).tolist())
+
+
 def test_a_second_step_recentres_on_the_first_result() -> None:
     agg = HuberReweight(kappa=1.5, iters=2)
     h4 = 1.5 * math.sqrt(0.5) / math.sqrt(2 * 9.5**2)
@@ -121,7 +129,7 @@ def test_refuses_bad_settings_and_empty_or_weightless_rounds() -> None:
         with pytest.raises(ValueError, match=r"^iters must be an integer >= 1, got "):
             HuberReweight(iters=iters)  # type: ignore[arg-type]
     agg = HuberReweight()
-    with pytest.raises(EmptyAggregateError):
+    with pytest.raises(EmptyAggregateError, match="^no client update to reweight$"):
         agg.result(agg.zero({"w": torch.zeros(2)}), CTX)
     with pytest.raises(EmptyAggregateError, match="weight 0"):
         result_of(agg, [[1.0], [2.0]], [0.0, 0.0])
