@@ -129,7 +129,7 @@ def test_refuses_bad_settings_and_empty_or_weightless_rounds() -> None:
         with pytest.raises(ValueError, match=r"^iters must be an integer >= 1, got "):
             HuberReweight(iters=iters)  # type: ignore[arg-type]
     agg = HuberReweight()
-    with pytest.raises(EmptyAggregateError, match="^no client update to reweight$"):
+    with pytest.raises(EmptyAggregateError, match=r"^no client update to reweight$"):
         agg.result(agg.zero({"w": torch.zeros(2)}), CTX)
     with pytest.raises(EmptyAggregateError, match="weight 0"):
         result_of(agg, [[1.0], [2.0]], [0.0, 0.0])
