@@ -289,3 +289,4 @@ ATTACKS.register("input_noise", "fedkit.attacks.noisy:InputNoise")
 EXECUTORS.register("serial", "fedkit.sim.factory:serial_executor")
 EXECUTORS.register("processes", "fedkit.sim.factory:process_executor")
 EXECUTORS.register("vectorized", "fedkit.sim.factory:vectorized_executor")
+EXECUTORS.register("torchrun", "fedkit.sim.factory:torchrun_executor")  # fedkit run under torchrun
