@@ -54,7 +54,9 @@ def test_label_flip_mirrors_labels_and_keeps_padding() -> None:
     assert torch.equal(out.x_train, data.x_train)
     with pytest.raises(ValueError, match="label 9 is not below num_classes = 5"):
         LabelFlip(num_classes=5).poison(data, torch.Generator())
-    with pytest.raises(ValueError, match="needs num_classes"):
+    with pytest.raises(
+        ValueError, match=r"^label_flip needs num_classes \(the dataset's number of classes\)$"
+    ):
         LabelFlip().poison(data, torch.Generator())
 
 

@@ -23,7 +23,7 @@ from fedkit.attacks.noisy import InputNoise, LabelNoise
 from fedkit.attacks.sign_flip import SignFlip
 from fedkit.client import client_context, client_update, train_plan
 from fedkit.local import LocalTraining
-from fedkit.params import model_params
+from fedkit.params import model_params, tree_leaves
 from fedkit.rng import generator
 from fedkit.run import RunConfig, run
 from fedkit.sim.serial import SerialExecutor
@@ -165,6 +165,16 @@ def test_label_noise_keeps_the_label_dtype_and_can_draw_class_zero_for_class_zer
 
 
 def test_input_noise_adds_the_streams_gaussians() -> None:
+    x64 = torch.rand(20, 3, dtype=torch.float64)
+    out = InputNoise(std=0.5).poison(
+        ClientData(x64, torch.zeros(20)), torch.Generator().manual_seed(4)
+    )
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(
+        out.x_train, x64 + torch.randn(20, 3, generator=g, dtype=torch.float64) * 0.5
+    )
+    with pytest.raises(ValueError, match=r"^input_noise needs float inputs, got torch.int64$"):
+        InputNoise().poison(ClientData(torch.zeros(2, 1).long(), torch.zeros(2)), torch.Generator())
     x = torch.rand(20, 3)
     out = InputNoise(std=0.5).poison(
         ClientData(x, torch.zeros(20)), torch.Generator().manual_seed(4)
@@ -218,7 +228,7 @@ def _first(what: str, cid: int, info: RoundInfo) -> float:
 
 
 def test_the_attacker_draws_from_its_own_named_streams_and_trains_shards_on_its_own() -> None:
-    inner = FedAvg(local=LOCAL)
+    inner = Scaffold(local=LOCAL)  # its final reads the plan's carry and the context
     alg = Attacked(inner=inner, attack=_Recorder(), attackers=frozenset({1}))
     info = RoundInfo(round=3, seed=9, num_clients=4, cohort_size=2)
     data = toy_clients(4)[1]
@@ -238,8 +248,12 @@ def test_the_attacker_draws_from_its_own_named_streams_and_trains_shards_on_its_
         )
         plan = dataclasses.replace(inner.client_init(ctx, msg, data, None), data=half)
         want = inner.client_final(ctx, msg, plan, train_plan(ctx, plan, half)).update
-        assert all(torch.equal(got.delta[k], want.delta[k]) for k in want.delta)
-    assert not torch.equal(SEEN["train"][0].delta["0.weight"], SEEN["train"][1].delta["0.weight"])
+        assert all(
+            torch.equal(a, b)
+            for (_, a), (_, b) in zip(tree_leaves(got), tree_leaves(want), strict=True)
+        )
+    first, second = (dict(tree_leaves(u)) for u in SEEN["train"])
+    assert not torch.equal(first["delta/0.weight"], second["delta/0.weight"])
 
 
 def test_a_plan_without_data_is_refused_by_the_attackers_final() -> None:
@@ -249,7 +263,11 @@ def test_a_plan_without_data_is_refused_by_the_attackers_final() -> None:
     data = toy_clients(1)[0]
     msg = inner.broadcast(inner.init_state(model_params(toy_model())), INFO)
     plan = inner.client_init(ctx, msg, data, None)  # not Attacked's: no data named
-    with pytest.raises(ValueError, match=r"^client 3: an attacker's plan names its data"):
+    with pytest.raises(
+        ValueError,
+        match=r"^client 3: an attacker's plan names its data \(Attacked.client_init sets it\); "
+        r"this plan was not made by Attacked.client_init$",
+    ):
         alg.client_final(ctx, msg, plan, train_plan(ctx, plan, data))
 
 
@@ -290,6 +308,28 @@ def test_with_no_attacker_sampled_the_run_is_the_wrapped_algorithms_bit_for_bit(
             inner, SerialExecutor(toy_store(6), toy_model()), model_params(toy_model()), config
         )
         assert all(torch.equal(got.params[k], want.params[k]) for k in want.params)
+
+
+def test_attackers_come_from_the_runs_own_stream() -> None:
+    # (seed, round 0, the population's id -1, "attackers"): the same set wherever it is drawn
+    perm = torch.randperm(30, generator=generator(5, 0, -1, "attackers"))
+    assert choose_attackers(30, 0.2, seed=5) == frozenset(int(i) for i in perm[:6])
+
+
+def test_alie_shards_come_from_the_attackers_stream() -> None:
+    data = ClientData(torch.zeros(9, 1), torch.arange(9))
+    honest = ModelDelta({"w": torch.zeros(1)})
+
+    def train(d: ClientData) -> Any:  # an "update" that tells which examples a shard holds
+        return ModelDelta({"w": d.y_train.double().sum().reshape(1).float()})
+
+    def forge(g: torch.Generator) -> Any:
+        return ALittleIsEnough(z=1.0, shards=3).forge(
+            _actx(honest, data=data, train=train, stream=g)
+        )
+
+    a, b = _twice(forge)
+    assert torch.equal(a.delta["w"], b.delta["w"])
 
 
 def test_expected_attackers_is_at_least_one() -> None:
