@@ -11,6 +11,15 @@ not reached), ``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down`
 ``model_sha256``, ``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run
 completed, 1 when a run failed, 2 when the file or a dataset could not be used.
 
+Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` in the environment, or
+``--distributed``, which requires them) every rank reads and validates the same file and joins a
+gloo process group (``--timeout`` seconds for any collective); the runs go one after another on
+the whole group: rank 0 runs the loop, records ``OUT/results.sqlite``, checkpoints each run under
+``OUT/checkpoints/`` and prints; the other ranks build the same data, model and algorithm, serve
+their share of each cohort and write nothing. A rank that dies ends the run on rank 0 with an
+error naming the rank and its host; the run is recorded ``failed`` with an ``interrupted: …``
+error, and rerunning the same command resumes it from its checkpoint. See docs/distributed.md.
+
 ``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
 output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
 """
@@ -19,22 +28,27 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedkit.experiment.config import ConfigError, load_study
+from fedkit.experiment.config import ConfigError, Study, load_study
 from fedkit.experiment.results import ResultsStore, RunRow, results_path
 
-__all__ = ["DEFAULT_OUT", "run", "runs_app"]
+if TYPE_CHECKING:
+    from fedkit.experiment.runner import RunOutcome
+    from fedkit.sim.torchrun import RankGroup
+
+__all__ = ["DEFAULT_OUT", "report_outcome", "run", "run_recorded", "runs_app"]
 
 DEFAULT_OUT = Path("runs")
 """Default output directory of ``fedkit run`` and of the ``runs`` commands."""
@@ -42,8 +56,8 @@ DEFAULT_OUT = Path("runs")
 _err = Console(stderr=True)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
+def fail(message: str, code: int) -> typer.Exit:
+    _err.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
 
 
@@ -78,51 +92,119 @@ def run(
         Path | None,
         typer.Option("--data", help="Data directory (default: $FEDKIT_DATA or ~/.cache/fedkit)."),
     ] = None,
+    distributed: Annotated[
+        bool | None,
+        typer.Option(
+            "--distributed/--no-distributed",
+            help="Run on the ranks of a torchrun launch (default: when torchrun's environment "
+            "is set).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=1.0,
+            help="Under torchrun: seconds any rank may wait for the others (rendezvous and "
+            "every exchange) before the run ends with an error.",
+        ),
+    ] = 1800.0,
 ) -> None:
     """Run an experiment file (every arm and grid point) and record it in OUT/results.sqlite."""
-    from fedkit.data.datasets import FedkitDataError
-    from fedkit.experiment.progress import RunProgress
-    from fedkit.experiment.runner import RunOutcome, run_study
+    from fedkit.sim.torchrun import torchrun_env
 
+    try:
+        env = torchrun_env()
+    except ValueError as e:
+        raise fail(f"torchrun environment: {e}", 2) from None
+    if distributed is None:
+        distributed = env is not None
+    if distributed:
+        if env is None:
+            raise fail(
+                "--distributed needs torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, "
+                "MASTER_PORT): launch with `torchrun --nnodes N --nproc-per-node K … -m fedkit "
+                "run FILE` (see docs/distributed.md)",
+                2,
+            )
+        from fedkit.experiment.cli_torchrun import run_on_ranks
+
+        run_on_ranks(
+            env,
+            file,
+            set_ or [],
+            out=out,
+            as_json=as_json,
+            quiet=quiet,
+            jobs=jobs,
+            data_root=data_root,
+            timeout=timeout,
+        )
     try:
         study = load_study(file, set_ or [])
     except ConfigError as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
+    run_recorded(study, file, out, as_json=as_json, quiet=quiet, jobs=jobs, data_root=data_root)
+
+
+def report_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
+    """One run's ``--json`` line on standard output and its summary line on standard error."""
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json()))
+        sys.stdout.flush()
+    s = outcome.summary
+    if s is not None:
+        acc = "—" if s.final_accuracy is None else f"{s.final_accuracy:.4f}"
+        _err.print(
+            f"run {outcome.run_id} {outcome.name}: completed, {s.rounds} rounds, "
+            f"final accuracy {acc}, {s.wall_seconds:.1f} s",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        _err.print(
+            f"run {outcome.run_id} {outcome.name}: failed: {outcome.error}",
+            markup=False,
+            highlight=False,
+        )
+
+
+def run_recorded(
+    study: Study,
+    file: Path,
+    out: Path,
+    *,
+    as_json: bool,
+    quiet: bool,
+    jobs: int,
+    data_root: Path | None,
+    group: RankGroup | None = None,
+) -> None:
+    """Run ``study`` into ``OUT/results.sqlite`` (this process, or rank 0 of ``group``)."""
+    from fedkit.data.datasets import FedkitDataError
+    from fedkit.experiment.progress import RunProgress
+    from fedkit.experiment.runner import run_study
+
     db = results_path(out)
     created = not db.exists()
     store = ResultsStore(db)
-
-    def report(outcome: RunOutcome) -> None:
-        if as_json:
-            typer.echo(json.dumps(outcome.to_json()))
-            sys.stdout.flush()
-        s = outcome.summary
-        if s is not None:
-            acc = "—" if s.final_accuracy is None else f"{s.final_accuracy:.4f}"
-            _err.print(
-                f"run {outcome.run_id} {outcome.name}: completed, {s.rounds} rounds, "
-                f"final accuracy {acc}, {s.wall_seconds:.1f} s",
-                markup=False,
-                highlight=False,
-            )
-        else:
-            _err.print(
-                f"run {outcome.run_id} {outcome.name}: failed: {outcome.error}",
-                markup=False,
-                highlight=False,
-            )
-
     try:
         with RunProgress(enabled=not quiet, console=_err) as progress:
             outcomes = run_study(
-                study, store, progress=progress, data_root=data_root, on_outcome=report, jobs=jobs
+                study,
+                store,
+                progress=progress,
+                data_root=data_root,
+                on_outcome=functools.partial(report_outcome, as_json=as_json),
+                jobs=jobs,
+                group=group,
             )
     except ConfigError as e:
         _discard_if_empty(store, created)
-        raise _fail(f"{file}: {e}", 2) from None
+        raise fail(f"{file}: {e}", 2) from None
     except FedkitDataError as e:
         _discard_if_empty(store, created)
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
     finally:
         store.close()
     _err.print(f"results: {results_path(out)}", markup=False, highlight=False)
@@ -154,7 +236,7 @@ def _open(runs_dir: Path) -> ResultsStore:
     try:
         return ResultsStore(results_path(runs_dir), create=False)
     except (FileNotFoundError, RuntimeError) as e:
-        raise _fail(str(e), 2) from None
+        raise fail(str(e), 2) from None
 
 
 def _out() -> Console:
@@ -214,7 +296,7 @@ def show_run(
         try:
             r = store.run(run_id)
         except KeyError as e:
-            raise _fail(str(e.args[0]), 2) from None
+            raise fail(str(e.args[0]), 2) from None
         rounds = store.rounds(run_id)
         clients = store.clients(run_id) if as_json else []
     if as_json:

@@ -22,15 +22,20 @@ per round, with the ``[algorithm.local]`` settings).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import math
 import multiprocessing
+import re
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -63,16 +68,23 @@ from fedkit.privacy.plan import PrivacyPlan, dpsgd_probes, plan_privacy
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
+from fedkit.sim.distributed import DistributedExecutor, RemoteRankError, startup_check
 from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
+from fedkit.sim.torchrun import GroupExecutor, RankGroup, RankLostError, is_transport_error
 
 __all__ = [
     "RunOutcome",
     "build_algorithm",
+    "checkpoint_dir",
     "model_init_seed",
+    "on_group",
     "run_experiment",
     "run_study",
+    "serve_study",
 ]
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -319,6 +331,7 @@ def run_experiment(
     *,
     progress: RunProgress | None = None,
     data_root: Path | None = None,
+    group: RankGroup | None = None,
 ) -> RunOutcome:
     """Run one experiment and record it in ``results``.
 
@@ -327,6 +340,9 @@ def run_experiment(
         results: Where the run is recorded.
         progress: Progress display (none drawn when ``None``).
         data_root: Data directory (default: ``FEDKIT_DATA`` / ``~/.cache/fedkit``).
+        group: Under torchrun, the process group (this process is its rank 0; the others run
+            :func:`serve_study`): a federated run's cohort runs on every rank, checkpoints
+            under ``checkpoints/`` beside the results database and resumes from there.
 
     Returns:
         The outcome; a run that fails after it was recorded returns ``status="failed"``.
@@ -338,6 +354,8 @@ def run_experiment(
             recorded.
         KeyboardInterrupt: After marking the run failed.
     """
+    if group is not None and group.rank != 0:
+        raise ValueError("run_experiment runs on rank 0; the other ranks call serve_study")
     progress = progress or RunProgress(enabled=False)
     t0 = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -345,19 +363,127 @@ def run_experiment(
     try:
         if cfg.parallel is not None:
             return _run_parallel(cfg, results, progress, data_root, t0)
-        return _run_federated(cfg, results, progress, data_root, t0)
+        return _run_federated(cfg, results, progress, data_root, t0, group)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _start(results: ResultsStore, cfg: ExperimentConfig) -> int:
+def _start(results: ResultsStore, cfg: ExperimentConfig, group: RankGroup | None = None) -> int:
+    env = environment(threads=cfg.run.threads)
+    if group is not None:  # where the ranks ran (the config says executor = "torchrun")
+        env["distributed"] = {
+            "launcher": "torchrun",
+            "world_size": group.world_size,
+            "ranks": [f"{h.host} {h.address}" for h in group.hosts],
+        }
     return results.start_run(
         name=cfg.name,
         study=cfg.study,
         config=cfg.to_mapping(),
         code=code_version(),
-        env=environment(threads=cfg.run.threads),
+        env=env,
     )
+
+
+@dataclasses.dataclass
+class _Setup:
+    """A federated (or centralised) run's objects, built the same way on every rank."""
+
+    cfg: ExperimentConfig  # with the privacy chain resolved
+    built: _Built
+    algorithm: Any = None  # None for ``centralized``
+    privacy: PrivacyPlan = dataclasses.field(default_factory=lambda: PrivacyPlan(aggregator=None))
+    executor: Any = None
+
+
+def _setup(cfg: ExperimentConfig, data_root: Path | None, group: RankGroup | None) -> _Setup:
+    """Data, model, algorithm (privacy resolved, attack wrapped) and executor of a run: rank 0's
+    (or a single process's) executor for the loop, or a serving rank's DistributedExecutor."""
+    a = cfg.algorithm
+    assert a is not None  # validated by experiment_from_mapping
+    built = _build(cfg, data_root)
+    store, spec = built.store, built.model_spec
+    if not a.federated:
+        return _Setup(cfg=cfg, built=built)
+    algorithm = build_algorithm(a)
+    algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
+    if cfg.attack is not None:
+        algorithm = cfg.attack.wrap(
+            algorithm,
+            num_clients=store.num_clients,
+            seed=cfg.run.seed,
+            num_classes=built.fd.dataset.num_classes,
+        )
+    if group is not None and group.rank > 0:  # rank 0 decides participation and sends it
+        executor: Any = DistributedExecutor(store, spec.build())
+        return _Setup(cfg=cfg, built=built, algorithm=algorithm, privacy=privacy, executor=executor)
+    local = _local(a, "which [system] needs") if cfg.system is not None else None
+    try:
+        executor = build_executor(
+            cfg.run.executor,
+            store=store,
+            model_fn=spec,
+            processes=cfg.run.processes,
+            threads=cfg.run.threads,
+            store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
+            model_spec=spec,
+            system=cfg.system,
+            local=local,
+        )
+    except ImportError as e:
+        raise ConfigError(
+            f"run.executor = {cfg.run.executor!r} is not available in this installation "
+            f"({e}); registered: {', '.join(EXECUTORS)}"
+        ) from e
+    if group is not None:
+        executor = GroupExecutor(executor, group)
+    return _Setup(cfg=cfg, built=built, algorithm=algorithm, privacy=privacy, executor=executor)
+
+
+def _agreed(group: RankGroup, build: Callable[[], T]) -> T:
+    """``build()`` on every rank, then one exchange so that every rank learns whether all of
+    them could (a missing dataset file on one host stops every rank before the run starts).
+
+    Raises:
+        Exception: This rank's own error, with its type (``ConfigError``, a data error).
+        ConfigError: Another rank could not build; its message names it.
+        RankLostError: The exchange itself failed (a rank died).
+    """
+    own: Exception | None = None
+    result: T | None = None
+    try:
+        result = build()
+    except Exception as e:
+        own = e
+    try:
+        startup_check(group.world_size, group.rank, "" if own is None else _describe(own))
+    except RemoteRankError as e:
+        if own is not None:
+            raise own from None
+        raise ConfigError(f"another rank could not prepare the run: {e}") from None
+    except Exception as e:
+        if is_transport_error(e):
+            raise group.lost(e, "the start of a run") from e
+        raise
+    assert result is not None
+    return result
+
+
+def checkpoint_dir(out: Path, cfg: ExperimentConfig) -> Path:
+    """Where a run under torchrun checkpoints: ``OUT/checkpoints/<name>-<config digest>``, so a
+    rerun of the same file (same resolved config) finds it and resumes."""
+    digest = hashlib.sha256(json.dumps(cfg.to_mapping(), sort_keys=True).encode()).hexdigest()
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", cfg.name)[:60]
+    return out / "checkpoints" / f"{slug}-{digest[:16]}"
+
+
+def _interrupted(e: RankLostError, ckpt: Path) -> RankLostError:
+    """The run's error when a rank was lost: what happened and how to resume."""
+    if (ckpt / "checkpoint.safetensors").exists():
+        how = f"resumable: rerun the same command and it resumes from the checkpoint in {ckpt}"
+    else:
+        how = "no round was checkpointed yet: a rerun starts it over"
+    return RankLostError(f"interrupted: {e}; {how}", e.ranks)
 
 
 def _run_federated(
@@ -366,11 +492,17 @@ def _run_federated(
     progress: RunProgress,
     data_root: Path | None,
     t0: float,
+    group: RankGroup | None = None,
 ) -> RunOutcome:
     a = cfg.algorithm
     rounds = cfg.run.rounds
     assert a is not None and rounds is not None  # validated by experiment_from_mapping
-    built = _build(cfg, data_root)
+    on_group = group is not None and a.federated  # a centralised arm runs on rank 0 alone
+    if group is not None and on_group:
+        setup = _agreed(group, lambda: _setup(cfg, data_root, group))
+    else:
+        setup = _setup(cfg, data_root, None)
+    cfg, built, algorithm, privacy = setup.cfg, setup.built, setup.algorithm, setup.privacy
     store, spec = built.store, built.model_spec
     fed_every = cfg.run.federated_eval_every
     if fed_every is None:
@@ -378,40 +510,10 @@ def _run_federated(
     test = built.fd.dataset.test
     evaluator = central_evaluator(spec.build(), test.x, test.y)
     centralized = not a.federated
-    executor: Any = None
-    capture: _EvalCapture | None = None
-    privacy = PrivacyPlan(aggregator=None)
-    if not centralized:
-        algorithm = build_algorithm(a)
-        algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
-        sizes = [store.num_examples(i) for i in range(store.num_clients)]
-        if cfg.attack is not None:
-            algorithm = cfg.attack.wrap(
-                algorithm,
-                num_clients=store.num_clients,
-                seed=cfg.run.seed,
-                num_classes=built.fd.dataset.num_classes,
-            )
-        cohort = cfg.run.cohort_size(store.num_clients)
-        local = _local(a, "which [system] needs") if cfg.system is not None else None
-        try:
-            executor = build_executor(
-                cfg.run.executor,
-                store=store,
-                model_fn=spec,
-                processes=cfg.run.processes,
-                threads=cfg.run.threads,
-                store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
-                model_spec=spec,
-                system=cfg.system,
-                local=local,
-            )
-        except ImportError as e:
-            raise ConfigError(
-                f"run.executor = {cfg.run.executor!r} is not available in this installation "
-                f"({e}); registered: {', '.join(EXECUTORS)}"
-            ) from e
-        capture = _EvalCapture(executor)
+    executor: Any = setup.executor
+    capture = None if executor is None else _EvalCapture(executor)
+    sizes = [store.num_examples(i) for i in range(store.num_clients)]
+    ckpt = checkpoint_dir(results.path.parent, cfg) if on_group else None
     fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
 
     def federated_evals(record: RoundRecord, params: Params) -> list[ClientEval] | None:
@@ -421,7 +523,7 @@ def _run_federated(
             return fed_scorer.evaluate(params, range(store.num_clients))
         return None
 
-    run_id = _start(results, cfg)
+    run_id = _start(results, cfg, group if on_group else None)
     recorder = _Recorder(
         results,
         run_id,
@@ -449,28 +551,36 @@ def _run_federated(
             ).params
         else:
             assert capture is not None
-            result = run(
-                algorithm,
-                capture,
-                model_params(spec.build()),
-                RunConfig(
-                    rounds=rounds,
-                    clients_per_round=cohort,
-                    seed=cfg.run.seed,
-                    eval_every=cfg.run.eval_every,
-                    federated_eval_every=fed_every,
-                ),
-                evaluator=evaluator,
-                sampler=cfg.sampler,
-                callbacks=[recorder],
-                stop=privacy.stop,
-                probes=[
-                    *_probes(cfg, built, rounds),
-                    *privacy.probes,
-                    *dpsgd_probes(a.local, sizes),
-                ],
-            )
+            try:
+                result = run(
+                    algorithm,
+                    capture,
+                    model_params(spec.build()),
+                    RunConfig(
+                        rounds=rounds,
+                        clients_per_round=cfg.run.cohort_size(store.num_clients),
+                        seed=cfg.run.seed,
+                        eval_every=cfg.run.eval_every,
+                        federated_eval_every=fed_every,
+                        checkpoint_dir=ckpt,
+                    ),
+                    evaluator=evaluator,
+                    sampler=cfg.sampler,
+                    callbacks=[recorder],
+                    stop=privacy.stop,
+                    probes=[
+                        *_probes(cfg, built, rounds),
+                        *privacy.probes,
+                        *dpsgd_probes(a.local, sizes),
+                    ],
+                )
+            except RankLostError as e:
+                raise _interrupted(e, ckpt) if ckpt is not None else e from e
             final, stopped = result.params, result.stopped
+            if ckpt is not None:  # completed: a rerun of the file starts a new run
+                shutil.rmtree(ckpt, ignore_errors=True)
+                with contextlib.suppress(OSError):  # the folder goes when it holds no other
+                    ckpt.parent.rmdir()
         return recorder.summary(final, time.perf_counter() - t0, stopped)
 
     close = getattr(executor, "close", None)
@@ -636,6 +746,7 @@ def run_study(
     data_root: Path | None = None,
     on_outcome: Callable[[RunOutcome], None] | None = None,
     jobs: int = 1,
+    group: RankGroup | None = None,
 ) -> list[RunOutcome]:
     """Run every run of ``study``, recording each in ``results``.
 
@@ -656,12 +767,28 @@ def run_study(
         data_root: Data directory.
         on_outcome: Called after each run (e.g. to print its ``--json`` line).
         jobs: Runs at once (>= 1).
+        group: Under torchrun, the process group; this process is rank 0 and the other ranks
+            run :func:`serve_study` on the same study. Runs go one after another on the whole
+            group (``jobs`` must be 1); each federated run's executor is the group's
+            (``run.executor`` is recorded as ``"torchrun"``).
 
     Returns:
         The outcomes, in the study's run order.
+
+    Raises:
+        RankLostError: Under torchrun, a rank died: the run under way was recorded as failed
+            (interrupted, resumable from its checkpoint) and the study stops.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if group is not None:
+        return _run_on_group(study, results, group, progress, data_root, on_outcome, jobs)
+    for cfg in study.runs:
+        if cfg.run.executor == "torchrun":
+            raise ConfigError(
+                f"run {cfg.name!r}: run.executor = 'torchrun' runs on the ranks of a torchrun "
+                "launch: torchrun --nproc-per-node K … -m fedkit run FILE (see docs/distributed.md)"
+            )
     if jobs == 1 or len(study.runs) == 1:
         outcomes: list[RunOutcome] = []
         for cfg in study.runs:
@@ -702,3 +829,76 @@ def run_study(
             raise
     progress.end_run("done")
     return [done[i] for i in sorted(done)]
+
+
+def on_group(study: Study) -> list[ExperimentConfig]:
+    """The study's runs as they run under torchrun: federated runs on the group's executor
+    (``run.executor = "torchrun"``); the same list on every rank.
+
+    Raises:
+        ConfigError: A ``[parallel]`` run (it has its own torchrun entry point).
+    """
+    runs: list[ExperimentConfig] = []
+    for cfg in study.runs:
+        if cfg.parallel is not None:
+            raise ConfigError(
+                f"run {cfg.name!r} is a [parallel] experiment: under torchrun it runs with "
+                f"`torchrun … -m fedkit.parallel FILE --arm {cfg.name}`, not `fedkit run`"
+            )
+        if cfg.algorithm is not None and cfg.algorithm.federated:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, executor="torchrun"))
+        runs.append(cfg)
+    return runs
+
+
+def _run_on_group(
+    study: Study,
+    results: ResultsStore,
+    group: RankGroup,
+    progress: RunProgress | None,
+    data_root: Path | None,
+    on_outcome: Callable[[RunOutcome], None] | None,
+    jobs: int,
+) -> list[RunOutcome]:
+    """Rank 0's side of a study under torchrun (see :func:`run_study`)."""
+    if jobs != 1:
+        raise ConfigError("--jobs runs arms in separate processes; under torchrun use --jobs 1")
+    outcomes: list[RunOutcome] = []
+    for cfg in on_group(study):
+        outcome = run_experiment(cfg, results, progress=progress, data_root=data_root, group=group)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        if group.broken:
+            raise RankLostError(
+                (outcome.error or "a rank was lost").removeprefix("RankLostError: ")
+            )
+    return outcomes
+
+
+def serve_study(study: Study, group: RankGroup, *, data_root: Path | None = None) -> None:
+    """A rank > 0's side of a study under torchrun: for each federated run, build the same
+    data, model and algorithm as rank 0 and serve its cohorts until rank 0 ends the run
+    (centralised runs are rank 0's alone). Nothing is written.
+
+    Raises:
+        ConfigError: A run could not be prepared on some rank (all ranks stop).
+        RankLostError: A rank (rank 0 included) died or became unreachable.
+    """
+    if group.rank == 0:
+        raise ValueError("serve_study is for ranks > 0; rank 0 calls run_study")
+    for cfg in on_group(study):
+        if cfg.algorithm is None or not cfg.algorithm.federated:
+            continue
+        previous = torch.get_num_threads()
+        torch.set_num_threads(cfg.run.threads)
+        try:
+            setup = _agreed(group, functools.partial(_setup, cfg, data_root, group))
+            try:
+                setup.executor.serve(setup.algorithm)
+            except Exception as e:
+                if is_transport_error(e):
+                    raise group.lost(e, f"run {cfg.name!r}") from e
+                raise
+        finally:
+            torch.set_num_threads(previous)

@@ -1,7 +1,8 @@
 """Build a simulation executor by name — the one entry point the experiment runner uses.
 
 ``build_executor(kind, store=…, model_fn=…)`` looks ``kind`` up in
-:data:`fedkit.registry.EXECUTORS` (``serial``, ``processes``, ``vectorized``, or an import path)
+:data:`fedkit.registry.EXECUTORS` (``serial``, ``processes``, ``vectorized``, ``torchrun``, or
+an import path)
 and calls that factory with an :class:`ExecutorRecipe`; the factory returns an object satisfying
 :class:`fedkit.executor.Executor`. A new executor is its own module with a factory
 ``(ExecutorRecipe) -> Executor`` plus one registry line. Executors that start other processes
@@ -67,6 +68,17 @@ def process_executor(r: ExecutorRecipe) -> Executor:
         threads=r.threads,
         participation=r.participation,
         eval_batch_size=r.eval_batch_size,
+    )
+
+
+def torchrun_executor(r: ExecutorRecipe) -> Executor:
+    """``torchrun``: the ranks of the process group this process joined under ``torchrun``
+    (``fedkit run`` under torchrun uses it for every arm; this process must be rank 0, the
+    others :meth:`~fedkit.sim.distributed.DistributedExecutor.serve`)."""
+    from fedkit.sim.distributed import DistributedExecutor
+
+    return DistributedExecutor(
+        r.store, r.model_fn(), participation=r.participation, eval_batch_size=r.eval_batch_size
     )
 
 
