@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fedkit.aggregate import AggContext, aggregate
+from fedkit.algorithm import RoundInfo
 
 CTX = AggContext(round=0, seed=0)
 
@@ -46,3 +47,27 @@ def draw_honest_and_far(
     points = honest + [[scale * s * c / norm for c in direction] for s in stretch]
     order = data.draw(st.permutations(range(len(points))))
     return honest, points, [points[i] for i in order]
+
+
+ATTACK_INFO = RoundInfo(round=2, seed=5, num_clients=10, cohort_size=10)
+"""The round of :func:`attack_context`: a cohort of 10 out of 10 clients."""
+
+
+def attack_context(honest: Any, **kw: Any) -> Any:
+    """An :class:`~fedkit.attacks.AttackContext` of client 3 in :data:`ATTACK_INFO` that sends
+    ``honest``; ``kw`` replaces any field (``train`` returns ``honest`` unless given; ``stream``
+    is seeded 0; 2 attackers expected)."""
+    from fedkit.attacks import AttackContext
+    from fedkit.client import client_context
+    from tests.helpers.toy import toy_clients, toy_model
+
+    base: dict[str, Any] = dict(
+        client=client_context(toy_model(), 3, ATTACK_INFO),
+        data=toy_clients(1)[0],
+        honest=honest,
+        expected_attackers=2,
+        train=lambda d: honest,
+        stream=torch.Generator().manual_seed(0),
+    )
+    base.update(kw)
+    return AttackContext(**base)

@@ -15,7 +15,7 @@ from torch import nn
 from fedkit.algorithm import ClientData, RoundInfo
 from fedkit.algorithms import FedAvg
 from fedkit.algorithms.fedavg import ModelDelta
-from fedkit.attacks import AttackContext, Attacked, attacked, choose_attackers
+from fedkit.attacks import Attacked, attacked, choose_attackers
 from fedkit.attacks.alie import ALittleIsEnough, shards, z_max
 from fedkit.attacks.backdoor import Backdoor, backdoor_accuracy, stamp
 from fedkit.attacks.gaussian import GaussianNoise
@@ -29,22 +29,10 @@ from fedkit.local import LocalTraining
 from fedkit.params import model_params
 from fedkit.registry import ATTACKS
 from fedkit.rng import generator
+from tests.helpers.robust import attack_context as ctx_of
 from tests.helpers.toy import toy_clients, toy_model
 
 INFO = RoundInfo(round=2, seed=5, num_clients=10, cohort_size=10)
-
-
-def _actx(honest: Any, **kw: Any) -> AttackContext:
-    base: dict[str, Any] = dict(
-        client=client_context(toy_model(), 3, INFO),
-        data=toy_clients(1)[0],
-        honest=honest,
-        expected_attackers=2,
-        train=lambda d: honest,
-        stream=torch.Generator().manual_seed(0),
-    )
-    base.update(kw)
-    return AttackContext(**base)
 
 
 def test_label_flip_mirrors_labels_and_keeps_padding() -> None:
@@ -62,12 +50,12 @@ def test_label_flip_mirrors_labels_and_keeps_padding() -> None:
 
 def test_sign_flip_and_ipm_reverse_and_scale_the_honest_update() -> None:
     honest = ModelDelta({"w": torch.tensor([1.0, -2.0]), "n": torch.tensor([3])})
-    out = SignFlip(scale=2.0).forge(_actx(honest))
+    out = SignFlip(scale=2.0).forge(ctx_of(honest))
     assert out.delta["w"].tolist() == [-2.0, 4.0]
     assert out.delta["n"].tolist() == [3]  # integer leaves are not touched
     ipm = build(ATTACKS, {"name": "ipm"}, "attack")
     assert ipm == SignFlip(scale=0.1)  # Xie et al.'s ε = 0.1, the registry's preset
-    assert ipm.forge(_actx(honest)).delta["w"].tolist() == pytest.approx([-0.1, 0.2])
+    assert ipm.forge(ctx_of(honest)).delta["w"].tolist() == pytest.approx([-0.1, 0.2])
     for bad in (0.0, -1.0, math.inf):
         with pytest.raises(ValueError, match="scale"):
             SignFlip(scale=bad)
@@ -75,8 +63,8 @@ def test_sign_flip_and_ipm_reverse_and_scale_the_honest_update() -> None:
 
 def test_gaussian_noise_has_the_asked_spread_and_comes_from_the_attackers_stream() -> None:
     honest = ModelDelta({"w": torch.ones(20_000)})
-    a = GaussianNoise(std=3.0).forge(_actx(honest, stream=torch.Generator().manual_seed(1)))
-    b = GaussianNoise(std=3.0).forge(_actx(honest, stream=torch.Generator().manual_seed(1)))
+    a = GaussianNoise(std=3.0).forge(ctx_of(honest, stream=torch.Generator().manual_seed(1)))
+    b = GaussianNoise(std=3.0).forge(ctx_of(honest, stream=torch.Generator().manual_seed(1)))
     assert torch.equal(a.delta["w"], b.delta["w"])
     w = a.delta["w"].double()
     # sample variance of n = 20000 N(0, 9) draws: sd of s² is 9·sqrt(2/(n-1)) = 0.09, so a
@@ -109,10 +97,10 @@ def test_backdoor_poisons_its_share_and_boosts_by_the_cohort_size() -> None:
     assert torch.equal(out.y_train[~hit], data.y_train[~hit])
     honest = ModelDelta({"w": torch.tensor([0.5, -1.0])})
     # γ = n / m: a cohort of 10 with 2 attackers expected shares the replacement, 5 each
-    assert bd.forge(_actx(honest)).delta["w"].tolist() == [2.5, -5.0]
-    alone = bd.forge(_actx(honest, expected_attackers=1)).delta["w"].tolist()
+    assert bd.forge(ctx_of(honest)).delta["w"].tolist() == [2.5, -5.0]
+    alone = bd.forge(ctx_of(honest, expected_attackers=1)).delta["w"].tolist()
     assert alone == [5.0, -10.0]  # the paper's single attacker: γ = n = 10
-    boosted = Backdoor(boost=3.0).forge(_actx(honest)).delta["w"].tolist()
+    boosted = Backdoor(boost=3.0).forge(ctx_of(honest)).delta["w"].tolist()
     assert boosted == [1.5, -3.0]
 
 
@@ -159,12 +147,12 @@ def test_alie_sends_mean_minus_z_sigma_from_shard_updates() -> None:
         return next(parts)
 
     data = ClientData(torch.zeros(5, 2), torch.zeros(5).long())
-    out = ALittleIsEnough(z=1.5, shards=2).forge(_actx(honest, data=data, train=train))
+    out = ALittleIsEnough(z=1.5, shards=2).forge(ctx_of(honest, data=data, train=train))
     # σ (n - 1 denominator) of (0, 2) is sqrt(2), of (2, 2) is 0: μ - 1.5 σ = (1 - 2.1213, 2)
     assert out.delta["w"].tolist() == pytest.approx([1.0 - 1.5 * math.sqrt(2.0), 2.0])
     assert sorted(seen) == [2, 3]  # two disjoint shards of the 5 examples
     lone = ClientData(torch.zeros(1, 2), torch.zeros(1).long())
-    assert ALittleIsEnough().forge(_actx(honest, data=lone)) is honest
+    assert ALittleIsEnough().forge(ctx_of(honest, data=lone)) is honest
 
 
 def test_shards_are_disjoint_and_cover_the_data() -> None:

@@ -28,6 +28,7 @@ from fedkit.rng import generator
 from fedkit.run import RunConfig, run
 from fedkit.sim.serial import SerialExecutor
 from tests.helpers.personal import LocalHead
+from tests.helpers.robust import attack_context as ctx_of
 from tests.helpers.toy import toy_clients, toy_model, toy_store
 
 INFO = RoundInfo(round=2, seed=5, num_clients=10, cohort_size=10)
@@ -130,28 +131,15 @@ def test_draws_come_only_from_the_stream_given() -> None:
     honest = ModelDelta({"w": torch.ones(30)})
 
     def forge(g: torch.Generator) -> Any:
-        return GaussianNoise(std=2.0).forge(_actx(honest, stream=g))
+        return GaussianNoise(std=2.0).forge(ctx_of(honest, stream=g))
 
     a, b = _twice(forge)
     assert torch.equal(a.delta["w"], b.delta["w"])
-    other = GaussianNoise(std=2.0).forge(_actx(honest, stream=torch.Generator().manual_seed(8)))
+    other = GaussianNoise(std=2.0).forge(ctx_of(honest, stream=torch.Generator().manual_seed(8)))
     assert not torch.equal(a.delta["w"], other.delta["w"])
     # drawn in float64 and cast: the leaf keeps its dtype
     want = torch.randn(30, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 2.0
     assert torch.equal(a.delta["w"], want.float())
-
-
-def _actx(honest: Any, **kw: Any) -> AttackContext:
-    base: dict[str, Any] = dict(
-        client=client_context(toy_model(), 3, INFO),
-        data=toy_clients(1)[0],
-        honest=honest,
-        expected_attackers=2,
-        train=lambda d: honest,
-        stream=torch.Generator().manual_seed(0),
-    )
-    base.update(kw)
-    return AttackContext(**base)
 
 
 def test_label_noise_keeps_the_label_dtype_and_can_draw_class_zero_for_class_zero() -> None:
@@ -197,7 +185,7 @@ def test_alie_default_z_comes_from_the_cohort_and_the_expected_attackers() -> No
         [ModelDelta({"w": torch.tensor([0.0, 2.0])}), ModelDelta({"w": torch.tensor([2.0, 2.0])})]
     )
     data = ClientData(torch.zeros(4, 2), torch.zeros(4).long())
-    out = ALittleIsEnough(shards=2).forge(_actx(honest, data=data, train=lambda d: next(parts)))
+    out = ALittleIsEnough(shards=2).forge(ctx_of(honest, data=data, train=lambda d: next(parts)))
     z = z_max(10, 2)  # cohort 10, 2 attackers expected: 0.253347
     assert out.delta["w"].tolist() == pytest.approx([1.0 - z * math.sqrt(2.0), 2.0])
     assert out.delta["w"].dtype == torch.float32
@@ -324,7 +312,7 @@ def test_alie_shards_come_from_the_attackers_stream() -> None:
         return ModelDelta({"w": d.y_train.double().sum().reshape(1).float()})
 
     def forge(global_seed: int) -> Any:
-        actx = _actx(honest, data=data, train=train, stream=torch.Generator().manual_seed(7))
+        actx = ctx_of(honest, data=data, train=train, stream=torch.Generator().manual_seed(7))
         torch.manual_seed(global_seed)  # (building the context seeds the global RNG)
         return ALittleIsEnough(z=1.0, shards=3).forge(actx)
 
