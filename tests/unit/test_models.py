@@ -190,6 +190,8 @@ def test_unknown_name_lists_the_allowed_ones() -> None:
         "resnet18_gn",
         "char_lstm",
         "nextword_lstm",
+        "mlp_bn",
+        "embedding_mlp",
     }
 
 

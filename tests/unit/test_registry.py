@@ -116,6 +116,13 @@ def test_each_list_of_names_exists_once() -> None:
         "fedprox",
         "scaffold",
         "centralized",
+        "fedper",
+        "fedbn",
+        "ditto",
+        "finetune",
+        "perfedavg",
+        "qfedavg",
+        "fedaws",
     )
     assert EXECUTORS.names() == ("serial", "processes", "vectorized")
     for reg in registry.REGISTRIES:  # every built-in line points at something that exists
