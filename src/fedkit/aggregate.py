@@ -63,6 +63,12 @@ class AggStateError(ValueError):
     """An aggregator state that is malformed (from a peer, a file, or a buggy stage)."""
 
 
+class AggregationAborted(RuntimeError):
+    """A round whose aggregate must not be released (secure aggregation with fewer than its
+    threshold of clients left): ``result`` raises it, and the run loop records the round as
+    not committed, leaving the model and the aggregator state unchanged."""
+
+
 def check_state(raw: object) -> AggState:
     """Validate ``raw`` (a sequence of ``(name, value)`` pairs, e.g. parsed JSON) as an
     :data:`AggState`: at most :data:`MAX_STATE_ENTRIES` entries, names of letters, digits, ``_``
@@ -118,7 +124,9 @@ def combine_states(*parts: Iterable[tuple[str, float]]) -> AggState:
 @dataclasses.dataclass(frozen=True)
 class AggContext:
     """Where an aggregation step runs: the round, the client (``SERVER`` on the server), the
-    seed, and the aggregator's state for this round (:data:`AggState`; empty when stateless).
+    seed, the aggregator's state for this round (:data:`AggState`; empty when stateless) and
+    the round's cohort (the sampled client ids, for stages whose clients work with their peers,
+    such as secure aggregation's pairwise masks; empty where the caller does not know it).
 
     ``stream(name)`` is a generator derived from ``(seed, round, client_id, "agg/" + name)``:
     the same draw wherever the step runs, independent of the client's training stream.
@@ -128,6 +136,7 @@ class AggContext:
     seed: int
     client_id: int = SERVER
     state: AggState = ()
+    cohort: tuple[int, ...] = ()
 
     def stream(self, name: str) -> torch.Generator:
         """A named random stream of this step."""

@@ -58,6 +58,9 @@ class RoundInfo:
         agg_state: the aggregator's state for this round (:data:`fedkit.aggregate.AggState`,
             e.g. adaptive clipping's clip norm), held by the run loop; every aggregation step of
             the round sees it as ``AggContext.state``. Empty for a stateless aggregator.
+        cohort: the clients sampled this round (set by the run loop after sampling; empty
+            before, and where an executor does not carry it); every aggregation step of the
+            round sees it as ``AggContext.cohort`` (secure aggregation's peers).
     """
 
     round: int
@@ -66,6 +69,7 @@ class RoundInfo:
     cohort_size: int
     reported: int | None = None
     agg_state: AggState = ()
+    cohort: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -150,7 +150,13 @@ def finish_client(
     Returns ``None`` (logged) when the update is refused for a NaN or infinite value: the caller
     drops the client from the round and keeps its previous state.
     """
-    ctx = AggContext(round=info.round, seed=info.seed, client_id=client_id, state=info.agg_state)
+    ctx = AggContext(
+        round=info.round,
+        seed=info.seed,
+        client_id=client_id,
+        state=info.agg_state,
+        cohort=info.cohort,
+    )
     try:
         update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
         check_finite(update, client_id)
@@ -204,7 +210,13 @@ def prepared_template(algorithm: Algorithm[Any, Any, Any, Any], params: Params, 
 
 def server_context(info: RoundInfo) -> AggContext:
     """The aggregation context of the server in round ``info`` (with the round's state)."""
-    return AggContext(round=info.round, seed=info.seed, client_id=SERVER, state=info.agg_state)
+    return AggContext(
+        round=info.round,
+        seed=info.seed,
+        client_id=SERVER,
+        state=info.agg_state,
+        cohort=info.cohort,
+    )
 
 
 def evaluate_client(

@@ -2,8 +2,11 @@
 
 For each round: sample a cohort → broadcast → execute (any executor) → aggregate result →
 server update → the aggregator's next state → evaluate every ``eval_every`` rounds → callbacks →
-checkpoint. A round in which no client finished leaves the model (and the aggregator's state)
-unchanged and is recorded as not committed.
+checkpoint. A round in which no client finished, or whose aggregate the aggregator refuses to
+release (:class:`~fedkit.aggregate.AggregationAborted`: secure aggregation below its threshold),
+leaves the model (and the aggregator's state) unchanged and is recorded as not committed. The
+sampled cohort is in the round's :class:`~fedkit.algorithm.RoundInfo` (``cohort``) from
+broadcast on.
 
 The loop holds the aggregator's state across rounds (:data:`fedkit.aggregate.AggState`, e.g.
 adaptive clipping's clip norm): ``init_state`` before round 0, in each round's
@@ -15,6 +18,7 @@ carry it, under any executor and in deployment), ``next_state`` after a committe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from torch import Tensor, nn
 
-from fedkit.aggregate import AggState, init_state, next_state
+from fedkit.aggregate import AggregationAborted, AggState, init_state, next_state
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.checkpoint import (
     Checkpointer,
@@ -40,6 +44,7 @@ from fedkit.params import Params, load_params
 from fedkit.sampling import ClientSampler, UniformSampler
 
 S = TypeVar("S")
+log = logging.getLogger("fedkit.run")
 
 Evaluator = Callable[[Params], EvalResult]
 """Scores global parameters on held-out data (centralised evaluation)."""
@@ -219,12 +224,18 @@ def run(
         if stopped is not None:
             break
         cohort = sampler.sample(population, config.clients_per_round, info)
+        info = dataclasses.replace(info, cohort=tuple(int(c) for c in cohort))
         msg = algorithm.broadcast(state, info)
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
         committed = out.accumulator is not None
         if committed:
             server_ctx = server_context(info)
-            agg = algorithm.aggregator.result(out.accumulator, server_ctx)
+            try:
+                agg = algorithm.aggregator.result(out.accumulator, server_ctx)
+            except AggregationAborted as err:  # e.g. secure aggregation below its threshold
+                log.warning("round %d not committed: %s", r, err)
+                committed = False
+        if committed:
             done = dataclasses.replace(info, reported=len(out.clients))
             state = algorithm.server_update(state, agg, done)
             agg_state = next_state(algorithm.aggregator, out.accumulator, agg_state, server_ctx)

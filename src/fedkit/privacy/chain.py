@@ -24,6 +24,7 @@ from typing import Any
 from fedkit.privacy.adaptive_clip import AdaptiveClip, update_noise_multiplier
 from fedkit.privacy.clip import ClipNorm
 from fedkit.privacy.gaussian import GaussianNoise
+from fedkit.privacy.secagg.stage import SecureSum
 
 __all__ = ["check_chain", "find_adaptive", "find_noise", "resolve"]
 
@@ -131,15 +132,25 @@ def _check_expected(stage: str, expected: int | None, cohort: int) -> None:
         )
 
 
+def _resolve_secagg(aggregator: Any, seeded: bool) -> Any:
+    """A secure-aggregation stage's ``"auto"`` randomness made ``"seeded"`` when ``seeded``."""
+    found = [s for s in _stages(aggregator) if isinstance(s, SecureSum)]
+    if not found or not seeded or found[0].randomness != "auto":
+        return aggregator
+    return _replace_in(aggregator, found[0], dataclasses.replace(found[0], randomness="seeded"))
+
+
 def resolve(aggregator: Any, *, cohort: int, seeded: bool) -> Any:
     """The chain with its noise stage's ``expected_clients`` set to ``cohort`` and, when
-    ``seeded``, an ``"auto"`` noise source made ``"seeded"`` (the simulator's default); an
+    ``seeded``, an ``"auto"`` noise source (and a secure-aggregation stage's ``"auto"``
+    randomness) made ``"seeded"`` (the simulator's default); an
     adaptive clipping stage gets the seeded source likewise and, with a noise stage, the same
     ``expected_clients`` (and the noise stage its ``count_noise``).
 
     Raises:
         ValueError: a stage's ``expected_clients`` is set and differs from ``cohort``.
     """
+    aggregator = _resolve_secagg(aggregator, seeded)
     noise = find_noise(aggregator)
     adaptive = find_adaptive(aggregator)
     if adaptive is not None:

@@ -18,7 +18,8 @@ in ``prepare``, so the server only ever sees noised updates whose sum carries ``
 when all ``k`` report; the server tops the sum up with ``N(0, σ²·(k − m)/k)`` when only
 ``m < k`` reported, so the released sum always carries at least variance ``σ²`` and the same
 accounting applies (against the server itself each update then carries only ``σ²/k``: that is
-what secure aggregation would hide).
+what secure aggregation hides: with ``secagg`` as this stage's inner, the server sees only the
+masked updates and the noised sum).
 
 Under adaptive clipping (:class:`~fedkit.privacy.adaptive_clip.AdaptiveClip` directly outside
 this stage) the clip norm is the round's ``C_t`` (the aggregator state's ``clip_norm``, which
@@ -41,6 +42,7 @@ from fedkit.aggregate import AggContext, MeanAcc, Stage, WeightedMean
 from fedkit.params import tree_flatten, tree_map, tree_unflatten
 from fedkit.privacy.adaptive_clip import CLIP_NORM, update_noise_multiplier
 from fedkit.privacy.noise import NoiseDraw, NoiseSource, check_source
+from fedkit.privacy.secagg.stage import SecureSum
 
 __all__ = ["Accountant", "GaussianNoise"]
 
@@ -99,10 +101,11 @@ class GaussianNoise(Stage):
             raise ValueError(f"accountant must be 'rdp' or 'pld', got {self.accountant!r}")
         if self.count_noise is not None:
             update_noise_multiplier(self.noise_multiplier, self.count_noise)  # σ_b > z/2
-        if type(self.inner) is not WeightedMean:
+        if type(self.inner) is not WeightedMean and not isinstance(self.inner, SecureSum):
             raise ValueError(
-                "inner of the gaussian noise stage must be the plain mean ('mean'): the noise "
-                f"is added to its sum of clipped updates; got {type(self.inner).__name__}"
+                "inner of the gaussian noise stage must be the plain mean ('mean') or secure "
+                "aggregation over it ('secagg'): the noise is added to its sum of clipped "
+                f"updates; got {type(self.inner).__name__}"
             )
 
     @property
@@ -152,7 +155,10 @@ class GaussianNoise(Stage):
         return self.inner.add(acc, update, weight)
 
     def result(self, acc: MeanAcc[Any], ctx: AggContext) -> Any:
-        """``(Σ Δ_i + N(0, σ²)) / k`` (see the module docstring), in float64."""
+        """``(Σ Δ_i + N(0, σ²)) / k`` (see the module docstring), in float64 (under secure
+        aggregation, of the sum it unmasks)."""
+        if isinstance(self.inner, SecureSum):
+            acc = self.inner.open(acc, ctx)  # type: ignore[arg-type]
         k = self._k()
         if self.distributed:
             missing = max(0, k - int(acc.count))
