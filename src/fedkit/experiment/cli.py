@@ -127,7 +127,7 @@ def run(
                 "run FILE` (see docs/distributed.md)",
                 2,
             )
-        from fedkit.experiment.cli_torchrun import run_on_ranks
+        from fedkit.experiment.torchrun_cli import run_on_ranks
 
         run_on_ranks(
             env,

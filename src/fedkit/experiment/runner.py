@@ -13,6 +13,13 @@ Everything that can be checked is checked before the run is inserted into the st
 ``completed`` with a :class:`~fedkit.experiment.results.RunSummary`, or — whatever happens,
 ``KeyboardInterrupt`` included — ``failed`` with the error, leaving every other run intact.
 
+Under ``torchrun`` (:func:`run_study` with a :class:`~fedkit.sim.torchrun.RankGroup` on rank 0,
+:func:`serve_study` on the others) every rank builds the same run (:func:`_setup`, agreed by one
+exchange so that a failure on any rank stops all of them before anything is recorded); rank 0's
+executor is the group's (``run.executor = "torchrun"``), it checkpoints every committed round
+under ``OUT/checkpoints/`` (:func:`checkpoint_dir`) and resumes from there, and a dead rank ends
+the run as ``failed`` with an ``interrupted: …`` error naming the rank and its host.
+
 The algorithm, its server optimiser and aggregator, the sampler and the executor are built from
 the config's tables by :mod:`fedkit.registry` names (see :mod:`fedkit.experiment.config`); the
 runner only special-cases ``centralized`` (:func:`fedkit.centralized.train_centralized`, one epoch
