@@ -152,13 +152,15 @@ class ClientSession:
         """
         self._expect(_Step.ADVERTISED, "share_keys")
         allowed = set(self.setup.neighbours(self.me))
+        peers: dict[int, AdvertiseKeys] = {}
         for msg in roster:
             check_advert(self.setup, msg)
             if msg.sender not in allowed:
                 raise SecAggError(f"client {self.me}: advert of non-neighbour {msg.sender}")
-            if msg.sender in self._peers:
+            if msg.sender in peers:
                 raise SecAggError(f"client {self.me}: two adverts from client {msg.sender}")
-            self._peers[msg.sender] = msg
+            peers[msg.sender] = msg
+        self._peers = peers
         holders = sorted((*self._peers, self.me))
         t = self.setup.t
         if len(holders) < t:
@@ -200,19 +202,21 @@ class ClientSession:
                 repeated sender, a malformed ciphertext, or fewer than ``t − 1`` senders.
         """
         self._expect(_Step.SHARED, "receive")
+        got: dict[int, EncryptedShare] = {}
         for share in inbox:
             check_ciphertext(self.setup, share)
             if share.receiver != self.me:
                 raise SecAggError(f"client {self.me}: share addressed to {share.receiver}")
             if share.sender not in self._peers:
                 raise SecAggError(f"client {self.me}: share from {share.sender} without advert")
-            if share.sender in self._inbox:
+            if share.sender in got:
                 raise SecAggError(f"client {self.me}: two shares from client {share.sender}")
-            self._inbox[share.sender] = share
-        if len(self._inbox) + 1 < self.setup.t:
+            got[share.sender] = share
+        if len(got) + 1 < self.setup.t:
             raise SecAggError(
-                f"client {self.me}: shares from {len(self._inbox)} neighbours; t = {self.setup.t}"
+                f"client {self.me}: shares from {len(got)} neighbours; t = {self.setup.t}"
             )
+        self._inbox = got
         self._step = _Step.RECEIVED
 
     def mask(self, values: Tensor) -> MaskedInput:

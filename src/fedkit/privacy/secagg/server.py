@@ -55,6 +55,8 @@ def _unique_senders(msgs: Sequence[object], kind: type, stage: str) -> None:
         if not isinstance(m, kind):
             raise SecAggError(f"{stage}: expected {kind.__name__}, got {type(m).__name__}")
         sender = m.sender  # type: ignore[attr-defined]
+        if isinstance(sender, bool) or not isinstance(sender, int):
+            raise SecAggError(f"{stage}: sender {sender!r} is not a client id")
         if sender in seen:
             raise SecAggError(f"{stage}: two messages from client {sender}")
         seen.add(sender)
