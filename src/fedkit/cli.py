@@ -39,6 +39,10 @@ def _mount() -> None:
 
     register_deploy(app)  # coordinator, worker, launch, certs
 
+    from fedkit.new import new
+
+    app.command("new")(new)
+
 
 def main() -> None:
     """Console-script entry point."""

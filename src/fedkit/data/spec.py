@@ -42,7 +42,9 @@ import numpy as np
 import torch
 
 from fedkit.data import partition as part
-from fedkit.data.datasets import DATASETS, Dataset, load_dataset
+from fedkit.data.datasets import DATASETS, Dataset, Split, load_dataset
+from fedkit.data.lazy import LazyClients
+from fedkit.plugins import is_import_path, load_dataset_plugin
 
 __all__ = [
     "PARTITIONS",
@@ -100,7 +102,8 @@ class DataSpec:
     """Which dataset and how it is split among clients (the ``[data]`` section).
 
     Attributes:
-        dataset: Dataset name, one of ``fedkit.data.datasets.DATASETS``.
+        dataset: Dataset name, one of ``fedkit.data.datasets.DATASETS``, or the import path of a
+            loader marked ``@fedkit.plugins.dataset`` (docs/plugins.md), called with ``options``.
         partition: ``"iid"``, ``"dirichlet"``, ``"shards"``, ``"one_class"``, ``"quantity"`` or
             ``"natural"`` (see :mod:`fedkit.data.partition`).
         num_clients: Number of clients (>= 1). Required except for ``"natural"``, where it is
@@ -132,7 +135,13 @@ class DataSpec:
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        self._check_choice("dataset", self.dataset, tuple(sorted(DATASETS)))
+        if isinstance(self.dataset, str) and is_import_path(self.dataset):
+            try:
+                load_dataset_plugin(self.dataset)  # fails here, before anything runs
+            except ValueError as e:
+                raise ValueError(f"data.dataset: {e}") from None
+        else:
+            self._check_choice("dataset", self.dataset, tuple(sorted(DATASETS)))
         self._check_choice("partition", self.partition, PARTITIONS)
         self._check_choice("dirichlet_method", self.dirichlet_method, DIRICHLET_METHODS)
         self._check_choice("test_partition", self.test_partition, TEST_PARTITIONS)
@@ -296,17 +305,20 @@ class FederatedData:
         test_parts: Per-client int64 indices into ``dataset.test`` (local test data), or ``None``.
         client_names: For natural partitions, the natural name of each client (e.g. the writer),
             else ``None``.
+        lazy: Clients supplied on demand (a dataset plugin's :class:`LazyClients`); then
+            ``dataset`` holds only the central test split and ``train_parts`` is empty.
     """
 
     dataset: Dataset
     train_parts: list[torch.Tensor]
     test_parts: list[torch.Tensor] | None
     client_names: tuple[str, ...] | None = None
+    lazy: LazyClients | None = None
 
     @property
     def num_clients(self) -> int:
         """Number of clients."""
-        return len(self.train_parts)
+        return len(self.train_parts) if self.lazy is None else self.lazy.num_clients
 
 
 def _class_labels(ds: Dataset, partition_name: str) -> torch.Tensor:
@@ -394,5 +406,41 @@ def build_federated(spec: DataSpec, root: Path | None = None) -> FederatedData:
     Returns:
         The dataset with per-client train (and, unless ``test_partition = "none"``, test) indices.
     """
+    if is_import_path(spec.dataset):
+        return _from_plugin(spec, load_dataset_plugin(spec.dataset)(**spec.dataset_options()))
     ds = load_dataset(spec.dataset, root=root, **spec.dataset_options())
     return partition_dataset(spec, ds)
+
+
+def _from_plugin(spec: DataSpec, out: object) -> FederatedData:
+    """A dataset plugin's result: a Dataset is partitioned by the spec; FederatedData and
+    LazyClients bring their own clients (``partition = "natural"``)."""
+    if isinstance(out, Dataset):
+        return partition_dataset(spec, out)
+    if not isinstance(out, FederatedData | LazyClients):
+        raise ValueError(
+            f"data.dataset {spec.dataset!r} returned {type(out).__name__}; a dataset plugin "
+            "returns a Dataset, a FederatedData or a LazyClients"
+        )
+    if spec.partition != "natural":
+        raise ValueError(
+            f"data.dataset {spec.dataset!r} supplies its own clients ({type(out).__name__}): "
+            f"set data.partition = 'natural', got {spec.partition!r}"
+        )
+    if spec.num_clients is not None and spec.num_clients != out.num_clients:
+        raise ValueError(
+            f"data.num_clients = {spec.num_clients} but {spec.dataset!r} supplies "
+            f"{out.num_clients} clients; leave it unset or set it to {out.num_clients}"
+        )
+    if isinstance(out, FederatedData):
+        return out
+    shape = out.input_shape
+    empty = Split(torch.zeros((0, *shape)), torch.zeros(0, dtype=torch.int64))
+    ds = Dataset(
+        name=spec.dataset,
+        train=empty,
+        test=Split(out.test.x, out.test.y),
+        num_classes=out.num_classes,
+        input_shape=shape,
+    )
+    return FederatedData(dataset=ds, train_parts=[], test_parts=None, lazy=out)

@@ -4,6 +4,11 @@ Data are kept as the pooled tensors plus one index tensor per client, so memory 
 dataset, not with the number of clients; a client's tensors are gathered when it is selected.
 Client state (SCAFFOLD control variates, personal layers) lives here in simulation — never in
 server state — and is checkpointed from here.
+
+In lazy mode (:meth:`ClientStore.from_lazy`) a client's tensors are made by a
+:class:`~fedkit.data.lazy.LazyClients` supplier when :meth:`ClientStore.data` asks for them and
+only the most recently used few are kept (an LRU cache), so a population larger than memory
+runs; every executor reads client data through :meth:`ClientStore.data`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from torch import Tensor
 
 from fedkit.algorithm import ClientData
+from fedkit.data.lazy import LRU, LazyClients
 from fedkit.params import tree_flatten, tree_unflatten
 
 if TYPE_CHECKING:
@@ -44,10 +50,29 @@ class ClientStore:
         self._xt, self._yt = x_test, y_test
         self._tparts = None if test_parts is None else [p.to(torch.int64) for p in test_parts]
         self._state: dict[int, Any] = {}
+        self._lazy: LazyClients | None = None
+        self._cache: LRU[int, ClientData] = LRU(0)
+
+    @classmethod
+    def from_lazy(cls, clients: LazyClients) -> ClientStore:
+        """A store whose clients' data is supplied on demand (see module docstring)."""
+        empty = torch.zeros(0)
+        store = cls(empty, empty, [torch.zeros(0, dtype=torch.int64)])
+        store._parts = []
+        store._lazy = clients
+        store._cache = LRU(clients.cache)
+        return store
+
+    @property
+    def lazy(self) -> bool:
+        """Whether client data is supplied on demand."""
+        return self._lazy is not None
 
     @classmethod
     def from_federated(cls, fd: FederatedData) -> ClientStore:
         """Build from a dataset and its partition (see :func:`fedkit.data.spec.build_federated`)."""
+        if fd.lazy is not None:
+            return cls.from_lazy(fd.lazy)
         ds = fd.dataset
         return cls(ds.train.x, ds.train.y, fd.train_parts, ds.test.x, ds.test.y, fd.test_parts)
 
@@ -69,20 +94,23 @@ class ClientStore:
         return cls(x, y, parts)
 
     def __len__(self) -> int:
-        return len(self._parts)
+        return self.num_clients
 
     @property
     def num_clients(self) -> int:
         """Population size."""
-        return len(self._parts)
+        return len(self._parts) if self._lazy is None else self._lazy.num_clients
 
     def num_examples(self, client_id: int) -> int:
         """Training examples held by ``client_id``."""
-        return int(self._parts[self._check(client_id)].numel())
+        i = self._check(client_id)
+        return int(self._parts[i].numel()) if self._lazy is None else self._lazy.sizes[i]
 
     def data(self, client_id: int) -> ClientData:
         """The client's training (and, when present, local test) tensors."""
         i = self._check(client_id)
+        if self._lazy is not None:
+            return self._cache.get(i, self._lazy.checked)
         idx = self._parts[i]
         if self._tparts is not None and self._xt is not None and self._yt is not None:
             t = self._tparts[i]
@@ -91,10 +119,18 @@ class ClientStore:
 
     def has_test_data(self) -> bool:
         """True when clients carry local test data (federated evaluation is possible)."""
+        if self._lazy is not None:
+            return self._lazy.local_test
         return self._tparts is not None
 
     def pooled_train(self) -> tuple[Tensor, Tensor]:
-        """The union of all clients' training data (for centralised baselines)."""
+        """The union of all clients' training data (for centralised baselines).
+
+        In lazy mode this materialises every client's data at once.
+        """
+        if self._lazy is not None:
+            parts = [self._lazy.checked(i) for i in range(self._lazy.num_clients)]
+            return torch.cat([c.x_train for c in parts]), torch.cat([c.y_train for c in parts])
         idx = torch.cat(self._parts)
         return self._x[idx], self._y[idx]
 
@@ -127,6 +163,6 @@ class ClientStore:
         self._state = {cid: tree_unflatten(template, g) for cid, g in grouped.items()}
 
     def _check(self, client_id: int) -> int:
-        if not 0 <= client_id < len(self._parts):
-            raise IndexError(f"client id {client_id} out of range [0, {len(self._parts)})")
+        if not 0 <= client_id < self.num_clients:
+            raise IndexError(f"client id {client_id} out of range [0, {self.num_clients})")
         return client_id

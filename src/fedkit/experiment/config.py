@@ -248,7 +248,8 @@ class ModelSettings:
     """The ``[model]`` section: a model name from :mod:`fedkit.models` and its options.
 
     Attributes:
-        name: Registered model name (``fedkit.models.model_names()``).
+        name: Registered model name (``fedkit.models.model_names()``) or the import path of
+            an ``nn.Module`` subclass or ``@fedkit.plugins.model`` function (docs/plugins.md).
         options: The builder's own keyword options (every other key of ``[model]``), checked
             against the builder's signature.
     """
@@ -258,14 +259,25 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         from fedkit.models import MODELS, model_names
+        from fedkit.models.registry import model_builder
+        from fedkit.plugins import is_import_path, option_names
 
-        _choice("model.name", self.name, model_names())
-        params = inspect.signature(MODELS[self.name]).parameters.values()
-        allowed = sorted(
-            p.name
-            for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-            and p.name not in ("num_classes", "input_shape")
+        if not (isinstance(self.name, str) and is_import_path(self.name)):
+            _choice("model.name", self.name, model_names())
+        try:
+            builder = model_builder(self.name)  # a plugin's import path: docs/plugins.md
+        except ValueError as e:
+            raise ConfigError(f"model.name: {e}") from None
+        params = inspect.signature(builder).parameters.values()
+        allowed = (
+            option_names(builder)
+            if self.name not in MODELS
+            else sorted(
+                p.name
+                for p in params
+                if p.kind is inspect.Parameter.KEYWORD_ONLY
+                and p.name not in ("num_classes", "input_shape")
+            )
         )
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
@@ -273,7 +285,7 @@ class ModelSettings:
                 f"unknown key model.{unknown[0]} for model {self.name!r}; allowed: "
                 f"name{', ' if allowed else ''}{', '.join(allowed)}"
             )
-        _check_model_options(MODELS[self.name], self.options)
+        _check_model_options(builder, self.options)
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
 
     @classmethod
@@ -297,7 +309,7 @@ def _check_model_options(builder: Any, options: Mapping[str, Any]) -> None:
     integer in it (a width, a count, a size) in [1, MAX_MODEL_SIZE]."""
     import typing
 
-    hints = typing.get_type_hints(builder)
+    hints = typing.get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
     for k, v in options.items():
         key = f"model.{k}"
         tp = hints.get(k)

@@ -18,8 +18,9 @@ from fedkit.models.personal import embedding_mlp, mlp_bn
 from fedkit.models.resnet_gn import resnet18_gn
 from fedkit.models.text import char_lstm, nextword_lstm
 from fedkit.models.vision import cnn, femnist_cnn, lenet5, logreg, mlp
+from fedkit.plugins import call_builder, is_import_path, load_model, option_names
 
-__all__ = ["MODELS", "ModelBuilder", "build_model", "model_names"]
+__all__ = ["MODELS", "ModelBuilder", "build_model", "model_builder", "model_names"]
 
 ModelBuilder = Callable[..., nn.Module]
 
@@ -44,6 +45,24 @@ def model_names() -> tuple[str, ...]:
     return tuple(sorted(MODELS))
 
 
+def model_builder(name: str) -> ModelBuilder:
+    """The builder of a registered model, or of a plugin named by import path.
+
+    Raises:
+        ValueError: ``name`` is neither registered nor an import path (the message lists the
+            names); :class:`fedkit.plugins.PluginError` (a ``ValueError``) when the import
+            path cannot be loaded or is not an ``nn.Module`` subclass or marked builder.
+    """
+    if name in MODELS:
+        return MODELS[name]
+    if is_import_path(name):
+        return load_model(name)
+    raise ValueError(
+        f"unknown model {name!r}; allowed: {', '.join(model_names())} or an import path "
+        "'package.module:Name' (docs/plugins.md)"
+    )
+
+
 def _option_names(builder: ModelBuilder) -> list[str]:
     params = inspect.signature(builder).parameters.values()
     return sorted(
@@ -59,7 +78,8 @@ def build_model(
     """Build the model registered as ``name``.
 
     Args:
-        name: One of :func:`model_names`.
+        name: One of :func:`model_names`, or an import path ``"package.module:Name"`` of an
+            ``nn.Module`` subclass or a function marked ``@fedkit.plugins.model``.
         num_classes: Number of output classes (the vocabulary size for next-token models).
         input_shape: Shape of one input sample, e.g. ``(1, 28, 28)``, ``(60,)`` or ``(80,)``.
         **options: The builder's own keyword options (listed in the error when one is unknown).
@@ -70,10 +90,9 @@ def build_model(
     Raises:
         ValueError: Unknown name or option, or a bad ``num_classes`` / ``input_shape``.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(model_names())}")
-    builder = MODELS[name]
-    allowed = _option_names(builder)
+    builder = model_builder(name)
+    plugin = name not in MODELS
+    allowed = option_names(builder) if plugin else _option_names(builder)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(
@@ -84,5 +103,7 @@ def build_model(
     shape = tuple(input_shape)
     if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of ints >= 1, got {input_shape!r}")
+    if plugin:
+        return call_builder(builder, num_classes=num_classes, input_shape=shape, options=options)
     model: nn.Module = builder(num_classes=num_classes, input_shape=shape, **options)
     return model

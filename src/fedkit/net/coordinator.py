@@ -111,7 +111,7 @@ def serve(
         liveness_s=s.liveness_s,
         require_tls_identity=security.tls,
         experiment_digest=exp.digest,
-        num_clients=len(fd.train_parts),
+        num_clients=fd.num_clients,
         enrolment=enrolment,
         max_missed_tasks=s.max_missed_tasks,
     )
@@ -123,7 +123,7 @@ def serve(
         max_pending_total=PENDING_STREAMS_TOTAL,
         idle_s=s.stream_idle_s,
     )
-    threads = 2 * len(fd.train_parts) + 8 + PENDING_STREAMS_TOTAL + 8
+    threads = 2 * fd.num_clients + 8 + PENDING_STREAMS_TOTAL + 8
     server, port = make_server(listen, security, max_workers=threads)
     add_service(server, broker, guard)
     checkpointer = SQLiteCheckpointer(db)
@@ -135,7 +135,7 @@ def serve(
 
     executor = RemoteExecutor(
         broker,
-        num_clients=len(fd.train_parts),
+        num_clients=fd.num_clients,
         settings=s,
         update_template=template,
         on_round=on_round,
@@ -181,7 +181,7 @@ def serve(
         on_listening(port)
     try:
         if min_workers > 0:
-            everyone = {str(c) for c in range(len(fd.train_parts))}
+            everyone = {str(c) for c in range(fd.num_clients)}
             broker.wait_for_clients(everyone, min_workers, s.select_timeout_s)
         result = run(
             algorithm,
@@ -189,7 +189,7 @@ def serve(
             init,
             RunConfig(
                 rounds=exp.rounds,
-                clients_per_round=exp.cohort_size(len(fd.train_parts)),
+                clients_per_round=exp.cohort_size(fd.num_clients),
                 seed=exp.seed,
                 eval_every=exp.eval_every,
                 federated_eval_every=exp.federated_eval_every,
