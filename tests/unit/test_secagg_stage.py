@@ -1,0 +1,252 @@
+"""The ``secagg`` aggregator stage: the same mean as the plain one within the fixed-point
+bound, dropouts before masking and before unmasking, refusal below the threshold through the
+run loop (round not committed, model unchanged), what the server's accumulator received,
+composition with clipping and distributed DP noise, seeded vs OS randomness, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from fedkit.aggregate import AggContext, WeightedMean, aggregate
+from fedkit.algorithms.fedavg import FedAvg
+from fedkit.local import LocalTraining
+from fedkit.params import Params, model_params, tree_leaves
+from fedkit.privacy.chain import resolve
+from fedkit.privacy.clip import ClipNorm
+from fedkit.privacy.gaussian import GaussianNoise
+from fedkit.privacy.secagg import SecAggError
+from fedkit.privacy.secagg.stage import DROPOUT_STREAM, MaskedUpdate, SecureSum
+from fedkit.rng import SERVER
+from fedkit.robust.median import CoordinateMedian
+from fedkit.run import RoundRecord, RunConfig, RunResult, run
+from fedkit.sim.serial import SerialExecutor
+from tests.helpers.toy import toy_model, toy_store
+
+LOCAL = LocalTraining(lr=0.05, epochs=1, batch_size=8)
+COHORT = (2, 5, 7, 11)
+
+
+def _update(i: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(i)
+    return {"w": torch.rand(3, generator=g) - 0.5, "b": torch.rand(2, 2, generator=g) - 0.5}
+
+
+def _prepare(agg: Any, ids: tuple[int, ...], weights: dict[int, float], round_: int = 0) -> Any:
+    pairs = [
+        (agg.prepare(_update(u), weights[u], AggContext(round_, 9, u, cohort=COHORT)), weights[u])
+        for u in ids
+    ]
+    return aggregate(agg, pairs)
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> float:
+    err = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert err <= tol
+    return err
+
+
+def test_mean_equals_the_plain_weighted_mean_within_the_bound() -> None:
+    """Weights 1, 3, 2, 3 (max_weight 3), bits 31: the secure mean is within the mean's bound
+    ``(ε_sum + B·ε_w)/(Ŵ − ε_w)`` of the plain one, and also the merged accumulators (two
+    halves folded apart) give it."""
+    ws = {2: 1.0, 5: 3.0, 7: 2.0, 11: 3.0}
+    agg = SecureSum(bits=31, max_weight=3.0, randomness="seeded")
+    acc = _prepare(agg, COHORT, ws)
+    ctx = AggContext(0, 9, SERVER, cohort=COHORT)
+    got = agg.result(acc, ctx)
+    plain = WeightedMean().result(
+        aggregate(WeightedMean(), [(_update(u), ws[u]) for u in COHORT]), ctx
+    )
+    fp = agg.encoding(4)
+    bound = fp.mean_error(9.0 - fp.weight_error())
+    err = _close(got, plain, bound)
+    assert err > 0  # s = 2^29/12 rounds visibly: the comparison is not with itself
+    halves = agg.merge(_prepare(agg, COHORT[:2], ws), _prepare(agg, COHORT[2:], ws))
+    assert all(torch.equal(halves.total[k], acc.total[k]) for k in acc.total)
+    _close(agg.result(halves, ctx), plain, bound)
+
+
+def test_clients_dropped_before_masking_are_left_out_and_their_masks_removed() -> None:
+    """Only 2, 7 and 11 of the cohort of four send (client 5 drops before masking, as when the
+    executor loses it): the mean is the plain mean of those three."""
+    ws = dict.fromkeys(COHORT, 1.0)
+    agg = SecureSum(bits=40, randomness="seeded")
+    acc = _prepare(agg, (2, 7, 11), ws)
+    ctx = AggContext(0, 9, SERVER, cohort=COHORT)
+    plain = WeightedMean().result(
+        aggregate(WeightedMean(), [(_update(u), 1.0) for u in (2, 7, 11)]), ctx
+    )
+    _close(agg.result(acc, ctx), plain, agg.encoding(4).mean_error(3.0 - 1e-9))
+    opened = agg.open(_prepare(agg, (2, 7, 11), ws), ctx)
+    assert int(opened.count) == 3 and abs(float(opened.weight) - 3.0) < 1e-9
+
+
+def test_the_server_never_holds_an_update_in_the_clear() -> None:
+    """Each prepared (masked) update: int64 words, none equal to the client's encoded value
+    beyond chance, uniform over [0, 2^bits) (top-4-bit χ²), uncorrelated with the update."""
+    bits, d = 32, 3000
+    agg = SecureSum(bits=bits, randomness="seeded")
+    for u in COHORT:
+        x = torch.rand(d, generator=torch.Generator().manual_seed(u)) - 0.5
+        m = agg.prepare({"w": x}, 1.0, AggContext(0, 9, u, cohort=COHORT))
+        assert isinstance(m, MaskedUpdate)
+        y = m.masked["w"]
+        assert y.dtype == torch.int64 and y.shape == (d,)
+        enc = agg.encoding(len(COHORT)).encode(x, 1.0)
+        assert int((y == enc).sum()) <= 2
+        counts = torch.bincount(y >> (bits - 4), minlength=16).double()
+        assert float(((counts - d / 16) ** 2 / (d / 16)).sum()) < 50
+        corr = np.corrcoef(y.double().numpy(), x.double().numpy())[0, 1]
+        assert abs(corr) < 5 / d**0.5
+
+
+def test_distributed_noise_composes_under_secure_aggregation() -> None:
+    """clip(1) → gaussian(z = 0.1, distributed, seeded) → secagg → mean releases what the same
+    chain without secagg releases (the same seeded noise shares, added before masking), within
+    ε_sum / k; the server adds no noise when all k report."""
+    noise = {"noise_multiplier": 0.1, "clip_norm": 1.0, "expected_clients": 4}
+    plain = ClipNorm(
+        max_norm=1.0, inner=GaussianNoise(**noise, distributed=True, noise_source="seeded")
+    )
+    secure = ClipNorm(
+        max_norm=1.0,
+        inner=GaussianNoise(
+            **noise,
+            distributed=True,
+            noise_source="seeded",
+            inner=SecureSum(bits=48, clip_range=4.0, randomness="seeded"),
+        ),
+    )
+    ws = dict.fromkeys(COHORT, 1.0)
+    ctx = AggContext(0, 9, SERVER, cohort=COHORT)
+    a = plain.result(_prepare(plain, COHORT, ws), ctx)
+    b = secure.result(_prepare(secure, COHORT, ws), ctx)
+    eps = SecureSum(bits=48, clip_range=4.0).encoding(4).sum_error() / 4
+    _close(a, b, eps)
+
+
+def test_seeded_stages_repeat_and_os_stages_differ() -> None:
+    ws = dict.fromkeys(COHORT, 1.0)
+    a = _prepare(SecureSum(randomness="seeded"), COHORT[:1], ws)
+    b = _prepare(SecureSum(randomness="seeded"), COHORT[:1], ws)
+    assert torch.equal(a.total["w"], b.total["w"])
+    os1, os2 = SecureSum(randomness="os"), SecureSum(randomness="os")
+    c, d = _prepare(os1, COHORT, ws), _prepare(os2, COHORT, ws)
+    assert not torch.equal(c.total["w"], d.total["w"])
+    ctx = AggContext(0, 9, SERVER, cohort=COHORT)
+    _close(os1.result(c, ctx), os2.result(d, ctx), 2 * os1.encoding(4).mean_error(3.9))
+    with pytest.raises(SecAggError, match="another key root"):
+        os2.result(c, ctx)
+    # the simulation runner resolves "auto" to "seeded" (and leaves an explicit "os")
+    assert resolve(SecureSum(), cohort=4, seeded=True).randomness == "seeded"
+    assert resolve(SecureSum(randomness="os"), cohort=4, seeded=True).randomness == "os"
+    assert resolve(SecureSum(), cohort=4, seeded=False).randomness == "auto"
+    inner = resolve(ClipNorm(max_norm=1.0, inner=SecureSum()), cohort=4, seeded=True).inner
+    assert inner.randomness == "seeded"
+
+
+def test_refusals() -> None:
+    agg = SecureSum(randomness="seeded")
+    with pytest.raises(SecAggError, match="needs the round's cohort"):
+        agg.prepare(_update(2), 1.0, AggContext(0, 9, 2))
+    with pytest.raises(SecAggError, match="client 3 is not in the round's cohort"):
+        agg.prepare(_update(2), 1.0, AggContext(0, 9, 3, cohort=COHORT))
+    with pytest.raises(ValueError, match="max_weight"):
+        agg.prepare(_update(2), 2.0, AggContext(0, 9, 2, cohort=COHORT))
+    with pytest.raises(SecAggError, match="float tensors"):
+        agg.prepare(
+            {"n": torch.ones(2, dtype=torch.int64)}, 1.0, AggContext(0, 9, 2, cohort=COHORT)
+        )
+    template = agg.prepare(_update(2), 1.0, AggContext(0, 9, SERVER))  # shapes only
+    assert template.masked["b"].shape == (2, 2) and int(template.masked["b"].abs().sum()) == 0
+    acc = _prepare(agg, COHORT, dict.fromkeys(COHORT, 1.0))
+    twice = agg.merge(acc, acc)
+    with pytest.raises(SecAggError, match="counted twice"):
+        agg.result(twice, AggContext(0, 9, SERVER, cohort=COHORT))
+    for kw, match in (
+        ({"inner": CoordinateMedian()}, "plain mean"),
+        ({"neighbours": 3}, "even integer"),
+        ({"neighbours": "some"}, "even integer"),
+        ({"threshold": 1.0}, "threshold"),
+        ({"randomness": "weak"}, "randomness"),
+        ({"unmask_dropout": 1.5}, "unmask_dropout"),
+        ({"bits": 8}, "bits"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            SecureSum(**kw)
+
+
+# -- through the run loop ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Received(SecureSum):
+    """The secagg stage, recording every prepared update the server's accumulator receives."""
+
+    seen: list[MaskedUpdate] = dataclasses.field(default_factory=list, compare=False)
+
+    def add(self, acc: Any, update: MaskedUpdate, weight: float) -> Any:
+        self.seen.append(update)
+        return super().add(acc, update, weight)
+
+
+def _run(agg: Any, rounds: int = 3, seed: int = 3) -> tuple[RunResult[Any], list[Params]]:
+    after: list[Params] = []
+
+    def keep(record: RoundRecord, params: Params) -> None:
+        after.append({k: v.clone() for k, v in params.items()})
+
+    res = run(
+        FedAvg(local=LOCAL, weighting="uniform", aggregator=agg),
+        SerialExecutor(toy_store(8), toy_model()),
+        model_params(toy_model()),
+        RunConfig(rounds=rounds, clients_per_round=6, seed=seed),
+        callbacks=[keep],
+    )
+    return res, after
+
+
+def test_a_secagg_run_gives_the_plain_model_and_the_server_sees_only_masks() -> None:
+    """One round of FedAvg (server step 1): the secure model is the plain model within the
+    mean's bound plus one float32 rounding; every update the accumulator received is masked."""
+    spy = Received(bits=40, clip_range=2.0, randomness="seeded")
+    secure, _ = _run(spy, rounds=1)
+    plain, _ = _run(WeightedMean(), rounds=1)
+    fp = spy.encoding(6)
+    bound = fp.mean_error(6.0 - fp.weight_error())
+    for k, v in plain.params.items():
+        ulp = torch.from_numpy(np.spacing(v.abs().numpy())).to(torch.float64)
+        assert bool(((secure.params[k].double() - v.double()).abs() <= bound + ulp).all())
+    assert len(spy.seen) == 6
+    for m in spy.seen:
+        for _, y in tree_leaves(m.masked):
+            assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < 2**40
+        assert int(m.weight) != int(fp.encode_weight(1.0))  # the weight is masked too
+
+
+def test_below_the_threshold_the_round_is_not_committed_and_the_model_is_unchanged() -> None:
+    """unmask_dropout = 0.3, cohort 6, t = 4: round r commits exactly when at least 4 of the 6
+    clients answer (the same draws as the stage's, from the server's stream); an aborted round
+    leaves the model as it was, a committed one moves it. Seed 0 gives 4, 2, 5, 3, 5 answers."""
+    agg = SecureSum(bits=40, clip_range=2.0, randomness="seeded", unmask_dropout=0.3)
+    res, after = _run(agg, rounds=5, seed=0)
+    start = model_params(toy_model())
+    answers = [
+        int((torch.rand(6, generator=AggContext(r, 0, SERVER).stream(DROPOUT_STREAM)) >= 0.3).sum())
+        for r in range(5)
+    ]
+    assert answers == [4, 2, 5, 3, 5]
+    before = start
+    for rec, params, n in zip(res.history, after, answers, strict=True):
+        assert rec.committed == (n >= 4)
+        same = all(torch.equal(params[k], before[k]) for k in params)
+        assert same == (not rec.committed)
+        before = params
+    everyone_gone, _ = _run(dataclasses.replace(agg, unmask_dropout=1.0), rounds=2)
+    assert [r.committed for r in everyone_gone.history] == [False, False]
+    assert all(torch.equal(everyone_gone.params[k], start[k]) for k in start)
