@@ -124,7 +124,7 @@ def test_each_list_of_names_exists_once() -> None:
         "qfedavg",
         "fedaws",
     )
-    assert EXECUTORS.names() == ("serial", "processes", "vectorized")
+    assert EXECUTORS.names() == ("serial", "processes", "vectorized", "torchrun")
     for reg in registry.REGISTRIES:  # every built-in line points at something that exists
         for name in reg:
             assert callable(reg.load(name)), (reg.kind, name)
