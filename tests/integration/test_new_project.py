@@ -1,6 +1,7 @@
 """`fedkit new DIR` writes a project whose own model and lazily supplied data run as written:
 under the serial and processes executors (the same final model), through `fedkit launch`
-(slow), and with a clear error where a process cannot import the plugins."""
+(slow; with TensorBoard's per-worker round trips), and with a clear error where a process
+cannot import the plugins."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 _SCRIPT = Path(sys.executable).with_name("fedkit")
 FEDKIT = (
@@ -95,6 +97,7 @@ def test_project_runs_under_launch_with_the_model_of_run(project: Path) -> None:
     small = text.replace('partition = "natural"', 'partition = "natural"\nnum_clients = 3')
     small = small.replace("num_clients = 20", "num_clients = 3")
     small = small.replace("clients_per_round = 5", "clients_per_round = 2")
+    small = small.replace("[run]\n", "[run]\ntensorboard = true\n")
     (project / "small.toml").write_text(small)
     deployed = last_json(
         fedkit(
@@ -112,3 +115,11 @@ def test_project_runs_under_launch_with_the_model_of_run(project: Path) -> None:
     simulated = last_json(fedkit("run", "small.toml", "--out", "r", "--json", cwd=project))
     assert deployed["model_sha256"] == simulated["model_sha256"]
     assert deployed["committed_rounds"] == 5
+    (events,) = {p.parent for p in (project / "launch").rglob("events.out.tfevents.*")}
+    ea = EventAccumulator(str(events))
+    ea.Reload()
+    tags = set(ea.Tags()["tensors"])
+    assert {"test/accuracy", "train/loss", "bytes/up"} <= tags
+    rtt = {t for t in tags if t.startswith("worker_rtt/")}
+    assert rtt and rtt <= {"worker_rtt/0", "worker_rtt/1", "worker_rtt/2"}
+    assert len(ea.Tensors("test/accuracy")) == 5  # one step per round

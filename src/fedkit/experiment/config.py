@@ -309,7 +309,8 @@ def _check_model_options(builder: Any, options: Mapping[str, Any]) -> None:
     integer in it (a width, a count, a size) in [1, MAX_MODEL_SIZE]."""
     import typing
 
-    hints = typing.get_type_hints(builder.__init__ if isinstance(builder, type) else builder)
+    init = getattr(builder, "__init__", builder) if isinstance(builder, type) else builder
+    hints = typing.get_type_hints(init)
     for k, v in options.items():
         key = f"model.{k}"
         tp = hints.get(k)
@@ -423,6 +424,8 @@ class RunSettings:
         seed: Root of every random draw of the run (model init, sampling, batch order).
         target_accuracy: Test accuracy in [0, 1] whose first attainment gives
             ``rounds_to_target``.
+        tensorboard: Write each round's scalars for TensorBoard under ``OUT/tensorboard/``
+            (:mod:`fedkit.tensorboard`).
     """
 
     rounds: int | None = None
@@ -435,6 +438,7 @@ class RunSettings:
     threads: int = 1
     seed: int = 0
     target_accuracy: float | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         r = "run."
@@ -458,6 +462,8 @@ class RunSettings:
         _int(r + "threads", self.threads, 1, MAX_PROCESSES)
         _int(r + "seed", self.seed, 0, MAX_SEED)
         _num(r + "target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"run.tensorboard must be true or false; got {self.tensorboard!r}")
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> RunSettings:

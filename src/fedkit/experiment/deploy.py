@@ -54,6 +54,7 @@ from fedkit.net.worker import LocalData
 from fedkit.net.worker import run_worker as serve_worker
 from fedkit.privacy.chain import find_adaptive, find_noise
 from fedkit.privacy.plan import PrivacyPlan, plan_privacy
+from fedkit.run import Callback
 
 
 class ExperimentError(ValueError):
@@ -214,7 +215,18 @@ def coordinate(
         enrolment=enrolment,
         probes=file.privacy.probes,
         stop=file.privacy.stop,
+        callbacks=_tensorboard(file, out_dir),
     )
+
+
+def _tensorboard(file: DeploymentFile, out_dir: Path) -> list[Callback]:
+    """``[run] tensorboard = true``: each round's scalars and each worker's round trip under
+    ``OUT/tensorboard`` (:mod:`fedkit.tensorboard`)."""
+    if not file.config.run.tensorboard:
+        return []
+    from fedkit.tensorboard import TensorBoardCallback
+
+    return [TensorBoardCallback(out_dir / "tensorboard", per_worker=True)]
 
 
 def run_coordinator(

@@ -74,7 +74,7 @@ from fedkit.params import Params, model_params, sha256
 from fedkit.privacy.plan import PrivacyPlan, dpsgd_probes, plan_privacy
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
-from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
+from fedkit.run import Callback, Probe, RoundRecord, RunConfig, central_evaluator, run
 from fedkit.sim.distributed import DistributedExecutor, RemoteRankError, startup_check
 from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
@@ -539,6 +539,12 @@ def _run_federated(
         progress=progress,
         federated_evals=federated_evals,
     )
+    callbacks: list[Callback] = [recorder]
+    if cfg.run.tensorboard:  # OUT/tensorboard/<run id>-<name>: fedkit.tensorboard
+        from fedkit.tensorboard import TensorBoardCallback
+
+        tb_dir = results.path.parent / "tensorboard" / f"{run_id}-{cfg.name}"
+        callbacks.append(TensorBoardCallback(tb_dir))
     progress.start_run(cfg.name, rounds)
 
     def body() -> RunSummary:
@@ -554,7 +560,7 @@ def _run_federated(
                 evaluator=evaluator,
                 eval_every=cfg.run.eval_every,
                 federated_eval=False,
-                callbacks=[recorder],
+                callbacks=callbacks,
             ).params
         else:
             assert capture is not None
@@ -573,7 +579,7 @@ def _run_federated(
                     ),
                     evaluator=evaluator,
                     sampler=cfg.sampler,
-                    callbacks=[recorder],
+                    callbacks=callbacks,
                     stop=privacy.stop,
                     probes=[
                         *_probes(cfg, built, rounds),

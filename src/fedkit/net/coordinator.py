@@ -33,7 +33,7 @@ from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer, StorageError
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
-from fedkit.run import Probe, RoundRecord, RunConfig, central_evaluator, run
+from fedkit.run import Callback, Probe, RoundRecord, RunConfig, central_evaluator, run
 
 log = logging.getLogger("fedkit.coordinator")
 
@@ -57,6 +57,7 @@ def serve(
     enrolment: Enrolment | None = None,
     probes: Sequence[Probe] = (),
     stop: Callable[[RoundInfo], str | None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Summary:
     """Run the experiment as a coordinator (see module docstring).
 
@@ -67,6 +68,7 @@ def serve(
     (required when ``deploy.enrolment = "secret"``). ``probes`` and ``stop`` are the run loop's
     (the edge's privacy plan: ε every round, the target-ε stop); a stopped run is ``completed``
     when every round it ran was committed, with the reason in ``Summary.stopped``.
+    ``callbacks`` see every round after it is recorded (TensorBoard).
 
     Raises:
         DeployError: the data or the model cannot be built from the experiment (e.g. a model
@@ -196,7 +198,7 @@ def serve(
             ),
             evaluator=central_evaluator(model, ds.test.x, ds.test.y),
             sampler=exp.sampler,
-            callbacks=[commit],
+            callbacks=[commit, *callbacks],
             checkpointer=checkpointer,
             probes=probes,
             stop=stop,
