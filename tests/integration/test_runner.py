@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -157,7 +158,7 @@ def test_crash_mid_run_marks_failed_and_study_continues(
         assert fine.status == "completed" and len(store.rounds(fine.id)) == 3
 
 
-def test_interrupt_marks_failed_and_propagates(
+def test_interrupt_marks_interrupted_and_propagates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (cfg,) = study_from_mapping(tiny(), default_name="s").runs
@@ -170,7 +171,77 @@ def test_interrupt_marks_failed_and_propagates(
         with pytest.raises(KeyboardInterrupt):
             run_experiment(cfg, store)
         (row,) = store.runs()
-        assert row.status == "failed" and row.error == "KeyboardInterrupt"
+        assert row.status == "interrupted" and row.error is not None
+        assert row.error.startswith("KeyboardInterrupt; no round was checkpointed yet")
+
+
+@pytest.mark.parametrize("stop_before", [1, 4])
+def test_interrupted_run_resumes_in_its_row_to_the_uninterrupted_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_before: int
+) -> None:
+    """Ctrl-C before round ``stop_before`` (after that many committed, checkpointed rounds),
+    then the same run again: it continues in the same row from the checkpoint and ends with
+    the summary of an uninterrupted run (wall time aside), and the checkpoint is removed."""
+    doc = tiny(run={"rounds": 6, "eval_every": 2})
+    (cfg,) = study_from_mapping(doc, default_name="s").runs
+    with ResultsStore(results_path(tmp_path / "plain")) as store:
+        plain = run_experiment(cfg, store)
+        plain_rounds = store.rounds(plain.run_id)
+    assert plain.summary is not None
+    original = SerialExecutor.execute
+
+    def execute(self, algorithm, msg, cohort, info):  # type: ignore[no-untyped-def]
+        if info.round == stop_before:
+            raise KeyboardInterrupt
+        return original(self, algorithm, msg, cohort, info)
+
+    out = tmp_path / "out"
+    with ResultsStore(results_path(out)) as store:
+        monkeypatch.setattr(SerialExecutor, "execute", execute)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, store)
+        monkeypatch.setattr(SerialExecutor, "execute", original)
+        (row,) = store.runs()
+        assert row.status == "interrupted" and "resumable" in str(row.error)
+        assert store.progress(row.id)[0] == stop_before  # its rounds are kept
+        (ckpt,) = (out / "checkpoints").iterdir()
+        resumed = run_experiment(cfg, store)
+        assert resumed.run_id == row.id and resumed.status == "completed"
+        (done,) = store.runs()
+        assert done.status == "completed" and done.error is None
+        assert resumed.summary is not None
+        assert dataclasses.replace(resumed.summary, wall_seconds=0) == dataclasses.replace(
+            plain.summary, wall_seconds=0
+        )
+        got = store.rounds(row.id)
+    assert [r.round for r in got] == list(range(6))
+    strip = [(r.round, r.test_accuracy, r.test_loss, r.bytes_up) for r in plain_rounds]
+    assert [(r.round, r.test_accuracy, r.test_loss, r.bytes_up) for r in got] == strip
+    assert not ckpt.exists() and not (out / "checkpoints").exists()
+
+
+def test_no_resume_starts_a_new_run_and_drops_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (cfg,) = study_from_mapping(tiny(), default_name="s").runs
+    original = SerialExecutor.execute
+
+    def execute(self, algorithm, msg, cohort, info):  # type: ignore[no-untyped-def]
+        if info.round == 2:
+            raise KeyboardInterrupt
+        return original(self, algorithm, msg, cohort, info)
+
+    with ResultsStore(results_path(tmp_path)) as store:
+        monkeypatch.setattr(SerialExecutor, "execute", execute)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, store)
+        monkeypatch.setattr(SerialExecutor, "execute", original)
+        fresh = run_experiment(cfg, store, resume=False)
+        first, second = store.runs()
+        assert (first.status, second.status) == ("interrupted", "completed")
+        assert fresh.run_id == second.id and len(store.rounds(second.id)) == 3
+        assert len(store.rounds(first.id)) == 2
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_errors_before_the_run_write_nothing(tmp_path: Path) -> None:
@@ -310,3 +381,34 @@ def test_data_errors_found_when_loading_are_config_errors(tmp_path: Path) -> Non
         with pytest.raises(ConfigError, match=r"data: data\.num_clients must be <= 10"):
             run_experiment(cfg, store)
         assert store.runs() == []
+
+
+def test_resume_repeats_a_round_recorded_after_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted between recording round 1 and checkpointing it: the checkpoint says 1
+    completed round, so the resume drops the recorded round 1 and runs it again."""
+    from fedkit.checkpoint import FileCheckpointer
+
+    (cfg,) = study_from_mapping(tiny(), default_name="s").runs
+    with ResultsStore(results_path(tmp_path / "plain")) as store:
+        plain = run_experiment(cfg, store)
+    original = FileCheckpointer.save
+
+    def save(self, completed_rounds, *args):  # type: ignore[no-untyped-def]
+        if completed_rounds == 2:
+            raise KeyboardInterrupt
+        return original(self, completed_rounds, *args)
+
+    with ResultsStore(results_path(tmp_path / "out")) as store:
+        monkeypatch.setattr(FileCheckpointer, "save", save)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, store)
+        monkeypatch.setattr(FileCheckpointer, "save", original)
+        (row,) = store.runs()
+        assert len(store.rounds(row.id)) == 2  # rounds 0 and 1 recorded, 1 checkpointed
+        resumed = run_experiment(cfg, store)
+        assert [r.round for r in store.rounds(row.id)] == [0, 1, 2]
+    assert resumed.summary is not None and plain.summary is not None
+    assert resumed.summary.model_sha256 == plain.summary.model_sha256
+    assert resumed.summary.bytes_up == plain.summary.bytes_up

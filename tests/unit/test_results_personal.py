@@ -68,5 +68,5 @@ def test_schema_3_database_gains_personal_columns_in_place(tmp_path: Path) -> No
         (got,) = store.clients(new_id)
         assert (got.personal_loss, got.personal_accuracy) == (0.25, 0.875)
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     con.close()

@@ -9,7 +9,15 @@ run the final line is its object; with ``--jobs`` in the order runs finish): ``r
 ``status``, ``rounds``, ``final_accuracy``, ``best_accuracy``, ``rounds_to_target`` (null when
 not reached), ``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down``,
 ``model_sha256``, ``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run
-completed, 1 when a run failed, 2 when the file or a dataset could not be used.
+completed, 1 when a run failed, 2 when the file or a dataset could not be used, 130 when
+interrupted.
+
+Interrupt and resume: Ctrl-C or SIGTERM records the run under way as ``interrupted`` (its rounds
+kept; ``fedkit runs list`` shows them). Every federated run checkpoints each committed round under
+``OUT/checkpoints/<name>-<config digest>/``, so running the same command again (``--resume``, the
+default) continues the interrupted run from its checkpoint in the same run row and ends with the
+same model as an uninterrupted run; ``--no-resume`` starts afresh in a new row (the old one stays
+``interrupted``). Centralised and ``[parallel]`` runs do not checkpoint: they start over.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` in the environment, or
 ``--distributed``, which requires them) every rank reads and validates the same file and joins a
@@ -17,8 +25,8 @@ gloo process group (``--timeout`` seconds for any collective); the runs go one a
 the whole group: rank 0 runs the loop, records ``OUT/results.sqlite``, checkpoints each run under
 ``OUT/checkpoints/`` and prints; the other ranks build the same data, model and algorithm, serve
 their share of each cohort and write nothing. A rank that dies ends the run on rank 0 with an
-error naming the rank and its host; the run is recorded ``failed`` with an ``interrupted: …``
-error, and rerunning the same command resumes it from its checkpoint. See docs/distributed.md.
+error naming the rank and its host; the run is recorded ``interrupted``, and rerunning the same
+command resumes it from its checkpoint. See docs/distributed.md.
 
 ``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
 output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
@@ -26,12 +34,16 @@ output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
 import io
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -109,6 +121,14 @@ def run(
             "every exchange) before the run ends with an error.",
         ),
     ] = 1800.0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Continue an interrupted run of the same config from its checkpoint in "
+            "OUT/checkpoints (default), or start afresh.",
+        ),
+    ] = True,
 ) -> None:
     """Run an experiment file (every arm and grid point) and record it in OUT/results.sqlite."""
     from fedkit.sim.torchrun import torchrun_env
@@ -139,12 +159,42 @@ def run(
             jobs=jobs,
             data_root=data_root,
             timeout=timeout,
+            resume=resume,
         )
     try:
         study = load_study(file, set_ or [])
     except ConfigError as e:
         raise fail(str(e), 2) from None
-    run_recorded(study, file, out, as_json=as_json, quiet=quiet, jobs=jobs, data_root=data_root)
+    with _sigterm_interrupts():
+        run_recorded(
+            study,
+            file,
+            out,
+            as_json=as_json,
+            quiet=quiet,
+            jobs=jobs,
+            data_root=data_root,
+            resume=resume,
+        )
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's stop) raises ``KeyboardInterrupt`` like Ctrl-C, so the
+    run under way is recorded ``interrupted`` and resumable (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        del frame
+        raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def report_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
@@ -179,8 +229,10 @@ def run_recorded(
     jobs: int,
     data_root: Path | None,
     group: RankGroup | None = None,
+    resume: bool = True,
 ) -> None:
-    """Run ``study`` into ``OUT/results.sqlite`` (this process, or rank 0 of ``group``)."""
+    """Run ``study`` into ``OUT/results.sqlite`` (this process, or rank 0 of ``group``);
+    ``resume``: continue interrupted runs of the same config (see the module docstring)."""
     from fedkit.data.datasets import FedkitDataError
     from fedkit.experiment.progress import RunProgress
     from fedkit.experiment.runner import run_study
@@ -198,7 +250,16 @@ def run_recorded(
                 on_outcome=functools.partial(report_outcome, as_json=as_json),
                 jobs=jobs,
                 group=group,
+                resume=resume,
             )
+    except KeyboardInterrupt as e:
+        _err.print(
+            f"interrupted ({e or 'Ctrl-C'}): the run under way is recorded as interrupted in "
+            f"{db}; run the same command again to resume it",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(code=130) from None
     except ConfigError as e:
         _discard_if_empty(store, created)
         raise fail(f"{file}: {e}", 2) from None
@@ -257,20 +318,26 @@ def list_runs(
     """A table of the runs in an output directory."""
     with _open(runs_dir) as store:
         rows = store.runs(study=study)
+        so_far = {r.id: store.progress(r.id) for r in rows if r.summary is None}
     table = Table(title=str(results_path(runs_dir)))
     for col in ("id", "study", "name", "status", "rounds", "final acc", "best acc", "to target"):
         table.add_column(col)
     table.add_column("wall s", justify="right")
     for r in rows:
         s = r.summary
+        if s is None:  # running, failed or interrupted: what its stored rounds say
+            n, last, best = so_far[r.id]
+            done, final_acc, best_acc = str(n), _fmt(last), _fmt(best)
+        else:
+            done, final_acc, best_acc = str(s.rounds), _fmt(s.final_accuracy), _fmt(s.best_accuracy)
         table.add_row(
             str(r.id),
             escape(r.study or ""),
             escape(r.name),
             r.status,
-            "" if s is None else str(s.rounds),
-            "" if s is None else _fmt(s.final_accuracy),
-            "" if s is None else _fmt(s.best_accuracy),
+            done,
+            final_acc,
+            best_acc,
             "" if s is None or s.rounds_to_target is None else str(s.rounds_to_target),
             "" if s is None else f"{s.wall_seconds:.1f}",
         )

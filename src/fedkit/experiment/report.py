@@ -19,6 +19,7 @@ import datetime as _dt
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,9 +195,12 @@ def load_arms(
                     if include_unfinished or r.status == "completed"
                 ]
                 if not selected:
+                    others = Counter(r.status for r in store.runs(study=study))
+                    hint = ", ".join(f"{n} {status}" for status, n in sorted(others.items()))
                     raise ReportSourceError(
                         f"{source}: no {'' if include_unfinished else 'completed '}runs"
                         f"{'' if study is None else f' of study {study!r}'} in {db}"
+                        + (f" ({hint}: pass --all to report them)" if hint else "")
                     )
                 arms.extend(arm_from_store(store, r.id) for r in selected)
             continue

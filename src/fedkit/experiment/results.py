@@ -9,8 +9,9 @@ ad-hoc JSON. Standard library ``sqlite3`` only.
 Concurrency: the database runs in WAL mode with a busy timeout, each write is one short
 ``BEGIN IMMEDIATE`` transaction, and each process opens its own connection, so several processes
 may record different runs into the same directory at once. A run is inserted as ``running`` and
-ends ``completed`` or ``failed``; the runner marks it failed in a ``finally`` block when anything
-goes wrong, and other runs are never touched.
+ends ``completed``, ``failed`` (an error) or ``interrupted`` (Ctrl-C, SIGTERM, a lost torchrun
+rank: its rounds are kept and ``fedkit run`` resumes it into the same row from its checkpoint,
+:meth:`ResultsStore.reopen_run`); other runs are never touched.
 
 Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`): tables ``runs``, ``rounds``,
 ``clients``; see :class:`RunRow`, :class:`RoundRow` and :class:`ClientRow` for every column.
@@ -51,11 +52,11 @@ __all__ = [
 DB_NAME = "results.sqlite"
 """File name of the database inside an output directory."""
 
-SCHEMA_VERSION = 4
-"""Version of the schema below; stored as ``PRAGMA user_version``."""
+SCHEMA_VERSION = 5
+"""Version of the schema below; stored as ``PRAGMA user_version`` (5: status ``interrupted``)."""
 
-RunStatus = Literal["running", "completed", "failed"]
-STATUSES: tuple[str, ...] = ("running", "completed", "failed")
+RunStatus = Literal["running", "completed", "failed", "interrupted"]
+STATUSES: tuple[str, ...] = ("running", "completed", "failed", "interrupted")
 
 BUSY_TIMEOUT_MS = 60_000
 """How long a writer waits for another process's transaction before giving up."""
@@ -65,7 +66,8 @@ CREATE TABLE IF NOT EXISTS runs (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     name         TEXT NOT NULL,
     study        TEXT,
-    status       TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status       TEXT NOT NULL
+                 CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
     config       TEXT NOT NULL,
     code_version TEXT NOT NULL,
     environment  TEXT NOT NULL,
@@ -127,6 +129,12 @@ _ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("clients", "personal_accuracy REAL"),
 )
 """Columns added to the schema-1 tables by later versions, added in place by the migration."""
+
+_RUNS_COLUMNS = (
+    "id, name, study, status, config, code_version, environment, started, ended, summary, "
+    "error, pid"
+)
+"""Every column of ``runs`` (unchanged since schema 1), copied when the table is rebuilt."""
 
 
 def results_path(out_dir: str | os.PathLike[str]) -> Path:
@@ -241,7 +249,7 @@ class RunRow:
             ``fedavg[algorithm.local_epochs=5]``).
         study: Name of the study the run belongs to (the experiment file's stem or its
             ``[study] name``), ``None`` for a single run recorded without one.
-        status: ``"running"``, ``"completed"`` or ``"failed"``.
+        status: ``"running"``, ``"completed"``, ``"failed"`` or ``"interrupted"``.
         config: The fully resolved, validated experiment config (sections ``data``, ``model``,
             ``algorithm``, ``run`` …) as plain JSON values.
         code_version: ``git:<describe>`` of the source tree, or ``fedkit <version>``.
@@ -249,7 +257,8 @@ class RunRow:
         started: UTC start time, ISO 8601.
         ended: UTC end time, ISO 8601 (``None`` while running).
         summary: The run's outcome (``None`` unless completed).
-        error: For a failed run, the exception type and message.
+        error: For a failed run, the exception type and message; for an interrupted one, what
+            interrupted it and how to resume.
         pid: Id of the process that recorded the run (to spot runs whose process died).
     """
 
@@ -432,16 +441,43 @@ class ResultsStore:
             )
         if version == SCHEMA_VERSION:
             return
-        with self._write() as c:
-            if version >= 1:  # columns added since schema 1, each once (idempotent)
-                for table, column in _ADDED_COLUMNS:
-                    have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
-                    if column.split()[0] not in have:
-                        c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
-            c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Rebuilding ``runs`` drops the old table: with foreign keys on, that would cascade to
+        # every round. The pragma is a no-op inside a transaction, so it is switched around it.
+        self._conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self._write() as c:
+                version = int(c.execute("PRAGMA user_version").fetchone()[0])
+                if version == SCHEMA_VERSION:  # another process migrated it meanwhile
+                    return
+                if version >= 1:  # columns added since schema 1, each once (idempotent)
+                    for table, column in _ADDED_COLUMNS:
+                        have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+                        if column.split()[0] not in have:
+                            c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                    if version < 5:
+                        self._rebuild_runs(c)
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        finally:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+
+    @staticmethod
+    def _rebuild_runs(c: sqlite3.Connection) -> None:
+        """Schema 5: rebuild ``runs`` under the new status CHECK (SQLite cannot alter a
+        constraint), keeping every row and id, in the caller's transaction (SQLite's documented
+        12-step procedure: create the new table, copy, drop the old one, rename)."""
+        create = _SCHEMA.split(";")[0].replace(
+            "CREATE TABLE IF NOT EXISTS runs", "CREATE TABLE runs_v5"
+        )
+        c.execute(create)
+        c.execute(f"INSERT INTO runs_v5 ({_RUNS_COLUMNS}) SELECT {_RUNS_COLUMNS} FROM runs")
+        c.execute("DROP TABLE runs")
+        c.execute("ALTER TABLE runs_v5 RENAME TO runs")
+        bad = c.execute("PRAGMA foreign_key_check").fetchall()
+        if bad:  # pragma: no cover - rounds always reference a run that was copied
+            raise RuntimeError(f"results migration left rows without their run: {bad[:5]}")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -549,11 +585,67 @@ class ResultsStore:
 
     def fail_run(self, run_id: int, error: str) -> None:
         """Mark a run ``failed`` with the error that ended it (its rounds so far are kept)."""
+        self._end(run_id, "failed", error)
+
+    def interrupt_run(self, run_id: int, reason: str) -> None:
+        """Mark a run ``interrupted`` (Ctrl-C, SIGTERM, a lost rank): its rounds are kept and
+        ``fedkit run`` resumes it (:meth:`interrupted_run`, :meth:`reopen_run`)."""
+        self._end(run_id, "interrupted", reason)
+
+    def _end(self, run_id: int, status: RunStatus, error: str) -> None:
         with self._write() as c:
             c.execute(
-                "UPDATE runs SET status = 'failed', ended = ?, error = ? WHERE id = ?",
-                (_now(), error, run_id),
+                "UPDATE runs SET status = ?, ended = ?, error = ? WHERE id = ?",
+                (status, _now(), error, run_id),
             )
+
+    def interrupted_run(
+        self, *, name: str, study: str | None, config: Mapping[str, Any]
+    ) -> RunRow | None:
+        """The latest ``interrupted`` run of this name, study and exactly this resolved config
+        (the run a resume continues), or ``None``."""
+        rows = self._select(
+            "SELECT * FROM runs WHERE status = 'interrupted' AND name = ? AND study IS ? "
+            "AND config = ? ORDER BY id DESC LIMIT 1",
+            [name, study, json.dumps(config, sort_keys=True)],
+        )
+        return self._run_row(rows[0]) if rows else None
+
+    def reopen_run(self, run_id: int) -> None:
+        """Resume an interrupted run in place: ``running`` again, under this process's pid
+        (its rounds stay until :meth:`drop_rounds` trims them to the checkpoint).
+
+        Raises:
+            ValueError: The run is not ``interrupted`` (nothing is changed; e.g. another
+                process resumed it first).
+        """
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = 'running', ended = NULL, error = NULL, pid = ? "
+                "WHERE id = ? AND status = 'interrupted'",
+                (os.getpid(), run_id),
+            )
+            if cur.rowcount != 1:
+                raise ValueError(f"run {run_id} is not interrupted in {self.path}")
+
+    def drop_rounds(self, run_id: int, *, from_round: int) -> None:
+        """Delete a run's rounds (and their client rows) from ``from_round`` on: a resumed run
+        repeats them from its checkpoint of ``from_round`` completed rounds."""
+        with self._write() as c:
+            c.execute("DELETE FROM clients WHERE run_id = ? AND round >= ?", (run_id, from_round))
+            c.execute("DELETE FROM rounds WHERE run_id = ? AND round >= ?", (run_id, from_round))
+
+    def progress(self, run_id: int) -> tuple[int, float | None, float | None]:
+        """What a run has recorded so far: (rounds, last test accuracy, best test accuracy)
+        from its round rows (``fedkit runs list`` shows these for runs without a summary)."""
+        rows = self._select(
+            "SELECT COALESCE(MAX(round) + 1, 0) AS n, MAX(test_accuracy) AS best, "
+            "(SELECT test_accuracy FROM rounds WHERE run_id = ? AND test_accuracy IS NOT NULL "
+            "ORDER BY round DESC LIMIT 1) AS last FROM rounds WHERE run_id = ?",
+            [run_id, run_id],
+        )
+        r = rows[0]
+        return int(r["n"]), r["last"], r["best"]
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -10,15 +10,24 @@ and write every round (and its clients) to the results store.
 
 Everything that can be checked is checked before the run is inserted into the store: the config
 (already typed), the dataset files, the model and the cohort size. Once inserted, the run ends
-``completed`` with a :class:`~fedkit.experiment.results.RunSummary`, or — whatever happens,
-``KeyboardInterrupt`` included — ``failed`` with the error, leaving every other run intact.
+``completed`` with a :class:`~fedkit.experiment.results.RunSummary`, ``failed`` with the error,
+or ``interrupted`` (``KeyboardInterrupt`` — Ctrl-C, or SIGTERM, which ``fedkit run`` turns into
+one — or a lost torchrun rank), leaving every other run intact.
+
+Resume: every federated run checkpoints each committed round under
+``OUT/checkpoints/<name>-<config digest>/`` (:func:`checkpoint_dir`; removed when the run ends
+``completed`` or ``failed``). With ``resume`` (the default), a run whose name, study and resolved
+config match an ``interrupted`` run of the store continues that run in place: the same row goes
+back to ``running``, its rounds after the checkpoint are dropped and repeated, the summary totals
+are rebuilt from the kept rounds, and the run ends with the same model (``model_sha256``) and
+rounds as an uninterrupted run. Without ``resume`` (or with no interrupted run to continue) a
+leftover checkpoint is removed and the run starts afresh in a new row.
 
 Under ``torchrun`` (:func:`run_study` with a :class:`~fedkit.sim.torchrun.RankGroup` on rank 0,
 :func:`serve_study` on the others) every rank builds the same run (:func:`_setup`, agreed by one
 exchange so that a failure on any rank stops all of them before anything is recorded); rank 0's
-executor is the group's (``run.executor = "torchrun"``), it checkpoints every committed round
-under ``OUT/checkpoints/`` (:func:`checkpoint_dir`) and resumes from there, and a dead rank ends
-the run as ``failed`` with an ``interrupted: …`` error naming the rank and its host.
+executor is the group's (``run.executor = "torchrun"``), and a dead rank ends the run as
+``interrupted`` with an error naming the rank and its host; rerunning resumes it as above.
 
 The algorithm, its server optimiser and aggregator, the sampler and the executor are built from
 the config's tables by :mod:`fedkit.registry` names (see :mod:`fedkit.experiment.config`); the
@@ -48,6 +57,7 @@ import torch
 
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.centralized import train_centralized
+from fedkit.checkpoint import FILENAME, Checkpoint, FileCheckpointer, RunKey
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, Distribution
@@ -101,9 +111,9 @@ class RunOutcome:
     Attributes:
         run_id: Id in the results store.
         name: Run name.
-        status: ``"completed"`` or ``"failed"``.
+        status: ``"completed"``, ``"failed"`` or ``"interrupted"`` (a lost torchrun rank).
         summary: The run's summary when completed.
-        error: The error (``Type: message``) when failed.
+        error: The error (``Type: message``) when failed or interrupted.
     """
 
     run_id: int
@@ -219,6 +229,29 @@ class _Recorder:
         self.bytes_down += record.bytes_down
         self.metrics.update(record.metrics)
         self.progress.update(self.rounds, loss=finite(record.train_loss), accuracy=acc)
+
+    def restore(self, kept: Sequence[RoundRow]) -> None:
+        """Resume the totals from a resumed run's kept rounds, as if this recorder had seen
+        them (so the summary equals an uninterrupted run's, wall time aside)."""
+        self.final_accuracy = self.final_loss = self.best_accuracy = None
+        self.rounds_to_target = None
+        self.rounds = self.bytes_up = self.bytes_down = 0
+        self.metrics = {}
+        for row in kept:
+            if row.test_accuracy is not None or row.test_loss is not None:
+                self.final_accuracy, self.final_loss = row.test_accuracy, row.test_loss
+            acc = row.test_accuracy
+            if acc is not None:
+                self.best_accuracy = (
+                    acc if self.best_accuracy is None else max(self.best_accuracy, acc)
+                )
+                if self.target is not None and self.rounds_to_target is None and acc >= self.target:
+                    self.rounds_to_target = row.round + 1
+            self.rounds = row.round + 1
+            self.bytes_up += row.bytes_up
+            self.bytes_down += row.bytes_down
+            self.metrics.update({k: float(v) for k, v in (row.details or {}).items()})
+        self.progress.update(self.rounds, loss=None, accuracy=self.final_accuracy)
 
     def summary(
         self, params: Params, wall_seconds: float, stopped: str | None = None
@@ -339,6 +372,7 @@ def run_experiment(
     progress: RunProgress | None = None,
     data_root: Path | None = None,
     group: RankGroup | None = None,
+    resume: bool = True,
 ) -> RunOutcome:
     """Run one experiment and record it in ``results``.
 
@@ -348,18 +382,20 @@ def run_experiment(
         progress: Progress display (none drawn when ``None``).
         data_root: Data directory (default: ``FEDKIT_DATA`` / ``~/.cache/fedkit``).
         group: Under torchrun, the process group (this process is its rank 0; the others run
-            :func:`serve_study`): a federated run's cohort runs on every rank, checkpoints
-            under ``checkpoints/`` beside the results database and resumes from there.
+            :func:`serve_study`): a federated run's cohort runs on every rank.
+        resume: Continue an ``interrupted`` run of the same name, study and config from its
+            checkpoint, in its own row (see the module docstring); ``False`` starts afresh.
 
     Returns:
-        The outcome; a run that fails after it was recorded returns ``status="failed"``.
+        The outcome; a run that fails after it was recorded returns ``status="failed"``, one
+        whose torchrun rank was lost ``status="interrupted"``.
 
     Raises:
         ConfigError: The experiment cannot run (e.g. cohort larger than the population,
             unknown model option); nothing is recorded.
         fedkit.data.datasets.FedkitDataError: A dataset file is missing or corrupt; nothing is
             recorded.
-        KeyboardInterrupt: After marking the run failed.
+        KeyboardInterrupt: After marking the run interrupted (resumable).
     """
     if group is not None and group.rank != 0:
         raise ValueError("run_experiment runs on rank 0; the other ranks call serve_study")
@@ -370,7 +406,7 @@ def run_experiment(
     try:
         if cfg.parallel is not None:
             return _run_parallel(cfg, results, progress, data_root, t0)
-        return _run_federated(cfg, results, progress, data_root, t0, group)
+        return _run_federated(cfg, results, progress, data_root, t0, group, resume)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -477,20 +513,66 @@ def _agreed(group: RankGroup, build: Callable[[], T]) -> T:
 
 
 def checkpoint_dir(out: Path, cfg: ExperimentConfig) -> Path:
-    """Where a run under torchrun checkpoints: ``OUT/checkpoints/<name>-<config digest>``, so a
+    """Where a federated run checkpoints: ``OUT/checkpoints/<name>-<config digest>``, so a
     rerun of the same file (same resolved config) finds it and resumes."""
     digest = hashlib.sha256(json.dumps(cfg.to_mapping(), sort_keys=True).encode()).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", cfg.name)[:60]
     return out / "checkpoints" / f"{slug}-{digest[:16]}"
 
 
+def _how_to_resume(ckpt: Path | None) -> str:
+    """What an interrupted run's error adds: whether and how it resumes."""
+    if ckpt is None:
+        return "not resumable (only federated runs checkpoint): a rerun starts a new run"
+    if (ckpt / FILENAME).exists():
+        return f"resumable: rerun the same command and it resumes from the checkpoint in {ckpt}"
+    return "no round was checkpointed yet: a rerun starts it over in the same run"
+
+
 def _interrupted(e: RankLostError, ckpt: Path) -> RankLostError:
     """The run's error when a rank was lost: what happened and how to resume."""
-    if (ckpt / "checkpoint.safetensors").exists():
-        how = f"resumable: rerun the same command and it resumes from the checkpoint in {ckpt}"
-    else:
-        how = "no round was checkpointed yet: a rerun starts it over"
-    return RankLostError(f"interrupted: {e}; {how}", e.ranks)
+    return RankLostError(f"{e}; {_how_to_resume(ckpt)}", e.ranks)
+
+
+class _ResumingCheckpointer(FileCheckpointer):
+    """The run's :class:`FileCheckpointer`, telling ``on_load`` how many rounds the run loop
+    resumes after (0 without a checkpoint) once it has loaded and verified the checkpoint."""
+
+    def __init__(self, directory: Path, on_load: Callable[[int], None]) -> None:
+        super().__init__(directory)
+        self.on_load = on_load
+
+    def load(self, template: T, key: RunKey) -> Checkpoint[T] | None:
+        """The checkpoint (see :meth:`FileCheckpointer.load`), reported to ``on_load``."""
+        restored = super().load(template, key)
+        self.on_load(0 if restored is None else restored.completed_rounds)
+        return restored
+
+
+def _resumable(
+    results: ResultsStore, cfg: ExperimentConfig, ckpt: Path | None, resume: bool
+) -> int | None:
+    """The id of the interrupted run this run continues (now ``running`` again), else
+    ``None`` after removing any leftover checkpoint of this config (the run starts afresh)."""
+    if ckpt is None:
+        return None
+    if resume:
+        prior = results.interrupted_run(name=cfg.name, study=cfg.study, config=cfg.to_mapping())
+        if prior is not None:
+            with contextlib.suppress(ValueError):  # another process resumed it first
+                results.reopen_run(prior.id)
+                return prior.id
+    _remove_checkpoint(ckpt)
+    return None
+
+
+def _remove_checkpoint(ckpt: Path | None) -> None:
+    """Remove a run's checkpoint folder (and ``checkpoints/`` when it holds no other)."""
+    if ckpt is None:
+        return
+    shutil.rmtree(ckpt, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        ckpt.parent.rmdir()
 
 
 def _run_federated(
@@ -500,6 +582,7 @@ def _run_federated(
     data_root: Path | None,
     t0: float,
     group: RankGroup | None = None,
+    resume: bool = True,
 ) -> RunOutcome:
     a = cfg.algorithm
     rounds = cfg.run.rounds
@@ -520,7 +603,7 @@ def _run_federated(
     executor: Any = setup.executor
     capture = None if executor is None else _EvalCapture(executor)
     sizes = [store.num_examples(i) for i in range(store.num_clients)]
-    ckpt = checkpoint_dir(results.path.parent, cfg) if on_group else None
+    ckpt = None if centralized else checkpoint_dir(results.path.parent, cfg)
     fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
 
     def federated_evals(record: RoundRecord, params: Params) -> list[ClientEval] | None:
@@ -530,7 +613,8 @@ def _run_federated(
             return fed_scorer.evaluate(params, range(store.num_clients))
         return None
 
-    run_id = _start(results, cfg, group if on_group else None)
+    resumed = _resumable(results, cfg, ckpt, resume)
+    run_id = resumed if resumed is not None else _start(results, cfg, group if on_group else None)
     recorder = _Recorder(
         results,
         run_id,
@@ -546,6 +630,11 @@ def _run_federated(
         tb_dir = results.path.parent / "tensorboard" / f"{run_id}-{cfg.name}"
         callbacks.append(TensorBoardCallback(tb_dir))
     progress.start_run(cfg.name, rounds)
+
+    def on_load(start: int) -> None:  # the run loop resumes after ``start`` rounds
+        if resumed is not None:
+            results.drop_rounds(run_id, from_round=start)
+            recorder.restore(results.rounds(run_id))
 
     def body() -> RunSummary:
         stopped: str | None = None
@@ -563,7 +652,7 @@ def _run_federated(
                 callbacks=callbacks,
             ).params
         else:
-            assert capture is not None
+            assert capture is not None and ckpt is not None
             try:
                 result = run(
                     algorithm,
@@ -575,8 +664,8 @@ def _run_federated(
                         seed=cfg.run.seed,
                         eval_every=cfg.run.eval_every,
                         federated_eval_every=fed_every,
-                        checkpoint_dir=ckpt,
                     ),
+                    checkpointer=_ResumingCheckpointer(ckpt, on_load),
                     evaluator=evaluator,
                     sampler=cfg.sampler,
                     callbacks=callbacks,
@@ -588,17 +677,20 @@ def _run_federated(
                     ],
                 )
             except RankLostError as e:
-                raise _interrupted(e, ckpt) if ckpt is not None else e from e
+                raise _interrupted(e, ckpt) from e
             final, stopped = result.params, result.stopped
-            if ckpt is not None:  # completed: a rerun of the file starts a new run
-                shutil.rmtree(ckpt, ignore_errors=True)
-                with contextlib.suppress(OSError):  # the folder goes when it holds no other
-                    ckpt.parent.rmdir()
+            _remove_checkpoint(ckpt)  # completed: a rerun of the file starts a new run
         return recorder.summary(final, time.perf_counter() - t0, stopped)
 
     close = getattr(executor, "close", None)
     return _recorded(
-        results, run_id, cfg, progress, body, cleanup=close if callable(close) else None
+        results,
+        run_id,
+        cfg,
+        progress,
+        body,
+        cleanup=close if callable(close) else None,
+        checkpoint=ckpt,
     )
 
 
@@ -712,11 +804,15 @@ def _recorded(
     body: Callable[[], RunSummary],
     *,
     cleanup: Callable[[], object] | None = None,
+    checkpoint: Path | None = None,
 ) -> RunOutcome:
-    """Run ``body`` for a recorded run: completed with its summary, or failed with the error.
+    """Run ``body`` for a recorded run: completed with its summary, failed with the error, or
+    interrupted.
 
-    An ordinary exception marks the run failed and is returned as the outcome (a study goes on
-    with its next run); anything else (Ctrl-C) marks it failed and propagates.
+    An ordinary exception marks the run failed (its ``checkpoint`` folder is removed) and is
+    returned as the outcome (a study goes on with its next run); a lost torchrun rank marks it
+    interrupted and is returned likewise; anything else (Ctrl-C, SIGTERM as
+    ``KeyboardInterrupt``) marks it interrupted, keeping its checkpoint, and propagates.
     """
     status = "failed"
     try:
@@ -724,12 +820,19 @@ def _recorded(
         results.finish_run(run_id, summary)
         status = "completed"
         return RunOutcome(run_id=run_id, name=cfg.name, status=status, summary=summary)
+    except RankLostError as e:  # the message already says how to resume
+        status = "interrupted"
+        results.interrupt_run(run_id, _describe(e))
+        return RunOutcome(run_id=run_id, name=cfg.name, status=status, error=_describe(e))
     except Exception as e:
         error = _describe(e)
         results.fail_run(run_id, error + "\n" + traceback.format_exc(limit=20))
+        _remove_checkpoint(checkpoint)
         return RunOutcome(run_id=run_id, name=cfg.name, status="failed", error=error)
     except BaseException as e:
-        results.fail_run(run_id, _describe(e) or type(e).__name__)
+        status = "interrupted"
+        what = _describe(e) or type(e).__name__
+        results.interrupt_run(run_id, f"{what}; {_how_to_resume(checkpoint)}")
         raise
     finally:
         progress.end_run(status)
@@ -744,11 +847,12 @@ def _run_in_worker(
     grid_point: dict[str, Any],
     db_path: str,
     data_root: Path | None,
+    resume: bool = True,
 ) -> RunOutcome:
     """One run of a parallel study, in a worker process with its own store connection."""
     cfg = experiment_from_mapping(source, name=name, study=study, grid_point=grid_point)
     with ResultsStore(db_path) as store:
-        return run_experiment(cfg, store, data_root=data_root)
+        return run_experiment(cfg, store, data_root=data_root, resume=resume)
 
 
 def run_study(
@@ -760,6 +864,7 @@ def run_study(
     on_outcome: Callable[[RunOutcome], None] | None = None,
     jobs: int = 1,
     group: RankGroup | None = None,
+    resume: bool = True,
 ) -> list[RunOutcome]:
     """Run every run of ``study``, recording each in ``results``.
 
@@ -784,18 +889,19 @@ def run_study(
             run :func:`serve_study` on the same study. Runs go one after another on the whole
             group (``jobs`` must be 1); each federated run's executor is the group's
             (``run.executor`` is recorded as ``"torchrun"``).
+        resume: Each run continues its interrupted run, if any (see :func:`run_experiment`).
 
     Returns:
         The outcomes, in the study's run order.
 
     Raises:
-        RankLostError: Under torchrun, a rank died: the run under way was recorded as failed
-            (interrupted, resumable from its checkpoint) and the study stops.
+        RankLostError: Under torchrun, a rank died: the run under way was recorded as
+            interrupted (resumable from its checkpoint) and the study stops.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if group is not None:
-        return _run_on_group(study, results, group, progress, data_root, on_outcome, jobs)
+        return _run_on_group(study, results, group, progress, data_root, on_outcome, jobs, resume)
     for cfg in study.runs:
         if cfg.run.executor == "torchrun":
             raise ConfigError(
@@ -805,7 +911,9 @@ def run_study(
     if jobs == 1 or len(study.runs) == 1:
         outcomes: list[RunOutcome] = []
         for cfg in study.runs:
-            outcome = run_experiment(cfg, results, progress=progress, data_root=data_root)
+            outcome = run_experiment(
+                cfg, results, progress=progress, data_root=data_root, resume=resume
+            )
             outcomes.append(outcome)
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -824,6 +932,7 @@ def run_study(
                 dict(cfg.grid_point),
                 str(results.path),
                 data_root,
+                resume,
             ): i
             for i, cfg in enumerate(study.runs)
         }
@@ -872,13 +981,16 @@ def _run_on_group(
     data_root: Path | None,
     on_outcome: Callable[[RunOutcome], None] | None,
     jobs: int,
+    resume: bool = True,
 ) -> list[RunOutcome]:
     """Rank 0's side of a study under torchrun (see :func:`run_study`)."""
     if jobs != 1:
         raise ConfigError("--jobs runs arms in separate processes; under torchrun use --jobs 1")
     outcomes: list[RunOutcome] = []
     for cfg in on_group(study):
-        outcome = run_experiment(cfg, results, progress=progress, data_root=data_root, group=group)
+        outcome = run_experiment(
+            cfg, results, progress=progress, data_root=data_root, group=group, resume=resume
+        )
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)

@@ -50,6 +50,7 @@ def run_on_ranks(
     jobs: int,
     data_root: Path | None,
     timeout: float,
+    resume: bool = True,
 ) -> NoReturn:
     """Run ``file`` as rank ``env.rank`` of the launch and end the process (see module doc)."""
     from fedkit.data.datasets import FedkitDataError
@@ -81,6 +82,7 @@ def run_on_ranks(
                 jobs=jobs,
                 data_root=data_root,
                 group=group,
+                resume=resume,
             )
         else:
             serve_study(study, group, data_root=data_root)
