@@ -213,7 +213,7 @@ def report_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
         )
     else:
         _err.print(
-            f"run {outcome.run_id} {outcome.name}: failed: {outcome.error}",
+            f"run {outcome.run_id} {outcome.name}: {outcome.status}: {outcome.error}",
             markup=False,
             highlight=False,
         )
