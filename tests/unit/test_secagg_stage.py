@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, WeightedMean, aggregate
 from fedkit.algorithms.fedavg import FedAvg
@@ -250,3 +252,38 @@ def test_below_the_threshold_the_round_is_not_committed_and_the_model_is_unchang
     everyone_gone, _ = _run(dataclasses.replace(agg, unmask_dropout=1.0), rounds=2)
     assert [r.committed for r in everyone_gone.history] == [False, False]
     assert all(torch.equal(everyone_gone.params[k], start[k]) for k in start)
+
+
+@settings(max_examples=15, deadline=None)
+@given(order=st.permutations(list(COHORT)), split=st.integers(0, 4))
+def test_any_order_and_any_split_give_the_same_masked_sum(order: list[int], split: int) -> None:
+    """The accumulator is a sum modulo 2^bits: folding the clients in any order, or in two
+    partial accumulators merged either way round, gives the same words and the same result."""
+    agg = SecureSum(bits=36, randomness="seeded")
+    ws = dict.fromkeys(COHORT, 1.0)
+    ref = _prepare(agg, COHORT, ws)
+    parts = [tuple(order[:split]), tuple(order[split:])]
+    like = agg.prepare(_update(2), 1.0, AggContext(0, 9, 2, cohort=COHORT))
+    accs = [_prepare(agg, p, ws) if p else agg.zero(like) for p in parts]
+    for merged in (agg.merge(accs[0], accs[1]), agg.merge(accs[1], accs[0])):
+        assert all(torch.equal(merged.total[k], ref.total[k]) for k in ref.total)
+        assert torch.equal(merged.weight, ref.weight)
+        assert sorted(merged.senders.tolist()) == sorted(COHORT)
+
+
+def test_the_run_loop_gives_every_step_the_sampled_cohort() -> None:
+    """Each client's and the server's aggregation context carries the round's cohort (what
+    pairwise masks need): the spy sees exactly the record's cohort every round."""
+    seen: list[tuple[int, tuple[int, ...]]] = []
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Cohorts(SecureSum):
+        def prepare(self, update: Any, weight: float, ctx: AggContext) -> Any:
+            seen.append((ctx.round, ctx.cohort))
+            return super().prepare(update, weight, ctx)
+
+    res, _ = _run(Cohorts(bits=40, clip_range=2.0, randomness="seeded"), rounds=2)
+    for rec in res.history:
+        got = {c for r, c in seen if r == rec.round}
+        assert got == {rec.cohort}
+        assert len(rec.cohort) == 6
