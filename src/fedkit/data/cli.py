@@ -227,7 +227,13 @@ def describe(
     ] = None,
     rows: Annotated[int, typer.Option("--rows", min=0, help="Clients listed in the table.")] = 20,
     root: Annotated[
-        Path | None, typer.Option("--root", help="Data directory (default: $FEDKIT_DATA).")
+        Path | None,
+        typer.Option(
+            "--root",
+            "--data",
+            help="Data directory (default: $FEDKIT_DATA, else ../shared/data beside the "
+            "checkout, else ~/.cache/fedkit).",
+        ),
     ] = None,
 ) -> None:
     """Per-client sample counts and label histograms of a federated partition."""

@@ -102,7 +102,11 @@ def run(
     ] = 1,
     data_root: Annotated[
         Path | None,
-        typer.Option("--data", help="Data directory (default: $FEDKIT_DATA or ~/.cache/fedkit)."),
+        typer.Option(
+            "--data",
+            help="Data directory (default: $FEDKIT_DATA, else ../shared/data beside the "
+            "checkout, else ~/.cache/fedkit).",
+        ),
     ] = None,
     distributed: Annotated[
         bool | None,

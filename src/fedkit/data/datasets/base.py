@@ -118,10 +118,35 @@ class Dataset:
                 )
 
 
-def data_root() -> Path:
-    """The data directory: ``$FEDKIT_DATA``, else ``~/.cache/fedkit``."""
+def data_root_lookup() -> tuple[Path, str]:
+    """The data directory and how it was found, in the one documented order (a ``--data DIR``
+    or ``root=`` argument, where given, comes before all of these):
+
+    1. ``$FEDKIT_DATA`` when set;
+    2. ``../shared/data`` beside the repository checkout, when fedkit runs from a source
+       checkout (``pyproject.toml`` two folders above the package) and that folder exists;
+    3. ``~/.cache/fedkit``.
+
+    Returns:
+        ``(directory, how)``: ``how`` says which rule chose it, for error messages.
+    """
     env = os.environ.get("FEDKIT_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedkit"
+    if env:
+        return Path(env).expanduser(), f"$FEDKIT_DATA={env}"
+    checkout = Path(__file__).resolve().parents[4]
+    shared = checkout.parent / "shared" / "data"
+    if (checkout / "pyproject.toml").is_file() and shared.is_dir():
+        return shared, f"the shared data beside the checkout {checkout} ($FEDKIT_DATA unset)"
+    home = Path.home() / ".cache" / "fedkit"
+    return home, (
+        f"the default {home} ($FEDKIT_DATA unset, no ../shared/data beside a checkout); "
+        "set FEDKIT_DATA or pass --data DIR to use another"
+    )
+
+
+def data_root() -> Path:
+    """The data directory (see :func:`data_root_lookup` for the order)."""
+    return data_root_lookup()[0]
 
 
 def cache_root() -> Path:

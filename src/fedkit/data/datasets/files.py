@@ -26,7 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fedkit.data.datasets.base import ChecksumError, CommonOptions, DatasetNotFoundError
+from fedkit.data.datasets.base import (
+    ChecksumError,
+    CommonOptions,
+    DatasetNotFoundError,
+    data_root_lookup,
+)
 
 __all__ = ["RemoteFile", "ensure_file", "file_digest", "verify_file"]
 
@@ -128,6 +133,15 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
         raise
 
 
+def where_root(root: Path) -> str:
+    """How the data directory ``root`` was chosen, truthfully: the lookup rule that gives it
+    (:func:`~fedkit.data.datasets.base.data_root_lookup`), else an explicit argument."""
+    found, how = data_root_lookup()
+    if Path(root).expanduser().resolve() == found.expanduser().resolve():
+        return how
+    return "given explicitly (--data DIR or root=)"
+
+
 def not_found_message(remote: RemoteFile, root: Path, hint: str = "") -> str:
     """The text of a ``DatasetNotFoundError`` for ``remote``."""
     dest = root / remote.relpath
@@ -135,10 +149,10 @@ def not_found_message(remote: RemoteFile, root: Path, hint: str = "") -> str:
     inside = f" (member {remote.member!r} of the archive)" if remote.member else ""
     msg = (
         f"dataset file {remote.name} not found: put the file with {remote.checksum} at {dest} "
-        f"(FEDKIT_DATA={root}); canonical source: {where}{inside}"
+        f"(data directory {root}: {where_root(root)}); canonical source: {where}{inside}"
     )
     if remote.urls:
-        msg += "; or load with download=True to fetch and verify it"
+        msg += "; or fetch and verify it with `fedkit data download DATASET --data DIR`"
     if hint:
         msg += f". {hint}"
     return msg
