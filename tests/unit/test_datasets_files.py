@@ -51,7 +51,7 @@ def test_missing_file_names_file_checksum_and_path(tmp_path: Path) -> None:
     assert "train-images-idx3-ubyte.gz" in msg
     assert "md5:f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg
     assert str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") in msg
-    assert "fedkit data download" in msg and "given explicitly" in msg
+    assert "download=True" in msg and "given explicitly" in msg
 
 
 def test_missing_npz_and_pickles_named_for_cifar100(tmp_path: Path) -> None:

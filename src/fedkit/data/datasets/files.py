@@ -152,7 +152,7 @@ def not_found_message(remote: RemoteFile, root: Path, hint: str = "") -> str:
         f"(data directory {root}: {where_root(root)}); canonical source: {where}{inside}"
     )
     if remote.urls:
-        msg += "; or fetch and verify it with `fedkit data download DATASET --data DIR`"
+        msg += "; or fetch and verify it with load_dataset(NAME, download=True) from Python"
     if hint:
         msg += f". {hint}"
     return msg
