@@ -11,6 +11,13 @@ a table (the first ``--rows`` clients, with a summary of all of them), JSON with
 ``clients`` list of objects with ``num_samples`` and ``label_histogram``), and with ``--plot`` a
 PNG of stacked per-client label counts. For next-token datasets (targets ``(N, T)``) a sample is
 a window and the histograms count the targets at every position (``"histogram_counts": "tokens"``).
+
+``fedkit data list [--data DIR] [--no-verify] [--json]`` shows every known dataset with the state
+of its files in the data directory (verified / present / missing / corrupt, from
+:mod:`fedkit.data.datasets.catalog`) and which directory was used and by which lookup rule.
+``fedkit data download NAME [--data DIR] [--mirror URL]`` fetches a dataset's files from their
+canonical URLs, verifies their checksums and renames them into place; an unreachable network is
+one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -23,17 +30,33 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fedkit.data.datasets import FedkitDataError
+from fedkit.data.datasets import CommonOptions, FedkitDataError
+from fedkit.data.datasets.base import data_root_lookup
 from fedkit.data.partition import label_histograms, mean_total_variation
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 
-__all__ = ["app", "data_overrides", "describe", "describe_json", "spec_from_sources"]
+__all__ = [
+    "app",
+    "data_overrides",
+    "describe",
+    "describe_json",
+    "download",
+    "list_datasets",
+    "resolve_root",
+    "spec_from_sources",
+]
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 _MAX_PLOTTED = 200
+
+_DATA_HELP = (
+    "Data directory. Default, in order: $FEDKIT_DATA, else ../shared/data beside a source "
+    "checkout, else ~/.cache/fedkit."
+)
 
 
 @app.callback()
@@ -231,8 +254,7 @@ def describe(
         typer.Option(
             "--root",
             "--data",
-            help="Data directory (default: $FEDKIT_DATA, else ../shared/data beside the "
-            "checkout, else ~/.cache/fedkit).",
+            help=_DATA_HELP,
         ),
     ] = None,
 ) -> None:
@@ -257,3 +279,87 @@ def describe(
         _save_plot(doc, plot)
         if not as_json:
             console.print(f"plot saved to {plot}")
+
+
+def resolve_root(root: Path | None) -> tuple[Path, str]:
+    """The data directory for ``--data DIR`` (``None``: not given) and the rule that chose it."""
+    if root is not None:
+        return root, "--data"
+    return data_root_lookup()
+
+
+@app.command("list")
+def list_datasets(
+    root: Annotated[Path | None, typer.Option("--data", "--root", help=_DATA_HELP)] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Check checksums (remembered per file, so only new or changed files are hashed).",
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every known dataset and whether its files are present and verified in the data directory."""
+    from fedkit.data.datasets.catalog import CATALOG, dataset_status
+
+    where, how = resolve_root(root)
+    options = CommonOptions()
+    statuses = [dataset_status(name, where, options, verify=verify) for name in CATALOG]
+    if as_json:
+        doc = {
+            "data_dir": str(where),
+            "rule": how,
+            "datasets": [
+                {
+                    "name": st.name,
+                    "status": st.status,
+                    "source": st.source,
+                    "files": [{"path": p, "status": f} for p, f in st.files],
+                }
+                for st in statuses
+            ],
+        }
+        typer.echo(json.dumps(doc))
+        return
+    console = Console(highlight=False)
+    table = Table(title=None)
+    table.add_column("dataset")
+    table.add_column("status")
+    table.add_column("files", justify="right")
+    table.add_column("source")
+    for st in statuses:
+        done = sum(1 for _, f in st.files if f in ("verified", "present"))
+        count = f"{done}/{len(st.files)}" if st.files else ""
+        table.add_row(st.name, st.status, count, escape(st.source))
+    console.print(escape(f"data directory {where} ({how})"))
+    console.print(table)
+    for st in statuses:
+        for path, f in st.files:
+            if f == "corrupt":
+                console.print(escape(f"corrupt: {where / path} (checksum mismatch; delete it)"))
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="Dataset name, as listed by `fedkit data list`.")],
+    root: Annotated[Path | None, typer.Option("--data", "--root", help=_DATA_HELP)] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", help="Base URL tried before the canonical URLs."),
+    ] = None,
+) -> None:
+    """Download a dataset's files from their canonical URLs and verify their checksums."""
+    from fedkit.data.datasets.catalog import CATALOG, download_dataset
+
+    if name not in CATALOG:
+        typer.echo(f"error: unknown dataset {name!r}; known: {', '.join(CATALOG)}", err=True)
+        raise typer.Exit(2)
+    where, how = resolve_root(root)
+    try:
+        options = CommonOptions(mirror=mirror)
+        paths = download_dataset(name, where, options)
+    except (FedkitDataError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{name}: {len(paths)} file(s) verified in {where} ({how})")

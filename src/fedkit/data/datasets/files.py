@@ -20,6 +20,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -33,9 +34,19 @@ from fedkit.data.datasets.base import (
     data_root_lookup,
 )
 
-__all__ = ["RemoteFile", "ensure_file", "file_digest", "verify_file"]
+__all__ = [
+    "FileStatus",
+    "RemoteFile",
+    "UnreachableError",
+    "ensure_file",
+    "file_digest",
+    "file_status",
+    "verify_file",
+]
 
 Algorithm = Literal["md5", "sha256"]
+FileStatus = Literal["verified", "present", "missing", "corrupt"]
+"""A local file against its :class:`RemoteFile`: checksum matches, not checked, absent, mismatch."""
 _CHUNK = 1 << 20
 _DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -142,6 +153,46 @@ def where_root(root: Path) -> str:
     return "given explicitly (--data DIR or root=)"
 
 
+class UnreachableError(DatasetNotFoundError):
+    """A missing file could not be downloaded because no URL's host could be reached (connection
+    refused, no route, DNS failure or timeout), as opposed to a server that answered with an error.
+    """
+
+
+def file_status(
+    remote: RemoteFile, root: Path, options: CommonOptions, *, verify: bool = True
+) -> FileStatus:
+    """The state of ``remote`` under the data directory ``root``, never raising for its content.
+
+    ``"missing"`` when ``root / remote.relpath`` is not a file; otherwise, with ``verify``, the
+    checksum decides between ``"verified"`` and ``"corrupt"`` (through :func:`verify_file`, so a
+    remembered verification stamp makes this cheap); without ``verify`` a file is ``"present"``.
+    """
+    path = root / remote.relpath
+    if not path.is_file():
+        return "missing"
+    if not verify:
+        return "present"
+    try:
+        verify_file(path, remote.algorithm, remote.digest, options)
+    except ChecksumError:
+        return "corrupt"
+    return "verified"
+
+
+def _unreachable(error: BaseException) -> str | None:
+    """The reason when ``error`` means the host was not reached at all (``None`` for an answer
+    such as HTTP 404, or a broken archive, which a retry elsewhere will not fix)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return None
+    if isinstance(error, urllib.error.URLError):
+        reason = error.reason
+        return getattr(reason, "strerror", None) or str(reason)
+    if isinstance(error, TimeoutError | ConnectionError):
+        return str(error) or type(error).__name__
+    return None
+
+
 def not_found_message(remote: RemoteFile, root: Path, hint: str = "") -> str:
     """The text of a ``DatasetNotFoundError`` for ``remote``."""
     dest = root / remote.relpath
@@ -184,6 +235,7 @@ def ensure_file(remote: RemoteFile, root: Path, options: CommonOptions, hint: st
     if not urls:
         raise DatasetNotFoundError(not_found_message(remote, root, hint))
     errors: list[str] = []
+    reasons: list[str | None] = []
     for url in urls:
         try:
             _download_verified(url, remote, dest)
@@ -191,9 +243,17 @@ def ensure_file(remote: RemoteFile, root: Path, options: CommonOptions, hint: st
             raise
         except (OSError, urllib.error.URLError, tarfile.TarError, zipfile.BadZipFile) as e:
             errors.append(f"{url}: {e}")
+            reasons.append(_unreachable(e))
             continue
         verify_file(dest, remote.algorithm, remote.digest, options)
         return dest
+    if all(r is not None for r in reasons):
+        hosts = ", ".join(dict.fromkeys(urllib.parse.urlsplit(u).netloc for u in urls))
+        raise UnreachableError(
+            f"cannot download {remote.name}: network unreachable ({hosts}: {reasons[-1]}); check "
+            f"the connection or proxy, or give a reachable --mirror URL, or put the file with "
+            f"{remote.checksum} at {dest}"
+        )
     raise DatasetNotFoundError(
         not_found_message(remote, root, hint) + ". Download failed: " + "; ".join(errors)
     )
