@@ -18,7 +18,7 @@ from fedkit.data.cli import app
 from fedkit.data.datasets import DATASETS, CommonOptions, DatasetNotFoundError
 from fedkit.data.datasets import catalog as catalog_module
 from fedkit.data.datasets.catalog import CATALOG, FileSet, dataset_status, download_dataset
-from fedkit.data.datasets.files import RemoteFile, UnreachableError, file_status
+from fedkit.data.datasets.files import RemoteFile, UnreachableError, ensure_file, file_status
 from fedkit.data.datasets.mnist import MNIST_FILES
 from tests.conftest import require_data
 
@@ -97,6 +97,15 @@ def _list(root: Path, *extra: str) -> dict[str, dict[str, object]]:
 def test_catalog_names_every_dataset() -> None:
     # a dataset added to DATASETS without a catalog entry would be missing from `data list`
     assert list(CATALOG) == list(DATASETS)
+
+
+def test_missing_file_message_names_the_download_command(tmp_path: Path) -> None:
+    # the message derives the dataset from a downloadable file's top folder: true for every one
+    for name, sets in CATALOG.items():
+        for remote in (r for fs in sets[:1] for r in fs.files if r.urls):
+            assert remote.relpath.split("/")[0] == name, remote
+    with pytest.raises(DatasetNotFoundError, match="`fedkit data download mnist`"):
+        ensure_file(MNIST_FILES["x_train"], tmp_path, CommonOptions(cache_dir=tmp_path / "c"))
 
 
 def test_file_status_distinguishes_the_four_states(toy: None, tmp_path: Path) -> None:

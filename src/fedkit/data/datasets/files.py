@@ -203,7 +203,12 @@ def not_found_message(remote: RemoteFile, root: Path, hint: str = "") -> str:
         f"(data directory {root}: {where_root(root)}); canonical source: {where}{inside}"
     )
     if remote.urls:
-        msg += "; or fetch and verify it with load_dataset(NAME, download=True) from Python"
+        # a downloadable file's top folder is its dataset's name (checked against the catalog)
+        dataset = remote.relpath.split("/")[0]
+        msg += (
+            f"; or fetch and verify it with `fedkit data download {dataset}` "
+            f"(load_dataset({dataset!r}, download=True) from Python)"
+        )
     if hint:
         msg += f". {hint}"
     return msg
