@@ -6,17 +6,50 @@ only mounts them, so that commands stay next to the code they drive.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
+    # help printed as written: "[data]" is not read as terminal markup, flags show no "<bool>"
+    rich_markup_mode=None,
     help="fedkit: federated and distributed learning on PyTorch.",
 )
 
 
+def version() -> str:
+    """The installed distribution's version (``fedkit.__version__`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("fedkit")
+    except PackageNotFoundError:
+        from fedkit import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fedkit {version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print fedkit's version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Federated and distributed learning on PyTorch."""
 
 

@@ -49,7 +49,7 @@ __all__ = [
     "spec_from_sources",
 ]
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 _MAX_PLOTTED = 200
 

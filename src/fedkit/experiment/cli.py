@@ -288,7 +288,10 @@ def _discard_if_empty(store: ResultsStore, created: bool) -> None:
 # -- runs ----------------------------------------------------------------------------------------
 
 runs_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="List, show and export recorded runs."
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # help as written: brackets stay, flags show no <bool>
+    help="List, show and export recorded runs.",
 )
 
 RunsDir = Annotated[

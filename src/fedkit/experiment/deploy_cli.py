@@ -19,15 +19,34 @@ if TYPE_CHECKING:
     from fedkit.net.results import Summary
     from fedkit.net.transport import Security
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment over gRPC.")
-certs_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Deployment certificates.")
+# rich_markup_mode=None: help text is printed as written ("[data]" stays), flags show no <bool>
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Deployment over gRPC.",
+)
+certs_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Deployment certificates.",
+)
 secrets_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Enrolment secrets (plaintext mode)."
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Enrolment secrets (plaintext mode).",
 )
 
 ExperimentOpt = Annotated[Path, typer.Option("--experiment", help="Experiment TOML file.")]
 DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="Data directory (default: $FEDKIT_DATA).")
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Data directory. Default, in order: $FEDKIT_DATA, else ../shared/data beside a "
+        "source checkout, else ~/.cache/fedkit.",
+    ),
 ]
 TlsOpt = Annotated[
     Path | None,
@@ -108,7 +127,9 @@ def coordinator(
         int, typer.Option("--min-workers", help="Wait for this many workers before round 0.")
     ] = 0,
     secret_file: SecretOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
+    ] = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
     import sqlite3
@@ -176,7 +197,9 @@ def worker(
         typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
     ] = None,
     secret_file: SecretOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
+    ] = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
     from fedkit.checkpoint import CheckpointError
@@ -234,7 +257,9 @@ def launch(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("fedkit-launch"),
     data: DataOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
+    ] = False,
 ) -> None:
     """Start a coordinator and N local workers (loopback) and run the experiment."""
     from fedkit.experiment.deploy import launch as do_launch
