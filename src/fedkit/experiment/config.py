@@ -101,6 +101,7 @@ from fedkit.experiment.tables import (
     check_value,
     construct,
     describe,
+    did_you_mean,
     merge_preset,
 )
 from fedkit.local import LocalTraining
@@ -282,7 +283,8 @@ class ModelSettings:
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
             raise ConfigError(
-                f"unknown key model.{unknown[0]} for model {self.name!r}; allowed: "
+                f"unknown key model.{unknown[0]} for model {self.name!r}"
+                f"{did_you_mean(unknown[0], allowed)}; allowed: "
                 f"name{', ' if allowed else ''}{', '.join(allowed)}"
             )
         _check_model_options(builder, self.options)
@@ -713,7 +715,9 @@ def experiment_from_mapping(
     unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
         raise ConfigError(
-            f"unknown section or key {unknown[0]!r}; allowed: {', '.join(SECTIONS + STUDY_KEYS)}"
+            f"unknown section or key {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], SECTIONS + STUDY_KEYS)}; "
+            f"allowed: {', '.join(SECTIONS + STUDY_KEYS)}"
         )
     doc, moved = _translate_legacy(doc)
     try:
@@ -832,7 +836,8 @@ def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
         )
     if parts[0] not in SECTIONS:
         raise ConfigError(
-            f"unknown section {parts[0]!r} in key {key!r}; allowed: {', '.join(SECTIONS)}"
+            f"unknown section {parts[0]!r} in key {key!r}{did_you_mean(parts[0], SECTIONS)}; "
+            f"allowed: {', '.join(SECTIONS)}"
         )
     node = doc
     for p in parts[:-1]:

@@ -21,6 +21,7 @@ in [0, 1), got 1.5"`` from ``[algorithm.server]`` reads ``"algorithm.server.beta
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import math
@@ -242,6 +243,13 @@ def _located(exc: Exception, key: str, fields: Mapping[str, _Param]) -> str:
     return f"{key}: {msg}"
 
 
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices`` to a misspelt ``word``
+    (:func:`difflib.get_close_matches`, similarity ratio at least 0.6), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def construct(
     factory: Callable[..., Any],
     table: Mapping[str, Any],
@@ -269,7 +277,8 @@ def construct(
     if unknown:
         allowed = (["name"] if named else []) + [p for p in params if p not in extra]
         raise ConfigError(
-            f"unknown key {key}.{unknown[0]} in [{key}]; allowed: {', '.join(allowed) or '(none)'}"
+            f"unknown key {key}.{unknown[0]} in [{key}]{did_you_mean(unknown[0], allowed)}; "
+            f"allowed: {', '.join(allowed) or '(none)'}"
         )
     kwargs = {
         k: _convert(params[k].annotation, v, f"{key}.{k}", params[k].default)
