@@ -8,6 +8,30 @@ from torch import nn
 from fedkit.algorithm import ClientData
 from fedkit.data.store import ClientStore
 
+SYNTHETIC_UNIFORM = """
+[data]
+dataset = "synthetic"
+partition = "natural"
+alpha = 1.0
+beta = 1.0
+[data.options]
+num_users = 10
+
+[model]
+name = "logreg"
+
+[algorithm]
+name = "fedavg"
+weighting = "uniform"
+
+[algorithm.local]
+epochs = 1
+batch_size = 10
+lr = 0.05
+"""
+"""An experiment file's start for runner tests: FedAvg (uniform weights) with logistic regression
+on Synthetic(1, 1) over 10 natural users; tests append [aggregator] and [run] tables."""
+
 
 def toy_clients(
     num_clients: int = 6, *, seed: int = 0, equal: bool = False, dim: int = 12, classes: int = 3

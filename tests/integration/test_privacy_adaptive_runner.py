@@ -15,28 +15,11 @@ from fedkit.experiment.config import ConfigError, experiment_from_mapping
 from fedkit.experiment.results import ResultsStore, results_path
 from fedkit.experiment.runner import run_experiment
 from fedkit.privacy.accounting import PrivacyAccounting, default_delta
+from tests.helpers.toy import SYNTHETIC_UNIFORM
 
-DOC = """
-[data]
-dataset = "synthetic"
-partition = "natural"
-alpha = 1.0
-beta = 1.0
-[data.options]
-num_users = 10
-
-[model]
-name = "logreg"
-
-[algorithm]
-name = "fedavg"
-weighting = "uniform"
-
-[algorithm.local]
-epochs = 1
-batch_size = 10
-lr = 0.05
-
+DOC = (
+    SYNTHETIC_UNIFORM
+    + """
 [aggregator]
 name = "adaptive_clip"
 target_quantile = 0.5
@@ -54,6 +37,7 @@ rounds = 4
 clients_per_round = 4
 seed = 7
 """
+)
 
 
 def _run(doc: dict[str, Any], tmp_path: Path) -> tuple[Any, ResultsStore]:

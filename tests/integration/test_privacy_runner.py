@@ -16,30 +16,13 @@ from fedkit.experiment.runner import run_experiment
 from fedkit.privacy.accounting import PrivacyAccounting, default_delta
 from fedkit.privacy.chain import find_noise
 from fedkit.privacy.plan import plan_privacy
+from tests.helpers.toy import SYNTHETIC_UNIFORM
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY = """
-[data]
-dataset = "synthetic"
-partition = "natural"
-alpha = 1.0
-beta = 1.0
-[data.options]
-num_users = 10
-
-[model]
-name = "logreg"
-
-[algorithm]
-name = "fedavg"
-weighting = "uniform"
-
-[algorithm.local]
-epochs = 1
-batch_size = 10
-lr = 0.05
-
+TINY = (
+    SYNTHETIC_UNIFORM
+    + """
 [aggregator]
 name = "clip"
 max_norm = 0.5
@@ -54,6 +37,7 @@ rounds = 4
 clients_per_round = 4
 seed = 7
 """
+)
 
 
 def _doc(**inner: Any) -> dict[str, Any]:

@@ -15,33 +15,17 @@ import pytest
 from fedkit.experiment.config import ConfigError, experiment_from_mapping
 from fedkit.experiment.results import ResultsStore, results_path
 from fedkit.experiment.runner import run_experiment
+from tests.helpers.toy import SYNTHETIC_UNIFORM
 
-TINY = """
-[data]
-dataset = "synthetic"
-partition = "natural"
-alpha = 1.0
-beta = 1.0
-[data.options]
-num_users = 10
-
-[model]
-name = "logreg"
-
-[algorithm]
-name = "fedavg"
-weighting = "uniform"
-
-[algorithm.local]
-epochs = 1
-batch_size = 10
-lr = 0.05
-
+TINY = (
+    SYNTHETIC_UNIFORM
+    + """
 [run]
 rounds = 3
 clients_per_round = 5
 seed = 7
 """
+)
 
 SECAGG = {"name": "secagg", "bits": 48, "clip_range": 4.0, "neighbours": 4}
 DP = {"name": "gaussian", "noise_multiplier": 0.5, "clip_norm": 0.5, "distributed": True}
