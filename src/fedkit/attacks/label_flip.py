@@ -16,6 +16,20 @@ from fedkit.algorithm import ClientData
 from fedkit.attacks.base import Attack
 
 
+def check_num_classes(num_classes: int | None) -> None:
+    """Refuse a class count below 2 (``None``, the dataset's, is filled in by the runner)."""
+    if num_classes is not None and num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+
+
+def needed_classes(num_classes: int | None, y: torch.Tensor, what: str) -> int:
+    """The class count to poison with: refused when unset or when a label is not below it."""
+    if num_classes is None:
+        raise ValueError(f"{what} needs num_classes (the dataset's number of classes)")
+    check_labels(y, num_classes, what)
+    return num_classes
+
+
 def check_labels(y: torch.Tensor, num_classes: int, what: str) -> None:
     """Refuse labels at or above ``num_classes`` (the attack would make them negative)."""
     if y.numel() and int(y.max()) >= num_classes:
@@ -36,15 +50,11 @@ class LabelFlip(Attack):
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes!r}")
+        check_num_classes(self.num_classes)
 
     def poison(self, data: ClientData, stream: torch.Generator) -> ClientData:
         """The client's data with flipped labels."""
-        c = self.num_classes
-        if c is None:
-            raise ValueError("label_flip needs num_classes (the dataset's number of classes)")
         y = data.y_train
-        check_labels(y, c, "label_flip")
+        c = needed_classes(self.num_classes, y, "label_flip")
         flipped = torch.where(y >= 0, c - 1 - y, y)
         return dataclasses.replace(data, y_train=flipped)

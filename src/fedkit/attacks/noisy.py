@@ -16,7 +16,7 @@ import torch
 
 from fedkit.algorithm import ClientData
 from fedkit.attacks.base import Attack
-from fedkit.attacks.label_flip import check_labels
+from fedkit.attacks.label_flip import check_num_classes, needed_classes
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,16 +34,12 @@ class LabelNoise(Attack):
     def __post_init__(self) -> None:
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"p must be in [0, 1], got {self.p!r}")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes!r}")
+        check_num_classes(self.num_classes)
 
     def poison(self, data: ClientData, stream: torch.Generator) -> ClientData:
         """The data with noisy labels."""
-        c = self.num_classes
-        if c is None:
-            raise ValueError("label_noise needs num_classes (the dataset's number of classes)")
         y = data.y_train
-        check_labels(y, c, "label_noise")
+        c = needed_classes(self.num_classes, y, "label_noise")
         hit = torch.rand(y.shape, generator=stream) < self.p
         random = torch.randint(0, c, y.shape, generator=stream, dtype=y.dtype)
         return dataclasses.replace(data, y_train=torch.where(hit & (y >= 0), random, y))
