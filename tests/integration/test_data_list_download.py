@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from fedkit.data.datasets.catalog import CATALOG, FileSet, dataset_status, downl
 from fedkit.data.datasets.files import RemoteFile, UnreachableError, ensure_file, file_status
 from fedkit.data.datasets.mnist import MNIST_FILES
 from tests.conftest import require_data
+from tests.helpers.www import serve_folder
 
 pytestmark = pytest.mark.net
 
@@ -30,26 +28,11 @@ GOOD = b"the published bytes of file a" * 50
 OTHER = b"the published bytes of file b" * 50
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """An HTTP server on 127.0.0.1 serving ``tmp_path / "www"``; yields (base URL, folder)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(_Quiet, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with serve_folder(tmp_path) as served:
+        yield served
 
 
 def _closed_port() -> int:
