@@ -150,13 +150,7 @@ def finish_client(
     Returns ``None`` (logged) when the update is refused for a NaN or infinite value: the caller
     drops the client from the round and keeps its previous state.
     """
-    ctx = AggContext(
-        round=info.round,
-        seed=info.seed,
-        client_id=client_id,
-        state=info.agg_state,
-        cohort=info.cohort,
-    )
+    ctx = round_context(info, client_id)
     try:
         update = algorithm.aggregator.prepare(res.update, res.weight, ctx)
         check_finite(update, client_id)
@@ -210,10 +204,16 @@ def prepared_template(algorithm: Algorithm[Any, Any, Any, Any], params: Params, 
 
 def server_context(info: RoundInfo) -> AggContext:
     """The aggregation context of the server in round ``info`` (with the round's state)."""
+    return round_context(info, SERVER)
+
+
+def round_context(info: RoundInfo, client_id: int) -> AggContext:
+    """The aggregation context of ``client_id`` (or ``SERVER``) in round ``info``: the round,
+    seed, aggregator state and cohort every aggregation step of the round shares."""
     return AggContext(
         round=info.round,
         seed=info.seed,
-        client_id=SERVER,
+        client_id=client_id,
         state=info.agg_state,
         cohort=info.cohort,
     )
