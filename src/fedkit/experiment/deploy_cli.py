@@ -55,6 +55,9 @@ TlsOpt = Annotated[
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="Allow plaintext on a non-loopback address.")
 ]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
+]
 SecretOpt = Annotated[
     Path | None,
     typer.Option(
@@ -127,9 +130,7 @@ def coordinator(
         int, typer.Option("--min-workers", help="Wait for this many workers before round 0.")
     ] = 0,
     secret_file: SecretOpt = None,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
-    ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve an experiment to workers; resumes from OUT after a crash."""
     import sqlite3
@@ -149,10 +150,7 @@ def coordinator(
             exp, listen=listen, security=sec, out_dir=out, data_root=data,
             min_workers=min_workers, enrolment=enrolment,
         )  # fmt: skip
-    except (DeployError, IdentityError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except (PermissionError, FileNotFoundError, OSError, CheckpointError) as exc:
+    except (DeployError, IdentityError, OSError, CheckpointError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except sqlite3.Error as exc:
@@ -197,9 +195,7 @@ def worker(
         typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
     ] = None,
     secret_file: SecretOpt = None,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
-    ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve one client's data to a coordinator until the run ends."""
     from fedkit.checkpoint import CheckpointError
@@ -257,9 +253,7 @@ def launch(
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("fedkit-launch"),
     data: DataOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log progress messages (INFO level) on stderr.")
-    ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Start a coordinator and N local workers (loopback) and run the experiment."""
     from fedkit.experiment.deploy import launch as do_launch
@@ -311,11 +305,12 @@ def certs_issue(
     from fedkit.net.tls import issue_worker
 
     try:
-        files = issue_worker(cert_dir, name, ClientIds.parse(clients), days=days)
+        ids = ClientIds.parse(clients)
+        files = issue_worker(cert_dir, name, ids, days=days)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"wrote {files[0]} and {files[1]} (clients {ClientIds.parse(clients)})")
+    typer.echo(f"wrote {files[0]} and {files[1]} (clients {ids})")
 
 
 @secrets_app.command("create")
