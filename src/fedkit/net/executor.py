@@ -251,13 +251,7 @@ class RemoteExecutor:
         """An evaluation is refused on arrival (``MALFORMED``) when its loss is not finite, its
         accuracy is outside [0, 1] or it declares more than ``max_client_examples`` examples."""
         m = EvalMeta.from_metadata(check_tree_header(payload, {}))
-        limit = self.settings.max_client_examples
-        if m.num_examples > limit:
-            raise NetError(
-                ErrorCode.MALFORMED,
-                f"evaluation declares {m.num_examples} examples; deploy.max_client_examples is "
-                f"{limit}",
-            )
+        _check_examples("evaluation", m.num_examples, self.settings.max_client_examples)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Workers keep their own client state: nothing to checkpoint here."""
@@ -280,15 +274,20 @@ def check_weight(meta: ResultMeta, max_examples: int) -> None:
         NetError: ``MALFORMED``, naming the weight, the count and the limit.
     """
     n = meta.num_examples
-    if n > max_examples:
-        raise NetError(
-            ErrorCode.MALFORMED,
-            f"result declares {n} examples; deploy.max_client_examples is {max_examples}",
-        )
+    _check_examples("result", n, max_examples)
     if not 0.0 < meta.weight <= max(1, n):
         raise NetError(
             ErrorCode.MALFORMED,
             f"result weight {meta.weight!r} outside (0, max(1, num_examples = {n})]",
+        )
+
+
+def _check_examples(what: str, n: int, max_examples: int) -> None:
+    """Refuse (``MALFORMED``) a ``what`` declaring more than ``deploy.max_client_examples``."""
+    if n > max_examples:
+        raise NetError(
+            ErrorCode.MALFORMED,
+            f"{what} declares {n} examples; deploy.max_client_examples is {max_examples}",
         )
 
 
