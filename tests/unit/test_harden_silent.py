@@ -14,12 +14,12 @@ from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.net.broker import Assignment, Broker
-from fedkit.net.codec import split
 from fedkit.net.deployment import DeployError, DeploySettings, deploy_from_mapping
 from fedkit.net.errors import NetError
 from fedkit.net.executor import RemoteExecutor
 from fedkit.net.payload import encode_tree
 from fedkit.net.proto import fedkit_pb2 as pb
+from tests.helpers.broker import push_result
 from tests.unit.test_harden_values import PARAMS, TEMPLATE, honest, update_of
 
 DEADLINE = 1.0
@@ -47,15 +47,8 @@ def serve(broker: Broker, cid: int, stop: threading.Event, answer: threading.Eve
 
 def push(broker: Broker, reply: pb.RegisterReply, cid: int, info: pb.TaskInfo) -> None:
     payload = encode_tree(update_of(cid), honest(cid, info.header.round, pb.TRAIN))
-    chunks = split(payload)
-    rinfo = pb.ResultInfo(
-        header=pb.Header(run_id=reply.run_id, round=info.header.round,
-                         task_id=info.header.task_id, worker_id=reply.worker_id,
-                         token=reply.token),
-        client_id=str(cid), payload_bytes=len(payload), num_chunks=len(chunks),
-    )  # fmt: skip
     with contextlib.suppress(NetError):  # a late result is stale; it still shows it is back
-        broker.accept_result(rinfo, iter(chunks), None)
+        push_result(broker, reply, cid, info, payload)
 
 
 def test_a_silent_worker_is_suspended_after_max_missed_tasks_and_readmitted() -> None:

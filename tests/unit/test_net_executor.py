@@ -15,13 +15,13 @@ from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.net.broker import Broker
-from fedkit.net.codec import split
 from fedkit.net.deployment import DeploySettings
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.executor import QuorumError, RemoteExecutor
 from fedkit.net.payload import ResultMeta, encode_tree
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.state import RoundRow, RttRow
+from tests.helpers.broker import push_result
 
 PARAMS = {"w": torch.randn(5, 3), "b": torch.randn(3)}
 TEMPLATE = ModelDelta(delta={k: torch.zeros_like(v) for k, v in PARAMS.items()})
@@ -52,15 +52,8 @@ def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event)
         if cid in POISONED:
             update.delta["w"][0, 0] = float("nan")
         payload = encode_tree(update, meta.to_metadata())
-        chunks = split(payload, 256)
-        rinfo = pb.ResultInfo(
-            header=pb.Header(run_id=reply.run_id, round=info.header.round,
-                             task_id=info.header.task_id, worker_id=reply.worker_id,
-                             token=reply.token),
-            client_id=str(cid), payload_bytes=len(payload), num_chunks=len(chunks),
-        )  # fmt: skip
         try:
-            broker.accept_result(rinfo, iter(chunks), None)
+            push_result(broker, reply, cid, info, payload, 256)
         except NetError as err:
             REFUSED.append((cid, err.code))
 
