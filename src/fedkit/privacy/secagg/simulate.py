@@ -48,6 +48,7 @@ __all__ = [
     "SimulatedRound",
     "Transcript",
     "client_entropy",
+    "encode_input",
     "public_seed",
     "round_root",
     "run_setup",
@@ -221,7 +222,7 @@ class _Clock:
 _SERVER = -1
 
 
-def _encode(fp: FixedPoint, x: Tensor, w: float) -> Tensor:
+def encode_input(fp: FixedPoint, x: Tensor, w: float) -> Tensor:
     """A client's input: its encoded update (flattened), then its encoded weight."""
     return torch.cat([fp.encode(x.reshape(-1), w), fp.encode_weight(w).view(1)])
 
@@ -266,7 +267,7 @@ def simulate_round(
             raise ValueError("every update must have the same shape")
         encoded[u] = clock.run(
             u,
-            functools.partial(_encode, fp, x, w),
+            functools.partial(encode_input, fp, x, w),
         )
     length = int(shape.numel()) + 1
     if seed is None:
@@ -291,7 +292,8 @@ def simulate_round(
         down[u] += sum(wire_bytes(r) for r in rosters[u]) + len(inboxes[u]) * wire_bytes(
             EncryptedShare(0, 0, b"")
         )
-    senders = [u for u in ids if u not in set(dropped_before_masking)]
+    before, after = set(dropped_before_masking), set(dropped_after_masking)
+    senders = [u for u in ids if u not in before]
     masked = tuple(
         clock.run(u, functools.partial(sessions[u].masked_input, inboxes[u], encoded[u]))
         for u in senders
@@ -299,7 +301,7 @@ def simulate_round(
     request = clock.run(_SERVER, lambda: server.collect_masked(masked))
     for m in masked:
         up[m.sender] += wire_bytes(m)
-    answering = [u for u in request.survivors if u not in set(dropped_after_masking)]
+    answering = [u for u in request.survivors if u not in after]
     responses = tuple(
         clock.run(u, functools.partial(sessions[u].unmask, request)) for u in answering
     )

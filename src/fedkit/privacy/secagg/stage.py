@@ -50,6 +50,7 @@ from fedkit.privacy.secagg.simulate import (
     SecAggSettings,
     Transcript,
     client_entropy,
+    encode_input,
     public_seed,
     round_root,
     run_setup,
@@ -92,6 +93,14 @@ def _transcript(root: bytes, setup: RoundSetup) -> Transcript:
         u: ClientSession(u, setup, client_entropy(root, setup.round, u)) for u in setup.cohort
     }
     return run_setup(setup, sessions, ServerSession(setup))
+
+
+def _replay(root: bytes, setup: RoundSetup, transcript: Transcript, u: int) -> ClientSession:
+    """Client ``u``'s session replayed through rounds 0 and 1 of ``transcript``."""
+    session = ClientSession(u, setup, client_entropy(root, setup.round, u))
+    session.advertise()
+    session.share_keys(transcript.rosters[u])
+    return session
 
 
 def _flat(tree: Any) -> Tensor:
@@ -168,14 +177,11 @@ class SecureSum(SecAggSettings, Stage):
         setup = self._setup(ctx, flat.numel() + 1)
         if ctx.client_id not in setup.cohort:
             raise SecAggError(f"client {ctx.client_id} is not in the round's cohort")
-        fp = self.encoding(len(setup.cohort))
-        values = torch.cat([fp.encode(flat, weight), fp.encode_weight(weight).view(1)])
+        values = encode_input(self.encoding(len(setup.cohort)), flat, weight)
         root = self._root(ctx)
         transcript = _transcript(root, setup)
         u = ctx.client_id
-        session = ClientSession(u, setup, client_entropy(root, ctx.round, u))
-        session.advertise()
-        session.share_keys(transcript.rosters[u])
+        session = _replay(root, setup, transcript, u)
         y = session.masked_input(transcript.inboxes[u], values).masked
         return MaskedUpdate(
             masked=_split(y[:-1], like),
@@ -248,9 +254,7 @@ class SecureSum(SecAggSettings, Stage):
             ]
         responses = []
         for u in answering:
-            session = ClientSession(u, setup, client_entropy(root, ctx.round, u))
-            session.advertise()
-            session.share_keys(transcript.rosters[u])
+            session = _replay(root, setup, transcript, u)
             session.receive(transcript.inboxes[u])
             responses.append(session.unmask(request))
         total = server.finish(responses)
