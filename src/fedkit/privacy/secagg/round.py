@@ -57,6 +57,7 @@ class RoundSetup:
         init=False, repr=False, compare=False, hash=False
     )
     _index: dict[int, int] = dataclasses.field(init=False, repr=False, compare=False, hash=False)
+    _context: bytes = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if len(self.cohort) < 1:
@@ -76,11 +77,6 @@ class RoundSetup:
         graph = neighbourhoods(self.cohort, self.degree, self.public_seed)
         object.__setattr__(self, "_graph", graph)
         object.__setattr__(self, "_index", {u: i + 1 for i, u in enumerate(sorted(self.cohort))})
-
-    @property
-    def context(self) -> bytes:
-        """Bytes naming this round (round, cohort, graph seed, sizes): every derived key and
-        associated-data field includes it, so nothing carries over between rounds."""
         h = hashlib.sha256()
         h.update(b"fedkit/secagg/v1")
         for v in (self.round, self.bits, self.length, self.degree or 0, len(self.cohort)):
@@ -88,7 +84,14 @@ class RoundSetup:
         for u in sorted(self.cohort):
             h.update(u.to_bytes(8, "big"))
         h.update(self.public_seed)
-        return h.digest()
+        object.__setattr__(self, "_context", h.digest())
+
+    @property
+    def context(self) -> bytes:
+        """Bytes naming this round (round, cohort, graph seed, sizes): every derived key and
+        associated-data field includes it, so nothing carries over between rounds (hashed once,
+        in ``__post_init__``: every pairwise key and share reads it)."""
+        return self._context
 
     def index(self, client: int) -> int:
         """The client's share index: its position in the sorted cohort, plus one."""
