@@ -43,15 +43,13 @@ from fedkit.aggregate import (
     AggContext,
     AggState,
     Collective,
-    NonFiniteUpdateError,
     Stage,
     combine_states,
     init_state,
     next_state,
     state_value,
 )
-from fedkit.params import tree_map
-from fedkit.privacy.clip import global_norm
+from fedkit.privacy.clip import clip_update
 from fedkit.privacy.noise import NoiseDraw, NoiseSource, check_source
 
 __all__ = [
@@ -186,16 +184,9 @@ class AdaptiveClip(Stage):
 
     def prepare(self, update: Any, weight: float, ctx: AggContext) -> ClippedUpdate:
         """``Δ · min(1, C_t / ‖Δ‖)`` through the inner ``prepare``, with ``b − ½``."""
-        clip = ctx.value(CLIP_NORM)
-        norm = global_norm(update)
-        if not math.isfinite(norm):
-            raise NonFiniteUpdateError(f"client {ctx.client_id}: update has a non-finite value")
-        inside = norm <= clip
-        if not inside:
-            scale = clip / norm
-            update = tree_map(lambda t: t * scale, update)
+        clipped, inside = clip_update(update, ctx.value(CLIP_NORM), ctx)
         b = torch.tensor(0.5 if inside else -0.5, dtype=torch.float64)
-        return ClippedUpdate(update=self.inner.prepare(update, weight, ctx), unclipped=b)
+        return ClippedUpdate(update=self.inner.prepare(clipped, weight, ctx), unclipped=b)
 
     def zero(self, like: ClippedUpdate) -> AdaptiveAcc:
         """The inner zero and zero sums."""

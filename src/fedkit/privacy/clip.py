@@ -18,7 +18,7 @@ import torch
 from fedkit.aggregate import AggContext, NonFiniteUpdateError, Stage
 from fedkit.params import tree_leaves, tree_map
 
-__all__ = ["ClipNorm", "NonFiniteUpdateError", "global_norm"]
+__all__ = ["ClipNorm", "NonFiniteUpdateError", "clip_update", "global_norm"]
 
 
 def global_norm(update: Any) -> float:
@@ -27,6 +27,22 @@ def global_norm(update: Any) -> float:
     for _, t in tree_leaves(update):
         total += t.double().pow(2).sum()
     return float(total.sqrt())
+
+
+def clip_update(update: Any, bound: float, ctx: AggContext) -> tuple[Any, bool]:
+    """``(Δ · min(1, bound / ‖Δ‖), ‖Δ‖ ≤ bound)``: the flat-clipped update and whether it was
+    already inside the bound.
+
+    Raises:
+        NonFiniteUpdateError: ``Δ`` holds a NaN or infinite value.
+    """
+    norm = global_norm(update)
+    if not math.isfinite(norm):
+        raise NonFiniteUpdateError(f"client {ctx.client_id}: update has a non-finite value")
+    if norm <= bound:
+        return update, True
+    scale = bound / norm
+    return tree_map(lambda t: t * scale, update), False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,10 +62,5 @@ class ClipNorm(Stage):
 
     def prepare(self, update: Any, weight: float, ctx: AggContext) -> Any:
         """``Δ · min(1, S / ‖Δ‖)``, then the inner stage's ``prepare``."""
-        norm = global_norm(update)
-        if not math.isfinite(norm):
-            raise NonFiniteUpdateError(f"client {ctx.client_id}: update has a non-finite value")
-        if norm > self.max_norm:
-            scale = self.max_norm / norm
-            update = tree_map(lambda t: t * scale, update)
-        return self.inner.prepare(update, weight, ctx)
+        clipped, _ = clip_update(update, self.max_norm, ctx)
+        return self.inner.prepare(clipped, weight, ctx)
