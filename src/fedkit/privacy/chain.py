@@ -19,7 +19,7 @@ stage and sets the adaptive stage's ``expected_clients`` and noise source as the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from fedkit.privacy.adaptive_clip import AdaptiveClip, update_noise_multiplier
 from fedkit.privacy.clip import ClipNorm
@@ -27,6 +27,8 @@ from fedkit.privacy.gaussian import GaussianNoise
 from fedkit.privacy.secagg.stage import SecureSum
 
 __all__ = ["check_chain", "find_adaptive", "find_noise", "resolve"]
+
+S = TypeVar("S")
 
 
 def _stages(aggregator: Any) -> list[Any]:
@@ -37,16 +39,19 @@ def _stages(aggregator: Any) -> list[Any]:
     return out
 
 
+def _find(aggregator: Any, kind: type[S]) -> S | None:
+    """The chain's outermost stage of type ``kind``, or ``None``."""
+    return next((s for s in _stages(aggregator) if isinstance(s, kind)), None)
+
+
 def find_noise(aggregator: Any) -> GaussianNoise | None:
     """The chain's Gaussian noise stage, or ``None`` when it has none."""
-    found = [s for s in _stages(aggregator) if isinstance(s, GaussianNoise)]
-    return found[0] if found else None
+    return _find(aggregator, GaussianNoise)
 
 
 def find_adaptive(aggregator: Any) -> AdaptiveClip | None:
     """The chain's (outermost) adaptive clipping stage, or ``None``."""
-    found = [s for s in _stages(aggregator) if isinstance(s, AdaptiveClip)]
-    return found[0] if found else None
+    return _find(aggregator, AdaptiveClip)
 
 
 def check_chain(aggregator: Any, *, weighting: str | None = None) -> GaussianNoise | None:
@@ -134,10 +139,10 @@ def _check_expected(stage: str, expected: int | None, cohort: int) -> None:
 
 def _resolve_secagg(aggregator: Any, seeded: bool) -> Any:
     """A secure-aggregation stage's ``"auto"`` randomness made ``"seeded"`` when ``seeded``."""
-    found = [s for s in _stages(aggregator) if isinstance(s, SecureSum)]
-    if not found or not seeded or found[0].randomness != "auto":
+    found = _find(aggregator, SecureSum)
+    if found is None or not seeded or found.randomness != "auto":
         return aggregator
-    return _replace_in(aggregator, found[0], dataclasses.replace(found[0], randomness="seeded"))
+    return _replace_in(aggregator, found, dataclasses.replace(found, randomness="seeded"))
 
 
 def resolve(aggregator: Any, *, cohort: int, seeded: bool) -> Any:
