@@ -54,6 +54,18 @@ def test_backdoor_is_recorded_every_round_and_changes_the_model(tmp_path: Path) 
     assert flipped != clean
 
 
+def test_a_backdoor_target_beyond_the_datasets_classes_is_refused_before_recording(
+    tmp_path: Path,
+) -> None:
+    (cfg,) = study_from_mapping(
+        _doc(name="backdoor", fraction=0.3, target=50), default_name="a"
+    ).runs
+    with ResultsStore(results_path(tmp_path)) as store:
+        with pytest.raises(ConfigError, match="attack: target must be below num_classes = 10"):
+            run_experiment(cfg, store)
+        assert store.runs() == []
+
+
 def test_attack_is_refused_outside_federated_runs() -> None:
     doc = _doc(name="sign_flip", fraction=0.1)
     doc["algorithm"] = {"name": "centralized", "local": {"lr": 0.1}}

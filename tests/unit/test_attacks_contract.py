@@ -50,6 +50,7 @@ LOCAL = LocalTraining(lr=0.1, epochs=1, batch_size=8)
         (lambda: SignFlip(scale=math.inf), "scale must be positive and finite, got inf"),
         (lambda: Backdoor(target=-1), "target must be >= 0, got -1"),
         (lambda: Backdoor(patch=0), "patch must be >= 1, got 0"),
+        (lambda: Backdoor(target=10, num_classes=10), "target must be below num_classes = 10"),
         (lambda: Backdoor(poison_fraction=0.0), r"poison_fraction must be in \(0, 1\], got 0.0"),
         (lambda: Backdoor(poison_fraction=1.5), r"poison_fraction must be in \(0, 1\], got 1.5"),
         (lambda: Backdoor(boost=0.0), "boost must be positive and finite, got 0.0"),

@@ -68,6 +68,8 @@ class Backdoor(Attack):
         value: the trigger's input value (1.0 is white for inputs scaled to [0, 1]).
         poison_fraction: share ``p`` of the attacker's examples that carry the trigger.
         boost: the factor ``γ`` of the update; ``None``: cohort size / expected attackers.
+        num_classes: the number of classes (the runner fills in the dataset's); ``target`` must
+            be below it.
     """
 
     target: int = 0
@@ -75,10 +77,15 @@ class Backdoor(Attack):
     value: float = 1.0
     poison_fraction: float = 0.5
     boost: float | None = None
+    num_classes: int | None = None
 
     def __post_init__(self) -> None:
         if self.target < 0:
             raise ValueError(f"target must be >= 0, got {self.target!r}")
+        if self.num_classes is not None and self.target >= self.num_classes:
+            raise ValueError(
+                f"target must be below num_classes = {self.num_classes}, got {self.target!r}"
+            )
         if self.patch < 1:
             raise ValueError(f"patch must be >= 1, got {self.patch!r}")
         if not 0.0 < self.poison_fraction <= 1.0:

@@ -102,7 +102,10 @@ class AttackSettings:
     def resolved(self, num_classes: int | None) -> Attack:
         """The attack with an unset ``num_classes`` field filled in from the dataset."""
         if getattr(self.attack, "num_classes", 0) is None:
-            return dataclasses.replace(self.attack, num_classes=num_classes)  # type: ignore[call-arg]
+            try:
+                return dataclasses.replace(self.attack, num_classes=num_classes)  # type: ignore[call-arg]
+            except ValueError as e:  # a setting the dataset rules out (a backdoor target)
+                raise ConfigError(f"attack: {e}") from None
         return self.attack
 
     def wrap(
