@@ -198,6 +198,9 @@ class _Recorder:
         self.store, self.run_id, self.total, self.target = store, run_id, total_rounds, target
         self.progress = progress
         self.federated_evals = federated_evals
+        self._reset()
+
+    def _reset(self) -> None:
         self.rounds = 0
         self.final_accuracy: float | None = None
         self.final_loss: float | None = None
@@ -207,50 +210,41 @@ class _Recorder:
         self.bytes_down = 0
         self.metrics: dict[str, float] = {}
 
-    def __call__(self, record: RoundRecord, params: Params) -> None:
-        evals = self.federated_evals(record, params)
-        fed = record.federated
-        if evals is not None and fed is None:
-            fed = Distribution.of(evals)
-        acc = loss = None
-        if record.central is not None:
-            acc, loss = finite(record.central.accuracy), finite(record.central.loss)
-            self.final_accuracy, self.final_loss = acc, loss
-            if acc is not None:
-                self.best_accuracy = (
-                    acc if self.best_accuracy is None else max(self.best_accuracy, acc)
-                )
-                if self.target is not None and self.rounds_to_target is None and acc >= self.target:
-                    self.rounds_to_target = record.round + 1
-        row = dataclasses.replace(round_row(record, fed), test_loss=loss, test_accuracy=acc)
-        self.store.add_round(self.run_id, row, client_rows(record, evals or ()))
-        self.rounds = record.round + 1
-        self.bytes_up += record.bytes_up
-        self.bytes_down += record.bytes_down
-        self.metrics.update(record.metrics)
-        self.progress.update(self.rounds, loss=finite(record.train_loss), accuracy=acc)
-
-    def restore(self, kept: Sequence[RoundRow]) -> None:
-        """Resume the totals from a resumed run's kept rounds, as if this recorder had seen
-        them (so the summary equals an uninterrupted run's, wall time aside)."""
-        self.final_accuracy = self.final_loss = self.best_accuracy = None
-        self.rounds_to_target = None
-        self.rounds = self.bytes_up = self.bytes_down = 0
-        self.metrics = {}
-        for row in kept:
-            if row.test_accuracy is not None or row.test_loss is not None:
-                self.final_accuracy, self.final_loss = row.test_accuracy, row.test_loss
+    def _tally(self, row: RoundRow, evaluated: bool) -> None:
+        """Add a round's row to the totals (``evaluated``: the round ran a central evaluation,
+        whose scores, ``None`` when not finite, become the final ones)."""
+        if evaluated:
             acc = row.test_accuracy
+            self.final_accuracy, self.final_loss = acc, row.test_loss
             if acc is not None:
                 self.best_accuracy = (
                     acc if self.best_accuracy is None else max(self.best_accuracy, acc)
                 )
                 if self.target is not None and self.rounds_to_target is None and acc >= self.target:
                     self.rounds_to_target = row.round + 1
-            self.rounds = row.round + 1
-            self.bytes_up += row.bytes_up
-            self.bytes_down += row.bytes_down
-            self.metrics.update({k: float(v) for k, v in (row.details or {}).items()})
+        self.rounds = row.round + 1
+        self.bytes_up += row.bytes_up
+        self.bytes_down += row.bytes_down
+        self.metrics.update({k: float(v) for k, v in (row.details or {}).items()})
+
+    def __call__(self, record: RoundRecord, params: Params) -> None:
+        evals = self.federated_evals(record, params)
+        fed = record.federated
+        if evals is not None and fed is None:
+            fed = Distribution.of(evals)
+        row = round_row(record, fed)
+        self.store.add_round(self.run_id, row, client_rows(record, evals or ()))
+        self._tally(row, evaluated=record.central is not None)
+        self.progress.update(
+            self.rounds, loss=finite(record.train_loss), accuracy=row.test_accuracy
+        )
+
+    def restore(self, kept: Sequence[RoundRow]) -> None:
+        """Resume the totals from a resumed run's kept rounds, as if this recorder had seen
+        them (so the summary equals an uninterrupted run's, wall time aside)."""
+        self._reset()
+        for row in kept:
+            self._tally(row, evaluated=row.test_accuracy is not None or row.test_loss is not None)
         self.progress.update(self.rounds, loss=None, accuracy=self.final_accuracy)
 
     def summary(
