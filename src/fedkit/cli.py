@@ -76,6 +76,10 @@ def _mount() -> None:
 
     app.command("new")(new)
 
+    from fedkit.serve.cli import register as register_serve
+
+    register_serve(app)  # export, serve, loadtest
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -69,6 +69,7 @@ from fedkit.experiment.config import (
     Study,
     experiment_from_mapping,
 )
+from fedkit.experiment.final_model import model_file, save_final_model
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.records import client_rows, finite, round_row
 from fedkit.experiment.results import (
@@ -674,6 +675,9 @@ def _run_federated(
                 raise _interrupted(e, ckpt) from e
             final, stopped = result.params, result.stopped
             _remove_checkpoint(ckpt)  # completed: a rerun of the file starts a new run
+        # kept for `fedkit export RUN` (fedkit.experiment.final_model)
+        words = built.fd.dataset.words
+        save_final_model(model_file(results.path.parent, run_id), final, spec, words)
         return recorder.summary(final, time.perf_counter() - t0, stopped)
 
     close = getattr(executor, "close", None)

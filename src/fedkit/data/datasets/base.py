@@ -94,6 +94,9 @@ class Dataset:
         input_shape: shape of one ``x`` sample, e.g. ``(1, 28, 28)`` or ``(80,)``.
         client_names: names of the natural client indices (``Split.client``), or ``None``.
         vocab_size: size of the input token vocabulary for text inputs (``None`` otherwise).
+        words: the word vocabulary's words in id order (ids ``1..len(words)``, the layout of
+            :class:`fedkit.data.text.WordVocab`) for word-level text, so that a trained model can
+            be served on raw text (``fedkit export``); ``None`` otherwise.
     """
 
     name: str
@@ -103,6 +106,7 @@ class Dataset:
     input_shape: tuple[int, ...]
     client_names: tuple[str, ...] | None = None
     vocab_size: int | None = None
+    words: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         for split_name, split in (("train", self.train), ("test", self.test)):

@@ -130,4 +130,5 @@ def load_sent140(root: Path, **options: Any) -> Dataset:
         input_shape=(opts.seq_len,),
         client_names=tuple(users),
         vocab_size=vocab.size,
+        words=vocab.words,
     )

@@ -197,6 +197,7 @@ def load_shakespeare(root: Path, **options: Any) -> Dataset:
         input_shape=(opts.seq_len,),
         client_names=tuple(json.loads(meta["roles"])),
         vocab_size=size,
+        words=tuple(json.loads(meta["words"])) if "words" in meta else None,
     )
 
 
