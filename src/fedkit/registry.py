@@ -261,6 +261,7 @@ SERVER_OPTIMIZERS.register("yogi", "fedkit.server_opt:Yogi")
 SERVER_OPTIMIZERS.register("adagrad", "fedkit.server_opt:Adagrad")
 
 AGGREGATORS.register("mean", "fedkit.aggregate:WeightedMean")
+AGGREGATORS.register("importance", "fedkit.samplers.importance:ImportanceWeighted")
 AGGREGATORS.register("trimmed_mean", "fedkit.robust.trimmed_mean:TrimmedMean")
 AGGREGATORS.register("median", "fedkit.robust.median:CoordinateMedian")
 AGGREGATORS.register("krum", "fedkit.robust.krum:Krum")
@@ -276,6 +277,11 @@ AGGREGATORS.register("reweight", "fedkit.robust.reweight:HuberReweight")
 
 SAMPLERS.register("uniform", "fedkit.sampling:UniformSampler")
 SAMPLERS.register("poisson", "fedkit.privacy.poisson:PoissonSampler")
+_PROBABILITY = "fedkit.samplers.probability:ProbabilitySampler"
+SAMPLERS.register("proportional", _PROBABILITY, law="size")
+SAMPLERS.register("probability", _PROBABILITY, law="power")
+SAMPLERS.register("power_of_choice", "fedkit.samplers.power_of_choice:PowerOfChoice")
+SAMPLERS.register("availability", "fedkit.samplers.availability:AvailabilityAware")
 
 ATTACKS.register("none", "fedkit.attacks.base:Attack")  # honest: a study's clean baseline
 ATTACKS.register("label_flip", "fedkit.attacks.label_flip:LabelFlip")

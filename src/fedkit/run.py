@@ -41,7 +41,8 @@ from fedkit.client import server_context
 from fedkit.evaluate import Distribution, EvalResult, evaluate
 from fedkit.executor import ClientMetrics, Executor, RoundOutput
 from fedkit.params import Params, load_params
-from fedkit.sampling import ClientSampler, UniformSampler
+from fedkit.samplers.importance import with_inclusion
+from fedkit.sampling import ClientSampler, Population, UniformSampler, draw_cohort
 
 S = TypeVar("S")
 log = logging.getLogger("fedkit.run")
@@ -159,6 +160,15 @@ def _due(every: int, r: int, rounds: int) -> bool:
     return every > 0 and ((r + 1) % every == 0 or r + 1 == rounds)
 
 
+def _executor_losses(executor: Executor) -> Callable[[Params, Sequence[int]], dict[int, float]]:
+    """Candidates' losses on the global model: the executor's evaluation on their local data."""
+
+    def losses(params: Params, clients: Sequence[int]) -> dict[int, float]:
+        return {e.client_id: e.result.loss for e in executor.evaluate(params, clients)}
+
+    return losses
+
+
 def run(
     algorithm: Algorithm[S, Any, Any, Any],
     executor: Executor,
@@ -171,6 +181,7 @@ def run(
     checkpointer: Checkpointer | None = None,
     probes: Sequence[Probe] = (),
     stop: Callable[[RoundInfo], str | None] | None = None,
+    population: Population | None = None,
 ) -> RunResult[S]:
     """Run ``config.rounds`` rounds of ``algorithm`` on ``executor`` (see module docstring).
 
@@ -180,10 +191,18 @@ def run(
     probe is called after each round's server update; what they return is the round's
     ``metrics``. ``stop`` is asked before each round; a reason it returns ends the run there
     (e.g. a privacy budget the round would exceed), as :attr:`RunResult.stopped`.
+    ``population`` is what samplers may read (data sizes, availability; candidates' losses
+    default to the executor's evaluation of the current model); an ``importance`` aggregator
+    is given the sampler's inclusion probabilities from it before round 0.
     """
-    population = executor.num_clients
-    config.validate_population(population)
+    num_clients = executor.num_clients
+    config.validate_population(num_clients)
     sampler = sampler or UniformSampler()
+    pop = population or Population(num_clients)
+    if pop.num_clients != num_clients:
+        raise ValueError(f"population has {pop.num_clients} clients, the executor {num_clients}")
+    if pop.local_loss is None:
+        pop = dataclasses.replace(pop, local_loss=_executor_losses(executor))
     state = algorithm.init_state(initial_params)
     agg_state = init_state(algorithm.aggregator)
     start = 0
@@ -216,14 +235,17 @@ def run(
         info = RoundInfo(
             round=r,
             seed=config.seed,
-            num_clients=population,
+            num_clients=num_clients,
             cohort_size=config.clients_per_round,
             agg_state=agg_state,
         )
+        if r == start:
+            algorithm = with_inclusion(algorithm, sampler, pop, config.clients_per_round, info)
         stopped = stop(info) if stop is not None else None
         if stopped is not None:
             break
-        cohort = sampler.sample(population, config.clients_per_round, info)
+        view = dataclasses.replace(pop, params=algorithm.global_params(state))
+        cohort = draw_cohort(sampler, view, config.clients_per_round, info)
         info = dataclasses.replace(info, cohort=tuple(int(c) for c in cohort))
         msg = algorithm.broadcast(state, info)
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
@@ -248,7 +270,7 @@ def run(
             metrics.update(probe(params, info))
         federated = None
         if _due(config.federated_eval_every, r, config.rounds):
-            federated = Distribution.of(executor.evaluate(params, range(population), algorithm))
+            federated = Distribution.of(executor.evaluate(params, range(num_clients), algorithm))
         record = RoundRecord(
             round=r,
             cohort=tuple(cohort),

@@ -1,0 +1,149 @@
+"""The importance-corrected (Horvitz–Thompson) aggregate for unequal-probability sampling.
+
+A sampler that picks client ``k`` with probability ``π_k`` makes the plain weighted mean of the
+cohort's updates a biased estimate of the full-participation mean
+``μ = Σ_k w_k Δ_k / W`` (all ``N`` clients, ``W = Σ_k w_k``; ``w_k`` is the client's weight:
+its example count, or 1 under uniform weighting). The Horvitz–Thompson estimator (Horvitz &
+Thompson 1952)
+
+    μ̂ = Σ_{k ∈ S} w_k Δ_k / (π_k · W)
+
+is unbiased: ``E[μ̂] = Σ_k P(k ∈ S) · w_k Δ_k / (π_k W) = μ`` whenever every ``π_k > 0``. With
+uniform weights it is the ``1 / (N p_k)`` correction of the FL sampling literature
+(``π_k = m p_k``; e.g. Chen, Horváth & Richtárik 2020, "Optimal Client Sampling"), averaged
+over the ``m`` draws.
+
+:class:`ImportanceWeighted` is that estimator as an aggregator: ``prepare`` (on the client)
+scales the update by ``w_k / (π_k W)``, the server sums. The sampler publishes its exact
+inclusion probabilities (``inclusion(population, k, info)``, see
+:mod:`fedkit.samplers.probability`), and the run loop fills them and ``W`` in before the first
+round (:func:`with_inclusion`), so an experiment file names only ``[aggregator] name =
+"importance"``. The estimator is unbiased for the *sampled* cohort: clients the system model
+then drops are missing from the sum (their share of the mean is lost, not reweighted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from fedkit.aggregate import AggContext, Collective, EmptyAggregateError, MeanAcc, WeightedMean
+from fedkit.algorithm import RoundInfo
+from fedkit.params import tree_map
+from fedkit.sampling import ClientSampler, Population
+
+__all__ = ["ImportanceWeighted", "InclusionError", "with_inclusion"]
+
+U = TypeVar("U")
+
+
+class InclusionError(ValueError):
+    """The importance correction cannot be made unbiased (or was not resolved for the run)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImportanceWeighted(Generic[U]):
+    """``Σ_{k∈S} w_k Δ_k / (π_k W)`` (see the module docstring).
+
+    Attributes:
+        inclusion: every client's inclusion probability ``π_k`` (index = client id); filled in
+            by the run loop from the sampler (:func:`with_inclusion`).
+        total_weight: ``W``, the sum of every client's weight (filled in likewise).
+    """
+
+    inclusion: tuple[float, ...] = ()
+    total_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.total_weight) and self.total_weight >= 0):
+            raise ValueError(f"total_weight must be a finite number >= 0, got {self.total_weight}")
+        if any(not (0.0 < p <= 1.0) for p in self.inclusion):
+            raise InclusionError(
+                "every inclusion probability must be in (0, 1]: a client that can never be "
+                "selected makes the importance-corrected mean biased"
+            )
+
+    def factor(self, client_id: int, weight: float) -> float:
+        """``w_k / (π_k W)`` for ``client_id``."""
+        if not self.inclusion or self.total_weight <= 0:
+            raise InclusionError(
+                "the importance aggregator was not given the sampler's inclusion probabilities "
+                "(the run loop fills them in: fedkit.samplers.importance.with_inclusion)"
+            )
+        if not 0 <= client_id < len(self.inclusion):
+            raise InclusionError(f"client {client_id} has no inclusion probability")
+        return weight / (self.inclusion[client_id] * self.total_weight)
+
+    def prepare(self, update: U, weight: float, ctx: AggContext) -> U:
+        """The update scaled by ``w_k / (π_k W)`` (float64)."""
+        f = self.factor(ctx.client_id, weight)
+        return tree_map(lambda t: t.to(torch.float64) * f, update)
+
+    def zero(self, like: U) -> MeanAcc[U]:
+        """Zero float64 sums shaped like ``like``."""
+        return WeightedMean[U]().zero(like)
+
+    def add(self, acc: MeanAcc[U], update: U, weight: float) -> MeanAcc[U]:
+        """Add the (already scaled) update; ``weight`` is only tallied."""
+        tree_map(lambda s, u: s.add_(u), acc.total, update)
+        acc.weight += weight
+        acc.count += 1
+        return acc
+
+    def merge(self, a: MeanAcc[U], b: MeanAcc[U]) -> MeanAcc[U]:
+        """Sum two partial accumulators."""
+        return WeightedMean[U]().merge(a, b)
+
+    def reduce(self, acc: MeanAcc[U], comm: Collective) -> MeanAcc[U]:
+        """One all-reduce SUM."""
+        return comm.all_sum(acc)
+
+    def result(self, acc: MeanAcc[U], ctx: AggContext) -> U:
+        """The Horvitz–Thompson sum (no division: the factors already hold ``1 / W``)."""
+        if int(acc.count) == 0:
+            raise EmptyAggregateError("no client update in the importance-weighted sum")
+        return acc.total
+
+
+def _resolve(agg: Any, inclusion: tuple[float, ...], total: float) -> Any:
+    """``agg`` with every :class:`ImportanceWeighted` in its chain (``inner``) filled in, or
+    ``agg`` itself when it holds none."""
+    if isinstance(agg, ImportanceWeighted):
+        return dataclasses.replace(agg, inclusion=inclusion, total_weight=total)
+    inner = getattr(agg, "inner", None)
+    if inner is None or not dataclasses.is_dataclass(agg) or isinstance(agg, type):
+        return agg
+    resolved = _resolve(inner, inclusion, total)
+    return agg if resolved is inner else dataclasses.replace(agg, inner=resolved)
+
+
+def with_inclusion(
+    algorithm: Any, sampler: ClientSampler, population: Population, k: int, info: RoundInfo
+) -> Any:
+    """``algorithm`` with its :class:`ImportanceWeighted` aggregator (anywhere in the chain)
+    given the sampler's inclusion probabilities for ``k`` clients and the population's total
+    weight (``algorithm.weighting``: ``"uniform"`` → ``N``, else the total example count).
+    An algorithm without one is returned as it is.
+
+    Raises:
+        InclusionError: the sampler publishes no inclusion probabilities, or one is 0.
+    """
+    probe = _resolve(algorithm.aggregator, (1.0,), 1.0)
+    if probe is algorithm.aggregator:
+        return algorithm
+    inclusion = getattr(sampler, "inclusion", None)
+    if not callable(inclusion):
+        raise InclusionError(
+            f"aggregator 'importance' needs a sampler that publishes its inclusion "
+            f"probabilities; {type(sampler).__name__} does not (use 'uniform', 'proportional' "
+            "or 'probability')"
+        )
+    pi = tuple(float(p) for p in inclusion(population, k, info))
+    if getattr(algorithm, "weighting", "examples") == "uniform":
+        total = float(population.num_clients)
+    else:
+        total = float(sum(population.sizes("aggregator 'importance' (weighting by examples)")))
+    return dataclasses.replace(algorithm, aggregator=_resolve(algorithm.aggregator, pi, total))
