@@ -58,6 +58,7 @@ import torch
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.centralized import train_centralized
 from fedkit.checkpoint import FILENAME, Checkpoint, FileCheckpointer, RunKey
+from fedkit.compress.feedback import with_error_feedback
 from fedkit.data.spec import DataSpec, FederatedData, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.evaluate import ClientEval, Distribution
@@ -148,7 +149,7 @@ def build_algorithm(a: AlgorithmSettings) -> Algorithm[Any, Any, Any, Any]:
     if not a.federated:
         raise ConfigError("algorithm.name = 'centralized' has no federated algorithm object")
     algorithm: Algorithm[Any, Any, Any, Any] = a.algorithm
-    return algorithm
+    return with_error_feedback(algorithm)  # client-side residuals when a compressor asks
 
 
 def _local(a: AlgorithmSettings, why: str) -> LocalTraining:

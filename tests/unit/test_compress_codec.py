@@ -1,0 +1,133 @@
+"""The compressors' shared codec: bit packing by hand, and decoding that refuses a hostile
+payload (wrong length or dtype, an index out of range or repeated, a code above the top level, a
+non-finite scale or value) with a typed error before it allocates the dense tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from fedkit.aggregate import AggContext, WeightedMean
+from fedkit.compress import QSGD, CompressError, Packed, SignCompressor, Sparse, TopK
+from fedkit.compress import UniformQuantizer as Uniform
+from fedkit.compress.codec import encoded_nbytes, pack_bits, packed_length, unpack_bits
+from fedkit.params import tree_nbytes
+
+CTX = AggContext(round=0, seed=0, client_id=1)
+
+
+def test_pack_bits_by_hand() -> None:
+    # 2-bit codes 0, 1, 2, 3 little-endian in one byte: 0 + 1·4 + 2·16 + 3·64 = 228
+    assert pack_bits(torch.tensor([0, 1, 2, 3]), 2).tolist() == [228]
+    # 1-bit codes 1, 0, 1, 1 then padding: 1 + 4 + 8 = 13
+    assert pack_bits(torch.tensor([1, 0, 1, 1]), 1).tolist() == [13]
+    # 3-bit codes 5, 6, 7, low bit first: 5 = 1,0,1; 6 = 0,1,1; 7 = 1,1,1 -> the stream
+    # 1,0,1,0,1,1,1,1 | 1,0,0,... -> byte 0 = 1 + 4 + 16 + 32 + 64 + 128 = 245, byte 1 = 1
+    assert pack_bits(torch.tensor([5, 6, 7]), 3).tolist() == [245, 1]
+    assert unpack_bits(torch.tensor([245, 1], dtype=torch.uint8), 3, 3).tolist() == [5, 6, 7]
+    assert packed_length(3, 3) == 2 and packed_length(8, 1) == 1 and packed_length(9, 1) == 2
+
+
+def test_encoded_size_is_the_theoretical_size() -> None:
+    # d = 1000 float32: 8 bits -> 1000 + 8; 4 bits -> 500 + 8; QSGD s=4 -> 4 bits -> 500 + 4;
+    # sign -> 125 + 4; top-1% -> k = 10 positions and values -> 80
+    t = {"w": torch.randn(10, 100)}
+    cases = [
+        (Uniform(bits=8), 1008),
+        (Uniform(bits=4), 508),
+        (QSGD(levels=4), 504),
+        (SignCompressor(), 129),
+        (TopK(fraction=0.01), 80),
+    ]
+    for comp, want in cases:
+        enc = comp.prepare(t, 1.0, CTX)
+        assert tree_nbytes(enc) == encoded_nbytes(enc) == want
+        assert comp.theoretical_nbytes(1000, 4) == want
+
+
+def _sparse(idx: list[int], vals: list[float], **kw: object) -> Sparse:
+    leaf = Sparse(
+        index=torch.tensor(idx, dtype=torch.int32),
+        values=torch.tensor(vals, dtype=torch.float32),
+        shape=(2, 2),
+        dtype=torch.float32,
+    )
+    return dataclasses.replace(leaf, **kw)  # type: ignore[arg-type]
+
+
+def test_sparse_decode_by_hand() -> None:
+    comp = TopK(fraction=0.5)  # d = 4 -> k = 2
+    dense = comp.decode(_sparse([1, 3], [2.0, -1.0]))
+    assert dense.tolist() == [[0.0, 2.0], [0.0, -1.0]]
+
+
+@pytest.mark.parametrize(
+    ("leaf", "message"),
+    [
+        (_sparse([1, 4], [1.0, 1.0]), "outside"),  # index 4 of a 2x2 tensor
+        (_sparse([-1, 2], [1.0, 1.0]), "outside"),
+        (_sparse([2, 2], [1.0, 1.0]), "increasing"),  # repeated
+        (_sparse([3, 1], [1.0, 1.0]), "increasing"),  # unsorted
+        (_sparse([1], [1.0]), "2 elements"),  # wrong length
+        (_sparse([1, 2], [1.0, float("nan")]), "NaN"),
+        (_sparse([1, 2], [1.0, 1.0], index=torch.tensor([1, 2])), "int32"),  # int64 indices
+        (
+            _sparse([1, 2], [1.0, 1.0], values=torch.tensor([1.0, 2.0], dtype=torch.float64)),
+            "float32",
+        ),
+    ],
+)
+def test_sparse_decode_refuses_a_hostile_payload(leaf: Sparse, message: str) -> None:
+    with pytest.raises(CompressError, match=message):
+        TopK(fraction=0.5).decode(leaf)
+
+
+def _packed(codes: list[int], scale: list[float], bits: int = 2) -> Packed:
+    return Packed(
+        codes=torch.tensor(codes, dtype=torch.uint8),
+        scale=torch.tensor(scale, dtype=torch.float32),
+        shape=(4,),
+        dtype=torch.float32,
+        bits=bits,
+    )
+
+
+@pytest.mark.parametrize(
+    ("comp", "leaf", "message"),
+    [
+        (QSGD(levels=1), _packed([0b11_00_01_10], [1.0]), "above the top 2"),  # code 3 > 2s = 2
+        (QSGD(levels=1), _packed([6, 6], [1.0]), "1 elements"),  # 2 bytes for 4 2-bit codes
+        (QSGD(levels=1), _packed([6], [float("inf")]), "NaN or infinite"),
+        (QSGD(levels=1), _packed([6], [1.0, 2.0]), "1 elements"),
+        (Uniform(bits=2), _packed([6], [0.0]), "2 elements"),
+        (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "NaN or infinite"),
+        (
+            SignCompressor(),
+            _packed([6], [1.0], bits=1).__class__(
+                codes=torch.tensor([6, 0], dtype=torch.uint8),
+                scale=torch.tensor([1.0]),
+                shape=(4,),
+                dtype=torch.float32,
+                bits=1,
+            ),
+            "1 elements",
+        ),  # 4 bits fit one byte
+    ],
+)
+def test_packed_decode_refuses_a_hostile_payload(comp: object, leaf: Packed, message: str) -> None:
+    with pytest.raises(CompressError, match=message):
+        comp.decode(leaf)  # type: ignore[attr-defined]
+
+
+def test_the_server_refuses_a_hostile_update_before_folding() -> None:
+    comp = TopK(fraction=0.5, inner=WeightedMean())
+    good = comp.prepare({"w": torch.tensor([[1.0, -3.0], [2.0, 0.5]])}, 1.0, CTX)
+    acc = comp.zero(good)
+    bad = {"w": dataclasses.replace(good["w"], index=torch.tensor([0, 7], dtype=torch.int32))}
+    with pytest.raises(CompressError, match="outside"):
+        comp.add(acc, bad, 1.0)
+    acc = comp.add(acc, good, 1.0)
+    # top-2 of [1, -3, 2, 0.5] = -3 (position 1) and 2 (position 2)
+    assert comp.result(acc, CTX)["w"].tolist() == [[0.0, -3.0], [2.0, 0.0]]
