@@ -2,6 +2,13 @@
 
 ``fedkit export RUN --out DIR [--runs RUNS] [--labels a,b]`` writes a completed run's final model
 as a bundle (:mod:`fedkit.serve.export`). Exit status 2 when the run or its model cannot be used.
+
+``fedkit serve BUNDLE [--host 127.0.0.1] [--port 8000] [--max-batch 32] [--max-wait-ms 5]
+[--max-queue 256] [--threads N]`` loads and verifies the bundle and serves it
+(:mod:`fedkit.serve.app`) with uvicorn. ``--port 0`` picks a free port; the first line on
+standard output is always ``listening on http://HOST:PORT``. Ctrl-C or SIGTERM shuts down
+gracefully: no new connections, requests in flight are answered, then the process exits 0.
+A bundle that cannot be used exits with status 2 before anything listens.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["export", "register"]
+__all__ = ["export", "register", "serve"]
 
 
 def export(
@@ -38,6 +45,66 @@ def export(
     typer.echo(f"bundle written: {manifest.parent}")
 
 
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (from `fedkit export`).")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port (0: any free port).")] = 8000,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Most requests per model call (1: no batching).")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option("--max-wait-ms", help="Longest a batch waits to fill, in ms.")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Most waiting requests; beyond it: 503.")
+    ] = 256,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="torch threads for inference.")
+    ] = None,
+) -> None:
+    """Serve a model bundle over HTTP: POST /v1/predict, GET /healthz, GET /metrics."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    from fedkit.serve.app import create_app
+    from fedkit.serve.batching import BatchSettings
+    from fedkit.serve.bundle import BundleError, load_bundle
+    from fedkit.serve.predictor import Predictor
+
+    try:
+        settings = BatchSettings(
+            max_batch=max_batch, max_wait=max_wait_ms / 1000.0, max_queue=max_queue
+        )
+        predictor = Predictor(load_bundle(bundle), threads=threads)
+    except (BundleError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    app = create_app(predictor, batching=settings)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        typer.echo(f"error: cannot listen on {host}:{port} ({e})", err=True)
+        raise typer.Exit(2) from None
+    bound = sock.getsockname()[1]
+    typer.echo(f"listening on http://{host}:{bound}")
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again under the
+    # handlers found at start: these make that a clean exit (status 0) instead of a kill.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_cleanly)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the ``fedkit`` application."""
     app.command("export")(export)
+    app.command("serve")(serve)

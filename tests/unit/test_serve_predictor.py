@@ -1,0 +1,134 @@
+"""The predictor's input layout and batch invariance, and the micro-batcher's rules."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedkit.models.spec import ModelSpec
+from fedkit.params import model_params
+from fedkit.serve.batching import BatchSettings, MicroBatcher, Overloaded
+from fedkit.serve.bundle import load_bundle, write_bundle
+from fedkit.serve.predictor import NextWords, Predictor
+from tests.helpers.serve import WORDS, constant_bundle
+
+
+def _predictor(tmp: Path, *, causal: bool, seed: int = 0) -> Predictor:
+    spec = ModelSpec(
+        name="nextword_lstm",
+        num_classes=len(WORDS) + 4,
+        input_shape=(5,),
+        options={"embedding_dim": 4, "hidden_size": 6, "bidirectional": not causal},
+        init_seed=seed,
+    )
+    write_bundle(tmp, params=model_params(spec.build()), spec=spec, words=WORDS)
+    return Predictor(load_bundle(tmp))
+
+
+def test_bilstm_reads_a_left_padded_prefix_and_the_causal_lstm_a_right_padded_one(
+    tmp_path: Path,
+) -> None:
+    bi = _predictor(tmp_path / "bi", causal=False)
+    causal = _predictor(tmp_path / "causal", causal=True)
+    # ids: the 1, cat 2, sat 3, on 4, mat 5, oov 6, bos 7; window 5
+    assert bi.encode("The cat SAT on") == [7, 1, 2, 3, 4]
+    assert bi.encode("the cat sat on the mat") == [2, 3, 4, 1, 5]  # last 5 of 7
+    assert bi.encode("dog") == [7, 6]
+    x, last = bi._batch([[7, 6], [7, 1, 2]])
+    assert x.tolist() == [[0, 0, 0, 7, 6], [0, 0, 7, 1, 2]] and last.tolist() == [4, 4]
+    x, last = causal._batch([[7, 6], [7, 1, 2]])
+    assert x.tolist() == [[7, 6, 0, 0, 0], [7, 1, 2, 0, 0]] and last.tolist() == [1, 2]
+    assert bi.per_position is False and causal.per_position is True
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([*WORDS, "dog", ".", "the"]), max_size=8), min_size=2, max_size=6
+    ),
+    st.booleans(),
+)
+def test_a_texts_answer_does_not_depend_on_its_batch(
+    tmp_path_factory: pytest.TempPathFactory, texts: list[list[str]], causal: bool
+) -> None:
+    pred = _predictor(tmp_path_factory.mktemp("p"), causal=causal, seed=1)
+    joined = [" ".join(t) for t in texts]
+    together = pred.probabilities([pred.encode(t) for t in joined])
+    alone = torch.cat([pred.probabilities([pred.encode(t)]) for t in joined])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)
+
+
+def test_specials_are_never_suggested_and_k_is_per_request(tmp_path: Path) -> None:
+    pred = Predictor(load_bundle(constant_bundle(tmp_path / "b", window=4, hidden=3)))
+    a, b = pred.predict(["the", "cat"], [1, 5])
+    assert isinstance(a, NextWords) and isinstance(b, NextWords)
+    assert a.words == ("cat",)
+    # oov (logit 5) is the likeliest id; the five words follow in logit order, ties by id
+    assert b.words == ("cat", "sat", "mat", "the", "on")
+
+
+def _run(batcher_settings: BatchSettings, n: int) -> tuple[list[int], list[object]]:
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def run_batch(items: Sequence[int]) -> list[int]:
+        gate.wait(5)  # hold the first batch until every request is queued
+        return [i * 10 for i in items]
+
+    async def main() -> list[object]:
+        b: MicroBatcher[int, int] = MicroBatcher(run_batch, batcher_settings, on_batch=sizes.append)
+        b.start()
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(n)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = await asyncio.gather(*tasks, return_exceptions=True)
+        await b.close()
+        with pytest.raises(Overloaded, match="shutting down"):
+            await b.submit(0)
+        return out
+
+    return sizes, asyncio.run(main())
+
+
+def test_batches_fill_up_to_max_batch_in_arrival_order() -> None:
+    # all 10 are queued before the worker first runs: batches of at most 4 -> 4, 4, 2
+    sizes, out = _run(BatchSettings(max_batch=4, max_wait=0.01, max_queue=100), 10)
+    assert out == [i * 10 for i in range(10)]
+    assert sizes == [4, 4, 2]
+
+
+def test_a_full_queue_refuses_instead_of_growing() -> None:
+    # the queue takes requests 0..2 before the worker runs; 3..7 are refused at once
+    sizes, out = _run(BatchSettings(max_batch=8, max_wait=0.0, max_queue=3), 8)
+    assert out[:3] == [0, 10, 20]
+    assert all(isinstance(o, Overloaded) and "queue is full (3)" in str(o) for o in out[3:])
+    assert sizes == [3]
+
+
+@pytest.mark.parametrize(
+    "kw", [{"max_batch": 0}, {"max_wait": -1.0}, {"max_queue": 0}, {"max_wait": 2.0}]
+)
+def test_batch_settings_are_validated(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        BatchSettings(**kw)  # type: ignore[arg-type]
+
+
+def test_serving_imports_no_simulation_network_or_experiment_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fedkit.serve.app, fedkit.serve.bundle, fedkit.serve.predictor\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('fedkit.sim', 'fedkit.net', "
+        "'fedkit.experiment')))\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
