@@ -76,6 +76,10 @@ def _mount() -> None:
 
     app.command("new")(new)
 
+    from fedkit.experiment.decentral import decentral
+
+    app.command("decentral")(decentral)
+
     from fedkit.serve.cli import register as register_serve
 
     register_serve(app)  # export, serve, loadtest

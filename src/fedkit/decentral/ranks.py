@@ -100,18 +100,19 @@ def run_rank(
     *,
     evaluator: Evaluator | None = None,
     callback: Callback | None = None,
-) -> tuple[Params, tuple[RoundMetrics, ...]]:
+) -> tuple[Params, Params, tuple[RoundMetrics, ...]]:
     """This rank's node (rank ``r`` is node ``r`` of ``world`` nodes) inside an initialised group.
 
     Returns:
-        The node's final model and the rounds' metrics (complete on rank 0; other ranks
-        return their own view without evaluation).
+        The node's final model, the final averaged model ``x̄``, and the rounds' metrics
+        (evaluated on rank 0 only).
     """
     rank, n = dist.get_rank(), dist.get_world_size()
     schedule = spec.schedule(n)
     x = dict(init)
     model_bytes = nbytes(init)
     history: list[RoundMetrics] = []
+    xbar = x
     for t in range(spec.rounds):
         t0 = time.perf_counter()
         trained, stats = local_round(model, x, data, spec.local, spec.seed, t, rank)
@@ -124,6 +125,7 @@ def run_rank(
         everyone = [torch.empty_like(flatten(x)) for _ in range(n)]
         dist.all_gather(everyone, flatten(x))
         xs = [unflatten(v, x) for v in everyone]
+        xbar = average(xs)
         sent = [spec.bytes_sent(schedule, t, i, model_bytes) for i in range(n)]
         rec = RoundMetrics(
             round=t,
@@ -132,13 +134,13 @@ def run_rank(
             bytes_per_node=sum(sent) / n,
         )
         if rank == 0 and evaluator is not None and spec.due(t):
-            ev = evaluator(average(xs))
+            ev = evaluator(xbar)
             rec = dataclasses.replace(rec, test_loss=ev.loss, test_accuracy=ev.accuracy)
         rec = dataclasses.replace(rec, wall_seconds=time.perf_counter() - t0)
         history.append(rec)
         if rank == 0 and callback is not None:
             callback(rec)
-    return x, tuple(history)
+    return x, xbar, tuple(history)
 
 
 ModelFn = Callable[[], nn.Module]
@@ -169,7 +171,7 @@ def _rank_main(
         timeout=timedelta(seconds=120),
     )
     try:
-        x, history = run_rank(spec, model_fn(), init, nodes[rank])
+        x, _, history = run_rank(spec, model_fn(), init, nodes[rank])
         save_file({k: v.contiguous() for k, v in x.items()}, str(Path(out_dir, f"node{rank}.st")))
         if rank == 0:
             Path(out_dir, "history.json").write_text(json.dumps([h.to_dict() for h in history]))

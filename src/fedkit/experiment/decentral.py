@@ -1,0 +1,389 @@
+"""``fedkit decentral FILE``: decentralised (serverless) experiments from a TOML file.
+
+The file has ``[data]`` (its ``num_clients`` clients are the nodes), ``[model]`` and
+``[decentral]`` (:class:`fedkit.decentral.dpsgd.DecentralSpec`, with ``[decentral.local]`` the
+nodes' :class:`~fedkit.local.LocalTraining`), an optional ``[study]`` ``name``, and optional
+``[[arms]]``: each arm has a ``name`` and keys that override the base (``decentral.topology =
+"torus"``). Every run is recorded in ``OUT/results.sqlite`` like ``fedkit run``'s: one row per
+gossip round whose ``details`` hold ``consensus_distance`` and ``bytes_per_node``, and whose
+``bytes_up`` is what all nodes sent; the test columns score the averaged model ``x̄``.
+
+The same file runs in one process (every node simulated) or under ``torchrun`` with one rank per
+node (``--nproc-per-node`` = the number of nodes), gossiping over gloo send/recv
+(:mod:`fedkit.decentral.ranks`); rank 0 records.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedkit.algorithm import ClientData
+from fedkit.data.spec import DataSpec, build_federated
+from fedkit.data.store import ClientStore
+from fedkit.decentral.dpsgd import DecentralResult, DecentralSpec, RoundMetrics, run_dpsgd
+from fedkit.experiment.config import ModelSettings, parse_overrides
+from fedkit.experiment.progress import RunProgress
+from fedkit.experiment.records import finite
+from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary, results_path
+from fedkit.experiment.tables import ConfigError, construct
+from fedkit.models.spec import ModelSpec
+from fedkit.params import Params, model_params, sha256
+from fedkit.run import Evaluator, central_evaluator
+
+__all__ = ["DecentralExperiment", "decentral", "load_decentral", "run_decentral"]
+
+SECTIONS = ("study", "data", "model", "decentral", "arms")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecentralExperiment:
+    """One decentralised run, validated.
+
+    Attributes:
+        name: the run's (arm's) name.
+        study: the study's name.
+        data: the ``[data]`` section (its clients are the nodes).
+        model: the ``[model]`` section.
+        spec: the ``[decentral]`` section.
+        source: the resolved file (recorded as the run's config).
+    """
+
+    name: str
+    study: str
+    data: DataSpec
+    model: ModelSettings
+    spec: DecentralSpec
+    source: Mapping[str, Any]
+
+
+def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _with(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``doc`` with each dotted key of ``overrides`` set."""
+    out: dict[str, Any] = copy.deepcopy(dict(doc))
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2 or not all(parts) or parts[0] not in SECTIONS[1:4]:
+            raise ConfigError(
+                f"override key {key!r} must be section.key with a section of "
+                f"{', '.join(SECTIONS[1:4])} (e.g. decentral.topology)"
+            )
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {key!r}: {p!r} is a value, not a table")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _check_graph(spec: DecentralSpec, n: int) -> None:
+    """The topology must exist on ``n`` nodes (a torus needs a square number, ...)."""
+    try:
+        spec.schedule(n)
+    except ValueError as e:
+        raise ConfigError(f"decentral: {e} (the nodes are the data's {n} clients)") from e
+
+
+def _one(doc: Mapping[str, Any], name: str, study: str) -> DecentralExperiment:
+    unknown = sorted(set(doc) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section [{unknown[0]}]; allowed: {', '.join(SECTIONS[:4])}")
+    for key in ("data", "model", "decentral"):
+        if not isinstance(doc.get(key), Mapping):
+            raise ConfigError(f"a decentral experiment needs a [{key}] table")
+    try:
+        data = DataSpec.from_mapping(doc["data"])
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from e
+    model = ModelSettings.from_mapping(doc["model"])
+    spec = construct(DecentralSpec, doc["decentral"], "decentral")
+    if data.num_clients is not None:
+        _check_graph(spec, data.num_clients)
+    source = {k: v for k, v in doc.items() if k != "arms"}
+    return DecentralExperiment(name, study, data, model, spec, source)
+
+
+def experiments_from_mapping(
+    doc: Mapping[str, Any], *, default_name: str, overrides: Mapping[str, Any] | None = None
+) -> list[DecentralExperiment]:
+    """Every run a file describes (one per ``[[arms]]`` entry, else one), validated."""
+    study = doc.get("study", {})
+    if not isinstance(study, Mapping):
+        raise ConfigError("[study] must be a table")
+    study_name = str(study.get("name", default_name))
+    overrides = dict(overrides or {})
+    base = _with({k: v for k, v in doc.items() if k != "study"}, overrides)
+    arms = doc.get("arms", [])
+    if not isinstance(arms, list) or not all(isinstance(a, Mapping) for a in arms):
+        raise ConfigError("[[arms]] must be an array of tables")
+    if not arms:
+        return [_one(base, study_name, study_name)]
+    out = []
+    for i, arm in enumerate(arms):
+        name = arm.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"arms[{i}] needs a 'name' string")
+        body = {k: v for k, v in arm.items() if k != "name"}
+        doc_i = _with(base, {**_leaves(body), **overrides})
+        out.append(_one(doc_i, name, study_name))
+    names = [e.name for e in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be distinct, got {names}")
+    return out
+
+
+def load_decentral(path: str | Path, overrides: Sequence[str] = ()) -> list[DecentralExperiment]:
+    """Read and validate a decentral experiment file (``--set`` items applied last)."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    return experiments_from_mapping(
+        doc, default_name=path.stem, overrides=parse_overrides(list(overrides))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What every process (or rank) builds from an experiment."""
+
+    model_spec: ModelSpec
+    init: Params
+    nodes: list[ClientData]
+    evaluator: Evaluator
+
+
+def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
+    """The nodes' data, the initial model and the averaged model's evaluator."""
+    from fedkit.experiment.runner import model_init_seed
+
+    try:
+        fd = build_federated(exp.data, root=data_root)
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from e
+    store = ClientStore.from_federated(fd)
+    _check_graph(exp.spec, store.num_clients)
+    spec = ModelSpec(
+        name=exp.model.name,
+        num_classes=fd.dataset.num_classes,
+        input_shape=tuple(fd.dataset.input_shape),
+        options=dict(exp.model.options),
+        init_seed=model_init_seed(exp.spec.seed),
+    )
+    test = fd.dataset.test
+    return Prepared(
+        model_spec=spec,
+        init=model_params(spec.build()),
+        nodes=[store.data(i) for i in range(store.num_clients)],
+        evaluator=central_evaluator(spec.build(), test.x, test.y),
+    )
+
+
+def _row(m: RoundMetrics, n: int) -> RoundRow:
+    return RoundRow(
+        round=m.round,
+        train_loss=finite(m.train_loss),
+        test_loss=finite(m.test_loss),
+        test_accuracy=finite(m.test_accuracy),
+        fed_mean=None,
+        fed_p10=None,
+        fed_var=None,
+        fed_min=None,
+        fed_clients=None,
+        cohort_size=n,
+        dropped=0,
+        bytes_up=round(m.bytes_per_node * n),
+        bytes_down=0,
+        wall_seconds=m.wall_seconds,
+        sim_seconds=None,
+        committed=True,
+        details={"consensus_distance": m.consensus_distance, "bytes_per_node": m.bytes_per_node},
+    )
+
+
+def run_decentral(
+    exp: DecentralExperiment,
+    store: ResultsStore | None,
+    *,
+    data_root: Path | None = None,
+    progress: RunProgress | None = None,
+    on_ranks: bool = False,
+) -> tuple[int, RunSummary | None]:
+    """Run ``exp`` (simulated, or this rank's node under torchrun) and record it.
+
+    Args:
+        exp: the experiment.
+        store: where rank 0 (or the single process) records; ``None`` on other ranks.
+        data_root: the data directory.
+        progress: a progress bar (rank 0).
+        on_ranks: run this rank's node inside an initialised gloo group.
+
+    Returns:
+        The run id (-1 on a rank other than 0) and its summary (``None`` off rank 0).
+    """
+    t0 = time.perf_counter()
+    prep = prepare(exp, data_root)
+    n = len(prep.nodes)
+    rank = 0
+    if on_ranks:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        if dist.get_world_size() != n:
+            raise ConfigError(
+                f"decentral: {n} nodes (data.num_clients) but {dist.get_world_size()} ranks; "
+                "launch one rank per node"
+            )
+    run_id = -1
+    if rank == 0:
+        if store is None:
+            raise ValueError("rank 0 needs a results store")
+        run_id = store.start_run(name=exp.name, study=exp.study, config=dict(exp.source))
+    if progress is not None and rank == 0:
+        progress.start_run(exp.name, exp.spec.rounds)
+    accs: list[float] = []
+    tally = {"bytes": 0}
+
+    def record(m: RoundMetrics) -> None:
+        row = _row(m, n)
+        assert store is not None
+        store.add_round(run_id, row)
+        tally["bytes"] += row.bytes_up
+        if not math.isnan(m.test_accuracy):
+            accs.append(m.test_accuracy)
+        if progress is not None:
+            acc = None if math.isnan(m.test_accuracy) else m.test_accuracy
+            progress.update(m.round + 1, loss=finite(m.train_loss), accuracy=acc)
+
+    try:
+        if on_ranks:
+            from fedkit.decentral.ranks import run_rank
+
+            _, final, history = run_rank(
+                exp.spec,
+                prep.model_spec.build(),
+                prep.init,
+                prep.nodes[rank],
+                evaluator=prep.evaluator if rank == 0 else None,
+                callback=record if rank == 0 else None,
+            )
+            if rank != 0:
+                return -1, None
+            last = history[-1]
+        else:
+            result: DecentralResult = run_dpsgd(
+                exp.spec,
+                prep.model_spec.build(),
+                prep.init,
+                prep.nodes,
+                evaluator=prep.evaluator,
+                callback=record,
+            )
+            final, last = result.averaged, result.history[-1]
+        summary = RunSummary(
+            rounds=exp.spec.rounds,
+            final_accuracy=finite(last.test_accuracy),
+            best_accuracy=max(accs) if accs else None,
+            rounds_to_target=None,
+            target_accuracy=None,
+            wall_seconds=time.perf_counter() - t0,
+            bytes_up=tally["bytes"],
+            bytes_down=0,
+            model_sha256=sha256(final),
+            final_loss=finite(last.test_loss),
+            metrics={
+                "consensus_distance": last.consensus_distance,
+                "bytes_per_node": last.bytes_per_node,
+            },
+        )
+    except Exception as e:
+        if store is not None and rank == 0:
+            store.fail_run(run_id, f"{type(e).__name__}: {e}")
+            if progress is not None:
+                progress.end_run("failed")
+        raise
+    assert store is not None
+    store.finish_run(run_id, summary)
+    if progress is not None:
+        progress.end_run("completed")
+    return run_id, summary
+
+
+def decentral(
+    file: Annotated[Path, typer.Argument(help="Decentral experiment file (TOML).", metavar="FILE")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="Override a key, e.g. --set decentral.rounds=5.",
+            metavar="KEY=VALUE",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    data_root: Annotated[Path | None, typer.Option("--data", help="Data directory.")] = None,
+) -> None:
+    """Run a decentralised (gossip / D-PSGD) experiment; one rank per node under torchrun."""
+    import json
+
+    from fedkit.experiment.cli import _err, fail
+    from fedkit.sim.torchrun import torchrun_env
+
+    try:
+        exps = load_decentral(file, set_ or [])
+        env = torchrun_env()
+    except (ConfigError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    group = False
+    if env is not None:
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=1800))
+        group = True
+    rank = 0 if not group else env.rank if env is not None else 0
+    store = ResultsStore(results_path(out)) if rank == 0 else None
+    try:
+        with RunProgress(enabled=not quiet and rank == 0, console=_err) as progress:
+            for exp in exps:
+                run_id, summary = run_decentral(
+                    exp, store, data_root=data_root, progress=progress, on_ranks=group
+                )
+                if summary is not None and as_json:
+                    typer.echo(
+                        json.dumps({"run_id": run_id, "name": exp.name, **summary.to_dict()})
+                    )
+    except ConfigError as e:
+        raise fail(f"{file}: {e}", 2) from None
+    finally:
+        if store is not None:
+            store.close()
+        if group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
