@@ -87,6 +87,7 @@ from fedkit.privacy.plan import PrivacyPlan, dpsgd_probes, plan_privacy
 from fedkit.registry import EXECUTORS
 from fedkit.rng import SERVER, derive_seed
 from fedkit.run import Callback, Probe, RoundRecord, RunConfig, central_evaluator, run
+from fedkit.samplers.population import simulated_population
 from fedkit.sim.distributed import DistributedExecutor, RemoteRankError, startup_check
 from fedkit.sim.factory import build_executor
 from fedkit.sim.serial import SerialExecutor
@@ -666,6 +667,9 @@ def _run_federated(
                     sampler=cfg.sampler,
                     callbacks=callbacks,
                     stop=privacy.stop,
+                    population=simulated_population(
+                        sizes, cfg.system, _local(a, "which [system] needs") if cfg.system else None
+                    ),
                     probes=[
                         *_probes(cfg, built, rounds),
                         *privacy.probes,
