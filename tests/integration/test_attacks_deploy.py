@@ -72,7 +72,7 @@ def test_worker_attack_option_equals_the_simulated_attacker(
 
     c.workers[1] = c._start(
         run_worker,
-        {"coordinator": c.address, "experiment": exp, "client_id": 1, "give_up_s": 30.0,
+        {"coordinator": c.address, "experiment": exp, "client_ids": [1], "give_up_s": 30.0,
          "attack": settings},
     )  # fmt: skip
     summary = c.summary(timeout=60)

@@ -188,8 +188,17 @@ class Cluster:
         for cid in ids:
             self.workers[cid] = self._start(
                 run_worker,
-                {"coordinator": self.address, "experiment": self.exp, "client_id": cid,
+                {"coordinator": self.address, "experiment": self.exp, "client_ids": [cid],
                  "give_up_s": 30.0, "security": self.security, "tls_name": f"worker-{cid}"},
+            )  # fmt: skip
+
+    def start_multi_workers(self, blocks: list[list[int]]) -> None:
+        """One worker process per block, serving every client id of the block."""
+        for ids in blocks:
+            self.workers[ids[0]] = self._start(
+                run_worker,
+                {"coordinator": self.address, "experiment": self.exp, "client_ids": ids,
+                 "give_up_s": 30.0, "security": self.security},
             )  # fmt: skip
 
     def completed_rounds(self) -> int:
@@ -272,6 +281,34 @@ def test_parity_with_serial_simulator(
     with sqlite3.connect(c.out / "coordinator.db") as con:
         rtts = con.execute("SELECT round, client_id, rtt_s FROM worker_rtt").fetchall()
     assert len(rtts) == 9 and all(r[2] > 0 for r in rtts)
+
+
+def test_multi_client_workers_match_the_serial_simulator(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    # 6 clients served by 2 processes (0-3 and 4-5), 5 a round: the coordinator treats them as
+    # separate clients, each keeps its own SCAFFOLD control variate on its worker, and the model
+    # is the serial simulator's bit for bit.
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=6, per_round=5, rounds=3, algorithm="scaffold",
+        fed_every=3, liveness=10,
+    )  # fmt: skip
+    c = cluster(exp)
+    c.start_coordinator(min_workers=6)
+    c.start_multi_workers([[0, 1, 2, 3], [4, 5]])
+    summary = c.summary(timeout=60)
+    assert summary["committed_rounds"] == 3
+    sha, fed_mean = serial_reference(exp)
+    assert summary["model_sha256"] == sha
+    with ResultsStore.in_dir(c.out, create=False) as store:
+        last = store.rounds(summary["run_id"])[-1]  # type: ignore[arg-type]
+        assert last.fed_clients == 6 and last.fed_mean == fed_mean  # every client scored
+    for w in c.workers.values():
+        w.join(10)
+        assert w.exitcode == 0
+    with sqlite3.connect(c.out / "coordinator.db") as con:
+        served = {int(r[0]) for r in con.execute("SELECT client_id FROM worker_rtt").fetchall()}
+    assert served & {0, 1, 2, 3} and served & {4, 5}  # both processes trained clients
 
 
 @pytest.mark.parametrize(

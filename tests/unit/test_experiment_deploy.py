@@ -99,7 +99,7 @@ def test_deploy_commands_keep_their_flags() -> None:
     }  # fmt: skip
     assert flags("worker") == common | {
         "--coordinator", "--client-id", "--tls-dir", "--tls-name", "--insecure", "--state-dir",
-        "--threads", "--attack", "--attack-set", "--secret-file",
+        "--threads", "--attack", "--attack-set", "--secret-file", "--clients", "--secret-dir",
     }  # fmt: skip
     assert flags("launch") == common | {"--workers", "--out", "--json"}
     assert flags("certs", "create") == {"--out", "--coordinator-host", "--workers", "--days"}

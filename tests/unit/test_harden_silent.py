@@ -28,7 +28,7 @@ DEADLINE = 1.0
 def serve(broker: Broker, cid: int, stop: threading.Event, answer: threading.Event) -> None:
     """A worker that polls for tasks (so it looks live) and answers only while ``answer`` is
     set; once set, it first sends the result of the last task it kept quiet about (late)."""
-    reply = broker.register(pb.RegisterRequest(client_id=str(cid)), None)
+    reply = broker.register(pb.RegisterRequest(protocol_version=1, client_id=str(cid)), None)
     header = pb.Header(run_id=reply.run_id, worker_id=reply.worker_id, token=reply.token)
     held: pb.TaskInfo | None = None
     while not stop.is_set():
@@ -101,8 +101,8 @@ def test_a_silent_worker_is_suspended_after_max_missed_tasks_and_readmitted() ->
 
 def test_misses_count_only_for_rounds_closed_short_and_registering_again_clears_them() -> None:
     broker = Broker(run_id="r", max_result_bytes=1 << 20, max_missed_tasks=1)
-    reply = broker.register(pb.RegisterRequest(client_id="0"), None)
-    broker.register(pb.RegisterRequest(client_id="1"), None)
+    reply = broker.register(pb.RegisterRequest(protocol_version=1, client_id="0"), None)
+    broker.register(pb.RegisterRequest(protocol_version=1, client_id="1"), None)
     a = Assignment.of([], 0)
     # enough results (here: none wanted, as for the extras of an over-selected round): the
     # outstanding tasks were not needed, so nobody missed anything
@@ -114,6 +114,7 @@ def test_misses_count_only_for_rounds_closed_short_and_registering_again_clears_
     assert broker.suspended_clients() == {"0", "1"}
     again = broker.register(
         pb.RegisterRequest(
+            protocol_version=1,
             client_id="0",
             header=pb.Header(worker_id=reply.worker_id, token=reply.token, run_id="r"),
         ),
@@ -130,7 +131,7 @@ def test_max_missed_tasks_is_range_checked(bad: object) -> None:
 
 def test_max_missed_tasks_zero_never_suspends() -> None:
     broker = Broker(run_id="r", max_result_bytes=1 << 20, max_missed_tasks=0)
-    broker.register(pb.RegisterRequest(client_id="0"), None)
+    broker.register(pb.RegisterRequest(protocol_version=1, client_id="0"), None)
     for r in range(3):
         broker.open_round(r, {"0": Assignment.of([], 0)}, deadline_s=0.05, result_check=None)
         broker.collect(want=1)

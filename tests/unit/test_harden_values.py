@@ -52,7 +52,7 @@ def update_of(cid: int) -> ModelDelta:
 
 def worker(broker: Broker, cid: int, behave: Behaviour, stop: threading.Event,
            refused: list[tuple[int, ErrorCode]]) -> None:  # fmt: skip
-    reply = broker.register(pb.RegisterRequest(client_id=str(cid)), None)
+    reply = broker.register(pb.RegisterRequest(protocol_version=1, client_id=str(cid)), None)
     while not stop.is_set():
         header = pb.Header(run_id=reply.run_id, worker_id=reply.worker_id, token=reply.token)
         info, _ = broker.next_task(pb.GetTaskRequest(header=header, wait_s=0.1), None)

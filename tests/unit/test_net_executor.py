@@ -38,7 +38,7 @@ POISONED: set[int] = set()  # clients whose update carries one NaN
 
 
 def fake_worker(broker: Broker, cid: int, delay_s: float, stop: threading.Event) -> None:
-    reply = broker.register(pb.RegisterRequest(client_id=str(cid)), None)
+    reply = broker.register(pb.RegisterRequest(protocol_version=1, client_id=str(cid)), None)
     header = pb.Header(run_id=reply.run_id, worker_id=reply.worker_id, token=reply.token)
     while not stop.is_set():
         info, _ = broker.next_task(pb.GetTaskRequest(header=header, wait_s=0.2), None)

@@ -56,7 +56,7 @@ def make(tmp_path: Path) -> tuple[Worker, FakeClient]:
     path.write_text(EXPERIMENT)
     exp = load_deployment(path)
     client = FakeClient()
-    worker = Worker(exp, client_id=1, local=load_local_data(exp, 1, None), client=client)  # type: ignore[arg-type]
+    worker = Worker(exp, local=load_local_data(exp, [1], None), client=client)  # type: ignore[arg-type]
     return worker, client
 
 
@@ -71,11 +71,11 @@ def task(worker: Worker, round_: int, kind: int = pb.TRAIN) -> Task:
 def test_retried_round_restarts_from_the_state_before_it(tmp_path: Path) -> None:
     worker, client = make(tmp_path)
     worker._train(task(worker, 0))
-    after_first = tree_flatten(worker.client_state)
+    after_first = tree_flatten(worker.client_state[1])
     worker._train(task(worker, 0))  # the same round again (an aborted attempt was retried)
     first, again = (decode(p).tensors for p in client.pushed)  # metadata holds timings
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert all((after_first[k] == v).all() for k, v in tree_flatten(worker.client_state).items())
+    assert all((after_first[k] == v).all() for k, v in tree_flatten(worker.client_state[1]).items())
     worker._train(task(worker, 1))
     assert worker.rounds_done == 3
 
@@ -84,7 +84,7 @@ def test_refused_result_leaves_client_state_unchanged(tmp_path: Path) -> None:
     worker, client = make(tmp_path)
     client.refuse = NetError(ErrorCode.STALE_ROUND, "round 0 is not open")
     worker._train(task(worker, 0))
-    assert worker.client_state is None and worker.rounds_done == 0 and not client.pushed
+    assert worker.client_state[1] is None and worker.rounds_done == 0 and not client.pushed
 
 
 def test_evaluation_task_scores_local_test_data(tmp_path: Path) -> None:
@@ -94,5 +94,5 @@ def test_evaluation_task_scores_local_test_data(tmp_path: Path) -> None:
 
     _, meta = decode_tree(client.pushed[0], {})
     m = EvalMeta.from_metadata(meta)
-    assert m.num_examples == worker.local.data.y_test.shape[0] > 0  # type: ignore[union-attr]
+    assert m.num_examples == worker.local.clients[1].y_test.shape[0] > 0  # type: ignore[union-attr]
     assert 0.0 <= m.accuracy <= 1.0

@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,13 @@ from fedkit.experiment.deploy_results import ResultsRecorder
 from fedkit.experiment.runner import build_algorithm, model_init_seed
 from fedkit.net.coordinator import serve
 from fedkit.net.deployment import DeployError, Deployment, deploy_from_mapping
-from fedkit.net.identity import Enrolment, create_secrets, load_enrolment, read_secret
+from fedkit.net.identity import (
+    ClientIds,
+    Enrolment,
+    create_secrets,
+    load_enrolment,
+    read_secret,
+)
 from fedkit.net.results import Summary
 from fedkit.net.transport import Security
 from fedkit.net.worker import LocalData
@@ -260,7 +266,7 @@ def run_worker(
     *,
     coordinator: str,
     experiment: Path,
-    client_id: int,
+    client_ids: Sequence[int],
     data_root: Path | None = None,
     security: Security | None = None,
     tls_name: str | None = None,
@@ -269,32 +275,41 @@ def run_worker(
     give_up_s: float = 120.0,
     attack: AttackSettings | None = None,
     secret_file: Path | None = None,
+    secret_dir: Path | None = None,
 ) -> int:
-    """Load the experiment file and serve one client until the run ends (rounds accepted).
+    """Load the experiment file and serve these clients until the run ends (tasks accepted).
 
-    The client attacks when the file's ``[attack]`` names it among the attackers, or when
-    ``attack`` (``fedkit worker --attack``) is given: that attack then replaces the file's.
-    ``secret_file`` holds this client id's enrolment secret (``client-<id>.secret``).
+    A client attacks when the file's ``[attack]`` names it among the attackers, or when
+    ``attack`` (``fedkit worker --attack``) is given: that attack then replaces the file's for
+    every client this worker serves. ``secret_file`` holds the one client id's enrolment secret
+    (``client-<id>.secret``); ``secret_dir`` holds one such file per client id.
     """
     file = read_deployment(experiment)
-    secret = "" if secret_file is None else read_secret(secret_file)
+    if secret_file is not None and len(client_ids) != 1:
+        raise ExperimentError("--secret-file is for one client id; give --secret-dir instead")
+    if secret_file is not None:
+        secrets_: list[str] = [read_secret(secret_file)]
+    elif secret_dir is not None:
+        secrets_ = [read_secret(secret_dir / f"client-{c}.secret") for c in client_ids]
+    else:
+        secrets_ = []
     return serve_worker(
         coordinator=coordinator,
         exp=file.deployment,
-        client_id=client_id,
+        client_ids=client_ids,
         data_root=data_root,
         security=security,
         tls_name=tls_name,
         state_dir=state_dir,
         threads=threads,
         give_up_s=give_up_s,
-        enrolment_secret=secret,
-        adapt=attack_adapter(attack or file.config.attack, file.config.run.seed, client_id),
+        enrolment_secrets=secrets_,
+        adapt=attack_adapter(attack or file.config.attack, file.config.run.seed, client_ids),
     )
 
 
 def attack_adapter(
-    attack: AttackSettings | None, seed: int, client_id: int
+    attack: AttackSettings | None, seed: int, client_ids: Sequence[int]
 ) -> Callable[[Algorithm[Any, Any, Any, Any], LocalData], Algorithm[Any, Any, Any, Any]] | None:
     """What makes a worker's client run ``attack`` when it is one of the attackers (the same
     set as the simulator's, from the population and the seed), or ``None`` without an attack."""
@@ -310,7 +325,7 @@ def attack_adapter(
                 num_clients=local.num_clients,
                 seed=seed,
                 num_classes=local.num_classes,
-                only=frozenset({client_id}),
+                only=frozenset(client_ids),
             )
         except ConfigError as exc:
             raise ExperimentError(str(exc)) from None
@@ -322,20 +337,32 @@ def worker_command(
     *,
     address: str,
     experiment: Path,
-    client_id: int,
+    clients: ClientIds,
     data_root: Path | None,
-    secret_file: Path | None = None,
+    secret_dir: Path | None = None,
 ) -> list[str]:
     """The command line of one local worker process (``python -m fedkit worker …``)."""
     cmd = [
         sys.executable, "-m", "fedkit", "worker", "--coordinator", address,
-        "--experiment", str(experiment), "--client-id", str(client_id),
+        "--experiment", str(experiment), "--clients", str(clients).replace(" ", ""),
     ]  # fmt: skip
     if data_root is not None:
         cmd += ["--data", str(data_root)]
-    if secret_file is not None:
-        cmd += ["--secret-file", str(secret_file)]
+    if secret_dir is not None:
+        cmd += ["--secret-dir", str(secret_dir)]
     return cmd
+
+
+def client_blocks(num_clients: int, workers: int) -> list[ClientIds]:
+    """``0..num_clients-1`` cut into ``workers`` contiguous blocks whose sizes differ by at most
+    one (the first ``num_clients % workers`` blocks take the extra id)."""
+    size, extra = divmod(num_clients, workers)
+    blocks, lo = [], 0
+    for k in range(workers):
+        hi = lo + size + (k < extra)
+        blocks.append(ClientIds.of([(lo, hi - 1)]))
+        lo = hi
+    return blocks
 
 
 def worker_env() -> dict[str, str]:
@@ -356,30 +383,36 @@ def launch(
     """``fedkit launch``: a coordinator here and ``workers`` local worker processes, for demos.
 
     The coordinator runs in this process on a free loopback port; each worker is a separate Python
-    process (one torch thread each) serving one client id, with its log in
-    ``OUT/worker-<id>.log``. Fresh enrolment secrets are made in ``OUT/secrets`` (mode 0600)
-    and each worker is given its own, so no other local process can take a client id.
+    process (one torch thread each) serving a contiguous block of the client ids (one each when
+    ``workers`` equals ``data.num_clients``), with its log in ``OUT/worker-<k>.log``. Fresh
+    enrolment secrets are made in ``OUT/secrets`` (mode 0600) and each worker reads only its own
+    clients', so no other local process can take a client id.
     """
     num_clients = file.deployment.data.num_clients
-    if workers != num_clients:
+    if num_clients is None:
         raise ValueError(
-            f"--workers {workers} must equal data.num_clients = {num_clients}: each local worker "
-            "serves one client id"
+            "fedkit launch needs data.num_clients in the file (the population it splits among "
+            "the local workers)"
+        )
+    if not 1 <= workers <= num_clients:
+        raise ValueError(
+            f"--workers {workers} must be in 1..data.num_clients = {num_clients}: each local "
+            "worker serves at least one client id"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     secrets_dir = out_dir / "secrets"
-    create_secrets(secrets_dir, clients=workers)
+    create_secrets(secrets_dir, clients=num_clients)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start_workers(port: int) -> None:
-        for cid in range(workers):
-            log = (out_dir / f"worker-{cid}.log").open("ab")
+        for k, block in enumerate(client_blocks(num_clients, workers)):
+            log = (out_dir / f"worker-{k}.log").open("ab")
             cmd = worker_command(
                 address=f"127.0.0.1:{port}",
                 experiment=experiment_path,
-                client_id=cid,
+                clients=block,
                 data_root=data_root,
-                secret_file=secrets_dir / f"client-{cid}.secret",
+                secret_dir=secrets_dir,
             )
             procs.append(
                 subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=worker_env())
@@ -394,7 +427,7 @@ def launch(
             out_dir=out_dir,
             data_root=data_root,
             on_listening=start_workers,
-            min_workers=workers,
+            min_workers=num_clients,  # every client id registered (min_workers counts clients)
             enrolment=load_enrolment(secrets_dir / "run.secret"),
         )
     finally:

@@ -171,7 +171,17 @@ def coordinator(
 def worker(
     coordinator: Annotated[str, typer.Option("--coordinator", help="Coordinator HOST:PORT.")],
     experiment: ExperimentOpt,
-    client_id: Annotated[int, typer.Option("--client-id", help="The client this worker serves.")],
+    client_id: Annotated[
+        int | None, typer.Option("--client-id", help="The client this worker serves.")
+    ] = None,
+    clients: Annotated[
+        str | None,
+        typer.Option(
+            "--clients",
+            help="Instead of --client-id: the client ids this worker serves, e.g. 0-99 or 0,2-4 "
+            "(one process, one resident model, their tasks one at a time).",
+        ),
+    ] = None,
     data: DataOpt = None,
     tls_dir: TlsOpt = None,
     tls_name: Annotated[
@@ -195,9 +205,17 @@ def worker(
         typer.Option("--attack-set", help="An attack setting KEY=VALUE (repeat), e.g. scale=2."),
     ] = None,
     secret_file: SecretOpt = None,
+    secret_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-dir",
+            help="With --clients: a folder holding client-<id>.secret for each id served.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Serve one client's data to a coordinator until the run ends."""
+    """Serve one client's data (or several clients', --clients) to a coordinator until the run
+    ends."""
     from fedkit.checkpoint import CheckpointError
     from fedkit.experiment.attack import AttackSettings
     from fedkit.experiment.config import ConfigError, parse_overrides
@@ -207,12 +225,17 @@ def worker(
     from fedkit.net.identity import IdentityError
 
     _logging(verbose)
+    try:
+        ids = _served_ids(client_id, clients)
+    except (ValueError, IdentityError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = None
     if attack is not None or attack_set:
         try:
             if attack is None:
                 raise ConfigError("--attack-set needs --attack NAME")
-            table = {**parse_overrides(attack_set or []), "name": attack, "clients": [client_id]}
+            table = {**parse_overrides(attack_set or []), "name": attack, "clients": ids}
             settings = AttackSettings.from_mapping(table)
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
@@ -221,7 +244,7 @@ def worker(
         rounds = run_worker(
             coordinator=coordinator,
             experiment=experiment,
-            client_id=client_id,
+            client_ids=ids,
             data_root=data,
             security=_security(tls_dir, insecure),
             tls_name=tls_name,
@@ -229,6 +252,7 @@ def worker(
             threads=threads,
             attack=settings,
             secret_file=secret_file,
+            secret_dir=secret_dir,
         )
     except (ExperimentError, DeployError, IdentityError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -243,7 +267,22 @@ def worker(
     ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from None
-    typer.echo(f"worker {client_id}: {rounds} rounds served")
+    who = f"clients {clients}" if clients is not None else f"client {client_id}"
+    typer.echo(f"worker ({who}): {rounds} client rounds served")
+
+
+def _served_ids(client_id: int | None, clients: str | None) -> list[int]:
+    """The ids from ``--client-id`` or ``--clients`` (exactly one of them)."""
+    from fedkit.net.identity import ClientIds
+
+    if (client_id is None) == (clients is None):
+        raise ValueError("give --client-id N or --clients IDS (e.g. 0-99), not both or neither")
+    if client_id is not None:
+        if client_id < 0:
+            raise ValueError(f"--client-id must be >= 0, got {client_id}")
+        return [client_id]
+    assert clients is not None
+    return ClientIds.parse(clients).ids()
 
 
 @app.command()

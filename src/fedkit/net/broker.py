@@ -3,9 +3,12 @@
 The gRPC servicer (:mod:`fedkit.net.service`) calls into a :class:`Broker` from many threads;
 the remote executor calls :meth:`Broker.open_round` / :meth:`Broker.collect` from the run loop.
 Tasks are keyed by client id: whichever authenticated worker serves that client (a restarted
-worker re-registers and takes over) gets the task. Results are refused with a typed error when
-they are unauthenticated, for another run, stale, duplicate (first wins), late, oversized (checked
-against the declared size before anything is buffered), corrupted or of the wrong schema.
+worker re-registers and takes over) gets the task. One worker may serve several client ids (one
+registration names them all): it is handed its clients' tasks one at a time, each task naming
+its client, and every client keeps its own selection, deadline, quorum and suspension record.
+Results are refused with a typed error when they are unauthenticated, for another run, stale,
+duplicate (first wins), late, oversized (checked against the declared size before anything is
+buffered), corrupted or of the wrong schema.
 
 Client ids are bound to identities (:mod:`fedkit.net.identity`): under mutual TLS a call is
 accepted only for a client id the peer's certificate names; in plaintext mode with an
@@ -31,22 +34,36 @@ from dataclasses import dataclass, field
 from fedkit.net.codec import Buffer, Reassembler
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.identity import Enrolment, PeerIdentity
+from fedkit.net.proto import PROTOCOL_VERSION
 from fedkit.net.proto import fedkit_pb2 as pb
 
 log = logging.getLogger("fedkit.coordinator")
 
 
+MAX_CLIENTS_PER_WORKER = 1_000_000
+"""Most client ids one registration may name (the population size caps it further)."""
+
+
 @dataclass(kw_only=True)
 class WorkerRecord:
-    """One registered worker."""
+    """One registered worker and the client ids it serves."""
 
     worker_id: str
-    client_id: str
+    clients: tuple[str, ...]
     token: str
     identity: PeerIdentity | None
     last_seen: float
-    missed: int = 0
-    """Rounds in a row that closed without this worker's result for its task."""
+    missed: dict[str, int] = field(default_factory=dict)
+    """Per client: rounds in a row that closed without its result."""
+
+    def client_for(self, claimed: str) -> str:
+        """The client a task or result message names: ``claimed`` must be one of this worker's
+        (an empty claim means the only one, for a single-client worker)."""
+        if not claimed and len(self.clients) == 1:
+            return self.clients[0]
+        if claimed not in self.clients:
+            raise NetError(ErrorCode.UNAUTHENTICATED, "worker pushes for another client id")
+        return claimed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,10 +192,10 @@ class Broker:
             raise NetError(ErrorCode.UNAUTHENTICATED, "wrong or missing token")
         if _fingerprint(rec.identity) != _fingerprint(identity):
             raise NetError(ErrorCode.UNAUTHENTICATED, "TLS identity differs from registration")
-        if identity is not None and rec.client_id not in identity.clients:
+        if identity is not None and not all(c in identity.clients for c in rec.clients):
             raise NetError(
                 ErrorCode.UNAUTHENTICATED,
-                f"certificate {identity.name!r} does not name client {rec.client_id}",
+                f"certificate {identity.name!r} does not name clients {rec.clients}",
             )
         if header.run_id != self.run_id:
             raise NetError(ErrorCode.RUN_MISMATCH, f"run {header.run_id!r} is not {self.run_id!r}")
@@ -191,99 +208,130 @@ class Broker:
 
     # ----------------------------------------------------------------- servicer side
     def register(self, req: pb.RegisterRequest, identity: PeerIdentity | None) -> pb.RegisterReply:
-        """Admit a worker serving ``req.client_id``.
+        """Admit a worker serving ``req.client_id`` (or every id of ``req.client_ids``).
 
-        The client id must be one the peer's certificate names (mutual TLS) and, with an
-        enrolment, the request must carry its enrolment secret; otherwise ``UNAUTHENTICATED``.
-        An earlier worker of that client is replaced when it has gone silent (or, under mutual
-        TLS, when the same certificate registers again: the worker restarted); while it is live
-        the newcomer is refused with ``CLIENT_TAKEN``.
+        The worker must speak this coordinator's protocol version (else
+        ``UNSUPPORTED_VERSION``). Every client id must be one the peer's certificate names
+        (mutual TLS) and, with an enrolment, come with its enrolment secret; otherwise
+        ``UNAUTHENTICATED``. An earlier worker of a client is replaced when it has gone silent
+        (or, under mutual TLS, when the same certificate registers again: the worker restarted);
+        while it is live the newcomer is refused with ``CLIENT_TAKEN``.
         """
         with self._lock:
-            if self.require_tls_identity and identity is None:
-                raise self._reject(
-                    "register", NetError(ErrorCode.UNAUTHENTICATED, "no client cert")
-                )
-            if req.header.run_id and req.header.run_id != self.run_id:
-                # A worker of a previous coordinator incarnation keeps the run id; anything else is
-                # another run.
-                raise self._reject(
-                    "register",
-                    NetError(ErrorCode.RUN_MISMATCH, f"run {req.header.run_id!r} is not served"),
-                )
-            if self.experiment_digest and req.experiment_digest != self.experiment_digest:
-                raise self._reject(
-                    "register",
-                    NetError(
-                        ErrorCode.RUN_MISMATCH,
-                        "the worker's experiment file differs from the coordinator's",
-                    ),
-                )
-            n = self.num_clients
-            cid = req.client_id
-            canonical = cid.isascii() and cid.isdigit() and len(cid) < 12 and str(int(cid)) == cid
-            if not (canonical and (n is None or int(cid) < n)):
-                allowed = "a non-negative integer" if n is None else f"0..{n - 1}"
-                raise self._reject(
-                    "register",
-                    NetError(ErrorCode.MALFORMED, f"client id {cid!r} is not {allowed}"),
-                )
-            if identity is not None and cid not in identity.clients:
-                raise self._reject(
-                    "register",
-                    NetError(
-                        ErrorCode.UNAUTHENTICATED,
-                        f"certificate {identity.name!r} may serve clients {identity.clients}, "
-                        f"not client {cid}",
-                    ),
-                )
-            if self.enrolment is not None and not self.enrolment.admits(cid, req.enrolment_secret):
-                raise self._reject(
-                    "register",
-                    NetError(
-                        ErrorCode.UNAUTHENTICATED,
-                        f"client {cid}: enrolment secret missing or wrong (give the worker "
-                        f"client-{cid}.secret with --secret-file)",
-                    ),
-                )
-            old = self._workers.get(self._by_client.get(req.client_id, ""))
-            if old is not None:
-                same_cert = identity is not None and _fingerprint(old.identity) == _fingerprint(
-                    identity
-                )
-                same_worker = old.worker_id == req.header.worker_id and hmac.compare_digest(
-                    old.token.encode(), req.header.token.encode()
-                )  # the same worker registering again (e.g. after a lost reply)
-                live = time.monotonic() - old.last_seen <= self.liveness_s
-                if not (same_cert or same_worker) and live:
-                    raise self._reject(
-                        "register",
-                        NetError(
-                            ErrorCode.CLIENT_TAKEN,
-                            f"client {req.client_id} is served by a live worker; retry after "
-                            f"{self.liveness_s:.0f} s without its heartbeat",
-                        ),
-                    )
-                self._workers.pop(old.worker_id, None)  # a restarted worker takes over
-            self._counter += 1
-            worker_id = f"{req.client_id}#{self._counter}-{secrets.token_hex(4)}"
-            token = secrets.token_urlsafe(32)
-            self._workers[worker_id] = WorkerRecord(
-                worker_id=worker_id,
-                client_id=req.client_id,
-                token=token,
-                identity=identity,
-                last_seen=time.monotonic(),
+            try:
+                return self._register(req, identity)
+            except NetError as err:
+                raise self._reject("register", err) from None
+
+    def _register(self, req: pb.RegisterRequest, identity: PeerIdentity | None) -> pb.RegisterReply:
+        if req.protocol_version != PROTOCOL_VERSION:
+            raise NetError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"the worker speaks protocol version {req.protocol_version}, this coordinator "
+                f"speaks {PROTOCOL_VERSION}: run the same fedkit protocol version on both",
             )
-            self._by_client[req.client_id] = worker_id
-            self._lock.notify_all()
-            return pb.RegisterReply(
-                error=pb.Error(code=pb.OK),
-                run_id=self.run_id,
-                worker_id=worker_id,
-                token=token,
-                heartbeat_interval_s=self.heartbeat_interval_s,
-                max_payload_bytes=self.max_result_bytes,
+        if self.require_tls_identity and identity is None:
+            raise NetError(ErrorCode.UNAUTHENTICATED, "no client cert")
+        if req.header.run_id and req.header.run_id != self.run_id:
+            # A worker of a previous coordinator incarnation keeps the run id; anything else is
+            # another run.
+            raise NetError(ErrorCode.RUN_MISMATCH, f"run {req.header.run_id!r} is not served")
+        if self.experiment_digest and req.experiment_digest != self.experiment_digest:
+            raise NetError(
+                ErrorCode.RUN_MISMATCH,
+                "the worker's experiment file differs from the coordinator's",
+            )
+        clients, secrets_ = self._served(req)
+        for cid, secret in zip(clients, secrets_, strict=True):
+            self._admit(cid, secret, identity)
+        now = time.monotonic()
+        for cid in clients:
+            old = self._workers.get(self._by_client.get(cid, ""))
+            if old is None:
+                continue
+            same_cert = identity is not None and _fingerprint(old.identity) == _fingerprint(
+                identity
+            )
+            same_worker = old.worker_id == req.header.worker_id and hmac.compare_digest(
+                old.token.encode(), req.header.token.encode()
+            )  # the same worker registering again (e.g. after a lost reply)
+            if not (same_cert or same_worker) and now - old.last_seen <= self.liveness_s:
+                raise NetError(
+                    ErrorCode.CLIENT_TAKEN,
+                    f"client {cid} is served by a live worker; retry after "
+                    f"{self.liveness_s:.0f} s without its heartbeat",
+                )
+        for cid in clients:  # a restarted worker takes over (from every earlier holder)
+            old = self._workers.get(self._by_client.pop(cid, ""))
+            if old is not None:
+                old.clients = tuple(c for c in old.clients if c != cid)
+                if not old.clients:
+                    self._workers.pop(old.worker_id, None)
+        self._counter += 1
+        label = clients[0] if len(clients) == 1 else f"{clients[0]}+{len(clients) - 1}"
+        worker_id = f"{label}#{self._counter}-{secrets.token_hex(4)}"
+        token = secrets.token_urlsafe(32)
+        self._workers[worker_id] = WorkerRecord(
+            worker_id=worker_id,
+            clients=clients,
+            token=token,
+            identity=identity,
+            last_seen=now,
+        )
+        for cid in clients:
+            self._by_client[cid] = worker_id
+        self._lock.notify_all()
+        return pb.RegisterReply(
+            error=pb.Error(code=pb.OK),
+            run_id=self.run_id,
+            worker_id=worker_id,
+            token=token,
+            heartbeat_interval_s=self.heartbeat_interval_s,
+            max_payload_bytes=self.max_result_bytes,
+            protocol_version=PROTOCOL_VERSION,
+        )
+
+    def _served(self, req: pb.RegisterRequest) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The client ids a registration names, with their enrolment secrets (same order)."""
+        if req.client_ids:
+            if req.client_id:
+                raise NetError(ErrorCode.MALFORMED, "give client_id or client_ids, not both")
+            clients = tuple(req.client_ids)
+            cap = MAX_CLIENTS_PER_WORKER if self.num_clients is None else self.num_clients
+            if len(clients) > cap:
+                raise NetError(
+                    ErrorCode.MALFORMED, f"{len(clients)} client ids; at most {cap} per worker"
+                )
+            if len(set(clients)) != len(clients):
+                raise NetError(ErrorCode.MALFORMED, "a client id is named twice")
+            given = tuple(req.enrolment_secrets)
+            if given and len(given) != len(clients):
+                raise NetError(
+                    ErrorCode.MALFORMED,
+                    f"{len(given)} enrolment secrets for {len(clients)} client ids",
+                )
+            return clients, given or ("",) * len(clients)
+        return (req.client_id,), (req.enrolment_secret,)
+
+    def _admit(self, cid: str, secret: str, identity: PeerIdentity | None) -> None:
+        """Refuse a client id that is malformed, outside the population, not named by the
+        peer's certificate, or without its enrolment secret."""
+        n = self.num_clients
+        canonical = cid.isascii() and cid.isdigit() and len(cid) < 12 and str(int(cid)) == cid
+        if not (canonical and (n is None or int(cid) < n)):
+            allowed = "a non-negative integer" if n is None else f"0..{n - 1}"
+            raise NetError(ErrorCode.MALFORMED, f"client id {cid[:32]!r} is not {allowed}")
+        if identity is not None and cid not in identity.clients:
+            raise NetError(
+                ErrorCode.UNAUTHENTICATED,
+                f"certificate {identity.name!r} may serve clients {identity.clients}, "
+                f"not client {cid}",
+            )
+        if self.enrolment is not None and not self.enrolment.admits(cid, secret):
+            raise NetError(
+                ErrorCode.UNAUTHENTICATED,
+                f"client {cid}: enrolment secret missing or wrong (give the worker "
+                f"client-{cid}.secret with --secret-file)",
             )
 
     def heartbeat(
@@ -317,8 +365,8 @@ class Broker:
                     self._lock.notify_all()
                     return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.SHUTDOWN), []
                 rnd = self._round
-                task = None if rnd is None or rnd.closed else rnd.tasks.get(rec.client_id)
-                if rnd is not None and task is not None and not task.done:
+                task = None if rnd is None or rnd.closed else _next_of(rnd, rec.clients)
+                if rnd is not None and task is not None:
                     if task.sent_at is None:
                         task.sent_at = time.monotonic()
                     a = task.assignment
@@ -331,7 +379,7 @@ class Broker:
                             task_id=task.task_id,
                             worker_id=rec.worker_id,
                         ),
-                        client_id=rec.client_id,
+                        client_id=task.client_id,
                         work_fraction=a.work_fraction,
                         deadline_s=max(rnd.deadline - time.monotonic(), 0.0),
                         payload_bytes=a.payload_bytes,
@@ -361,8 +409,9 @@ class Broker:
         with self._lock:
             try:
                 rec = self._authenticate(info.header, identity)
-                rec.missed = 0  # it answers (even late): back in selection
-                rnd0, _ = self._task_for(rec, info)
+                cid = rec.client_for(info.client_id)
+                rec.missed[cid] = 0  # it answers (even late): back in selection
+                rnd0, _ = self._task_for(cid, info)
                 deadline = rnd0.deadline
                 if limit is not None:
                     limit(deadline)
@@ -393,18 +442,18 @@ class Broker:
         except NetError as err:
             with self._lock:
                 if content:
-                    self._refuse_task(rec, info)
+                    self._refuse_task(cid, info)
                 raise self._reject(rec_name(info), err) from None
         with self._lock:
             try:
-                rnd2, task2 = self._task_for(rec, info)
+                rnd2, task2 = self._task_for(cid, info)
             except NetError as err:
                 raise self._reject(rec_name(info), err) from None
             now = time.monotonic()
             task2.done = True
             sent = task2.sent_at if task2.sent_at is not None else now
-            rnd2.results[rec.client_id] = Result(
-                client_id=rec.client_id,
+            rnd2.results[cid] = Result(
+                client_id=cid,
                 worker_id=rec.worker_id,
                 round=rnd2.round,
                 task_id=task2.task_id,
@@ -413,29 +462,27 @@ class Broker:
                 compute_s=info.compute_s,
                 arrival=now,
             )
-            rnd2.arrivals.append(rec.client_id)
+            rnd2.arrivals.append(cid)
             self._lock.notify_all()
 
-    def _refuse_task(self, rec: WorkerRecord, info: pb.ResultInfo) -> None:
+    def _refuse_task(self, cid: str, info: pb.ResultInfo) -> None:
         """Close a task whose result was refused for its content (values, metadata, schema):
         the client is out of this round and the round no longer waits for it."""
         rnd = self._round
         if rnd is None or rnd.round != info.header.round:
             return
-        task = rnd.tasks.get(rec.client_id)
+        task = rnd.tasks.get(cid)
         if task is not None and task.task_id == info.header.task_id and not task.done:
             task.done = True
-            rnd.refused.add(rec.client_id)
+            rnd.refused.add(cid)
             self._lock.notify_all()
 
-    def _task_for(self, rec: WorkerRecord, info: pb.ResultInfo) -> tuple[_Round, _Task]:
+    def _task_for(self, cid: str, info: pb.ResultInfo) -> tuple[_Round, _Task]:
         rnd = self._round
         r = info.header.round
         if rnd is None or r != rnd.round:
             raise NetError(ErrorCode.STALE_ROUND, f"round {r} is not open")
-        if info.client_id and info.client_id != rec.client_id:
-            raise NetError(ErrorCode.UNAUTHENTICATED, "worker pushes for another client id")
-        task = rnd.tasks.get(rec.client_id)
+        task = rnd.tasks.get(cid)
         if task is None or task.task_id != info.header.task_id:
             raise NetError(ErrorCode.UNKNOWN_TASK, f"no task {info.header.task_id!r} for worker")
         if task.done:
@@ -445,16 +492,21 @@ class Broker:
         return rnd, task
 
     # ----------------------------------------------------------------- executor side
-    def _suspended(self, w: WorkerRecord) -> bool:
-        return 0 < self.max_missed_tasks <= w.missed
+    def _suspended(self, w: WorkerRecord, cid: str) -> bool:
+        return 0 < self.max_missed_tasks <= w.missed.get(cid, 0)
+
+    def _suspended_set(self) -> set[str]:
+        return {c for w in self._workers.values() for c in w.clients if self._suspended(w, c)}
 
     def _live(self, now: float) -> set[str]:
-        """Clients whose worker was heard from within the liveness window and is not
+        """Clients whose worker was heard from within the liveness window and are not
         suspended."""
         return {
-            w.client_id
+            c
             for w in self._workers.values()
-            if now - w.last_seen <= self.liveness_s and not self._suspended(w)
+            if now - w.last_seen <= self.liveness_s
+            for c in w.clients
+            if not self._suspended(w, c)
         }
 
     def live_clients(self) -> set[str]:
@@ -467,7 +519,7 @@ class Broker:
         """Client ids whose worker is suspended for missing ``max_missed_tasks`` tasks in a
         row."""
         with self._lock:
-            return {w.client_id for w in self._workers.values() if self._suspended(w)}
+            return self._suspended_set()
 
     def wait_for_clients(self, wanted: set[str], need: int, timeout_s: float) -> set[str]:
         """Wait until at least ``need`` of the ``wanted`` clients are live, or ``timeout_s``
@@ -480,11 +532,7 @@ class Broker:
             while True:
                 live = self._live(time.monotonic()) & wanted
                 left = end - time.monotonic()
-                waitable = len(wanted) - sum(
-                    1
-                    for w in self._workers.values()
-                    if w.client_id in wanted and self._suspended(w)
-                )
+                waitable = len(wanted) - len(self._suspended_set() & wanted)
                 if len(live) >= min(need, waitable) or left <= 0:
                     return live
                 self._lock.wait(min(left, 0.5))
@@ -569,14 +617,14 @@ class Broker:
             w = self._workers.get(self._by_client.get(c, ""))
             if w is None:
                 continue
-            w.missed += 1
-            if w.missed == self.max_missed_tasks:
+            w.missed[c] = w.missed.get(c, 0) + 1
+            if w.missed[c] == self.max_missed_tasks:
                 log.warning(
                     "client %s (worker %s) missed %d tasks in a row: no round waits for it until "
                     "it answers or registers again",
                     c,
                     w.worker_id,
-                    w.missed,
+                    w.missed[c],
                 )
 
     def _hand_over(
@@ -601,6 +649,20 @@ class Broker:
                 if live <= self._told_to_stop or now >= end:
                     return
                 self._lock.wait(min(end - now, 0.25))
+
+
+def _next_of(rnd: _Round, clients: tuple[str, ...]) -> _Task | None:
+    """The next task of a worker serving ``clients``: one not sent yet first, else one sent but
+    without a result (its worker asks again, so the earlier copy was lost)."""
+    resend = None
+    for c in clients:
+        task = rnd.tasks.get(c)
+        if task is None or task.done:
+            continue
+        if task.sent_at is None:
+            return task
+        resend = resend or task
+    return resend
 
 
 def _fingerprint(identity: PeerIdentity | None) -> str | None:

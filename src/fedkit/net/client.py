@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from fedkit.net.codec import Buffer, Reassembler, split
 from fedkit.net.errors import ErrorCode, NetError, raise_for
+from fedkit.net.proto import PROTOCOL_VERSION
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
 from fedkit.net.retry import RetryPolicy, call_with_retry
@@ -44,6 +45,7 @@ class CoordinatorClient:
     Args:
         address: ``HOST:PORT`` of the coordinator.
         client_id: The data partition this worker serves.
+        client_ids: Instead of ``client_id``: every partition a multi-client worker serves.
         security: TLS / plaintext settings.
         tls_identity: Which ``<name>.pem`` of the certificate directory to present (``worker-0``).
         retry: Backoff policy for transient failures.
@@ -51,23 +53,30 @@ class CoordinatorClient:
         rpc_timeout_s: Deadline of each unary call.
         enrolment_secret: This client id's enrolment secret (hex), sent when registering; needed
             when the coordinator requires enrolment (:mod:`fedkit.net.identity`).
+        enrolment_secrets: With ``client_ids``: one secret per id, in the same order.
     """
 
     def __init__(
         self,
         address: str,
         *,
-        client_id: str,
+        client_id: str = "",
+        client_ids: Sequence[str] = (),
         security: Security,
         tls_identity: str = "worker-0",
         retry: RetryPolicy | None = None,
         experiment_digest: str = "",
         rpc_timeout_s: float = 30.0,
         enrolment_secret: str = "",
+        enrolment_secrets: Sequence[str] = (),
     ) -> None:
         self.address = address
-        self.enrolment_secret = enrolment_secret
-        self.client_id = client_id
+        self.clients = tuple(client_ids) or (client_id,)
+        self.secrets = tuple(enrolment_secrets) or (enrolment_secret,)
+        if len(self.secrets) not in (1, len(self.clients)) or (
+            len(self.clients) > 1 and enrolment_secret
+        ):
+            raise ValueError("give one enrolment secret per client id, in the same order")
         self.retry = retry or RetryPolicy()
         self.experiment_digest = experiment_digest
         self.rpc_timeout_s = rpc_timeout_s
@@ -102,11 +111,15 @@ class CoordinatorClient:
         """Register (or re-register after a coordinator restart) and store the issued token."""
 
         def call() -> pb.RegisterReply:
+            one = len(self.clients) == 1
             req = pb.RegisterRequest(
                 header=self.header(),  # a worker registering again proves it is the same one
-                client_id=self.client_id,
+                client_id=self.clients[0] if one else "",
+                client_ids=() if one else self.clients,
                 experiment_digest=self.experiment_digest,
-                enrolment_secret=self.enrolment_secret,
+                enrolment_secret=self.secrets[0] if one else "",
+                enrolment_secrets=() if one or not any(self.secrets) else self.secrets,
+                protocol_version=PROTOCOL_VERSION,
             )
             reply: pb.RegisterReply = self._stub.Register(req, timeout=self.rpc_timeout_s)
             return reply
@@ -178,7 +191,7 @@ class CoordinatorClient:
         chunks = split(payload)
         info = pb.ResultInfo(
             header=self.header(round_=task.round, task_id=task.task_id),
-            client_id=self.client_id,
+            client_id=task.client_id,
             payload_bytes=len(payload),
             num_chunks=len(chunks),
             compute_s=compute_s,

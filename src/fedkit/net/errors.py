@@ -29,6 +29,7 @@ class ErrorCode(enum.IntEnum):
     DEADLINE_PASSED = pb.DEADLINE_PASSED
     CLIENT_TAKEN = pb.CLIENT_TAKEN
     INTERNAL = pb.INTERNAL
+    UNSUPPORTED_VERSION = pb.UNSUPPORTED_VERSION
 
 
 class NetError(Exception):

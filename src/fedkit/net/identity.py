@@ -89,6 +89,10 @@ class ClientIds:
             raise IdentityError(f"client ids {text!r}: give ids or ranges such as 0,2-4")
         return cls.of(spans)
 
+    def ids(self) -> list[int]:
+        """Every id, ascending."""
+        return [c for lo, hi in self.spans for c in range(lo, hi + 1)]
+
     def uris(self) -> list[str]:
         """The SAN URIs naming these ids."""
         return [CLIENT_URI + (str(lo) if lo == hi else f"{lo}-{hi}") for lo, hi in self.spans]

@@ -2,8 +2,10 @@
 
 The worker runs the same :class:`~fedkit.net.deployment.Deployment` as the coordinator (built
 by the edge from the same experiment file), builds the model,
-loads *its own* partition (by client id) from its own data directory, and keeps its own client
-state (optionally persisted in ``state_dir``). It registers, long-polls for tasks, decodes the
+loads *its own* partitions (by client id; one worker may serve many clients, ``fedkit worker
+--clients 0-99``) from its own data directory, and keeps each client's state (optionally
+persisted in ``state_dir``). Tasks for several clients run one at a time on one resident model,
+as the serial simulator runs them. It registers, long-polls for tasks, decodes the
 broadcast against the template it built itself, trains, and pushes the prepared update. A
 heartbeat thread keeps its lease. When the coordinator restarts the worker re-registers (the run
 id is kept in the coordinator's database, so the worker rejoins the same run); transient network
@@ -17,7 +19,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,8 @@ log = logging.getLogger("fedkit.worker")
 
 
 class _PendingState:
-    """The worker's one client as a :class:`fedkit.client.ClientHost`: the new state is held
-    back until the coordinator accepts the update."""
+    """One of the worker's clients as a :class:`fedkit.client.ClientHost`: the new state is
+    held back until the coordinator accepts the update."""
 
     def __init__(self, data: ClientData, state: Any) -> None:
         self._data = data
@@ -66,22 +68,23 @@ _REREGISTER = {ErrorCode.UNKNOWN_WORKER, ErrorCode.UNAUTHENTICATED, ErrorCode.RU
 
 @dataclass(frozen=True, kw_only=True)
 class LocalData:
-    """One client's data and what the model needs to know about the dataset."""
+    """The worker's clients' data and what the model needs to know about the dataset."""
 
-    data: ClientData
+    clients: Mapping[int, ClientData]
     num_classes: int
     input_shape: tuple[int, ...]
     num_clients: int
 
 
-def load_local_data(exp: Deployment, client_id: int, root: Path | None) -> LocalData:
-    """Load this worker's partition (deterministic from the experiment's data seed)."""
+def load_local_data(exp: Deployment, client_ids: Sequence[int], root: Path | None) -> LocalData:
+    """Load this worker's partitions (deterministic from the experiment's data seed)."""
     fd = build_federated(exp.data, root)
     store = ClientStore.from_federated(fd)
-    if not 0 <= client_id < store.num_clients:
-        raise ValueError(f"client id {client_id} not in 0..{store.num_clients - 1}")
+    outside = [c for c in client_ids if not 0 <= c < store.num_clients]
+    if outside or not client_ids:
+        raise ValueError(f"client ids {outside or '(none)'} not in 0..{store.num_clients - 1}")
     return LocalData(
-        data=store.data(client_id),
+        clients={c: store.data(c) for c in client_ids},
         num_classes=fd.dataset.num_classes,
         input_shape=tuple(fd.dataset.input_shape),
         num_clients=store.num_clients,
@@ -93,8 +96,7 @@ class Worker:
 
     Args:
         exp: The experiment (same file as the coordinator's).
-        client_id: The client this worker serves.
-        local: Its data.
+        local: Its clients' data (the clients it serves are the keys).
         client: Connection to the coordinator.
         state_dir: Where to persist client state across worker restarts (None: memory only).
         poll_s: Long-poll duration.
@@ -105,7 +107,6 @@ class Worker:
         self,
         exp: Deployment,
         *,
-        client_id: int,
         local: LocalData,
         client: CoordinatorClient,
         state_dir: Path | None = None,
@@ -113,7 +114,6 @@ class Worker:
         give_up_s: float = 120.0,
     ) -> None:
         self.exp = exp
-        self.client_id = client_id
         self.local = local
         self.client = client
         self.state_dir = state_dir
@@ -136,22 +136,18 @@ class Worker:
         self.msg_template = self.algorithm.broadcast(self.algorithm.init_state(init), info0)
         self.params_template = init
         self.state_template = self.algorithm.client_state_template(init)
-        self.client_state: Any = self._load_state()
-        self._before: tuple[int, Any] | None = None  # (round, client state before that round)
+        self.client_state: dict[int, Any] = {c: self._load_state(c) for c in local.clients}
+        self._before: dict[int, tuple[int, Any]] = {}  # (round, client state before that round)
         self.rounds_done = 0
         self._stop = threading.Event()
         self._need_register = threading.Event()
 
     # ---------------------------------------------------------------- client state on disk
-    def _state_path(self) -> Path | None:
-        return (
-            None
-            if self.state_dir is None
-            else self.state_dir / f"client-{self.client_id}.safetensors"
-        )
+    def _state_path(self, cid: int) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / f"client-{cid}.safetensors"
 
-    def _load_state(self) -> Any:
-        path = self._state_path()
+    def _load_state(self, cid: int) -> Any:
+        path = self._state_path(cid)
         if path is None or self.state_template is None or not path.exists():
             return None
         try:
@@ -166,12 +162,13 @@ class Worker:
                 f"client state {path} does not match this experiment's model: {exc}; move it away"
             ) from None
 
-    def _save_state(self) -> None:
-        path = self._state_path()
-        if path is None or self.client_state is None:
+    def _save_state(self, cid: int) -> None:
+        path = self._state_path(cid)
+        state = self.client_state[cid]
+        if path is None or state is None:
             return
-        flat = {k: v.contiguous() for k, v in tree_flatten(self.client_state).items()}
-        write_atomic(path, st_save(flat, metadata=sealed(flat, {"client_id": str(self.client_id)})))
+        flat = {k: v.contiguous() for k, v in tree_flatten(state).items()}
+        write_atomic(path, st_save(flat, metadata=sealed(flat, {"client_id": str(cid)})))
 
     # ---------------------------------------------------------------- the loop
     def _heartbeat_loop(self) -> None:
@@ -191,7 +188,9 @@ class Worker:
             try:
                 self.client.register()
                 self._need_register.clear()
-                log.info("client %d registered as %s", self.client_id, self.client.worker_id)
+                log.info(
+                    "clients %s registered as %s", _ids(self.local.clients), self.client.worker_id
+                )
                 return
             except grpc.RpcError as err:
                 if time.monotonic() - start > self.give_up_s:
@@ -242,19 +241,28 @@ class Worker:
             self._stop.set()
             hb.join(timeout=5.0)
 
+    def _client(self, task: Task) -> int:
+        """The task's client, which must be one this worker serves."""
+        cid = task.client_id
+        if not (
+            cid.isascii() and cid.isdigit() and len(cid) < 12 and int(cid) in self.local.clients
+        ):
+            raise NetError(ErrorCode.MALFORMED, f"task for client {cid[:32]!r}, not served here")
+        return int(cid)
+
     def _train(self, task: Task) -> None:
         t0 = time.perf_counter()
+        cid = self._client(task)
         msg, meta = decode_tree(task.payload, self.msg_template)
         info = info_from_metadata(meta)
-        if info.round != task.round or task.client_id != str(self.client_id):
+        if info.round != task.round:
             raise NetError(ErrorCode.MALFORMED, "task header and payload disagree")
         # A round retried after an aborted attempt starts again from the state before that round.
-        retry = self._before is not None and self._before[0] == info.round
-        start_state = self._before[1] if self._before is not None and retry else self.client_state
-        host = _PendingState(self.local.data, start_state)
-        p = run_client(
-            self.algorithm, host, self.model, msg, self.client_id, info, task.work_fraction
-        )
+        before = self._before.get(cid)
+        retry = before is not None and before[0] == info.round
+        start_state = before[1] if before is not None and retry else self.client_state[cid]
+        host = _PendingState(self.local.clients[cid], start_state)
+        p = run_client(self.algorithm, host, self.model, msg, cid, info, task.work_fraction)
         if p is None:  # refused (NaN or infinite values): nothing is sent; the state stays
             return
         compute_s = time.perf_counter() - t0
@@ -270,18 +278,19 @@ class Worker:
         if not self._push(task, encode_tree(p.update, rmeta.to_metadata()), compute_s):
             return
         # The client state advances only when the coordinator accepted the update.
-        self._before = (info.round, start_state)
-        self.client_state = host.new_state
-        self._save_state()
+        self._before[cid] = (info.round, start_state)
+        self.client_state[cid] = host.new_state
+        self._save_state(cid)
         self.rounds_done += 1
 
     def _evaluate(self, task: Task) -> None:
         """Score the broadcast parameters (and this client's personal model, for personalised
         algorithms) on this client's local test data."""
         t0 = time.perf_counter()
+        cid = self._client(task)
         params, _ = decode_tree(task.payload, self.params_template)
         e = evaluate_client(
-            self.model, self.client_id, self.local.data, params, self.algorithm, self.client_state
+            self.model, cid, self.local.clients[cid], params, self.algorithm, self.client_state[cid]
         )
         if e is None:
             meta = EvalMeta(loss=math.nan, accuracy=math.nan, num_examples=0)
@@ -319,31 +328,32 @@ def run_worker(
     *,
     coordinator: str,
     exp: Deployment,
-    client_id: int,
+    client_ids: Sequence[int],
     data_root: Path | None = None,
     security: Security | None = None,
     tls_name: str | None = None,
     state_dir: Path | None = None,
     threads: int = 1,
     give_up_s: float = 120.0,
-    enrolment_secret: str = "",
+    enrolment_secrets: Sequence[str] = (),
     adapt: Callable[[Algorithm[Any, Any, Any, Any], LocalData], Algorithm[Any, Any, Any, Any]]
     | None = None,
 ) -> int:
-    """Load this client's data, then serve ``exp`` until the run ends.
+    """Load these clients' data, then serve ``exp`` for them until the run ends.
 
     ``adapt`` changes the algorithm's client half once the data is known (e.g. an attack this
     worker runs, :mod:`fedkit.attacks`); the server half must stay the file's.
-    ``enrolment_secret`` is this client id's secret when the coordinator requires enrolment.
+    ``enrolment_secrets`` are the client ids' secrets (same order) when the coordinator requires
+    enrolment.
 
-    Returns the number of rounds whose result the coordinator accepted.
+    Returns the number of client tasks whose result the coordinator accepted.
 
     Raises:
         DeployError: this client's data or the model cannot be built from the experiment.
     """
     set_threads(threads)
     try:
-        local = load_local_data(exp, client_id, data_root)
+        local = load_local_data(exp, client_ids, data_root)
     except ValueError as exc:
         raise DeployError(f"data: {exc}") from None
     if adapt is not None:
@@ -353,16 +363,15 @@ def run_worker(
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     client = CoordinatorClient(
         coordinator,
-        client_id=str(client_id),
+        client_ids=[str(c) for c in client_ids],
         security=security or Security(),
-        tls_identity=tls_name or f"worker-{client_id}",
+        tls_identity=tls_name or f"worker-{client_ids[0]}",
         experiment_digest=exp.digest,
-        enrolment_secret=enrolment_secret,
+        enrolment_secrets=enrolment_secrets,
     )
     try:
         worker = Worker(
             exp,
-            client_id=client_id,
             local=local,
             client=client,
             state_dir=state_dir,
@@ -371,6 +380,11 @@ def run_worker(
         return worker.run()
     finally:
         client.close()
+
+
+def _ids(clients: Mapping[int, Any]) -> str:
+    ids = sorted(clients)
+    return str(ids) if len(ids) <= 8 else f"{ids[:4]} … {ids[-2:]} ({len(ids)})"
 
 
 def set_threads(n: int) -> None:

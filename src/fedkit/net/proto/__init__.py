@@ -2,3 +2,6 @@
 
 Regenerate with ``scripts/gen_proto.sh``; do not edit the ``*_pb2*.py`` files by hand.
 """
+
+PROTOCOL_VERSION = 1
+"""The protocol version this fedkit speaks (``RegisterRequest.protocol_version``)."""

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -23,6 +24,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEADLINE_PASSED: _ClassVar[ErrorCode]
     CLIENT_TAKEN: _ClassVar[ErrorCode]
     INTERNAL: _ClassVar[ErrorCode]
+    UNSUPPORTED_VERSION: _ClassVar[ErrorCode]
 
 class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +48,7 @@ SCHEMA_MISMATCH: ErrorCode
 DEADLINE_PASSED: ErrorCode
 CLIENT_TAKEN: ErrorCode
 INTERNAL: ErrorCode
+UNSUPPORTED_VERSION: ErrorCode
 TASK_KIND_UNSPECIFIED: TaskKind
 WAIT: TaskKind
 TRAIN: TaskKind
@@ -75,19 +78,25 @@ class Header(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("header", "client_id", "experiment_digest", "enrolment_secret")
+    __slots__ = ("header", "client_id", "experiment_digest", "enrolment_secret", "protocol_version", "client_ids", "enrolment_secrets")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ENROLMENT_SECRET_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ENROLMENT_SECRETS_FIELD_NUMBER: _ClassVar[int]
     header: Header
     client_id: str
     experiment_digest: str
     enrolment_secret: str
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ...) -> None: ...
+    protocol_version: int
+    client_ids: _containers.RepeatedScalarFieldContainer[str]
+    enrolment_secrets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., client_ids: _Optional[_Iterable[str]] = ..., enrolment_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes")
+    __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes", "protocol_version")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +104,7 @@ class RegisterReply(_message.Message):
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     error: Error
     run_id: str
     worker_id: str
@@ -102,7 +112,8 @@ class RegisterReply(_message.Message):
     heartbeat_interval_s: float
     max_payload_bytes: int
     chunk_bytes: int
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    protocol_version: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("header", "wait_s")
