@@ -160,7 +160,6 @@ def test_decoding_any_packed_payload_is_the_shape_or_a_typed_error(
         scale=torch.tensor(scale, dtype=torch.float32),
         shape=(d,),
         dtype=torch.float32,
-        bits=comp.bits,
     )
     try:
         out = comp.decode(leaf)

@@ -84,13 +84,12 @@ def test_sparse_decode_refuses_a_hostile_payload(leaf: Sparse, message: str) -> 
         TopK(fraction=0.5).decode(leaf)
 
 
-def _packed(codes: list[int], scale: list[float], bits: int = 2) -> Packed:
+def _packed(codes: list[int], scale: list[float]) -> Packed:
     return Packed(
         codes=torch.tensor(codes, dtype=torch.uint8),
         scale=torch.tensor(scale, dtype=torch.float32),
         shape=(4,),
         dtype=torch.float32,
-        bits=bits,
     )
 
 
@@ -103,17 +102,17 @@ def _packed(codes: list[int], scale: list[float], bits: int = 2) -> Packed:
         (QSGD(levels=1), _packed([6], [1.0, 2.0]), "1 elements"),
         (Uniform(bits=2), _packed([6], [0.0]), "2 elements"),
         (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "NaN or infinite"),
+        (SignCompressor(), _packed([6, 0], [1.0]), "1 elements"),  # 4 sign bits fit one byte
         (
-            SignCompressor(),
-            _packed([6], [1.0], bits=1).__class__(
-                codes=torch.tensor([6, 0], dtype=torch.uint8),
-                scale=torch.tensor([1.0]),
+            Uniform(bits=2),
+            _packed([6], [0.0, 1.0]).__class__(
+                codes=torch.tensor([6]),
+                scale=torch.tensor([0.0, 1.0]),
                 shape=(4,),
                 dtype=torch.float32,
-                bits=1,
             ),
-            "1 elements",
-        ),  # 4 bits fit one byte
+            "uint8",
+        ),  # int64 codes
     ],
 )
 def test_packed_decode_refuses_a_hostile_payload(comp: object, leaf: Packed, message: str) -> None:

@@ -80,14 +80,15 @@ class Packed:
         scale: the compressor's ``float32`` scales (e.g. the quantiser's lowest level and step).
         shape: the original shape (from the server's template, never from a peer).
         dtype: the original dtype.
-        bits: the width of one code.
+
+    The width of one code is the compressor's setting, not a field: nothing a peer sends sets
+    it (a scalar field would travel in the payload's metadata).
     """
 
     codes: Tensor
     scale: Tensor
     shape: tuple[int, ...]
     dtype: torch.dtype
-    bits: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,18 +129,19 @@ def _check_finite(t: Tensor, what: str) -> None:
         raise CompressError(f"{what}: a NaN or infinite value")
 
 
-def checked_codes(leaf: Packed, scales: int, top: int) -> Tensor:
-    """The unpacked codes of ``leaf`` (``int64``) after checking the sent tensors: ``codes`` of
-    the packed length, ``scale`` of ``scales`` finite ``float32`` values, every code ``<= top``.
+def checked_codes(leaf: Packed, bits: int, scales: int, top: int) -> Tensor:
+    """The unpacked ``bits``-bit codes of ``leaf`` (``int64``) after checking the sent tensors:
+    ``codes`` of the packed length, ``scale`` of ``scales`` finite ``float32`` values, every
+    code ``<= top``.
 
     Raises:
         CompressError: naming what is wrong.
     """
     n = _numel(leaf.shape)
-    _check(leaf.codes, "packed codes", torch.uint8, packed_length(n, leaf.bits))
+    _check(leaf.codes, "packed codes", torch.uint8, packed_length(n, bits))
     _check(leaf.scale, "scales", torch.float32, scales)
     _check_finite(leaf.scale, "scales")
-    codes = unpack_bits(leaf.codes, leaf.bits, n)
+    codes = unpack_bits(leaf.codes, bits, n)
     if n and int(codes.max()) > top:
         raise CompressError(f"packed codes: a code of {int(codes.max())} above the top {top}")
     return codes

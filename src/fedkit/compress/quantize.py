@@ -71,12 +71,11 @@ class UniformQuantizer(Compressor):
             scale=torch.stack([lo, step]),
             shape=tuple(t.shape),
             dtype=t.dtype,
-            bits=self.bits,
         )
 
     def decode(self, leaf: Packed) -> Tensor:
         """``lo + c · step`` (codes and scales checked)."""
-        codes = checked_codes(leaf, 2, self.top)
+        codes = checked_codes(leaf, self.bits, 2, self.top)
         scale = leaf.scale.double()
         lo, step = scale[0], scale[1]
         return (lo + codes.double() * step).to(leaf.dtype).reshape(leaf.shape)
@@ -123,13 +122,12 @@ class QSGD(Compressor):
             scale=norm.reshape(1),
             shape=tuple(t.shape),
             dtype=t.dtype,
-            bits=self.bits,
         )
 
     def decode(self, leaf: Packed) -> Tensor:
         """``‖v‖₂ · (c − s) / s`` (codes and the norm checked)."""
         s = self.levels
-        codes = checked_codes(leaf, 1, 2 * s)
+        codes = checked_codes(leaf, self.bits, 1, 2 * s)
         norm = leaf.scale.double()[0]
         return ((codes - s).double() * norm / s).to(leaf.dtype).reshape(leaf.shape)
 

@@ -32,12 +32,11 @@ class SignCompressor(Compressor):
             scale=scale.to(torch.float32).reshape(1),
             shape=tuple(t.shape),
             dtype=t.dtype,
-            bits=1,
         )
 
     def decode(self, leaf: Packed) -> Tensor:
         """``scale · (2b − 1)`` (bits and scale checked)."""
-        bits = checked_codes(leaf, 1, 1)
+        bits = checked_codes(leaf, 1, 1, 1)
         scale = leaf.scale.double()[0]
         return ((2 * bits - 1).double() * scale).to(leaf.dtype).reshape(leaf.shape)
 
