@@ -173,3 +173,38 @@ def test_worker_ids_refused(client_id: int | None, clients: str | None) -> None:
 
     with pytest.raises(ValueError, match="--client-id"):
         _served_ids(client_id, clients)
+
+
+@pytest.mark.parametrize("by_arrival", [False, True])
+def test_fold_order_and_what_waits_in_memory(by_arrival: bool) -> None:
+    """Results arrive 3, 1, 2 (client 0 never answers). Ordered folding adds 1, 2, 3 only once
+    the round closes (client 0 might still come), holding all three until then; arrival folding
+    adds 3, 1, 2 and holds nothing. Weighted sums by
+    hand: updates are all-(c+1) tensors with weight c+1, so sum w*u = 4*4 + 2*2 + 3*3 = 29
+    and the weight total is 9 either way."""
+    import torch
+
+    from fedkit.algorithm import RoundInfo
+    from fedkit.algorithms import FedAvg
+    from fedkit.local import LocalTraining
+    from fedkit.net.broker import Result
+    from fedkit.net.executor import _OrderedFold
+    from fedkit.net.payload import encode_tree
+    from tests.unit.test_harden_values import TEMPLATE, honest, update_of
+
+    algo = FedAvg(local=LocalTraining(lr=0.1, steps=1))
+    info = RoundInfo(round=0, seed=0, num_clients=4, cohort_size=4)
+    fold = _OrderedFold(algo, TEMPLATE, order=[0, 1, 2, 3], limit=4, info=info, attempt=0,
+                        by_arrival=by_arrival)  # fmt: skip
+    held = []
+    for cid in (3, 1, 2):
+        payload = encode_tree(update_of(cid), honest(cid, 0, pb.TRAIN))
+        fold.offer(Result(client_id=str(cid), worker_id="w", round=0, task_id="t",
+                          payload=payload, rtt_s=0.1, compute_s=0.0, arrival=0.0))  # fmt: skip
+        held.append(sorted(fold.pending))
+    fold.finish()
+    assert held == ([[], [], []] if by_arrival else [[3], [1, 3], [1, 2, 3]])
+    assert [m.client_id for m in fold.metrics] == ([3, 1, 2] if by_arrival else [1, 2, 3])
+    mean = algo.aggregator.result(fold.acc, None)  # type: ignore[arg-type]
+    for v in mean.delta.values():
+        torch.testing.assert_close(v, torch.full_like(v, 29 / 9))

@@ -24,6 +24,7 @@ from fedkit.sampling import ClientSampler, UniformSampler
 
 ON_ABORT = ("skip", "stop")
 ENROLMENT = ("none", "secret")
+FOLD = ("ordered", "arrival")
 
 
 class DeployError(ValueError):
@@ -60,6 +61,12 @@ class DeploySettings:
         enrolment: ``"none"``, or ``"secret"``: in plaintext mode every worker must register
             with its client id's enrolment secret (``fedkit secrets create``; the coordinator
             refuses to start without ``--secret-file``).
+        fold: ``"ordered"`` (default): results are added in ascending client-id order, so a
+            seeded run is bit-identical to the serial simulator, and a result that arrives
+            before a lower id's waits in memory (up to the cohort's worth when the lowest id is
+            last); ``"arrival"``: each result is added as it arrives and dropped, so the
+            coordinator holds one accumulator whatever the cohort, and the sum equals the
+            ordered one up to float rounding (addition order).
     """
 
     deadline_s: float = 120.0
@@ -78,6 +85,7 @@ class DeploySettings:
     max_pending_streams: int = 4
     max_missed_tasks: int = 3
     enrolment: Literal["none", "secret"] = "none"
+    fold: Literal["ordered", "arrival"] = "ordered"
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _NUMBERS.items():
@@ -86,6 +94,8 @@ class DeploySettings:
             raise DeployError(f"deploy.quorum = {self.quorum!r}: must be in (0, 1]")
         if self.enrolment not in ENROLMENT:
             raise DeployError(f"deploy.enrolment = {self.enrolment!r}: allowed {ENROLMENT}")
+        if self.fold not in FOLD:
+            raise DeployError(f"deploy.fold = {self.fold!r}: allowed {FOLD}")
         if self.on_abort not in ON_ABORT:
             raise DeployError(f"deploy.on_abort = {self.on_abort!r}: allowed {ON_ABORT}")
         if not isinstance(self.balance_stragglers, bool):

@@ -13,9 +13,11 @@ run loop (:func:`fedkit.run.run`) exactly as the simulator does. One round:
    ends when enough results arrived, every outstanding worker is gone, or the deadline passes;
 5. results are added to the algorithm's aggregator as they arrive but **in ascending client id
    order** (a result waits only for lower ids still outstanding) — the serial executor's order, so
-   a seeded run is bit-identical to the simulator. With at least ``ceil(quorum *
-   clients_per_round)`` results the round commits; otherwise the attempt is aborted (model
-   unchanged) and retried ``round_retries`` times, then skipped or the run stopped (``on_abort``).
+   a seeded run is bit-identical to the simulator; with ``deploy.fold = "arrival"`` each is added
+   the moment it arrives, so memory stays one accumulator whatever the cohort. With at least
+   ``ceil(quorum * clients_per_round)`` results the round commits; otherwise the attempt is
+   aborted (model unchanged) and retried ``round_retries`` times, then skipped or the run stopped
+   (``on_abort``).
 
 Every worker's round-trip time is recorded each round and feeds the straggler policy.
 """
@@ -178,7 +180,7 @@ class RemoteExecutor:
         )
         folder = _OrderedFold(
             algorithm, self.update_template, order=asked, limit=len(cohort), info=info,
-            attempt=attempt,
+            attempt=attempt, by_arrival=s.fold == "arrival",
         )  # fmt: skip
         self.broker.collect(want=len(cohort), on_result=folder.offer)
         folder.finish()
@@ -299,6 +301,7 @@ class _OrderedFold:
     arrivals are accepted (all of them without over-selection); later ones are ignored. The
     order of additions is the sorted order of the accepted clients — the serial executor's —
     whatever the arrival order, which is what makes a seeded deployment bit-identical to it.
+    With ``by_arrival`` every accepted result is added at once instead (nothing waits).
     """
 
     def __init__(
@@ -310,7 +313,9 @@ class _OrderedFold:
         limit: int,
         info: RoundInfo,
         attempt: int,
+        by_arrival: bool = False,
     ) -> None:
+        self.by_arrival = by_arrival
         self.agg = algorithm.aggregator
         self.template = template
         self.order = order
@@ -331,12 +336,16 @@ class _OrderedFold:
             return
         cid = int(res.client_id)
         self.accepted.append(cid)
+        if self.by_arrival:
+            self._add(cid, res)
+            return
         self.pending[cid] = res
         self._drain(final=False)
 
     def finish(self) -> None:
         """The round is closed: add what waits, skipping clients that never answered."""
-        self._drain(final=True)
+        if not self.by_arrival:
+            self._drain(final=True)
 
     def _drain(self, *, final: bool) -> None:
         while self.pos < len(self.order):
