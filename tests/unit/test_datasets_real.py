@@ -54,6 +54,7 @@ def test_registry_names() -> None:
         "cifar10",
         "cifar100",
         "sent140",
+        "sent140_nwp",
         "synthetic",
     }
 

@@ -35,6 +35,7 @@ from fedkit.data.datasets.cifar import load_cifar10, load_cifar100
 from fedkit.data.datasets.femnist import load_femnist
 from fedkit.data.datasets.mnist import load_fashion_mnist, load_mnist
 from fedkit.data.datasets.sent140 import load_sent140
+from fedkit.data.datasets.sent140_nwp import load_sent140_nwp
 from fedkit.data.datasets.shakespeare import load_shakespeare, load_shakespeare_leaf
 from fedkit.data.datasets.synthetic import load_synthetic
 
@@ -64,6 +65,7 @@ DATASETS: dict[str, Loader] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "sent140": load_sent140,
+    "sent140_nwp": load_sent140_nwp,
     "synthetic": load_synthetic,
 }
 """Registry of dataset names to loaders."""

@@ -22,6 +22,7 @@ from fedkit.data.datasets.femnist import femnist_files
 from fedkit.data.datasets.files import FileStatus, RemoteFile, ensure_file, file_status
 from fedkit.data.datasets.mnist import FASHION_MNIST_FILES, MNIST_FILES
 from fedkit.data.datasets.sent140 import SENT140_TEST_CSV
+from fedkit.data.datasets.sent140_nwp import PROXY_FILES, USERS_FILE
 from fedkit.data.datasets.shakespeare import SHAKESPEARE_FILES, SHAKESPEARE_LEAF_FILES
 
 __all__ = [
@@ -73,6 +74,7 @@ CATALOG: dict[str, tuple[FileSet, ...]] = {
         FileSet("fedkit .npz arrays", (CIFAR100_NPZ,)),
     ),
     "sent140": (FileSet("hand-labelled test CSV", (SENT140_TEST_CSV,)),),
+    "sent140_nwp": (FileSet("training-file samples + LEAF users", (*PROXY_FILES, USERS_FILE)),),
     "synthetic": (),
 }
 """Dataset name -> the file sets its loader accepts (the first is the downloadable one); empty
