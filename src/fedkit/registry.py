@@ -254,6 +254,7 @@ ALGORITHMS.register("finetune", "fedkit.algorithms.finetune:FineTune")
 ALGORITHMS.register("perfedavg", "fedkit.algorithms.perfedavg:PerFedAvg")
 ALGORITHMS.register("qfedavg", "fedkit.algorithms.qfedavg:QFedAvg")
 ALGORITHMS.register("fedaws", "fedkit.algorithms.fedaws:FedAwS")
+ALGORITHMS.register("fedseq", "fedkit.algorithms.fedseq:FedSeq")
 
 SERVER_OPTIMIZERS.register("sgd", "fedkit.server_opt:SGD")
 SERVER_OPTIMIZERS.register("adam", "fedkit.server_opt:Adam")

@@ -123,6 +123,7 @@ def test_each_list_of_names_exists_once() -> None:
         "perfedavg",
         "qfedavg",
         "fedaws",
+        "fedseq",
     )
     assert EXECUTORS.names() == ("serial", "processes", "vectorized", "torchrun")
     for reg in registry.REGISTRIES:  # every built-in line points at something that exists

@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 import torch
 
 from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.algorithms.fedseq import superclient_population
 from fedkit.centralized import train_centralized
 from fedkit.checkpoint import FILENAME, Checkpoint, FileCheckpointer, RunKey
 from fedkit.compress.feedback import with_error_feedback
@@ -446,6 +447,12 @@ def _setup(cfg: ExperimentConfig, data_root: Path | None, group: RankGroup | Non
     if not a.federated:
         return _Setup(cfg=cfg, built=built)
     algorithm = build_algorithm(a)
+    store_fn: Callable[[], ClientStore]
+    store_fn = functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root)
+    store, store_fn = superclient_population(  # FedSeq: the population becomes superclients
+        a.algorithm, store, store_fn, built.fd.dataset.num_classes
+    )
+    built = dataclasses.replace(built, store=store)
     algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
     if cfg.attack is not None:
         algorithm = cfg.attack.wrap(
@@ -465,7 +472,7 @@ def _setup(cfg: ExperimentConfig, data_root: Path | None, group: RankGroup | Non
             model_fn=spec,
             processes=cfg.run.processes,
             threads=cfg.run.threads,
-            store_fn=functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root),
+            store_fn=store_fn,
             model_spec=spec,
             system=cfg.system,
             local=local,

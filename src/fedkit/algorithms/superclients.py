@@ -1,0 +1,194 @@
+"""Superclients for FedSeq: clients grouped so that each group's pooled labels are diverse.
+
+Zaccone et al. 2022 ("Speeding up Heterogeneous Federated Learning with Sequentially Trained
+Superclients", ICPR) group clients into *superclients* whose members, trained one after the
+other, together see a label distribution close to the global one. Each client's distribution is
+approximated on the server; here by its **label histogram** (the count of each class among its
+training examples).
+
+**Privacy caveat.** Grouping by label histograms means the server learns every client's label
+counts — information that plain FedAvg never reveals (it can also single out clients with rare
+classes). Zaccone et al. avoid it by approximating each client's distribution from a model's
+outputs on a small public set; that variant is not implemented here. Use ``"random"`` grouping
+where label counts must stay private.
+
+Grouping methods, each deterministic from ``seed``:
+
+* ``"random"``: a seeded permutation of the clients cut into groups of ``size``;
+* ``"diverse"``: greedy. Visit the clients in a seeded order; each not yet grouped starts a new
+  group, which then repeatedly adds the ungrouped client that makes the group's pooled label
+  distribution of highest Shannon entropy (ties: the earlier client in the seeded order), until
+  it has ``size`` members.
+
+The last group may be smaller. Superclient ids follow the smallest member id of each group,
+so with ``size = 1`` superclient ``s`` is client ``s`` (FedSeq then equals FedAvg).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fedkit.algorithm import ClientData
+from fedkit.data.store import ClientStore
+from fedkit.rng import SERVER, generator
+
+__all__ = [
+    "GROUPINGS",
+    "Superclient",
+    "SuperclientStore",
+    "group_clients",
+    "label_histograms",
+    "pooled_entropy",
+]
+
+Grouping = Literal["random", "diverse"]
+GROUPINGS: tuple[str, ...] = ("random", "diverse")
+
+
+def label_histograms(store: ClientStore, num_classes: int) -> Tensor:
+    """``(N, num_classes)`` float64: each client's count of every training label (see the
+    privacy caveat in the module docstring).
+
+    Raises:
+        ValueError: a label outside ``[0, num_classes)`` (e.g. sequence targets: grouping by
+            label histograms needs one class label per example).
+    """
+    rows = []
+    for c in range(store.num_clients):
+        y = store.data(c).y_train
+        if y.dim() != 1 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes)):
+            raise ValueError(
+                f"client {c}: grouping by label histograms needs one class label in "
+                f"[0, {num_classes}) per example"
+            )
+        rows.append(torch.bincount(y.to(torch.int64), minlength=num_classes))
+    return torch.stack(rows).to(torch.float64)
+
+
+def pooled_entropy(counts: Tensor) -> float:
+    """Shannon entropy (nats) of the label distribution of summed ``counts`` (0 when empty)."""
+    total = float(counts.sum())
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * p.log()).sum())
+
+
+def group_clients(
+    histograms: Tensor, size: int, method: Grouping = "diverse", seed: int = 0
+) -> tuple[tuple[int, ...], ...]:
+    """Superclients (member ids in training order) of ``size`` clients each (see module
+    docstring), sorted by smallest member id.
+
+    Raises:
+        ValueError: ``size < 1`` or an unknown method.
+    """
+    if size < 1:
+        raise ValueError(f"superclient size must be >= 1, got {size}")
+    if method not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, got {method!r}")
+    n = int(histograms.shape[0])
+    order = torch.randperm(n, generator=generator(seed, 0, SERVER, "superclients")).tolist()
+    groups: list[tuple[int, ...]] = []
+    if method == "random":
+        groups = [tuple(order[i : i + size]) for i in range(0, n, size)]
+    else:
+        rank = {c: i for i, c in enumerate(order)}
+        left = list(order)
+        while left:
+            group = [left.pop(0)]
+            pooled = histograms[group[0]].clone()
+            while len(group) < size and left:
+                best = max(left, key=lambda c: (pooled_entropy(pooled + histograms[c]), -rank[c]))
+                left.remove(best)
+                group.append(best)
+                pooled += histograms[best]
+            groups.append(tuple(group))
+    return tuple(sorted(groups, key=min))
+
+
+class Superclient(ClientData):
+    """A superclient's data: its members' examples concatenated in training order, and each
+    member's example count (``members``), so that training can visit them one by one."""
+
+    members: tuple[int, ...]
+
+    def __init__(
+        self,
+        x_train: Tensor,
+        y_train: Tensor,
+        x_test: Tensor | None,
+        y_test: Tensor | None,
+        members: Sequence[int],
+    ) -> None:
+        super().__init__(x_train, y_train, x_test, y_test)
+        if sum(members) != int(y_train.shape[0]) or any(m < 0 for m in members):
+            raise ValueError(f"member sizes {tuple(members)} do not add up to {y_train.shape[0]}")
+        object.__setattr__(self, "members", tuple(int(m) for m in members))
+
+    def member_data(self) -> list[ClientData]:
+        """Each member's training examples, in training order."""
+        out, at = [], 0
+        for m in self.members:
+            out.append(ClientData(self.x_train[at : at + m], self.y_train[at : at + m]))
+            at += m
+        return out
+
+
+class SuperclientStore(ClientStore):
+    """The population as superclients: client ``s`` of this store is group ``s`` (its data a
+    :class:`Superclient`), built from a per-client ``base`` store."""
+
+    groups: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def grouped(cls, base: ClientStore, groups: Sequence[Sequence[int]]) -> SuperclientStore:
+        """The superclients of ``groups`` (every client of ``base`` in exactly one group).
+
+        Raises:
+            ValueError: ``groups`` is not a partition of ``base``'s clients, or ``base`` is
+                lazy (its data is read on demand).
+        """
+        if base.lazy:
+            raise ValueError("superclients need a store held in memory (not a lazy dataset)")
+        flat = sorted(c for g in groups for c in g)
+        if flat != list(range(base.num_clients)) or any(not g for g in groups):
+            raise ValueError("superclient groups must split the clients: each in exactly one")
+        datas = []
+        for g in groups:
+            parts = [base.data(c) for c in g]
+            tests = [p for p in parts if p.x_test is not None and p.y_test is not None]
+            both = len(tests) == len(parts)
+            datas.append(
+                ClientData(
+                    torch.cat([p.x_train for p in parts]),
+                    torch.cat([p.y_train for p in parts]),
+                    torch.cat([p.x_test for p in tests]) if both else None,  # type: ignore[misc]
+                    torch.cat([p.y_test for p in tests]) if both else None,  # type: ignore[misc]
+                )
+            )
+        store = cls.from_clients(datas)
+        assert isinstance(store, SuperclientStore)
+        store.groups = tuple(tuple(int(c) for c in g) for g in groups)
+        store._member_sizes = [tuple(base.num_examples(c) for c in g) for g in groups]
+        return store
+
+    _member_sizes: list[tuple[int, ...]]
+
+    def data(self, client_id: int) -> Superclient:
+        """Superclient ``client_id``'s data, with its members' sizes."""
+        d = super().data(client_id)
+        return Superclient(d.x_train, d.y_train, d.x_test, d.y_test, self._member_sizes[client_id])
+
+
+def entropy_of_groups(histograms: Tensor, groups: Sequence[Sequence[int]]) -> float:
+    """Mean pooled label entropy of ``groups`` (what ``"diverse"`` grouping raises), in nats;
+    ``log(num_classes)`` is the most possible."""
+    if not groups:
+        return math.nan
+    return sum(pooled_entropy(histograms[list(g)].sum(0)) for g in groups) / len(groups)
