@@ -36,6 +36,7 @@ __all__ = [
     "Party",
     "SplitModel",
     "evaluate_vertical",
+    "mlp_layers",
     "row_bands",
     "split_mlp",
     "train_vertical",
@@ -60,7 +61,8 @@ def row_bands(input_shape: Sequence[int], parties: int) -> list[Tensor]:
     return [idx[:, bounds[k] : bounds[k + 1], :].reshape(-1) for k in range(parties)]
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
+def mlp_layers(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers ``sizes[0] → … → sizes[-1]`` with ReLU between them."""
     layers: list[nn.Module] = []
     for a, b in itertools.pairwise(sizes):
         layers += [nn.Linear(a, b), nn.ReLU()]
@@ -103,8 +105,8 @@ def split_mlp(
     """MLP bottoms (``len(g) → bottom_hidden → embedding``) and an MLP top
     (``K·embedding → top_hidden → num_classes``), initialised from ``seed``."""
     torch.manual_seed(seed)
-    bottoms = [_mlp([len(g), *bottom_hidden, embedding]) for g in groups]
-    top = _mlp([embedding * len(groups), *top_hidden, num_classes])
+    bottoms = [mlp_layers([len(g), *bottom_hidden, embedding]) for g in groups]
+    top = mlp_layers([embedding * len(groups), *top_hidden, num_classes])
     return SplitModel(groups, bottoms, top)
 
 
@@ -160,6 +162,12 @@ class FeatureParty:
         h: Tensor = self.bottom(x[rows])
         self._pending = (step, h)
         return h.detach()
+
+    def pending_shape(self, step: int) -> tuple[int, ...]:
+        """The shape of ``step``'s activations awaiting their gradient."""
+        if self._pending is None or self._pending[0] != step:
+            raise ValueError(f"a gradient for step {step} without its forward pass")
+        return tuple(self._pending[1].shape)
 
     def backward(self, step: int, grad: Tensor) -> None:
         if self._pending is None or self._pending[0] != step:
