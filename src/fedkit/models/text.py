@@ -11,6 +11,10 @@
   window and predicts the word that follows it, output ``(N, V)`` (train it on the window's last
   target, ``y[:, -1]``). ``bidirectional=False`` gives a causal LSTM with per-position outputs
   ``(N, T, V)`` (the StackOverflow setting of Reddi et al. 2021, at a smaller width).
+  ``tied=True`` ties the output layer to the input embedding (Press & Wolf 2017, Inan et al.
+  2017; used for on-device keyboard models by Hard et al. 2018): the top hidden state is
+  projected to the embedding width and scored against the embedding matrix,
+  ``logits = (W_p h + b_p) E^T + b``, which removes ``V·(width - 1)`` output weights.
 
 Recurrences run as explicit per-step matrix products by default (:class:`UnrolledLSTM`), because
 ``torch.func.vmap`` has no batching rule for the fused ``aten::lstm`` kernel; ``fused=True`` uses
@@ -21,6 +25,7 @@ both cases, so state dicts are interchangeable.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["CharLSTM", "NextWordLSTM", "UnrolledLSTM", "char_lstm", "nextword_lstm"]
@@ -124,14 +129,21 @@ class NextWordLSTM(nn.Module):
         hidden_size: int,
         bidirectional: bool,
         fused: bool,
+        tied: bool = False,
     ) -> None:
         super().__init__()
         self.bidirectional = bidirectional
+        self.tied = tied
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.lstm = UnrolledLSTM(
             embedding_dim, hidden_size, 1, bidirectional=bidirectional, fused=fused
         )
-        self.out = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        width = hidden_size * (2 if bidirectional else 1)
+        if tied:  # scores against the embedding: (W_p h + b_p) E^T + b
+            self.proj = nn.Linear(width, embedding_dim)
+            self.out_bias = nn.Parameter(torch.zeros(num_classes))
+        else:
+            self.out = nn.Linear(width, num_classes)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Next-word logits: after the window (bidirectional) or at every position (causal)."""
@@ -140,6 +152,8 @@ class NextWordLSTM(nn.Module):
             hidden = states.shape[-1] // 2
             # Forward half after the last token, backward half after reading back to the first.
             states = torch.cat([states[:, -1, :hidden], states[:, 0, hidden:]], dim=-1)
+        if self.tied:
+            return F.linear(self.proj(states), self.embedding.weight, self.out_bias)
         logits: Tensor = self.out(states)
         return logits
 
@@ -204,6 +218,7 @@ def nextword_lstm(
     hidden_size: int = 128,
     bidirectional: bool = True,
     fused: bool = False,
+    tied: bool = False,
 ) -> nn.Module:
     """A small next-word model: embedding 96 → BiLSTM 128 per direction → vocabulary logits.
 
@@ -216,12 +231,19 @@ def nextword_lstm(
         bidirectional: ``True``: read the window both ways and predict the next word, ``(N, V)``;
             ``False``: causal LSTM with per-position logits ``(N, T, V)``.
         fused: Use the fused LSTM kernel (not vmappable).
+        tied: Tie the output layer to the input embedding (needs ``vocab_size`` equal to
+            ``num_classes``).
     """
     _sequence_length("nextword_lstm", input_shape)
     vocab = num_classes if vocab_size is None else vocab_size
     _check_positive(
         "nextword_lstm", vocab_size=vocab, embedding_dim=embedding_dim, hidden_size=hidden_size
     )
+    if tied and vocab != num_classes:
+        raise ValueError(
+            f"model 'nextword_lstm': tied=True needs vocab_size == num_classes, got {vocab} "
+            f"and {num_classes}"
+        )
     return NextWordLSTM(
         vocab_size=vocab,
         num_classes=num_classes,
@@ -229,4 +251,5 @@ def nextword_lstm(
         hidden_size=hidden_size,
         bidirectional=bidirectional,
         fused=fused,
+        tied=tied,
     )
