@@ -15,21 +15,21 @@ node (``--nproc-per-node`` = the number of nodes), gossiping over gloo send/recv
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 
 from fedkit.algorithm import ClientData
 from fedkit.data.spec import DataSpec, build_federated
 from fedkit.data.store import ClientStore
 from fedkit.decentral.dpsgd import DecentralResult, DecentralSpec, RoundMetrics, run_dpsgd
+from fedkit.experiment.arms import expand_arms, read_toml
 from fedkit.experiment.config import ModelSettings, parse_overrides
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.records import finite
@@ -41,7 +41,7 @@ from fedkit.run import Evaluator, central_evaluator
 
 __all__ = ["DecentralExperiment", "decentral", "load_decentral", "run_decentral"]
 
-SECTIONS = ("study", "data", "model", "decentral", "arms")
+SECTIONS = ("data", "model", "decentral")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,36 +65,6 @@ class DecentralExperiment:
     source: Mapping[str, Any]
 
 
-def _leaves(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _with(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``doc`` with each dotted key of ``overrides`` set."""
-    out: dict[str, Any] = copy.deepcopy(dict(doc))
-    for key, value in overrides.items():
-        parts = key.split(".")
-        if len(parts) < 2 or not all(parts) or parts[0] not in SECTIONS[1:4]:
-            raise ConfigError(
-                f"override key {key!r} must be section.key with a section of "
-                f"{', '.join(SECTIONS[1:4])} (e.g. decentral.topology)"
-            )
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"cannot set {key!r}: {p!r} is a value, not a table")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
 def _check_graph(spec: DecentralSpec, n: int) -> None:
     """The topology must exist on ``n`` nodes (a torus needs a square number, ...)."""
     try:
@@ -104,9 +74,6 @@ def _check_graph(spec: DecentralSpec, n: int) -> None:
 
 
 def _one(doc: Mapping[str, Any], name: str, study: str) -> DecentralExperiment:
-    unknown = sorted(set(doc) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}]; allowed: {', '.join(SECTIONS[:4])}")
     for key in ("data", "model", "decentral"):
         if not isinstance(doc.get(key), Mapping):
             raise ConfigError(f"a decentral experiment needs a [{key}] table")
@@ -118,50 +85,21 @@ def _one(doc: Mapping[str, Any], name: str, study: str) -> DecentralExperiment:
     spec = construct(DecentralSpec, doc["decentral"], "decentral")
     if data.num_clients is not None:
         _check_graph(spec, data.num_clients)
-    source = {k: v for k, v in doc.items() if k != "arms"}
-    return DecentralExperiment(name, study, data, model, spec, source)
+    return DecentralExperiment(name, study, data, model, spec, doc)
 
 
 def experiments_from_mapping(
     doc: Mapping[str, Any], *, default_name: str, overrides: Mapping[str, Any] | None = None
 ) -> list[DecentralExperiment]:
     """Every run a file describes (one per ``[[arms]]`` entry, else one), validated."""
-    study = doc.get("study", {})
-    if not isinstance(study, Mapping):
-        raise ConfigError("[study] must be a table")
-    study_name = str(study.get("name", default_name))
-    overrides = dict(overrides or {})
-    base = _with({k: v for k, v in doc.items() if k != "study"}, overrides)
-    arms = doc.get("arms", [])
-    if not isinstance(arms, list) or not all(isinstance(a, Mapping) for a in arms):
-        raise ConfigError("[[arms]] must be an array of tables")
-    if not arms:
-        return [_one(base, study_name, study_name)]
-    out = []
-    for i, arm in enumerate(arms):
-        name = arm.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"arms[{i}] needs a 'name' string")
-        body = {k: v for k, v in arm.items() if k != "name"}
-        doc_i = _with(base, {**_leaves(body), **overrides})
-        out.append(_one(doc_i, name, study_name))
-    names = [e.name for e in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"arm names must be distinct, got {names}")
-    return out
+    runs = expand_arms(doc, SECTIONS, default_name=default_name, overrides=overrides)
+    return [_one(d, name, study) for name, study, d in runs]
 
 
 def load_decentral(path: str | Path, overrides: Sequence[str] = ()) -> list[DecentralExperiment]:
     """Read and validate a decentral experiment file (``--set`` items applied last)."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
     return experiments_from_mapping(
-        doc, default_name=path.stem, overrides=parse_overrides(list(overrides))
+        read_toml(path), default_name=Path(path).stem, overrides=parse_overrides(list(overrides))
     )
 
 
@@ -176,7 +114,8 @@ class Prepared:
 
 
 def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
-    """The nodes' data, the initial model and the averaged model's evaluator."""
+    """The nodes' data, the initial model and the averaged model's evaluator (on the nodes'
+    pooled local test samples when every node has some, else the dataset's test split)."""
     from fedkit.experiment.runner import model_init_seed
 
     try:
@@ -192,12 +131,19 @@ def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
         options=dict(exp.model.options),
         init_seed=model_init_seed(exp.spec.seed),
     )
-    test = fd.dataset.test
+    nodes = [store.data(i) for i in range(store.num_clients)]
+    tests = [(c.x_test, c.y_test) for c in nodes]
+    if all(x is not None and y is not None and len(y) for x, y in tests):
+        # the nodes' own test samples, pooled: the task the nodes share
+        x_test = torch.cat([x for x, _ in tests if x is not None])
+        y_test = torch.cat([y for _, y in tests if y is not None])
+    else:
+        x_test, y_test = fd.dataset.test.x, fd.dataset.test.y
     return Prepared(
         model_spec=spec,
         init=model_params(spec.build()),
-        nodes=[store.data(i) for i in range(store.num_clients)],
-        evaluator=central_evaluator(spec.build(), test.x, test.y),
+        nodes=nodes,
+        evaluator=central_evaluator(spec.build(), x_test, y_test),
     )
 
 
