@@ -188,6 +188,8 @@ def test_unknown_name_lists_the_allowed_ones() -> None:
         "femnist_cnn",
         "lenet5",
         "resnet18_gn",
+        "resnet18_bn",
+        "vit_tiny",
         "char_lstm",
         "nextword_lstm",
         "mlp_bn",

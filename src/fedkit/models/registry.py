@@ -15,9 +15,10 @@ from typing import Any
 from torch import nn
 
 from fedkit.models.personal import embedding_mlp, mlp_bn
-from fedkit.models.resnet_gn import resnet18_gn
+from fedkit.models.resnet_gn import resnet18_bn, resnet18_gn
 from fedkit.models.text import char_lstm, nextword_lstm
 from fedkit.models.vision import cnn, femnist_cnn, lenet5, logreg, mlp
+from fedkit.models.vit import vit_tiny
 from fedkit.plugins import call_builder, is_import_path, load_model, option_names
 
 __all__ = ["MODELS", "ModelBuilder", "build_model", "model_builder", "model_names"]
@@ -32,6 +33,8 @@ MODELS: MappingProxyType[str, ModelBuilder] = MappingProxyType(
         "femnist_cnn": femnist_cnn,
         "lenet5": lenet5,
         "resnet18_gn": resnet18_gn,
+        "resnet18_bn": resnet18_bn,
+        "vit_tiny": vit_tiny,
         "char_lstm": char_lstm,
         "nextword_lstm": nextword_lstm,
         "mlp_bn": mlp_bn,
