@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedkit.experiment.config import study_from_mapping
+from fedkit.experiment.export import export_run
 from fedkit.experiment.final_model import model_file
 from fedkit.experiment.results import ResultsStore, results_path
 from fedkit.experiment.runner import run_study
 from fedkit.models.spec import ModelSpec
 from fedkit.params import model_params, sha256
 from fedkit.serve.bundle import BundleError, load_bundle, write_bundle
-from fedkit.serve.export import export_run
 from tests.helpers.toy import SYNTHETIC_UNIFORM
 
 WORDS = ("the", "cat", "sat", "on", "mat")

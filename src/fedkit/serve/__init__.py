@@ -1,6 +1,7 @@
-"""Serving trained models: bundles (:mod:`.bundle`), export from a run (:mod:`.export`), the
-inference endpoint (:mod:`.app`, :mod:`.batching`) and its load test (:mod:`.loadtest`).
+"""Serving trained models: bundles (:mod:`.bundle`), the inference endpoint (:mod:`.app`,
+:mod:`.predictor`, :mod:`.batching`) and its load test (:mod:`.loadtest`).
 
-This package stands alone from the federated core: it imports neither ``fedkit.sim`` nor
-``fedkit.net``.
+This package stands alone from the federated core: it imports neither ``fedkit.sim``,
+``fedkit.net`` nor ``fedkit.experiment`` (a run becomes a bundle in
+:mod:`fedkit.experiment.export`).
 """

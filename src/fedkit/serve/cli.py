@@ -1,7 +1,8 @@
 """The serving commands: ``fedkit export``, ``fedkit serve`` and ``fedkit loadtest``.
 
-``fedkit export RUN --out DIR [--runs RUNS] [--labels a,b]`` writes a completed run's final model
-as a bundle (:mod:`fedkit.serve.export`). Exit status 2 when the run or its model cannot be used.
+``fedkit export RUN --out DIR [--runs RUNS] [--labels a,b]`` writes a completed run's final
+model as a bundle (:mod:`fedkit.experiment.export`). Exit status 2 when the run or its model
+cannot be used.
 
 ``fedkit serve BUNDLE [--host 127.0.0.1] [--port 8000] [--max-batch 32] [--max-wait-ms 5]
 [--max-queue 256] [--threads N]`` loads and verifies the bundle and serves it
@@ -33,8 +34,8 @@ def export(
     ] = None,
 ) -> None:
     """Write a completed run's final model as a bundle (weights, vocabulary, manifest)."""
+    from fedkit.experiment.export import export_run
     from fedkit.serve.bundle import BundleError
-    from fedkit.serve.export import export_run
 
     names = None if labels is None else [s.strip() for s in labels.split(",")]
     try:
