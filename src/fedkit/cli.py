@@ -80,6 +80,10 @@ def _mount() -> None:
 
     app.command("decentral")(decentral)
 
+    from fedkit.experiment.vertical import vertical
+
+    app.command("vertical")(vertical)
+
     from fedkit.serve.cli import register as register_serve
 
     register_serve(app)  # export, serve, loadtest

@@ -63,6 +63,7 @@ class VerticalSpec:
         top_hidden: hidden widths of the top MLP.
         overlap: share of the samples each party holds, in (0, 1] (1: all of them).
         max_train: use only the first ``max_train`` training samples (a reduced budget).
+        max_test: use only the first ``max_test`` test samples.
         mode: ``simulation``, ``grpc``, ``centralized`` or ``label_only``.
         local: optimiser, epochs and batch size of training.
         seed: model initialisation, holdings and batch order.
@@ -74,6 +75,7 @@ class VerticalSpec:
     top_hidden: tuple[int, ...] = ()
     overlap: float = 1.0
     max_train: int | None = None
+    max_test: int | None = None
     mode: str = "simulation"
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     seed: int = 0
@@ -87,8 +89,10 @@ class VerticalSpec:
             raise ValueError("hidden widths must be in [1, 65536]")
         if not 0.0 < self.overlap <= 1.0:
             raise ValueError(f"overlap must be in (0, 1], got {self.overlap!r}")
-        if self.max_train is not None and self.max_train < 1:
-            raise ValueError(f"max_train must be >= 1 or unset, got {self.max_train!r}")
+        for key in ("max_train", "max_test"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ValueError(f"{key} must be >= 1 or unset, got {v!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.local.dp is not None or self.local.steps is not None:
@@ -248,6 +252,8 @@ def run_vertical(
     t0 = time.perf_counter()
     if spec.max_train is not None:
         x_train, y_train = x_train[: spec.max_train], y_train[: spec.max_train]
+    if spec.max_test is not None:
+        x_test, y_test = x_test[: spec.max_test], y_test[: spec.max_test]
     groups = row_bands(tuple(x_train.shape[1:]), spec.parties)
     model = split_mlp(
         groups,
@@ -309,7 +315,7 @@ def run_vertical(
             train_loss=vstats.mean_loss,
             common_train=len(aligned[TRAIN]),
             common_test=len(aligned[TEST]),
-            bytes_exchanged=vstats.bytes_activations + vstats.bytes_gradients,
+            bytes_exchanged=sum(vstats.bytes_per_party[1:]),  # the label party's own stay
             wire_bytes=wire,
             model=model,
             seconds=time.perf_counter() - t0,

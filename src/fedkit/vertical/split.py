@@ -184,12 +184,17 @@ class FeatureParty:
 
 @dataclasses.dataclass(frozen=True)
 class VerticalStats:
-    """What :func:`train_vertical` did: steps, mean training loss, bytes exchanged."""
+    """What :func:`train_vertical` did.
+
+    Attributes:
+        steps: optimiser steps.
+        mean_loss: mean training loss over the steps.
+        bytes_per_party: for each party, the bytes of its activations plus their gradients.
+    """
 
     steps: int
     mean_loss: float
-    bytes_activations: int
-    bytes_gradients: int
+    bytes_per_party: tuple[int, ...]
 
 
 def train_vertical(
@@ -218,25 +223,23 @@ def train_vertical(
     batches = batch_indices(n, local.batch_size, generator)
     steps = local.planned_steps(n)
     losses: list[float] = []
-    act_bytes = grad_bytes = 0
+    sent = [0] * len(parties)
     for s in range(first_step, first_step + steps):
         idx = next(batches)
         hs = [p.forward(TRAIN, s, idx, True).requires_grad_() for p in parties]
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(top(torch.cat(hs, dim=1)), y[idx])
         loss.backward()  # type: ignore[no-untyped-call]
-        for p, h in zip(parties, hs, strict=True):
+        for k, (p, h) in enumerate(zip(parties, hs, strict=True)):
             assert h.grad is not None
             p.backward(s, h.grad)
-            act_bytes += h.numel() * h.element_size()
-            grad_bytes += h.grad.numel() * h.grad.element_size()
+            sent[k] += (h.numel() + h.grad.numel()) * h.element_size()
         opt.step()
         losses.append(float(loss.detach()))
     return VerticalStats(
         steps=steps,
         mean_loss=sum(losses) / len(losses),
-        bytes_activations=act_bytes,
-        bytes_gradients=grad_bytes,
+        bytes_per_party=tuple(sent),
     )
 
 
