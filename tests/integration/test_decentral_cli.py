@@ -12,8 +12,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedkit.experiment.decentral import decentral, experiments_from_mapping, load_decentral
-from fedkit.experiment.results import ResultsStore, results_path
+from fedkit.experiment.decentral import (
+    accuracy_at_bytes,
+    decentral,
+    equal_bytes_table,
+    experiments_from_mapping,
+    load_decentral,
+)
+from fedkit.experiment.results import ResultsStore, RoundRow, results_path
 from fedkit.experiment.tables import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -162,3 +168,53 @@ def test_same_file_on_torchrun_ranks_gives_the_simulators_models(tmp_path: Path)
     for name in want:
         assert got[name]["model_sha256"] == want[name]["model_sha256"], name
         assert got[name]["final_accuracy"] == want[name]["final_accuracy"]
+
+
+def _round(i: int, acc: float | None, per_node: float) -> RoundRow:
+    return RoundRow(
+        round=i,
+        train_loss=1.0,
+        test_loss=None,
+        test_accuracy=acc,
+        fed_mean=None,
+        fed_p10=None,
+        fed_var=None,
+        fed_min=None,
+        fed_clients=None,
+        cohort_size=4,
+        dropped=0,
+        bytes_up=0,
+        bytes_down=0,
+        wall_seconds=0.0,
+        sim_seconds=None,
+        committed=True,
+        details={"bytes_per_node": per_node, "model_bytes": 10},
+    )
+
+
+def test_accuracy_at_bytes_by_hand() -> None:
+    # 20 bytes per node per round; evaluated at rounds 1 and 3 (0-based): cumulative 40 and 80
+    rows = [_round(0, None, 20), _round(1, 0.5, 20), _round(2, None, 20), _round(3, 0.7, 20)]
+    assert accuracy_at_bytes(rows, 39) is None  # round 1 needs 40 bytes
+    assert accuracy_at_bytes(rows, 40) == 0.5
+    assert accuracy_at_bytes(rows, 79) == 0.5
+    assert accuracy_at_bytes(rows, 10**9) == 0.7
+
+
+def test_equal_bytes_table_from_a_recorded_study(tmp_path: Path) -> None:
+    file = tmp_path / "d.toml"
+    file.write_text(TINY)
+    res = CliRunner().invoke(cli(), ["decentral", str(file), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    with ResultsStore(results_path(tmp_path), create=False) as store:
+        table = equal_bytes_table(store, "d", [4, 100])
+    lines = table.splitlines()
+    assert lines[0].startswith("| arm | acc @ 4 models/node | acc @ 100 models/node |")
+    ring = next(ln for ln in lines if ln.startswith("| ring |")).split("|")
+    allreduce = next(ln for ln in lines if ln.startswith("| allreduce |")).split("|")
+    # ring: 2 models per round -> 4 models after round 2 (evaluated: eval_every = 2)
+    assert ring[2].strip() != "—"
+    assert ring[6].strip() == "2"
+    # all-reduce over 4 nodes: 2 (n - 1) / n = 1.5 models per round
+    assert allreduce[6].strip() == "1.5"
+    assert allreduce[7].strip() == "0.000"  # consensus distance of an exact average

@@ -36,7 +36,7 @@ from fedkit.experiment.records import finite
 from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary, results_path
 from fedkit.experiment.tables import ConfigError, construct
 from fedkit.models.spec import ModelSpec
-from fedkit.params import Params, model_params, sha256
+from fedkit.params import Params, model_params, nbytes, sha256
 from fedkit.run import Evaluator, central_evaluator
 
 __all__ = ["DecentralExperiment", "decentral", "load_decentral", "run_decentral"]
@@ -147,7 +147,7 @@ def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
     )
 
 
-def _row(m: RoundMetrics, n: int) -> RoundRow:
+def _row(m: RoundMetrics, n: int, model_bytes: int) -> RoundRow:
     return RoundRow(
         round=m.round,
         train_loss=finite(m.train_loss),
@@ -165,7 +165,11 @@ def _row(m: RoundMetrics, n: int) -> RoundRow:
         wall_seconds=m.wall_seconds,
         sim_seconds=None,
         committed=True,
-        details={"consensus_distance": m.consensus_distance, "bytes_per_node": m.bytes_per_node},
+        details={
+            "consensus_distance": m.consensus_distance,
+            "bytes_per_node": m.bytes_per_node,
+            "model_bytes": model_bytes,
+        },
     )
 
 
@@ -213,7 +217,7 @@ def run_decentral(
     tally = {"bytes": 0}
 
     def record(m: RoundMetrics) -> None:
-        row = _row(m, n)
+        row = _row(m, n, nbytes(prep.init))
         assert store is not None
         store.add_round(run_id, row)
         tally["bytes"] += row.bytes_up
@@ -333,3 +337,46 @@ def decentral(
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def accuracy_at_bytes(rounds: Sequence[RoundRow], budget: float) -> float | None:
+    """The test accuracy of the last evaluated round whose cumulative bytes per node (the
+    rounds' ``details["bytes_per_node"]`` summed) is at most ``budget``; ``None`` if none."""
+    sent, best = 0.0, None
+    for r in rounds:
+        per_node = float((r.details or {}).get("bytes_per_node", 0.0))
+        sent += per_node
+        if sent > budget:
+            break
+        if r.test_accuracy is not None:
+            best = r.test_accuracy
+    return best
+
+
+def equal_bytes_table(store: ResultsStore, study: str, budgets_in_models: Sequence[float]) -> str:
+    """A Markdown table of a study's completed runs: accuracy of ``x̄`` at equal bytes sent per
+    node (budgets in model sizes), final accuracy, final consensus distance, models per round."""
+    head = [f"acc @ {b:g} models/node" for b in budgets_in_models]
+    lines = [
+        "| arm | " + " | ".join(head) + " | final acc | rounds | models/node/round | consensus |",
+        "|---|" + "---:|" * (len(head) + 4),
+    ]
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    for run in store.runs(study=study, status="completed"):
+        rounds = store.rounds(run.id)
+        first = (rounds[0].details or {}) if rounds else {}
+        model_bytes = float(first.get("model_bytes", 0.0)) or 1.0
+        per_round = float(first.get("bytes_per_node", 0.0)) / model_bytes
+        cells = [fmt(accuracy_at_bytes(rounds, b * model_bytes)) for b in budgets_in_models]
+        s = run.summary
+        consensus = (s.metrics or {}).get("consensus_distance") if s is not None else None
+        lines.append(
+            f"| {run.name} | "
+            + " | ".join(cells)
+            + f" | {fmt(None if s is None else s.final_accuracy)} | {len(rounds)} | "
+            + f"{per_round:.3g} | {fmt(consensus)} |"
+        )
+    return "\n".join(lines)
