@@ -428,6 +428,9 @@ class RunSettings:
             ``rounds_to_target``.
         tensorboard: Write each round's scalars for TensorBoard under ``OUT/tensorboard/``
             (:mod:`fedkit.tensorboard`).
+        init_from: A model bundle directory (``fedkit export``) whose weights start the run
+            instead of a fresh initialisation (pretrain, then fine-tune federated); its model and
+            vocabulary must be the run's (:mod:`fedkit.experiment.init_from`).
     """
 
     rounds: int | None = None
@@ -441,6 +444,7 @@ class RunSettings:
     seed: int = 0
     target_accuracy: float | None = None
     tensorboard: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         r = "run."
@@ -466,6 +470,10 @@ class RunSettings:
         _num(r + "target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"run.tensorboard must be true or false; got {self.tensorboard!r}")
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from
+        ):
+            raise ConfigError(f"run.init_from must be a bundle directory; got {self.init_from!r}")
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any]) -> RunSettings:

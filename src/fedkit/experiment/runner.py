@@ -72,6 +72,7 @@ from fedkit.experiment.config import (
     experiment_from_mapping,
 )
 from fedkit.experiment.final_model import model_file, save_final_model
+from fedkit.experiment.init_from import initial_model
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.records import client_rows, finite, round_row
 from fedkit.experiment.results import (
@@ -609,6 +610,7 @@ def _run_federated(
     sizes = [store.num_examples(i) for i in range(store.num_clients)]
     ckpt = None if centralized else checkpoint_dir(results.path.parent, cfg)
     fed_scorer = SerialExecutor(store, spec.build()) if centralized else None
+    initial = initial_model(spec, built.fd.dataset.words, cfg.run.init_from)  # [run] init_from
 
     def federated_evals(record: RoundRecord, params: Params) -> list[ClientEval] | None:
         if capture is not None:
@@ -643,9 +645,8 @@ def _run_federated(
     def body() -> RunSummary:
         stopped: str | None = None
         if centralized:
-            model = spec.build()
             final = train_centralized(
-                model,
+                initial,
                 store,
                 _local(a, "which the centralised baseline trains with"),
                 epochs=rounds,
@@ -661,7 +662,7 @@ def _run_federated(
                 result = run(
                     algorithm,
                     capture,
-                    model_params(spec.build()),
+                    model_params(initial),
                     RunConfig(
                         rounds=rounds,
                         clients_per_round=cfg.run.cohort_size(store.num_clients),
