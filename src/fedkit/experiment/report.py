@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedkit.experiment.report_compress import compression_plots, compression_section
 from fedkit.experiment.report_fairness import fairness_plots, fairness_section
 from fedkit.experiment.report_html import ReportDocument, render_html, render_markdown
 from fedkit.experiment.report_matrix import attack_matrix, matrix_plots, matrix_sections
@@ -256,6 +257,10 @@ def write_report(
     if fairness is not None:
         plots += fairness_plots(arms, out)
         sections.append(fairness)
+    compression = compression_section(arms)
+    if compression is not None:
+        plots += compression_plots(arms, out)
+        sections.append(compression)
     doc = ReportDocument(
         title=title or _title(arms),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
