@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fedkit.serve.loadtest import run_level
 from tests.helpers.serve import LOGITS, constant_bundle, serving
 
 pytestmark = pytest.mark.net
@@ -106,6 +107,13 @@ def test_a_burst_over_a_tiny_queue_gets_503_with_retry_after_and_metrics_count_i
     ones = float(re.search(r'fedkit_serve_batch_size_bucket{le="1.0"} (\S+)', after).group(1))  # type: ignore[union-attr]
     assert calls == ones >= codes.count(200)
     assert "fedkit_serve_request_seconds_bucket" in after
+
+
+def test_the_load_generator_measures_the_live_server(server: str) -> None:
+    r = asyncio.run(run_level(f"{server}/v1/predict", 2, duration=0.5, warmup=0.1))
+    assert r.ok > 0 and r.failed == 0 and r.rejected == 0  # two clients fit a queue of one
+    assert 0.0 < r.p50 <= r.p95 <= r.p99
+    assert r.throughput == pytest.approx(r.ok / r.seconds)
 
 
 @pytest.mark.slow  # a second server start (seconds on a loaded machine)

@@ -10,6 +10,11 @@ cannot be used.
 standard output is always ``listening on http://HOST:PORT``. Ctrl-C or SIGTERM shuts down
 gracefully: no new connections, requests in flight are answered, then the process exits 0.
 A bundle that cannot be used exits with status 2 before anything listens.
+
+``fedkit loadtest [URL] [--bundle DIR] [--max-batch 32] [--concurrency 1,4,16,64]
+[--duration 5] [--out DIR]`` measures throughput and p50/p95/p99 latency against concurrency
+(:mod:`fedkit.serve.loadtest`): of the server at ``URL``, or, with ``--bundle``, of the bundle
+served twice (with and without micro-batching) in one run, with the throughput ratio.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["export", "register", "serve"]
+__all__ = ["export", "loadtest", "register", "serve"]
 
 
 def export(
@@ -105,7 +110,53 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def loadtest(
+    url: Annotated[
+        str | None, typer.Argument(help="Base URL of a running `fedkit serve`.", metavar="URL")
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="Serve this bundle with and without batching instead."),
+    ] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Batched server's max.")] = 32,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Comma-separated client counts.")
+    ] = "1,4,16,64",
+    duration: Annotated[float, typer.Option("--duration", help="Seconds per level.")] = 5.0,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for loadtest.md/.json/.png.")
+    ] = Path("reports/loadtest"),
+) -> None:
+    """Throughput and p50/p95/p99 latency against concurrency, as a table, a plot and JSON."""
+    from fedkit.serve.loadtest import serving, sweep, write_report
+
+    try:
+        levels = [int(c) for c in concurrency.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1 or duration <= 0 or (url is None) == (bundle is None):
+        typer.echo(
+            "error: give a URL or --bundle (one of them), --concurrency as positive integers "
+            "(e.g. 1,4,16) and --duration > 0",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if url is not None:
+        runs = {"server": sweep(url, levels, duration=duration)}
+    else:
+        assert bundle is not None
+        runs = {}
+        for label, batch in (("unbatched", 1), ("batched", max_batch)):
+            with serving(bundle, "--max-batch", str(batch), "--max-queue", "4096") as (base, _):
+                runs[label] = sweep(base, levels, duration=duration)
+    meta = {"url": url, "bundle": None if bundle is None else str(bundle), "max_batch": max_batch}
+    for line in write_report(runs, out, meta=meta):
+        typer.echo(line)
+    typer.echo(f"report: {out}/loadtest.md, loadtest.png, loadtest.json")
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the ``fedkit`` application."""
     app.command("export")(export)
     app.command("serve")(serve)
+    app.command("loadtest")(loadtest)
