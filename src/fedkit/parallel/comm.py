@@ -109,15 +109,15 @@ class CommLedger:
     server_bytes: float = 0.0
     comm_seconds: float = 0.0
 
-    def record_sync(self) -> None:
-        """Account one synchronisation (all-reduce or parameter-server round)."""
+    def record_sync(self, size: int | None = None) -> None:
+        """Account one synchronisation (all-reduce or parameter-server round) of ``size`` bytes
+        (the model's size unless given: a compressed gradient's)."""
+        size = self.model_size if size is None else size
         self.syncs += 1
-        self.bytes_per_worker += bytes_per_worker(self.model_size, self.workers, self.topology)
-        up, down = directional_bytes(self.model_size, self.workers, self.topology)
+        self.bytes_per_worker += bytes_per_worker(size, self.workers, self.topology)
+        up, down = directional_bytes(size, self.workers, self.topology)
         self.bytes_up_per_worker += up
         self.bytes_down_per_worker += down
         if self.topology == "ps":
-            self.server_bytes += ps_server_bytes(self.model_size, self.workers)
-        self.comm_seconds += sync_seconds(
-            self.model_size, self.workers, self.topology, self.network
-        )
+            self.server_bytes += ps_server_bytes(size, self.workers)
+        self.comm_seconds += sync_seconds(size, self.workers, self.topology, self.network)

@@ -26,12 +26,14 @@ OptimizerName = Literal["sgd", "lars", "lamb", "adamw"]
 Topology = Literal["ring", "ps"]
 Mode = Literal["replicas", "gloo"]
 Schedule = Literal["constant", "cosine", "step"]
+GradCompression = Literal["none", "fp16", "bf16", "powersgd"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 TOPOLOGIES: tuple[str, ...] = get_args(Topology)
 MODES: tuple[str, ...] = get_args(Mode)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+GRAD_COMPRESSIONS: tuple[str, ...] = get_args(GradCompression)
 
 #: Inner momentum of each optimiser when ``momentum`` is unset: heavy ball off for SGD and LARS
 #: (as ``torch.optim.SGD``), β1 = 0.9 for the Adam-family LAMB (You et al. 2020) and AdamW.
@@ -121,6 +123,11 @@ class ParallelSpec:
         topology: ``ring`` all-reduce or parameter server ``ps`` (accounting and clock).
         mode: ``replicas`` (K replicas in one process, deterministic) or ``gloo`` (K processes).
         seed: every random choice (init, data order, async speeds) derives from it.
+        grad_compression: PyTorch's DDP communication hook for the gradient all-reduce:
+            ``none``, ``fp16``, ``bf16`` or ``powersgd`` (:mod:`fedkit.parallel.grad_compress`;
+            gloo mode, methods ``sync`` and ``adaptive_batch``).
+        powersgd_rank: PowerSGD's matrix approximation rank.
+        powersgd_start_iter: plain all-reduce steps before PowerSGD starts (>= 2).
     """
 
     method: Method = "sync"
@@ -157,6 +164,9 @@ class ParallelSpec:
     topology: Topology = "ring"
     mode: Mode = "replicas"
     seed: int = 0
+    grad_compression: GradCompression = "none"
+    powersgd_rank: int = 1
+    powersgd_start_iter: int = 2
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, " | ".join(METHODS))
@@ -216,6 +226,27 @@ class ParallelSpec:
             "max_batch_size",
             self.max_batch_size,
             f"0 (no limit) or >= batch_size ({self.batch_size})",
+        )
+        _check(
+            self.grad_compression in GRAD_COMPRESSIONS,
+            "grad_compression",
+            self.grad_compression,
+            " | ".join(GRAD_COMPRESSIONS),
+        )
+        _check(
+            self.grad_compression == "none"
+            or (self.mode == "gloo" and self.method in ("sync", "adaptive_batch")),
+            "grad_compression",
+            self.grad_compression,
+            "'none' unless mode = 'gloo' and method is 'sync' or 'adaptive_batch' (a DDP "
+            "communication hook compresses every step's gradient all-reduce across processes)",
+        )
+        _check(self.powersgd_rank >= 1, "powersgd_rank", self.powersgd_rank, "an integer >= 1")
+        _check(
+            self.powersgd_start_iter >= 2,
+            "powersgd_start_iter",
+            self.powersgd_start_iter,
+            "an integer >= 2 (PowerSGD's error feedback needs it)",
         )
         _check(
             self.min_local_steps <= self.local_steps,

@@ -11,7 +11,10 @@ One step (K workers, per-worker batch B, step t of the ``BatchStream``)::
         w_k ← w̄ (Local SGD) or the outer optimiser's x (SlowMo, DiLoCo)  — one sync
 
 The same function runs all K workers in one process (``ReplicaCollective``) or one worker per
-gloo rank (``GlooCollective``), so the two modes execute identical arithmetic.
+gloo rank (``GlooCollective``), so the two modes execute identical arithmetic. With
+``grad_compression`` (gloo mode, ``sync``/``adaptive_batch``) the gradient all-reduce is instead
+PyTorch's DDP communication hook (:mod:`fedkit.parallel.grad_compress`), run inside the backward
+pass, and each sync is accounted at the bytes the hook sent.
 
 Model averages include floating-point buffers (BatchNorm statistics); synchronous steps average
 gradients only, so such buffers stay per worker until the next model average. Evaluation uses
@@ -31,6 +34,7 @@ from torch import Tensor, nn
 
 from fedkit.parallel.collective import Collective
 from fedkit.parallel.comm import CommLedger, model_bytes
+from fedkit.parallel.grad_compress import HookedModel
 from fedkit.parallel.large_batch import LAMB, LARS
 from fedkit.parallel.outer import DiLoCo, OuterOptimizer, SlowMo
 from fedkit.parallel.result import EvalPoint, ParallelResult
@@ -128,6 +132,20 @@ def _sync_tensors(model: nn.Module) -> list[Tensor]:
     return [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
 
 
+def _hooked(spec: ParallelSpec, replicas: list[nn.Module]) -> HookedModel | None:
+    """The gloo rank's replica behind PyTorch's DDP hook, when ``grad_compression`` asks."""
+    if spec.grad_compression == "none":
+        return None
+    (model,) = replicas  # gloo mode: one worker per process (the spec checked the mode)
+    return HookedModel(
+        model,
+        spec.grad_compression,
+        rank=spec.powersgd_rank,
+        start_iter=spec.powersgd_start_iter,
+        seed=spec.seed,
+    )
+
+
 def _outer_for(spec: ParallelSpec) -> OuterOptimizer | None:
     if spec.method == "slowmo":
         return SlowMo(slow_lr=spec.slow_lr, slow_momentum=spec.slow_momentum)
@@ -159,6 +177,8 @@ def train_sync_family(
     base.train()
     replicas = [copy.deepcopy(base) for _ in collective.local_ranks]
     opts = [build_optimizer(spec, m) for m in replicas]
+    hooked = _hooked(spec, replicas)
+    nets: list[nn.Module] = [hooked.module] if hooked is not None else list(replicas)
     K, n = spec.workers, len(dataset.train.y)
     if collective.workers != K:
         raise ValueError(f"spec.workers = {K} but the collective has {collective.workers} workers")
@@ -221,11 +241,11 @@ def train_sync_family(
         for i, rank in enumerate(collective.local_ranks):
             t0 = time.perf_counter()
             idx = global_idx[rank * batch : (rank + 1) * batch]
-            model, opt = replicas[i], opts[i]
+            opt = opts[i]
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss = F.cross_entropy(nets[i](x_train[idx]), y_train[idx])
             loss.backward()  # type: ignore[no-untyped-call]
             if not synchronous:
                 opt.step()
@@ -236,9 +256,12 @@ def train_sync_family(
             adapt_sum += value
             adapt_count += 1
         if synchronous:
-            grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in replicas]
-            collective.mean_(grads)
-            ledger.record_sync()
+            if hooked is None:
+                grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in replicas]
+                collective.mean_(grads)
+                ledger.record_sync()
+            else:  # the DDP hook all-reduced the compressed gradient during backward
+                ledger.record_sync(hooked.step_bytes())
             for i, opt in enumerate(opts):
                 t0 = time.perf_counter()
                 opt.step()
