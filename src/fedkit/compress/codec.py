@@ -56,6 +56,12 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     """Pack unsigned integer ``codes`` (each ``< 2**bits``, ``1 <= bits <= 8``) into ``uint8``,
     little-endian within each byte: code ``i`` occupies bits ``i·bits … i·bits + bits - 1`` of
     the stream. The result has :func:`packed_length` bytes (the last one zero-padded)."""
+    if 8 % bits == 0:  # 1, 2, 4, 8 bits: whole codes per byte, code j of a byte at bit j·bits
+        per = 8 // bits
+        c = codes.reshape(-1).to(torch.int32)
+        c = torch.cat([c, c.new_zeros(-c.numel() % per)]).reshape(-1, per)
+        shifts = torch.arange(per, dtype=torch.int32) * bits
+        return (c << shifts).sum(dim=1).to(torch.uint8)
     shifts = torch.arange(bits, dtype=torch.uint8)
     stream = ((codes.to(torch.uint8).reshape(-1, 1) >> shifts) & 1).reshape(-1)
     pad = packed_length(codes.numel(), bits) * 8 - stream.numel()
@@ -66,6 +72,10 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
 
 def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
     """The ``count`` codes of ``bits`` bits packed by :func:`pack_bits`, as ``int64``."""
+    if 8 % bits == 0:
+        shifts = torch.arange(8 // bits, dtype=torch.int32) * bits
+        codes = (packed.to(torch.int32).reshape(-1, 1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(-1)[:count].to(torch.int64)
     stream = ((packed.reshape(-1, 1) >> torch.arange(8, dtype=torch.uint8)) & 1).reshape(-1)
     stream = stream[: count * bits].reshape(count, bits).to(torch.int64)
     return (stream << torch.arange(bits, dtype=torch.int64)).sum(dim=1)
