@@ -1,5 +1,5 @@
 """Gradient compression in the data-parallel track: PyTorch's DDP communication hooks (fp16,
-bf16, PowerSGD) on real gloo ranks, with the bytes each hook sent accounted per sync, and the
+PowerSGD) on real gloo ranks, with the bytes each hook sent accounted per sync, and the
 option refused where no DDP hook can run."""
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def test_the_option_is_refused_where_no_hook_runs() -> None:
         ParallelSpec.from_mapping({**TABLE, "grad_compression": "fp16", "method": "local_sgd"})
     with pytest.raises(ValueError, match="grad_compression"):
         ParallelSpec.from_mapping({**TABLE, "grad_compression": "int8"})
+    with pytest.raises(ValueError, match="grad_compression"):  # needs NCCL: not on gloo ranks
+        ParallelSpec.from_mapping({**TABLE, "grad_compression": "bf16"})
     with pytest.raises(ValueError, match="powersgd_start_iter"):
         ParallelSpec.from_mapping({**TABLE, "powersgd_start_iter": 1})
 

@@ -4,8 +4,9 @@ hooks (``torch.distributed.algorithms.ddp_comm_hooks``), and the bytes each one 
 ``grad_compression`` in ``[parallel]`` chooses the hook (gloo mode, methods whose every step
 all-reduces the gradient: ``sync`` and ``adaptive_batch``):
 
-* ``fp16`` / ``bf16`` — ``fp16_compress_hook`` / ``bf16_compress_hook``: the gradient bucket is
-  cast to half precision, all-reduced, divided by K and cast back: 2 bytes per element.
+* ``fp16`` — ``fp16_compress_hook``: the gradient bucket is cast to half precision,
+  all-reduced, divided by K and cast back: 2 bytes per element. (PyTorch's
+  ``bf16_compress_hook`` needs NCCL; the track's gloo ranks cannot run it, so it is not offered.)
 * ``powersgd`` — ``powerSGD_hook`` (Vogels et al. 2019, "PowerSGD: Practical Low-Rank Gradient
   Compression for Distributed Optimization"): each gradient matrix ``M`` (a tensor viewed as
   ``shape[0] × rest``) is replaced by a rank-``r`` product ``P Qᵀ`` from one power iteration
@@ -16,7 +17,7 @@ all-reduces the gradient: ``sync`` and ``adaptive_batch``):
   plain all-reduce.
 
 The bytes of a step are counted from what the hook all-reduced: element counts from PowerSGD's
-own statistics (``PowerSGDState.total_numel_after_compression``), half the bytes for fp16/bf16.
+own statistics (``PowerSGDState.total_numel_after_compression``), half the bytes for fp16.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class HookedModel:
 
     Args:
         model: the replica (parameters already equal on every rank).
-        kind: ``fp16``, ``bf16`` or ``powersgd``.
+        kind: ``fp16`` or ``powersgd``.
         rank: PowerSGD's matrix approximation rank ``r``.
         start_iter: PowerSGD's plain all-reduce steps before compression (>= 2).
         seed: PowerSGD's random seed (its initial ``Q``).
@@ -56,7 +57,7 @@ class HookedModel:
         seed: int = 0,
         group: dist.ProcessGroup | None = None,
     ) -> None:
-        if kind not in ("fp16", "bf16", "powersgd"):
+        if kind not in ("fp16", "powersgd"):
             raise ValueError(f"grad_compression {kind!r} has no DDP hook")
         self.kind = kind
         self.numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -71,12 +72,7 @@ class HookedModel:
             )
             self.module.register_comm_hook(self.state, powersgd.powerSGD_hook)
         else:
-            hook = (
-                default_hooks.fp16_compress_hook
-                if kind == "fp16"
-                else default_hooks.bf16_compress_hook
-            )
-            self.module.register_comm_hook(group, hook)
+            self.module.register_comm_hook(group, default_hooks.fp16_compress_hook)
         self._counted = 0
 
     def step_bytes(self) -> int:

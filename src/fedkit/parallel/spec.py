@@ -26,7 +26,7 @@ OptimizerName = Literal["sgd", "lars", "lamb", "adamw"]
 Topology = Literal["ring", "ps"]
 Mode = Literal["replicas", "gloo"]
 Schedule = Literal["constant", "cosine", "step"]
-GradCompression = Literal["none", "fp16", "bf16", "powersgd"]
+GradCompression = Literal["none", "fp16", "powersgd"]
 
 METHODS: tuple[str, ...] = get_args(Method)
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
@@ -124,8 +124,8 @@ class ParallelSpec:
         mode: ``replicas`` (K replicas in one process, deterministic) or ``gloo`` (K processes).
         seed: every random choice (init, data order, async speeds) derives from it.
         grad_compression: PyTorch's DDP communication hook for the gradient all-reduce:
-            ``none``, ``fp16``, ``bf16`` or ``powersgd`` (:mod:`fedkit.parallel.grad_compress`;
-            gloo mode, methods ``sync`` and ``adaptive_batch``).
+            ``none``, ``fp16`` or ``powersgd`` (:mod:`fedkit.parallel.grad_compress`; gloo
+            mode, methods ``sync`` and ``adaptive_batch``).
         powersgd_rank: PowerSGD's matrix approximation rank.
         powersgd_start_iter: plain all-reduce steps before PowerSGD starts (>= 2).
     """
