@@ -15,7 +15,8 @@ text is tokenised with :func:`fedkit.data.text.tokenize` and mapped to the bundl
   the first ``T`` kept, right-padded; the class probabilities.
 
 The output layout is read once, when the predictor is made, from the model's answer to one
-window of padding.
+window of padding. Recurrent layers run on the fused LSTM kernel whatever the bundle's
+``fused`` option (training may need the unrolled, vmappable form; the parameters are the same).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from fedkit.data.text import WordVocab, tokenize
+from fedkit.models.text import UnrolledLSTM
 from fedkit.serve.bundle import Bundle
 
 __all__ = ["ClassPrediction", "NextWords", "Prediction", "Predictor"]
@@ -69,6 +71,9 @@ class Predictor:
         if threads is not None:
             torch.set_num_threads(threads)
         self.bundle = bundle
+        for module in bundle.model.modules():  # same parameters, the faster fused kernel
+            if isinstance(module, UnrolledLSTM):
+                module.fused = True
         self.vocab = WordVocab(bundle.words)
         self.window = int(bundle.spec.input_shape[0])
         self.task = bundle.task
