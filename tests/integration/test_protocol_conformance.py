@@ -323,14 +323,10 @@ def test_numpy_worker_and_fedkit_workers_share_fedavg_rounds(
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-5)
 
 
-# ------------------------------------------------------------------------- versions
+# ------------------------------------------------------------------------- refusals
 @pytest.mark.net
-@pytest.mark.parametrize("version", [0, 2])
-def test_coordinator_refuses_other_protocol_versions(
-    ctx: ForkServerContext,
-    procs: list[BaseProcess | subprocess.Popen[str]],
-    tmp_path: Path,
-    version: int,
+def test_coordinator_refuses_other_protocol_versions_and_the_numpy_worker_says_why(
+    ctx: ForkServerContext, procs: list[BaseProcess | subprocess.Popen[str]], tmp_path: Path
 ) -> None:
     exp = tmp_path / "exp.toml"
     exp.write_text(EXPERIMENT)
@@ -353,12 +349,25 @@ def test_coordinator_refuses_other_protocol_versions(
             reply: pb.RegisterReply = stub.Register(req, timeout=30)
             return reply
 
-        refused = register(version)
-        assert refused.error.code == pb.UNSUPPORTED_VERSION
-        assert not refused.token and not refused.worker_id
-        # the detail names the version spoken and the one served (the operator's next step)
-        words = re.findall(r"\d+", refused.error.detail)
-        assert str(version) in words and "1" in words, refused.error.detail
-        # the refusal took nothing: the same client id registers at version 1
+        for version in (0, 2):  # 0: a worker older than the field (unset); 2: a newer one
+            refused = register(version)
+            assert refused.error.code == pb.UNSUPPORTED_VERSION
+            assert not refused.token and not refused.worker_id
+            # the detail names the version spoken and the one served (the operator's next step)
+            words = re.findall(r"\d+", refused.error.detail)
+            assert str(version) in words and "1" in words, refused.error.detail
+        # the refusals took nothing: the same client id registers at version 1
         accepted = register(1)
         assert accepted.error.code == pb.OK and accepted.token
+        assert accepted.protocol_version == 1
+
+    # The NumPy worker started with another experiment file is refused at registration: it exits
+    # 2 at once (no retry) with the code and the coordinator's reason.
+    other = tmp_path / "other.toml"
+    other.write_text(EXPERIMENT.replace("rounds = 3", "rounds = 4"))
+    data = export_client(exp, NUMPY_CLIENT, tmp_path / "client.safetensors")
+    w = start_numpy_worker(address, other, data, poisoned_path(tmp_path / "poison"))
+    procs.append(w)
+    _, err = w.communicate(timeout=60)
+    assert w.returncode == 2, err
+    assert "RUN_MISMATCH" in err and "experiment file differs" in err, err
