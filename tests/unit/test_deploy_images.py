@@ -488,3 +488,36 @@ def test_compose_commands_run_as_written(compose: dict[str, Any], tmp_path: Path
             if p.poll() is None:
                 p.kill()
                 p.communicate(timeout=10)
+
+
+def documented_fedkit_commands() -> Iterator[tuple[str, list[str]]]:
+    """``fedkit …`` command lines in the compose file's comments and in docs/deploy.md's
+    Containers section (code blocks and inline code), where an operator copies them from."""
+    compose = COMPOSE.read_text()
+    for line in compose.splitlines():
+        text = line.lstrip("# ").strip()
+        if text.startswith("fedkit "):
+            yield "deploy/compose.yaml", shlex.split(text)[1:]
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    section = doc.split("## Containers", 1)[1].split("\n## ", 1)[0]
+    for where, text in (("deploy/compose.yaml", compose), ("docs/deploy.md", section)):
+        for inline in re.findall(r"`(fedkit [^`]+)`", text):
+            yield where, shlex.split(inline)[1:]
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split("#", 1)[0])
+            if words[:1] == ["fedkit"]:
+                yield "docs/deploy.md", words[1:]
+            elif words[:2] == ["docker", "run"] and "--entrypoint" in words:
+                image = next(i for i, w in enumerate(words[2:], 2) if ":" in w and "/" not in w)
+                yield "docs/deploy.md", words[image + 1 :]
+
+
+def test_documented_fedkit_commands_exist(cli: TyperGroup) -> None:
+    found = list(documented_fedkit_commands())
+    assert {w[0] for _, w in found} >= {"certs", "export"}, found
+    for where, argv in found:
+        try:
+            check_fedkit_command(cli, argv)
+        except AssertionError as err:
+            raise AssertionError(f"{where}: fedkit {' '.join(argv)}: {err}") from None
