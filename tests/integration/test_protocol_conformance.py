@@ -2,13 +2,14 @@
 
 * A worker written without fedkit or PyTorch (``examples/numpy_worker``: NumPy, grpcio, protobuf
   and safetensors' NumPy API) takes part in FedAvg rounds beside two ordinary ``fedkit`` workers
-  on loopback; every round commits with all three, and the final model equals the serial
-  simulator's, where the third client's update is computed by fedkit (full-batch local SGD on the
-  same MLP: the two differ only by float32 summation order).
+  on loopback, in plaintext and under mutual TLS; every round commits with all three, and the
+  final model equals the serial simulator's, where the third client's update is computed by
+  fedkit (full-batch local SGD on the same MLP: the two differ only by float32 summation order).
 * The NumPy model's local SGD equals fedkit's ``train_local`` on the same data (the maths under
   the first check, without the network).
 * The coordinator refuses a registration speaking an older or a newer protocol version with
-  ``UNSUPPORTED_VERSION`` and a detail naming both versions.
+  ``UNSUPPORTED_VERSION`` and a detail naming both versions; the NumPy worker, refused, exits 2
+  with the code and the reason.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from fedkit.local import LocalStats, LocalTraining, train_local
 from fedkit.models.vision import logreg, mlp
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
+from fedkit.net.tls import create_certs
+from fedkit.net.transport import Security
 from fedkit.params import Params
 from fedkit.run import RunConfig, run
 from fedkit.sim.serial import SerialExecutor
@@ -232,12 +235,15 @@ def poisoned_path(root: Path) -> Path:
     return root
 
 
-def start_numpy_worker(address: str, exp: Path, data: Path, poison: Path) -> subprocess.Popen[str]:
+def start_numpy_worker(
+    address: str, exp: Path, data: Path, poison: Path, certs: Path | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(poison)}
+    tls = [] if certs is None else ["--tls-dir", str(certs), "--tls-name", f"worker-{NUMPY_CLIENT}"]
     return subprocess.Popen(
         [sys.executable, str(NUMPY_WORKER / "worker.py"), "--coordinator", address,
          "--experiment", str(exp), "--client-id", str(NUMPY_CLIENT), "--data", str(data),
-         "--lr", "0.05", "--local-steps", "5", "--batch-size", "0", "--give-up-s", "60"],
+         "--lr", "0.05", "--local-steps", "5", "--batch-size", "0", "--give-up-s", "60", *tls],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -266,31 +272,40 @@ def committed_params(out: Path) -> Params:
 
 
 @pytest.mark.net
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "mutual-tls"])
 def test_numpy_worker_and_fedkit_workers_share_fedavg_rounds(
-    ctx: ForkServerContext, procs: list[BaseProcess | subprocess.Popen[str]], tmp_path: Path
+    ctx: ForkServerContext,
+    procs: list[BaseProcess | subprocess.Popen[str]],
+    tmp_path: Path,
+    tls: bool,
 ) -> None:
     exp = tmp_path / "exp.toml"
     exp.write_text(EXPERIMENT)
     data = export_client(exp, NUMPY_CLIENT, tmp_path / f"client-{NUMPY_CLIENT}.safetensors")
     out = tmp_path / "out"
     address = f"127.0.0.1:{free_port()}"
+    certs = tmp_path / "certs" if tls else None
+    if certs is not None:  # worker-2's certificate names client 2 only: the NumPy worker's
+        create_certs(certs, coordinator_hosts=["127.0.0.1"], workers=3)
+    security = Security(cert_dir=certs)
     coordinator = ctx.Process(
         target=run_coordinator,
-        kwargs={"experiment": exp, "listen": address, "out_dir": out, "min_workers": 3},
+        kwargs={"experiment": exp, "listen": address, "out_dir": out, "min_workers": 3,
+                "security": security},
         daemon=True,
-    )
+    )  # fmt: skip
     coordinator.start()
     procs.append(coordinator)
     for cid in (0, 1):
         w = ctx.Process(
             target=run_worker,
             kwargs={"coordinator": address, "experiment": exp, "give_up_s": 60.0,
-                    "client_ids": [cid]},
+                    "client_ids": [cid], "security": security, "tls_name": f"worker-{cid}"},
             daemon=True,
         )  # fmt: skip
         w.start()
         procs.append(w)
-    numpy_worker = start_numpy_worker(address, exp, data, poisoned_path(tmp_path / "poison"))
+    numpy_worker = start_numpy_worker(address, exp, data, poisoned_path(tmp_path / "poison"), certs)
     procs.append(numpy_worker)
 
     coordinator.join(120)
