@@ -1,0 +1,265 @@
+"""Deployment at scale: one coordinator, W worker processes serving C clients (issue 20).
+
+McMahan's CNN (1,663,370 parameters), no local work: each worker process serves a block of C/W
+client ids (``fedkit worker --clients``: one registration, one resident template), decodes every
+broadcast it is sent and answers with a zero delta of the model's size for the client the task
+names. The coordinator is the real one: the run loop with the remote executor (broadcast encoded
+once per round; uploads SHA-256-checked per chunk as they arrive, validated, decoded zero-copy
+over the received buffer, folded into the aggregator). The cohort is 10% of C.
+
+Reported per C, as means over the measured rounds (one warm-up round is left out):
+
+* the coordinator's CPU seconds per round (this process: run loop, gRPC threads, hashing,
+  validation, aggregation) against the **in-process floor** measured in the same run: the same
+  bytes through the same steps with no network (encode + chunk the broadcast once; per upload:
+  chunk hashes, reassembly, header and finiteness checks, zero-copy decode, fold);
+* wall seconds per round (all W + 1 processes share this machine's cores, so on 2 cores it
+  tracks the total CPU, not the coordinator's);
+* bytes per client per direction on the wire (protobuf message bytes) against the model bytes;
+* the coordinator's peak resident memory above its level after the warm-up round, for
+  ``deploy.fold = "ordered"`` (bit-for-bit with the simulator; early results wait for lower ids)
+  and ``"arrival"`` (one accumulator whatever the cohort).
+
+``--flower`` adds Flower's deployment engine (SuperLink + one SuperNode per client, Flower
+installed by this script into its own virtual environment, never a project dependency) on the
+same model size and cohort; see ``benchmarks/flower_scale.py``.
+
+    python benchmarks/deploy_scale.py [--clients 100 1000] [--workers 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedkit.aggregate import check_finite
+from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
+from fedkit.local import LocalTraining
+from fedkit.models import build_model
+from fedkit.net.broker import Broker
+from fedkit.net.client import CoordinatorClient
+from fedkit.net.codec import Reassembler, split
+from fedkit.net.deployment import DeploySettings
+from fedkit.net.executor import RemoteExecutor
+from fedkit.net.payload import (
+    ResultMeta,
+    check_tree_header,
+    decode_tree,
+    encode_tree,
+    info_from_metadata,
+)
+from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.service import add_service
+from fedkit.net.transport import Security, make_server
+from fedkit.params import model_params, nbytes
+from fedkit.run import RunConfig, run
+
+ZERO_META = ResultMeta(
+    weight=1.0, num_examples=1, steps=0, train_loss=0.0, work_fraction=1.0, compute_s=0.0
+).to_metadata()
+
+
+def cnn_params() -> dict[str, torch.Tensor]:
+    """The CNN's initial parameters (seeded)."""
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=10, input_shape=(1, 28, 28))
+    return {k: v.detach().clone() for k, v in model_params(model).items()}
+
+
+def null_worker(address: str, ids: list[int], stats_q: Any) -> None:
+    """One process serving ``ids``: decode each broadcast, answer a zero delta for its client."""
+    torch.set_num_threads(1)
+    params = cnn_params()
+    msg_template = ModelMessage(params=params)
+    zero = encode_tree(ModelDelta(delta={k: torch.zeros_like(v) for k, v in params.items()}),
+                       ZERO_META)  # fmt: skip
+    client = CoordinatorClient(address, client_ids=[str(c) for c in ids], security=Security())
+    client.register()
+    tasks: list[tuple[int, int, int]] = []  # (round, bytes down, bytes up) per client task
+    while True:
+        down0, up0 = client.bytes_received, client.bytes_sent
+        task = client.get_task(wait_s=5.0)
+        if task.kind == pb.SHUTDOWN:
+            break
+        if task.kind != pb.TRAIN:
+            continue
+        _msg, meta = decode_tree(task.payload, msg_template)
+        info_from_metadata(meta)
+        client.push_result(task, zero, compute_s=0.0)
+        tasks.append((task.round, client.bytes_received - down0, client.bytes_sent - up0))
+    client.close()
+    stats_q.put(tasks)
+
+
+def coordinator_floor(params: dict[str, torch.Tensor], cohort: int) -> float:
+    """CPU seconds of the coordinator's per-round work for ``cohort`` uploads, in one process."""
+    msg = ModelMessage(params=params)
+    template = ModelDelta(delta={k: torch.zeros_like(v) for k, v in params.items()})
+    upload = encode_tree(template, ZERO_META)
+    parts = split(upload)  # the worker's work: not counted
+    agg = FedAvg(local=LocalTraining(lr=0.1, steps=1)).aggregator
+    t0 = time.process_time()
+    split(encode_tree(msg))  # the broadcast, once
+    acc = None
+    for _ in range(cohort):
+        r = Reassembler(declared_bytes=len(upload), declared_chunks=len(parts),
+                        max_bytes=len(upload))  # fmt: skip
+        for c in parts:
+            r.add(c)
+        payload = r.result()
+        check_tree_header(payload, template)
+        update, meta = decode_tree(payload, template)
+        check_finite(update)
+        m = ResultMeta.from_metadata(meta)
+        acc = agg.add(agg.zero(update) if acc is None else acc, update, m.weight)
+    return time.process_time() - t0
+
+
+def rss_bytes() -> int:
+    """This process's resident set size."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Samples this process's RSS every 5 ms in a thread; ``peak`` is the highest seen."""
+
+    def __init__(self) -> None:
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[str, Any]:
+    """Run ``rounds`` + 1 rounds with ``workers`` processes serving ``n_clients`` clients."""
+    params = cnn_params()
+    raw = nbytes(params)
+    cohort = max(1, n_clients // 10)
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["fedkit.net.client", "fedkit.net.payload", "fedkit.models"])
+    settings = DeploySettings(deadline_s=600, select_timeout_s=600, heartbeat_s=5,
+                              liveness_s=120, fold=fold)  # fmt: skip
+    broker = Broker(run_id="bench", max_result_bytes=settings.max_update_bytes,
+                    heartbeat_interval_s=5, liveness_s=120)  # fmt: skip
+    server, port = make_server("127.0.0.1:0", Security(), max_workers=2 * workers + 8)
+    add_service(server, broker)
+    server.start()
+    stats_q = ctx.Queue()
+    blocks = [list(range(n_clients))[k::workers] for k in range(workers)]
+    procs = [
+        ctx.Process(target=null_worker, args=(f"127.0.0.1:{port}", b, stats_q), daemon=True)
+        for b in blocks
+    ]
+    for p in procs:
+        p.start()
+    broker.wait_for_clients({str(i) for i in range(n_clients)}, n_clients, 600)
+    template = ModelDelta(delta={k: torch.zeros_like(v) for k, v in params.items()})
+    executor = RemoteExecutor(broker, num_clients=n_clients, settings=settings,
+                              update_template=template)  # fmt: skip
+    algorithm = FedAvg(local=LocalTraining(lr=0.1, steps=1))
+    coord_cpu: list[float] = []
+    last = [time.process_time()]
+
+    meter = PeakRss()
+    base_rss = [rss_bytes()]
+
+    def cpu_meter(record: object, params: object) -> None:
+        now = time.process_time()
+        coord_cpu.append(now - last[0])
+        last[0] = now
+        if len(coord_cpu) == 1:  # after the warm-up round: memory from here on
+            base_rss[0] = meter.peak = rss_bytes()
+
+    last[0] = time.process_time()
+    result = run(
+        algorithm, executor, params,
+        RunConfig(rounds=rounds + 1, clients_per_round=cohort, seed=0, eval_every=0),
+        callbacks=[cpu_meter],
+    )  # fmt: skip
+    peak = meter.stop()
+    broker.shutdown(grace_s=30)
+    tasks = [t for _ in procs for t in stats_q.get(timeout=120)]
+    for p in procs:
+        p.join(30)
+    server.stop(1)
+    measured = [t for t in tasks if t[0] >= 1]
+    walls = [r.wall_seconds for r in result.history[1:]]
+    floor = statistics.median(coordinator_floor(params, cohort) for _ in range(3))
+    cpu = statistics.mean(coord_cpu[1:])
+    return {
+        "clients": n_clients,
+        "workers": workers,
+        "cohort": cohort,
+        "fold": fold,
+        "rounds_measured": len(walls),
+        "all_committed": all(r.committed and len(r.clients) == cohort for r in result.history),
+        "model_bytes": raw,
+        "coordinator_cpu_s_per_round": cpu,
+        "floor_cpu_s_per_round": floor,
+        "cpu_over_floor": cpu / floor,
+        "wall_s_per_round": statistics.mean(walls),
+        "down_bytes_per_client": statistics.mean(t[1] for t in measured),
+        "up_bytes_per_client": statistics.mean(t[2] for t in measured),
+        "down_ratio": statistics.mean(t[1] for t in measured) / raw,
+        "up_ratio": statistics.mean(t[2] for t in measured) / raw,
+        "coordinator_peak_rss_above_start_mib": (peak - base_rss[0]) / 2**20,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds (plus one warm-up)")
+    ap.add_argument("--folds", nargs="+", default=["ordered", "arrival"])
+    ap.add_argument("--json-out", type=Path, default=Path("benchmarks/results/deploy_scale.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = [
+        one_setting(c, args.workers, args.rounds, fold) for c in args.clients for fold in args.folds
+    ]
+    head = (f"{'C':>5s} {'cohort':>6s} {'fold':>8s} {'coord CPU s':>11s} {'floor s':>8s} "
+            f"{'ratio':>6s} {'wall s':>7s} {'down/model':>10s} {'up/model':>9s} "
+            f"{'peak MiB':>9s}")  # fmt: skip
+    print(head)
+    for r in rows:
+        print(f"{r['clients']:5d} {r['cohort']:6d} {r['fold']:>8s} "
+              f"{r['coordinator_cpu_s_per_round']:11.3f} {r['floor_cpu_s_per_round']:8.3f} "
+              f"{r['cpu_over_floor']:6.2f} {r['wall_s_per_round']:7.2f} {r['down_ratio']:10.4f} "
+              f"{r['up_ratio']:9.4f} {r['coordinator_peak_rss_above_start_mib']:9.1f}")  # fmt: skip
+    out = {
+        "rows": rows,
+        "cpus": os.cpu_count(),
+        "load_avg_1min": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    print(f"machine: {out['cpus']} CPUs, 1-min load {out['load_avg_1min']:.1f}")
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
