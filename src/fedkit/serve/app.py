@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -38,6 +38,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fedkit.serve.batching import BatchSettings, MicroBatcher, Overloaded
 from fedkit.serve.predictor import ClassPrediction, NextWords, Prediction, Predictor
@@ -177,16 +178,7 @@ def create_app(
 
     app = FastAPI(title="fedkit serve", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        route = request.url.path if request.url.path in _ROUTES else "other"
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        latency.labels(route).observe(time.perf_counter() - t0)
-        requests.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Measure, requests=requests, latency=latency)
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
@@ -229,3 +221,32 @@ def create_app(
 
 
 _ROUTES = frozenset({"/v1/predict", "/healthz", "/metrics"})
+
+
+class _Measure:
+    """Counts and times every HTTP request by route and status code (a plain ASGI wrapper:
+    Starlette's ``BaseHTTPMiddleware`` costs more than the model call of a small request)."""
+
+    def __init__(self, app: ASGIApp, *, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        route = path if path in _ROUTES else "other"
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.latency.labels(route).observe(time.perf_counter() - t0)
+            self.requests.labels(route, str(status)).inc()
