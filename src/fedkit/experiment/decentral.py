@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 
 from fedkit.algorithm import ClientData
@@ -114,8 +113,8 @@ class Prepared:
 
 
 def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
-    """The nodes' data, the initial model and the averaged model's evaluator (on the nodes'
-    pooled local test samples when every node has some, else the dataset's test split)."""
+    """The nodes' data, the initial model and the averaged model's evaluator (on the
+    dataset's test split: for FEMNIST every writer's test images, not only the nodes')."""
     from fedkit.experiment.runner import model_init_seed
 
     try:
@@ -131,19 +130,12 @@ def prepare(exp: DecentralExperiment, data_root: Path | None) -> Prepared:
         options=dict(exp.model.options),
         init_seed=model_init_seed(exp.spec.seed),
     )
-    nodes = [store.data(i) for i in range(store.num_clients)]
-    tests = [(c.x_test, c.y_test) for c in nodes]
-    if all(x is not None and y is not None and len(y) for x, y in tests):
-        # the nodes' own test samples, pooled: the task the nodes share
-        x_test = torch.cat([x for x, _ in tests if x is not None])
-        y_test = torch.cat([y for _, y in tests if y is not None])
-    else:
-        x_test, y_test = fd.dataset.test.x, fd.dataset.test.y
+    test = fd.dataset.test
     return Prepared(
         model_spec=spec,
         init=model_params(spec.build()),
-        nodes=nodes,
-        evaluator=central_evaluator(spec.build(), x_test, y_test),
+        nodes=[store.data(i) for i in range(store.num_clients)],
+        evaluator=central_evaluator(spec.build(), test.x, test.y),
     )
 
 
