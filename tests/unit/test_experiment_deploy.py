@@ -93,7 +93,7 @@ def test_deploy_commands_keep_their_flags() -> None:
             cmd = cmd.get_command(ctx, name)  # type: ignore[attr-defined]
         return {o for p in cmd.params for o in p.opts}
 
-    common = {"--experiment", "--data", "--verbose", "-v"}
+    common = {"file", "--experiment", "--data", "--verbose", "-v"}  # FILE, or --experiment
     assert flags("coordinator") == common | {
         "--listen", "--out", "--tls-dir", "--insecure", "--json", "--min-workers", "--secret-file"
     }  # fmt: skip

@@ -2,6 +2,11 @@
 
 Mounted by :mod:`fedkit.cli` (``fedkit …`` or ``python -m fedkit …``). They read experiment files
 (:mod:`fedkit.experiment.deploy`) and hand typed objects to :mod:`fedkit.net`.
+
+The experiment file is passed as ``fedkit run`` takes it, a FILE positional (``fedkit launch
+FILE --workers 4``); ``--experiment FILE`` is kept as an alias. ``launch`` and ``coordinator``
+write into ``--out``, by default ``runs/<FILE stem>`` (under ``fedkit run``'s default ``runs/``):
+read it with ``fedkit runs list --runs runs/<FILE stem>`` or ``fedkit report``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,18 @@ secrets_app = typer.Typer(
     help="Enrolment secrets (plaintext mode).",
 )
 
-ExperimentOpt = Annotated[Path, typer.Option("--experiment", help="Experiment TOML file.")]
+FileArg = Annotated[
+    Path | None,
+    typer.Argument(help="Experiment file (TOML), as for `fedkit run FILE`.", metavar="FILE"),
+]
+ExperimentOpt = Annotated[
+    Path | None,
+    typer.Option("--experiment", help="The experiment file, instead of FILE (older spelling)."),
+]
+DEFAULT_DEPLOY_OUT = Path("runs")
+"""Parent of the default output folders of ``launch`` and ``coordinator``: ``runs/<FILE stem>``
+(``fedkit run``'s default is ``runs/``; a deployment keeps its resumable ``coordinator.db`` per
+experiment)."""
 DataOpt = Annotated[
     Path | None,
     typer.Option(
@@ -103,6 +119,24 @@ def _exit_for(summary: Summary) -> None:
     raise typer.Exit(3 if summary.committed_rounds else 4)
 
 
+def _experiment_file(file: Path | None, experiment: Path | None) -> Path:
+    """The experiment file from the FILE positional or its alias ``--experiment`` (one of them;
+    both only when they name the same file)."""
+    if file is not None and experiment is not None and file != experiment:
+        typer.echo(f"error: FILE {file} and --experiment {experiment} differ; give one", err=True)
+        raise typer.Exit(2)
+    chosen = file if file is not None else experiment
+    if chosen is None:
+        typer.echo("error: give the experiment file: FILE (or --experiment FILE)", err=True)
+        raise typer.Exit(2)
+    return chosen
+
+
+def _default_out(out: Path | None, experiment: Path) -> Path:
+    """``--out``, else ``runs/<experiment file stem>``."""
+    return out if out is not None else DEFAULT_DEPLOY_OUT / experiment.stem
+
+
 def _load(path: Path) -> DeploymentFile:
     from fedkit.experiment.deploy import ExperimentError, read_deployment
 
@@ -115,13 +149,18 @@ def _load(path: Path) -> DeploymentFile:
 
 @app.command()
 def coordinator(
-    experiment: ExperimentOpt,
+    file: FileArg = None,
+    experiment: ExperimentOpt = None,
     listen: Annotated[
         str, typer.Option("--listen", help="HOST:PORT to serve on.")
     ] = "127.0.0.1:7070",
     out: Annotated[
-        Path, typer.Option("--out", help="State directory (SQLite, checkpoint).")
-    ] = Path("fedkit-coordinator"),
+        Path | None,
+        typer.Option(
+            "--out",
+            help="State directory (results.sqlite, coordinator.db); default runs/<FILE stem>.",
+        ),
+    ] = None,
     data: DataOpt = None,
     tls_dir: TlsOpt = None,
     insecure: InsecureOpt = False,
@@ -142,6 +181,8 @@ def coordinator(
     from fedkit.net.identity import IdentityError, load_enrolment
 
     _logging(verbose)
+    experiment = _experiment_file(file, experiment)
+    out = _default_out(out, experiment)
     exp = _load(experiment)
     sec = _security(tls_dir, insecure)
     try:
@@ -170,7 +211,8 @@ def coordinator(
 @app.command()
 def worker(
     coordinator: Annotated[str, typer.Option("--coordinator", help="Coordinator HOST:PORT.")],
-    experiment: ExperimentOpt,
+    file: FileArg = None,
+    experiment: ExperimentOpt = None,
     client_id: Annotated[
         int | None, typer.Option("--client-id", help="The client this worker serves.")
     ] = None,
@@ -225,6 +267,7 @@ def worker(
     from fedkit.net.identity import IdentityError
 
     _logging(verbose)
+    experiment = _experiment_file(file, experiment)
     try:
         ids = _served_ids(client_id, clients)
     except (ValueError, IdentityError) as exc:
@@ -288,8 +331,12 @@ def _served_ids(client_id: int | None, clients: str | None) -> list[int]:
 @app.command()
 def launch(
     workers: Annotated[int, typer.Option("--workers", help="Number of local workers.")],
-    experiment: ExperimentOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("fedkit-launch"),
+    file: FileArg = None,
+    experiment: ExperimentOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output directory; default runs/<FILE stem>."),
+    ] = None,
     data: DataOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final JSON line.")] = False,
     verbose: VerboseOpt = False,
@@ -298,6 +345,8 @@ def launch(
     from fedkit.experiment.deploy import launch as do_launch
 
     _logging(verbose)
+    experiment = _experiment_file(file, experiment)
+    out = _default_out(out, experiment)
     exp = _load(experiment)
     try:
         summary = do_launch(exp, experiment.resolve(), workers=workers, out_dir=out, data_root=data)
