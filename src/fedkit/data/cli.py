@@ -4,8 +4,11 @@
 of an experiment (a :class:`~fedkit.data.spec.DataSpec`) from an experiment TOML file and/or
 ``--set`` pairs, parsed and applied exactly as ``fedkit run --set`` does
 (:func:`fedkit.experiment.config.parse_overrides`): ``--set data.num_clients=10``,
-``--set data.options.num_users=4``; a key without a section (``num_clients=10``) is a ``[data]``
-key; values are TOML values and ``--set`` wins over the file. It partitions the dataset and prints
+``--set data.options.num_users=4``; values are TOML values and ``--set`` wins over the file. The
+old form, a key without a section (``num_clients=10``), is still read as a ``[data]`` key but is
+deprecated (a warning on stderr names the ``data.`` spelling). Keys of other sections
+(``run.rounds=3``) are accepted, so that ``fedkit run``'s ``--set`` list can be pasted as it is,
+and named on stderr as not affecting the partition. It partitions the dataset and prints
 per-client sample counts and label histograms:
 a table (the first ``--rows`` clients, with a summary of all of them), JSON with ``--json`` (a
 ``clients`` list of objects with ``num_samples`` and ``label_histogram``), and with ``--plot`` a
@@ -41,6 +44,7 @@ from fedkit.data.spec import DataSpec, FederatedData, build_federated
 __all__ = [
     "app",
     "data_overrides",
+    "deprecated_keys",
     "describe",
     "describe_json",
     "download",
@@ -79,6 +83,14 @@ def data_overrides(pairs: list[str]) -> dict[str, Any]:
         key if key.partition(".")[0] in SECTIONS else f"data.{key}": value
         for key, value in parse_overrides(pairs).items()
     }
+
+
+def deprecated_keys(pairs: list[str]) -> list[str]:
+    """The keys of ``pairs`` given without a section (``num_clients=10``): the deprecated form
+    that :func:`data_overrides` still reads as ``data.num_clients``."""
+    from fedkit.experiment.config import SECTIONS, parse_overrides
+
+    return [key for key in parse_overrides(pairs) if key.partition(".")[0] not in SECTIONS]
 
 
 def spec_from_sources(file: Path | None, sets: list[str]) -> DataSpec:
@@ -241,7 +253,7 @@ def describe(
         list[str] | None,
         typer.Option(
             "--set",
-            help="data.KEY=value, as in `fedkit run --set` (bare KEY: data.KEY); overrides FILE.",
+            help="data.KEY=value, as in `fedkit run --set`; overrides FILE (bare KEY: deprecated).",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -261,6 +273,18 @@ def describe(
     """Per-client sample counts and label histograms of a federated partition."""
     console = Console()
     try:
+        for key in deprecated_keys(sets or []):
+            typer.echo(
+                f"warning: --set {key}=… without a section is deprecated; write "
+                f"--set data.{key}=… as for `fedkit run`",
+                err=True,
+            )
+        foreign = [k for k in data_overrides(sets or []) if not k.startswith("data.")]
+        if foreign:
+            typer.echo(
+                f"note: --set {', '.join(foreign)} do not shape a partition (only data.* keys do)",
+                err=True,
+            )
         spec = spec_from_sources(file, sets or [])
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         typer.echo(f"error: {exc}", err=True)
