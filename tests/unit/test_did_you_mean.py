@@ -67,3 +67,69 @@ def test_unknown_section_suggests() -> None:
         study_from_mapping(doc, default_name="t")
     with pytest.raises(ConfigError, match=r"'runn' in key 'runn.rounds' \(did you mean 'run'\?\)"):
         study_from_mapping(tomllib.loads(BASE), default_name="t", overrides={"runn.rounds": 3})
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        # "aplha" vs "alpha": 4 of 5 letters match in order -> ratio 2*4/10 = 0.8 >= 0.6
+        ("aplha", "unknown key data.aplha in [data] (did you mean 'alpha'?); allowed: dataset,"),
+        ("num_client", "(did you mean 'num_clients'?)"),
+    ],
+)
+def test_unknown_data_key_suggests(key: str, text: str) -> None:
+    doc = tomllib.loads(BASE)
+    doc["data"][key] = 1
+    with pytest.raises(ConfigError) as info:
+        study_from_mapping(doc, default_name="t")
+    assert text in str(info.value)
+
+
+PARALLEL = """
+[data]
+dataset = "synthetic"
+partition = "iid"
+num_clients = 1
+
+[model]
+name = "logreg"
+
+[parallel]
+method = "sync"
+workers = 2
+
+[parallel.network]
+latency_ms = 0.5
+
+[[arms]]
+name = "a"
+
+[[arms]]
+name = "b"
+"""
+
+
+@pytest.mark.parametrize(
+    ("arm_key", "text"),
+    [
+        ("parallel.local_step", "unknown key parallel.local_step in [parallel] (did you mean "
+         "'local_steps'?)"),
+        ("parallel.network.latency", "unknown key parallel.network.latency in "
+         "[parallel.network] (did you mean 'latency_ms'?)"),
+    ],
+)  # fmt: skip
+def test_unknown_key_in_a_parallel_arm_suggests(arm_key: str, text: str) -> None:
+    """A typo in one [[arms]] table of a [parallel] study is named with its closest key."""
+    study_from_mapping(tomllib.loads(PARALLEL), default_name="t")  # valid as written
+    doc = tomllib.loads(PARALLEL + f"{arm_key} = 4\n")  # in the last arm, "b"
+    with pytest.raises(ConfigError) as info:
+        study_from_mapping(doc, default_name="t")
+    assert text in str(info.value)
+
+
+def test_unknown_section_of_a_study_outside_run_suggests() -> None:
+    """Files read by experiment/arms.py (decentralised, vertical) name the closest section."""
+    from fedkit.experiment.arms import expand_arms
+
+    with pytest.raises(ConfigError, match=r"unknown section \[dta\] \(did you mean 'data'\?\)"):
+        expand_arms({"dta": {}}, ("data", "model"), default_name="t")

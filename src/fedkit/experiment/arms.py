@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedkit.experiment.tables import ConfigError
+from fedkit.experiment.tables import ConfigError, did_you_mean
 
 __all__ = ["Resolved", "expand_arms", "read_toml"]
 
@@ -81,7 +81,10 @@ def expand_arms(
     allowed = ("study", *sections, "arms")
     unknown = sorted(set(doc) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown section [{unknown[0]}]; allowed: {', '.join(allowed)}")
+        raise ConfigError(
+            f"unknown section [{unknown[0]}]{did_you_mean(unknown[0], allowed)}; "
+            f"allowed: {', '.join(allowed)}"
+        )
     study = doc.get("study", {})
     if not isinstance(study, Mapping):
         raise ConfigError("[study] must be a table")

@@ -36,6 +36,7 @@ __all__ = [
     "INT64_MAX",
     "ConfigError",
     "build",
+    "check_keys",
     "check_value",
     "construct",
     "describe",
@@ -250,6 +251,22 @@ def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_keys(table: Mapping[str, Any], allowed: typing.Sequence[str], key: str) -> None:
+    """Refuse a key of ``table`` (the ``[key]`` table) that is not in ``allowed``.
+
+    Raises:
+        ConfigError: Names the first unknown key (sorted), the closest allowed key
+            (:func:`did_you_mean`) and the allowed ones: ``unknown key data.aplha in [data]
+            (did you mean 'alpha'?); allowed: dataset, partition, …``.
+    """
+    unknown = sorted(str(k) for k in set(table) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {key}.{unknown[0]} in [{key}]{did_you_mean(unknown[0], allowed)}; "
+            f"allowed: {', '.join(allowed) or '(none)'}"
+        )
+
+
 def construct(
     factory: Callable[..., Any],
     table: Mapping[str, Any],
@@ -273,13 +290,8 @@ def construct(
     """
     params = _params(factory)
     extra = dict(extra or {})
-    unknown = sorted(set(table) - set(params))
-    if unknown:
-        allowed = (["name"] if named else []) + [p for p in params if p not in extra]
-        raise ConfigError(
-            f"unknown key {key}.{unknown[0]} in [{key}]{did_you_mean(unknown[0], allowed)}; "
-            f"allowed: {', '.join(allowed) or '(none)'}"
-        )
+    if set(table) - set(params):
+        check_keys(table, (["name"] if named else []) + [p for p in params if p not in extra], key)
     kwargs = {
         k: _convert(params[k].annotation, v, f"{key}.{k}", params[k].default)
         for k, v in table.items()
