@@ -98,6 +98,7 @@ from fedkit.experiment.attack import AttackSettings
 from fedkit.experiment.tables import (
     ConfigError,
     build,
+    check_keys,
     check_value,
     construct,
     describe,
@@ -744,6 +745,7 @@ def _experiment(
     for required in ("data", "model"):
         if required not in doc:
             raise ConfigError(f"missing section [{required}]")
+    check_keys(_table("data", doc["data"]), [f.name for f in dataclasses.fields(DataSpec)], "data")
     try:
         data = DataSpec.from_mapping(_table("data", doc["data"]))
     except ConfigError:
@@ -759,10 +761,15 @@ def _experiment(
     algorithm: AlgorithmSettings | None = None
     aggregator = doc.get("aggregator")
     if "parallel" in doc:
-        from fedkit.parallel.spec import ParallelSpec
+        from fedkit.parallel.spec import NetworkSpec, ParallelSpec
 
+        table = _table("parallel", doc["parallel"])
+        check_keys(table, [f.name for f in dataclasses.fields(ParallelSpec)], "parallel")
+        if isinstance(table.get("network"), Mapping):
+            network = [f.name for f in dataclasses.fields(NetworkSpec)]
+            check_keys(table["network"], network, "parallel.network")
         try:
-            parallel = ParallelSpec.from_mapping(_table("parallel", doc["parallel"]))
+            parallel = ParallelSpec.from_mapping(table)
         except ConfigError:
             raise
         except (ValueError, TypeError) as e:
