@@ -13,6 +13,10 @@ Reported per C, as means over the measured rounds (one warm-up round is left out
   validation, aggregation) against the **in-process floor** measured in the same run: the same
   bytes through the same steps with no network (encode + chunk the broadcast once; per upload:
   chunk hashes, reassembly, header and finiteness checks, zero-copy decode, fold);
+* the **bare gRPC transfer** cost in the same run: a gRPC server with the same options and
+  message types whose handlers do nothing (drain the upload chunks, stream pre-serialised
+  broadcast chunks), fed the same bytes by W client processes — what moving the bytes alone costs
+  the server, so ``floor + transfer`` is what the coordinator can hope for with gRPC in Python;
 * wall seconds per round (all W + 1 processes share this machine's cores, so on 2 cores it
   tracks the total CPU, not the coordinator's);
 * bytes per client per direction on the wire (protobuf message bytes) against the model bytes;
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 
 from fedkit.aggregate import check_finite
@@ -61,7 +66,7 @@ from fedkit.net.payload import (
 )
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.service import add_service
-from fedkit.net.transport import Security, make_server
+from fedkit.net.transport import Security, make_channel, make_server
 from fedkit.params import model_params, nbytes
 from fedkit.run import RunConfig, run
 
@@ -124,6 +129,65 @@ def coordinator_floor(params: dict[str, torch.Tensor], cohort: int) -> float:
         m = ResultMeta.from_metadata(meta)
         acc = agg.add(agg.zero(update) if acc is None else acc, update, m.weight)
     return time.process_time() - t0
+
+
+_SERVICE = "fedkit.net.v1.Coordinator"
+
+
+def _bare_handlers(payload: bytes) -> grpc.GenericRpcHandler:
+    """Handlers that move bytes and do nothing else (the transfer arm)."""
+    wire = [pb.TaskPart(chunk=c).SerializeToString() for c in split(payload)]
+
+    def push(parts: Any, _ctx: Any) -> pb.Ack:
+        for _ in parts:
+            pass
+        return pb.Ack()
+
+    def get(_req: Any, _ctx: Any) -> Any:
+        yield from wire
+
+    return grpc.method_handlers_generic_handler(_SERVICE, {
+        "PushResult": grpc.stream_unary_rpc_method_handler(
+            push, request_deserializer=pb.ResultPart.FromString,
+            response_serializer=pb.Ack.SerializeToString),
+        "GetTask": grpc.unary_stream_rpc_method_handler(
+            get, request_deserializer=pb.GetTaskRequest.FromString,
+            response_serializer=lambda b: b),
+    })  # fmt: skip
+
+
+def _bare_client(address: str, payload: bytes, transfers: int) -> None:
+    channel = make_channel(address, Security(), identity="bench")
+    up = channel.stream_unary(f"/{_SERVICE}/PushResult",
+                              request_serializer=pb.ResultPart.SerializeToString,
+                              response_deserializer=pb.Ack.FromString)  # fmt: skip
+    down = channel.unary_stream(f"/{_SERVICE}/GetTask",
+                                request_serializer=pb.GetTaskRequest.SerializeToString,
+                                response_deserializer=pb.TaskPart.FromString)  # fmt: skip
+    parts = [pb.ResultPart(chunk=c) for c in split(payload)]
+    for _ in range(transfers):
+        list(down(pb.GetTaskRequest()))
+        up(iter(parts))
+    channel.close()
+
+
+def grpc_transfer_cpu(payload: bytes, cohort: int, workers: int, ctx: Any) -> float:
+    """Server CPU seconds to send ``payload`` to and receive it from ``cohort`` clients (spread
+    over ``workers`` client processes) through a bare gRPC server."""
+    server, port = make_server("127.0.0.1:0", Security(), max_workers=2 * workers + 8)
+    server.add_generic_rpc_handlers((_bare_handlers(payload),))
+    server.start()
+    share = [cohort // workers + (k < cohort % workers) for k in range(workers)]
+    procs = [ctx.Process(target=_bare_client, args=(f"127.0.0.1:{port}", payload, n))
+             for n in share if n]  # fmt: skip
+    t0 = time.process_time()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    cpu = time.process_time() - t0
+    server.stop(1)
+    return cpu
 
 
 def rss_bytes() -> int:
@@ -206,6 +270,8 @@ def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[st
     measured = [t for t in tasks if t[0] >= 1]
     walls = [r.wall_seconds for r in result.history[1:]]
     floor = statistics.median(coordinator_floor(params, cohort) for _ in range(3))
+    upload = encode_tree(template, ZERO_META)
+    transfer = statistics.median(grpc_transfer_cpu(upload, cohort, workers, ctx) for _ in range(3))
     cpu = statistics.mean(coord_cpu[1:])
     return {
         "clients": n_clients,
@@ -218,6 +284,8 @@ def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[st
         "coordinator_cpu_s_per_round": cpu,
         "floor_cpu_s_per_round": floor,
         "cpu_over_floor": cpu / floor,
+        "grpc_transfer_cpu_s_per_round": transfer,
+        "cpu_over_floor_plus_transfer": cpu / (floor + transfer),
         "wall_s_per_round": statistics.mean(walls),
         "down_bytes_per_client": statistics.mean(t[1] for t in measured),
         "up_bytes_per_client": statistics.mean(t[2] for t in measured),
@@ -240,13 +308,15 @@ def main() -> None:
         one_setting(c, args.workers, args.rounds, fold) for c in args.clients for fold in args.folds
     ]
     head = (f"{'C':>5s} {'cohort':>6s} {'fold':>8s} {'coord CPU s':>11s} {'floor s':>8s} "
-            f"{'ratio':>6s} {'wall s':>7s} {'down/model':>10s} {'up/model':>9s} "
-            f"{'peak MiB':>9s}")  # fmt: skip
+            f"{'ratio':>6s} {'gRPC s':>7s} {'/(f+g)':>6s} {'wall s':>7s} {'down/model':>10s} "
+            f"{'up/model':>9s} {'peak MiB':>9s}")  # fmt: skip
     print(head)
     for r in rows:
         print(f"{r['clients']:5d} {r['cohort']:6d} {r['fold']:>8s} "
               f"{r['coordinator_cpu_s_per_round']:11.3f} {r['floor_cpu_s_per_round']:8.3f} "
-              f"{r['cpu_over_floor']:6.2f} {r['wall_s_per_round']:7.2f} {r['down_ratio']:10.4f} "
+              f"{r['cpu_over_floor']:6.2f} {r['grpc_transfer_cpu_s_per_round']:7.3f} "
+              f"{r['cpu_over_floor_plus_transfer']:6.2f} "
+              f"{r['wall_s_per_round']:7.2f} {r['down_ratio']:10.4f} "
               f"{r['up_ratio']:9.4f} {r['coordinator_peak_rss_above_start_mib']:9.1f}")  # fmt: skip
     out = {
         "rows": rows,
