@@ -76,11 +76,11 @@ def _mount() -> None:
 
     app.command("new")(new)
 
-    from fedkit.experiment.decentral import decentral
+    from fedkit.experiment.decentral_cli import decentral
 
     app.command("decentral")(decentral)
 
-    from fedkit.experiment.vertical import vertical
+    from fedkit.experiment.vertical_cli import vertical
 
     app.command("vertical")(vertical)
 

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from fedkit.experiment.decentral import (
     accuracy_at_bytes,
-    decentral,
     equal_bytes_table,
     experiments_from_mapping,
     load_decentral,
 )
+from fedkit.experiment.decentral_cli import decentral
 from fedkit.experiment.results import ResultsStore, RoundRow, results_path
 from fedkit.experiment.tables import ConfigError
 

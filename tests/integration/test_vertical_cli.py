@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from fedkit.experiment.results import ResultsStore, results_path
-from fedkit.experiment.vertical import load_vertical, vertical
+from fedkit.experiment.vertical import load_vertical
+from fedkit.experiment.vertical_cli import vertical
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -20,9 +20,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from fedkit.algorithm import ClientData
 from fedkit.data.spec import DataSpec, build_federated
@@ -32,13 +30,13 @@ from fedkit.experiment.arms import expand_arms, read_toml
 from fedkit.experiment.config import ModelSettings, parse_overrides
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.records import finite
-from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary, results_path
+from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary
 from fedkit.experiment.tables import ConfigError, construct
 from fedkit.models.spec import ModelSpec
 from fedkit.params import Params, model_params, nbytes, sha256
 from fedkit.run import Evaluator, central_evaluator
 
-__all__ = ["DecentralExperiment", "decentral", "load_decentral", "run_decentral"]
+__all__ = ["DecentralExperiment", "load_decentral", "run_decentral"]
 
 SECTIONS = ("data", "model", "decentral")
 
@@ -271,64 +269,6 @@ def run_decentral(
     if progress is not None:
         progress.end_run("completed")
     return run_id, summary
-
-
-def decentral(
-    file: Annotated[Path, typer.Argument(help="Decentral experiment file (TOML).", metavar="FILE")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            help="Override a key, e.g. --set decentral.rounds=5.",
-            metavar="KEY=VALUE",
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    data_root: Annotated[Path | None, typer.Option("--data", help="Data directory.")] = None,
-) -> None:
-    """Run a decentralised (gossip / D-PSGD) experiment; one rank per node under torchrun."""
-    import json
-
-    from fedkit.experiment.cli import _err, fail
-    from fedkit.sim.torchrun import torchrun_env
-
-    try:
-        exps = load_decentral(file, set_ or [])
-        env = torchrun_env()
-    except (ConfigError, ValueError) as e:
-        raise fail(str(e), 2) from None
-    group = False
-    if env is not None:
-        import datetime
-
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=1800))
-        group = True
-    rank = 0 if not group else env.rank if env is not None else 0
-    store = ResultsStore(results_path(out)) if rank == 0 else None
-    try:
-        with RunProgress(enabled=not quiet and rank == 0, console=_err) as progress:
-            for exp in exps:
-                run_id, summary = run_decentral(
-                    exp, store, data_root=data_root, progress=progress, on_ranks=group
-                )
-                if summary is not None and as_json:
-                    typer.echo(
-                        json.dumps({"run_id": run_id, "name": exp.name, **summary.to_dict()})
-                    )
-    except ConfigError as e:
-        raise fail(f"{file}: {e}", 2) from None
-    finally:
-        if store is not None:
-            store.close()
-        if group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
 
 
 def accuracy_at_bytes(rounds: Sequence[RoundRow], budget: float) -> float | None:

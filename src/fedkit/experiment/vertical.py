@@ -24,22 +24,19 @@ Each run is recorded in ``OUT/results.sqlite`` (one row: the test accuracy after
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from fedkit.experiment.arms import expand_arms, read_toml
 from fedkit.experiment.config import parse_overrides
 from fedkit.experiment.records import finite
-from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary, results_path
+from fedkit.experiment.results import ResultsStore, RoundRow, RunSummary
 from fedkit.experiment.tables import ConfigError, construct, did_you_mean
 from fedkit.params import model_params, sha256
 from fedkit.vertical.run import VerticalSpec, run_vertical
 
-__all__ = ["VerticalExperiment", "load_vertical", "record_vertical", "vertical"]
+__all__ = ["VerticalExperiment", "load_vertical", "record_vertical"]
 
 SECTIONS = ("data", "vertical")
 
@@ -156,41 +153,3 @@ def record_vertical(
     )
     store.finish_run(run_id, summary)
     return run_id, summary
-
-
-def vertical(
-    file: Annotated[Path, typer.Argument(help="Vertical experiment file (TOML).", metavar="FILE")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            "-s",
-            help="Override a key, e.g. --set vertical.mode=grpc.",
-            metavar="KEY=VALUE",
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs"),
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
-    data_root: Annotated[Path | None, typer.Option("--data", help="Data directory.")] = None,
-) -> None:
-    """Run a vertical FL experiment (split learning over feature parties, PSI alignment)."""
-    from fedkit.data.datasets import FedkitDataError
-    from fedkit.experiment.cli import _err, fail
-
-    try:
-        exps = load_vertical(file, set_ or [])
-    except ConfigError as e:
-        raise fail(str(e), 2) from None
-    with ResultsStore(results_path(out)) as store:
-        for exp in exps:
-            try:
-                run_id, summary = record_vertical(exp, store, data_root=data_root)
-            except (ConfigError, FedkitDataError) as e:
-                raise fail(f"{file}: {e}", 2) from None
-            if as_json:
-                typer.echo(json.dumps({"run_id": run_id, "name": exp.name, **summary.to_dict()}))
-            _err.print(
-                f"run {run_id} {exp.name}: accuracy {summary.final_accuracy}",
-                markup=False,
-                highlight=False,
-            )
