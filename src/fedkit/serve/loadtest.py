@@ -208,11 +208,18 @@ def _plot(runs: dict[str, list[LevelResult]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(10, 4))
-    for label, results in runs.items():
-        c = [r.concurrency for r in results]
-        ax_t.plot(c, [r.throughput for r in results], marker="o", label=label)
-        ax_l.plot(c, [r.p99 for r in results], marker="o", label=f"{label} p99")
-        ax_l.plot(c, [r.p50 for r in results], marker=".", linestyle="--", label=f"{label} p50")
+    for i, (label, results) in enumerate(runs.items()):
+        c, color = [r.concurrency for r in results], f"C{i}"
+        ax_t.plot(c, [r.throughput for r in results], marker="o", color=color, label=label)
+        ax_l.plot(c, [r.p99 for r in results], marker="o", color=color, label=f"{label} p99")
+        ax_l.plot(
+            c,
+            [r.p50 for r in results],
+            marker=".",
+            linestyle="--",
+            color=color,
+            label=f"{label} p50",
+        )
     for ax, ylabel in ((ax_t, "requests / s"), (ax_l, "latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
