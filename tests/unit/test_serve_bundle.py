@@ -168,3 +168,16 @@ def test_export_writes_the_runs_final_model_and_refuses_a_tampered_one(tmp_path:
     kept.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="damaged"):
         export_run(runs, outcome.run_id, tmp_path / "b3")
+
+
+def test_export_command_exits_2_with_the_reason(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from fedkit.serve.cli import export
+
+    app = typer.Typer()
+    app.command()(export)
+    result = CliRunner().invoke(app, ["7", "--out", str(tmp_path / "b"), "--runs", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "results" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,3 +133,36 @@ def test_serving_imports_no_simulation_network_or_experiment_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_classifier_bundle_answers_class_probabilities(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from fedkit.serve.app import create_app
+
+    spec = ModelSpec(
+        name="nextword_lstm",
+        num_classes=2,
+        input_shape=(5,),
+        options={"vocab_size": len(WORDS) + 4, "embedding_dim": 4, "hidden_size": 3},
+    )
+    params = {k: torch.zeros_like(v) for k, v in model_params(spec.build()).items()}
+    params["out.bias"] = torch.tensor([0.0, math.log(3.0)])  # softmax: 1/4, 3/4
+    write_bundle(tmp_path / "c", params=params, spec=spec, words=WORDS, labels=["neg", "pos"])
+    pred = Predictor(load_bundle(tmp_path / "c"))
+    assert pred.task == "classify" and pred.encode("the cat sat on the mat") == [1, 2, 3, 4, 1]
+    with TestClient(create_app(pred)) as client:
+        r = client.post("/v1/predict", json={"text": "the cat"})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["task"] == "classify" and body["label"] == "pos"
+        assert body["probabilities"]["neg"] == pytest.approx(0.25)
+        assert body["probabilities"]["pos"] == pytest.approx(0.75)
+        assert client.get("/healthz").json()["task"] == "classify"
+
+
+def test_a_bundle_without_vocabulary_cannot_be_served(tmp_path: Path) -> None:
+    spec = ModelSpec(name="logreg", num_classes=3, input_shape=(4,))
+    write_bundle(tmp_path / "v", params=model_params(spec.build()), spec=spec, words=None)
+    with pytest.raises(ValueError, match="does not read words"):
+        Predictor(load_bundle(tmp_path / "v"))
