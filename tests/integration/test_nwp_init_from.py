@@ -65,3 +65,63 @@ def test_a_bundle_of_another_model_or_vocabulary_is_a_config_error(tmp_path: Pat
     doc = tomllib.loads(SYNTHETIC_UNIFORM + '\n[run]\nrounds = 1\ninit_from = ""\n')
     with pytest.raises(ConfigError, match=r"run\.init_from must be a bundle directory"):
         study_from_mapping(doc, default_name="t")
+
+
+def test_a_next_word_run_records_word_metrics_equal_to_its_final_models(tmp_path: Path) -> None:
+    from fedkit.data.datasets import load_dataset
+    from fedkit.experiment.final_model import load_final_model, model_file
+    from fedkit.nwp_eval import nwp_scores
+    from tests.helpers.nwp import generated_sent140
+
+    generated_sent140(tmp_path / "data")
+    doc = tomllib.loads(
+        """
+[data]
+dataset = "sent140_nwp"
+partition = "natural"
+[data.options]
+source = "full"
+seq_len = 4
+word_vocab_size = 30
+cache = false
+[model]
+name = "nextword_lstm"
+embedding_dim = 4
+hidden_size = 5
+[algorithm]
+name = "fedavg"
+[algorithm.local]
+epochs = 1
+batch_size = 4
+lr = 0.5
+[run]
+rounds = 2
+clients_per_round = 2
+eval_every = 1
+"""
+    )
+    with ResultsStore(results_path(tmp_path / "runs")) as store:
+        (o,) = run_study(
+            study_from_mapping(doc, default_name="t"), store, data_root=tmp_path / "data"
+        )
+        assert o.summary is not None, o.error
+        rows = store.rounds(o.run_id)
+    assert [sorted(r.details or {}) for r in rows] == [
+        ["nwp_perplexity", "nwp_top1", "nwp_top3"]
+    ] * 2
+    final = load_final_model(model_file(tmp_path / "runs", o.run_id))
+    ds = load_dataset(
+        "sent140_nwp",
+        root=tmp_path / "data",
+        source="full",
+        seq_len=4,
+        word_vocab_size=30,
+        cache=False,
+    )
+    model = final.spec.build()
+    model.load_state_dict(final.params)
+    v = len(final.words or ())
+    s = nwp_scores(model, ds.test.x, ds.test.y, pad=0, oov=v + 1, eos=v + 3)
+    last = rows[-1].details or {}
+    assert (last["nwp_top1"], last["nwp_top3"]) == (s.top1, s.top3)
+    assert last["nwp_perplexity"] == pytest.approx(s.perplexity, rel=1e-9)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -14,11 +13,12 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from fedkit.data.datasets import ChecksumError, DatasetNotFoundError, load_dataset
-from fedkit.data.datasets.sent140_nwp import FULL_CSV, USERS_FILE
+from fedkit.data.datasets.sent140_nwp import USERS_FILE
 from fedkit.data.nwp import holdout_by_user, prefix_windows
 from fedkit.local import IGNORE_INDEX
 from fedkit.nwp_eval import nwp_scores
 from tests.conftest import require_data
+from tests.helpers.nwp import generated_sent140
 
 
 def test_prefix_windows_by_hand() -> None:
@@ -105,25 +105,8 @@ def test_metrics_accept_per_position_outputs() -> None:
     assert (s.top1, s.targets) == (0.5, 2)
 
 
-def _write_full_csv(path: Path, rows: list[tuple[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="latin-1") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        for i, (user, text) in enumerate(rows):
-            w.writerow(["0", str(1000 + i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", user, text])
-
-
-def _generated(tmp_path: Path) -> tuple[Path, list[tuple[str, str]]]:
-    rows = []
-    for u in range(12):
-        for t in range(1 + u % 4):  # users with 1, 2, 3, 4 tweets
-            rows.append((f"user{u}", f"hello world from u{u} t{t} &amp; zebra{u}"))
-    _write_full_csv(tmp_path / FULL_CSV, rows)
-    return tmp_path, rows
-
-
 def test_full_csv_loader_on_a_generated_file(tmp_path: Path) -> None:
-    root, rows = _generated(tmp_path)
+    root, rows = tmp_path, generated_sent140(tmp_path)
     opts = {"source": "full", "cache": False, "seq_len": 4, "word_vocab_size": 50}
     users = load_dataset("sent140_nwp", root=root, part="users", **opts)
     proxy = load_dataset("sent140_nwp", root=root, part="proxy", **opts)
@@ -146,7 +129,8 @@ def test_full_csv_loader_on_a_generated_file(tmp_path: Path) -> None:
 def test_full_csv_missing_or_altered_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match=r"training\.1600000"):
         load_dataset("sent140_nwp", root=tmp_path, source="full", cache=False)
-    root, _ = _generated(tmp_path)
+    root = tmp_path
+    generated_sent140(root)
     with pytest.raises(ChecksumError):
         load_dataset("sent140_nwp", root=root, source="full", cache=False, full_sha256="0" * 64)
 

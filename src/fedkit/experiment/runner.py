@@ -73,6 +73,7 @@ from fedkit.experiment.config import (
 )
 from fedkit.experiment.final_model import model_file, save_final_model
 from fedkit.experiment.init_from import initial_model
+from fedkit.experiment.nwp_probe import nwp_probes
 from fedkit.experiment.progress import RunProgress
 from fedkit.experiment.records import client_rows, finite, round_row
 from fedkit.experiment.results import (
@@ -680,6 +681,9 @@ def _run_federated(
                     ),
                     probes=[
                         *_probes(cfg, built, rounds),
+                        *nwp_probes(
+                            built.fd.dataset, spec, every=cfg.run.eval_every, rounds=rounds
+                        ),
                         *privacy.probes,
                         *dpsgd_probes(a.local, sizes),
                     ],
