@@ -16,6 +16,7 @@ from fedkit.experiment.results import (
     ResultsStore,
     RoundRow,
     RunSummary,
+    process_identity,
     results_path,
 )
 
@@ -79,7 +80,8 @@ def test_round_trip(tmp_path: Path) -> None:
         (run,) = store.runs()
         assert run.id == rid and run.name == "a" and run.study == "s"
         assert run.status == "completed" and run.ended is not None
-        assert run.config == {"run": {"rounds": 2}} and run.environment == ENV
+        assert run.config == {"run": {"rounds": 2}}
+        assert run.environment == {**ENV, **process_identity()}  # + who recorded it
         assert run.code_version == "git:x" and run.summary == summary()
         rounds = store.rounds(rid)
         assert [r.round for r in rounds] == [0, 1]

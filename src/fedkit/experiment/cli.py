@@ -29,7 +29,9 @@ error naming the rank and its host; the run is recorded ``interrupted``, and rer
 command resumes it from its checkpoint. See docs/distributed.md.
 
 ``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
-output directory (``--runs DIR``, alias ``--out``; default ``runs/``).
+output directory (``--runs DIR``, alias ``--out``; default ``runs/``). A run whose process was
+killed without a word (SIGKILL, out of memory) is marked ``interrupted`` by these commands and by
+``fedkit run`` (:meth:`~fedkit.experiment.results.ResultsStore.mark_orphaned`), and resumes.
 """
 
 from __future__ import annotations
@@ -244,6 +246,7 @@ def run_recorded(
     db = results_path(out)
     created = not db.exists()
     store = ResultsStore(db)
+    store.mark_orphaned()  # a run killed by SIGKILL is resumable like an interrupted one
     try:
         with RunProgress(enabled=not quiet, console=_err) as progress:
             outcomes = run_study(
@@ -301,10 +304,13 @@ RunsDir = Annotated[
 
 
 def _open(runs_dir: Path) -> ResultsStore:
+    """The folder's store, with runs whose process died marked ``interrupted`` first."""
     try:
-        return ResultsStore(results_path(runs_dir), create=False)
+        store = ResultsStore(results_path(runs_dir), create=False)
     except (FileNotFoundError, RuntimeError) as e:
         raise fail(str(e), 2) from None
+    store.mark_orphaned()
+    return store
 
 
 def _out() -> Console:

@@ -161,7 +161,11 @@ def _database(path: Path) -> Path | None:
 
 
 def _open(db: Path) -> ResultsStore:
-    return ResultsStore(db, create=False)
+    """The store, with runs whose process died marked ``interrupted`` first (not reported as
+    ``running`` forever)."""
+    store = ResultsStore(db, create=False)
+    store.mark_orphaned()
+    return store
 
 
 def load_arms(

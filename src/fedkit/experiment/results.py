@@ -13,6 +13,13 @@ ends ``completed``, ``failed`` (an error) or ``interrupted`` (Ctrl-C, SIGTERM, a
 rank: its rounds are kept and ``fedkit run`` resumes it into the same row from its checkpoint,
 :meth:`ResultsStore.reopen_run`); other runs are never touched.
 
+A run whose process died without a word (SIGKILL, the out-of-memory killer, a power cut) would
+stay ``running`` forever: each run records its process (``pid``, and in its ``environment`` the
+``host`` and the process's start time, ``process_start``), and readers and ``fedkit run`` call
+:meth:`ResultsStore.mark_orphaned`, which marks ``interrupted`` (resumable like any interrupted
+run) every ``running`` run of this host whose process is gone or is another process that reuses
+its pid. Runs recorded on another host are left as they are (their process cannot be checked).
+
 Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`): tables ``runs``, ``rounds``,
 ``clients``; see :class:`RunRow`, :class:`RoundRow` and :class:`ClientRow` for every column.
 Readers use :class:`ResultsStore` (``runs()``, ``run(id)``, ``rounds(id)``, ``clients(id)``).
@@ -26,6 +33,7 @@ import json
 import math
 import os
 import platform
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +54,8 @@ __all__ = [
     "RunSummary",
     "code_version",
     "environment",
+    "process_alive",
+    "process_identity",
     "results_path",
 ]
 
@@ -190,6 +200,46 @@ def environment(*, threads: int | None = None) -> dict[str, Any]:
         "threads": threads if threads is not None else torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks after boot (``/proc/PID/stat`` field 22);
+    ``None`` where there is no such process or no ``/proc`` (not Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last
+    # ")"; starttime is then the 20th field (22nd of the line, proc(5)).
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_identity(pid: int | None = None) -> dict[str, str | None]:
+    """What identifies a process across time: ``host`` (this machine's name) and
+    ``process_start`` (:func:`_process_start`), for ``pid`` (default: this process)."""
+    return {
+        "host": socket.gethostname(),
+        "process_start": _process_start(os.getpid() if pid is None else pid),
+    }
+
+
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process ``pid`` of this host still runs and is the one that started at ``start``
+    (a pid reused by a later process is not alive). Without ``/proc`` (or an unknown
+    ``start``), whether any process has that pid (``kill(pid, 0)``)."""
+    now = _process_start(pid)
+    if now is not None and start is not None:
+        return now == start
+    if Path("/proc/self/stat").exists():  # Linux: no /proc/PID means no such process
+        return now is not None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -497,8 +547,10 @@ class ResultsStore:
             config: The resolved, validated config (JSON-serialisable).
             study: Study name, if any.
             code: Code version (default :func:`code_version`).
-            env: Environment (default :func:`environment`).
+            env: Environment (default :func:`environment`); this process's
+                :func:`process_identity` is added to it (what :meth:`mark_orphaned` checks).
         """
+        env = {**(dict(env) if env is not None else environment()), **process_identity()}
         with self._write() as c:
             cur = c.execute(
                 "INSERT INTO runs (name, study, status, config, code_version, environment, "
@@ -508,7 +560,7 @@ class ResultsStore:
                     study,
                     json.dumps(config, sort_keys=True),
                     code if code is not None else code_version(),
-                    json.dumps(dict(env) if env is not None else environment(), sort_keys=True),
+                    json.dumps(env, sort_keys=True),
                     _now(),
                     os.getpid(),
                 ),
@@ -620,13 +672,52 @@ class ResultsStore:
                 process resumed it first).
         """
         with self._write() as c:
+            row = c.execute("SELECT environment FROM runs WHERE id = ?", (run_id,)).fetchone()
+            env = {**(json.loads(row[0]) if row else {}), **process_identity()}
             cur = c.execute(
-                "UPDATE runs SET status = 'running', ended = NULL, error = NULL, pid = ? "
-                "WHERE id = ? AND status = 'interrupted'",
-                (os.getpid(), run_id),
+                "UPDATE runs SET status = 'running', ended = NULL, error = NULL, pid = ?, "
+                "environment = ? WHERE id = ? AND status = 'interrupted'",
+                (os.getpid(), json.dumps(env, sort_keys=True), run_id),
             )
             if cur.rowcount != 1:
                 raise ValueError(f"run {run_id} is not interrupted in {self.path}")
+
+    def mark_orphaned(self) -> list[int]:
+        """Mark ``interrupted`` every ``running`` run recorded on this host whose process is
+        gone (killed by SIGKILL or the out-of-memory killer, or its machine restarted), so that
+        it is listed as what it is and ``fedkit run`` resumes it; returns their ids.
+
+        A run recorded on another host, or before hosts were recorded, is left as it is.
+        """
+        host = socket.gethostname()
+        orphans: list[tuple[int, int]] = []
+        for r in self._select(
+            "SELECT id, pid, environment FROM runs WHERE status = 'running' AND pid IS NOT NULL",
+            [],
+        ):
+            env = json.loads(r["environment"]) if r["environment"] else {}
+            if not isinstance(env, dict) or env.get("host") != host:
+                continue
+            start = env.get("process_start")
+            if not process_alive(int(r["pid"]), start if isinstance(start, str) else None):
+                orphans.append((int(r["id"]), int(r["pid"])))
+        marked: list[int] = []
+        for run_id, pid in orphans:
+            with self._write() as c:  # only if still running under that pid (no race)
+                cur = c.execute(
+                    "UPDATE runs SET status = 'interrupted', ended = ?, error = ? "
+                    "WHERE id = ? AND status = 'running' AND pid = ?",
+                    (
+                        _now(),
+                        f"its process {pid} on {host} ended without recording an end (killed, "
+                        "e.g. by SIGKILL or out of memory); run the same command to resume it",
+                        run_id,
+                        pid,
+                    ),
+                )
+                if cur.rowcount == 1:
+                    marked.append(run_id)
+        return marked
 
     def drop_rounds(self, run_id: int, *, from_round: int) -> None:
         """Delete a run's rounds (and their client rows) from ``from_round`` on: a resumed run
