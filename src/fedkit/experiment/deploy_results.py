@@ -74,6 +74,10 @@ class ResultsRecorder:
             self._store = ResultsStore.in_dir(self.out_dir)
             if resume is None:
                 resume = self._store.start_run(name=self.name, study=self.study, config=self.config)
+            else:  # the run is this process's now: not an orphan of the coordinator that died
+                self._store.mark_orphaned()
+                if self._store.run(resume).status == "interrupted":
+                    self._store.reopen_run(resume)
             self.run_id = resume
             self._recorded = {r.round for r in self._store.rounds(resume)}
         except (sqlite3.Error, OSError) as exc:
