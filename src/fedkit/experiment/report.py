@@ -34,11 +34,14 @@ from fedkit.experiment.report_plots import Plot, write_plots
 from fedkit.experiment.results import DB_NAME, ResultsStore, RunRow
 
 __all__ = [
+    "ArmSelection",
     "ReportFiles",
     "ReportSourceError",
     "arm_from_store",
     "flatten_config",
+    "latest_per_arm",
     "load_arms",
+    "select_arms",
     "write_report",
 ]
 
@@ -168,6 +171,34 @@ def _open(db: Path) -> ResultsStore:
     return store
 
 
+@dataclass(frozen=True)
+class ArmSelection:
+    """The arms a report compares and what was left out of it.
+
+    Attributes:
+        arms: the arms, in argument order.
+        notes: one sentence per results directory that held runs left out (earlier runs of an
+            arm, unfinished runs), saying how to include them; shown by ``fedkit report`` and
+            written into the report.
+    """
+
+    arms: list[Arm]
+    notes: list[str]
+
+
+def latest_per_arm(runs: Sequence[RunRow]) -> list[RunRow]:
+    """The latest completed run (highest id) of each arm — same study and name —, in id order:
+    re-running an experiment into a folder adds runs, and a report of the folder compares the
+    new ones, not a mix of both."""
+    latest: dict[tuple[str | None, str], RunRow] = {}
+    for r in runs:
+        if r.status == "completed":
+            key = (r.study, r.name)
+            if key not in latest or r.id > latest[key].id:
+                latest[key] = r
+    return sorted(latest.values(), key=lambda r: r.id)
+
+
 def load_arms(
     sources: Sequence[str],
     *,
@@ -175,30 +206,51 @@ def load_arms(
     study: str | None = None,
     include_unfinished: bool = False,
 ) -> list[Arm]:
+    """The arms of :func:`select_arms` (without its notes)."""
+    return select_arms(
+        sources, runs_dir=runs_dir, study=study, include_unfinished=include_unfinished
+    ).arms
+
+
+def select_arms(
+    sources: Sequence[str],
+    *,
+    runs_dir: Path,
+    study: str | None = None,
+    include_unfinished: bool = False,
+) -> ArmSelection:
     """Resolve ``fedkit report`` arguments into arms, in argument order.
 
     Args:
-        sources: Each is a results directory (or its ``results.sqlite``) — every run in it —, a
-            run id in ``runs_dir``'s database, or ``DIR:ID`` for a run id in another directory.
+        sources: Each is a results directory (or its ``results.sqlite``) — the latest completed
+            run of each arm in it (:func:`latest_per_arm`) —, a run id in ``runs_dir``'s
+            database, or ``DIR:ID`` for a run id in another directory.
         runs_dir: The output directory bare run ids refer to.
         study: Keep only runs of this study when a whole directory is given.
-        include_unfinished: Also take failed and still-running runs from whole directories
-            (runs named by id are always taken, their status shown in the table).
+        include_unfinished: ``--all``: every run of a whole directory, earlier runs of an arm
+            and failed, interrupted and running ones too (runs named by id are always taken,
+            their status shown in the table).
 
     Raises:
         ReportSourceError: A source is neither a results directory nor a stored run id, or no
             run was selected.
     """
     arms: list[Arm] = []
+    notes: list[str] = []
     for source in sources:
         db = _database(Path(source))
         if db is not None:
             with _open(db) as store:
-                selected = [
-                    r
-                    for r in store.runs(study=study)
-                    if include_unfinished or r.status == "completed"
-                ]
+                every = store.runs(study=study)
+                selected = every if include_unfinished else latest_per_arm(every)
+                if selected and len(selected) < len(every):
+                    left = len(every) - len(selected)
+                    notes.append(
+                        f"{source}: the latest completed run of each arm ({len(selected)} of "
+                        f"{len(every)} runs); {left} earlier or unfinished run"
+                        f"{'' if left == 1 else 's'} left out (`fedkit report --all` includes "
+                        "every run)"
+                    )
                 if not selected:
                     others = Counter(r.status for r in store.runs(study=study))
                     hint = ", ".join(f"{n} {status}" for status, n in sorted(others.items()))
@@ -229,7 +281,7 @@ def load_arms(
                 raise ReportSourceError(str(err.args[0])) from None
     if not arms:
         raise ReportSourceError("no runs selected: give at least one RUN id or results DIR")
-    return arms
+    return ArmSelection(arms, notes)
 
 
 def _title(arms: Sequence[Arm]) -> str:
@@ -240,9 +292,14 @@ def _title(arms: Sequence[Arm]) -> str:
 
 
 def write_report(
-    arms: Sequence[Arm], out_dir: str | os.PathLike[str], *, title: str | None = None
+    arms: Sequence[Arm],
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
 ) -> ReportFiles:
-    """Write ``report.md``, ``report.html`` and the figures (PNG) into ``out_dir``.
+    """Write ``report.md``, ``report.html`` and the figures (PNG) into ``out_dir`` (``notes``:
+    what the selection left out, :attr:`ArmSelection.notes`, listed under the sources).
 
     Existing files of an earlier report in ``out_dir`` are replaced; the HTML is written last,
     so its presence means the report is complete.
@@ -271,6 +328,7 @@ def write_report(
         arms=tuple(arms),
         plots=tuple(plots),
         sections=tuple(sections),
+        notes=tuple(notes),
     )
     md = out / "report.md"
     html = out / "report.html"

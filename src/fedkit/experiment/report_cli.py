@@ -1,9 +1,11 @@
 """``fedkit report RUN…|DIR --out DIR``: compare stored runs in Markdown and HTML with plots.
 
-Each argument is a results directory (every completed run in it), a run id in ``--runs DIR``, or
-``DIR:ID``. The command writes ``report.md``, ``report.html`` (self-contained) and the PNG figures
-into ``--out`` and prints the path of the HTML report (the last line of stdout, so scripts can pick
-it up).
+Each argument is a results directory (the latest completed run of each arm in it, so that runs
+of an earlier invocation into the same folder are not mixed in; ``--all``: every run, whatever
+its status), a run id in ``--runs DIR``, or ``DIR:ID``. What was left out is said on stderr and
+under the report's sources. The command writes ``report.md``, ``report.html`` (self-contained)
+and the PNG figures into ``--out`` and prints the path of the HTML report (the last line of
+stdout, so scripts can pick it up).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def report(
     sources: Annotated[
         list[str],
         typer.Argument(
-            help="Results directories (all completed runs), run ids in --runs, or DIR:ID.",
+            help="Results directories (the latest completed run of each arm), run ids in --runs, "
+            "or DIR:ID.",
             metavar="RUN…|DIR",
         ),
     ],
@@ -39,22 +42,32 @@ def report(
         str | None, typer.Option("--study", help="Only runs of this study (for directories).")
     ] = None,
     include_unfinished: Annotated[
-        bool, typer.Option("--all", help="Also include failed and running runs from directories.")
+        bool,
+        typer.Option(
+            "--all",
+            help="Every run of a directory: earlier runs of an arm, and failed, interrupted and "
+            "running ones.",
+        ),
     ] = False,
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
 ) -> None:
     """Compare runs: accuracy vs rounds, time and bytes; per-client accuracy; summary table."""
     # Imported here: matplotlib is only loaded when a report is made, not for every `fedkit` call.
-    from fedkit.experiment.report import ReportSourceError, load_arms, write_report
+    from fedkit.experiment.report import ReportSourceError, select_arms, write_report
     from fedkit.experiment.report_html import summary_rows
 
     console = Console(stderr=True)
     try:
-        arms = load_arms(sources, runs_dir=runs, study=study, include_unfinished=include_unfinished)
+        chosen = select_arms(
+            sources, runs_dir=runs, study=study, include_unfinished=include_unfinished
+        )
     except (ReportSourceError, FileNotFoundError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None
-    files = write_report(arms, out, title=title)
+    arms = chosen.arms
+    for note in chosen.notes:
+        console.print(note, markup=False, highlight=False)
+    files = write_report(arms, out, title=title, notes=chosen.notes)
     for row in summary_rows(arms):
         console.print(f"  {row[0]}: final {row[5]}, best {row[6]}, rounds to target {row[8]}")
     console.print(f"Markdown: {files.markdown}")

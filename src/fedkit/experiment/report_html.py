@@ -25,7 +25,14 @@ from fedkit.experiment.report_model import (
 )
 from fedkit.experiment.report_plots import Plot, format_bytes
 
-__all__ = ["ReportDocument", "render_html", "render_markdown", "summary_rows"]
+__all__ = ["NOT_APPLICABLE", "ReportDocument", "render_html", "render_markdown", "summary_rows"]
+
+NOT_APPLICABLE = "n/a"
+"""The cell of a setting an arm does not have (``algorithm.mu`` of FedProx for a FedAvg arm)."""
+_NA_NOTE = (
+    f"{NOT_APPLICABLE}: the arm has no such setting (it belongs to another arm's algorithm or "
+    "section), so it does not apply to that arm."
+)
 
 _COLUMNS = (
     "arm",
@@ -56,6 +63,8 @@ class ReportDocument:
         arms: the runs compared, in table order.
         plots: the figures, in report order.
         sections: tables of a kind of study (e.g. the robustness verdicts), after the figures.
+        notes: what the run selection left out (earlier runs of an arm, unfinished runs),
+            listed under the sources.
     """
 
     title: str
@@ -63,6 +72,7 @@ class ReportDocument:
     arms: tuple[Arm, ...]
     plots: tuple[Plot, ...]
     sections: tuple[Section, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def _pct(value: float | None) -> str:
@@ -128,7 +138,7 @@ def _settings_tables(arms: Sequence[Arm]) -> tuple[list[list[str]], list[str], l
     common_rows = [[k, v] for k, v in common]
     header = ["setting", *labels(arms)]
     maps = [dict(a.settings) for a in arms]
-    diff_rows = [[k, *(m.get(k, "–") for m in maps)] for k in differing]
+    diff_rows = [[k, *(m.get(k, NOT_APPLICABLE) for m in maps)] for k in differing]
     return common_rows, header, diff_rows
 
 
@@ -159,12 +169,15 @@ def render_markdown(doc: ReportDocument) -> str:
         out += ["## Settings that differ between arms", ""]
         out += _md_table(header, diff)
         out.append("")
+        if any(NOT_APPLICABLE in row[1:] for row in diff):
+            out += [_NA_NOTE, ""]
     if common:
         out += ["## Settings shared by all arms", ""]
         out += _md_table(["setting", "value"], common)
         out.append("")
     out += ["## Sources", ""]
     out += [f"- `{a.run_id}` ({a.name}): {_where(a)}" for a in doc.arms]
+    out += [f"- {note}" for note in doc.notes]
     out.append("")
     return "\n".join(out)
 
@@ -232,6 +245,8 @@ def render_html(doc: ReportDocument) -> str:
     if diff:
         out.append("<h2>Settings that differ between arms</h2>")
         out += _html_table(header, diff)
+        if any(NOT_APPLICABLE in row[1:] for row in diff):
+            out.append(f'<p class="note">{html.escape(_NA_NOTE)}</p>')
     if common:
         out.append("<h2>Settings shared by all arms</h2>")
         out += _html_table(["setting", "value"], common)
@@ -240,5 +255,6 @@ def render_html(doc: ReportDocument) -> str:
     out += [
         f"<li><code>{esc(a.run_id)}</code> ({esc(a.name)}): {esc(_where(a))}</li>" for a in doc.arms
     ]
+    out += [f"<li>{esc(note)}</li>" for note in doc.notes]
     out += ["</ul>", "</body>", "</html>", ""]
     return "\n".join(out)

@@ -15,6 +15,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 
 __all__ = ["Arm", "ArmSummary", "RoundPoint", "differing_settings", "labels", "summarize"]
 
@@ -180,12 +181,33 @@ def summarize(arm: Arm) -> ArmSummary:
     )
 
 
+def _folder(source: str) -> str:
+    """The results folder a source names: ``runs/a/results.sqlite`` -> ``runs/a``."""
+    path = PurePath(source)
+    return str(path.parent if path.suffix in (".sqlite", ".db", ".sqlite3") else path)
+
+
 def labels(arms: Sequence[Arm]) -> list[str]:
-    """Arm labels: the run name, with the run id appended where two arms share a name."""
-    counts: dict[str, int] = {}
+    """Arm labels, unique: the run name; where two arms share a name, ``name [run id]``; where
+    they also share the run id (runs from several folders), ``name [folder:id]`` with the
+    folder's last part, or its whole path if that is still ambiguous. Arms with the same name,
+    id and folder (the same run twice) keep the same label."""
+    by_name: dict[str, list[Arm]] = {}
     for arm in arms:
-        counts[arm.name] = counts.get(arm.name, 0) + 1
-    return [f"{a.name} [{a.run_id}]" if counts[a.name] > 1 else a.name for a in arms]
+        by_name.setdefault(arm.name, []).append(arm)
+    out: list[str] = []
+    for a in arms:
+        same = by_name[a.name]
+        if len(same) == 1:
+            out.append(a.name)
+        elif sum(b.run_id == a.run_id for b in same) == 1:
+            out.append(f"{a.name} [{a.run_id}]")
+        else:
+            twins = {_folder(b.source) for b in same if b.run_id == a.run_id}
+            short = {PurePath(f).name for f in twins}
+            where = PurePath(_folder(a.source)).name if len(short) == len(twins) else None
+            out.append(f"{a.name} [{where or _folder(a.source)}:{a.run_id}]")
+    return out
 
 
 def differing_settings(arms: Sequence[Arm]) -> tuple[list[tuple[str, str]], list[str]]:
