@@ -248,7 +248,9 @@ def run_recorded(
     store = ResultsStore(db)
     store.mark_orphaned()  # a run killed by SIGKILL is resumable like an interrupted one
     try:
-        with RunProgress(enabled=not quiet, console=_err) as progress:
+        # a study run one run at a time labels each run [k/N]; with --jobs one bar counts runs
+        arms = len(study.runs) if jobs == 1 and len(study.runs) > 1 else None
+        with RunProgress(enabled=not quiet, console=_err, runs=arms) as progress:
             outcomes = run_study(
                 study,
                 store,
