@@ -14,7 +14,7 @@ from fedkit.vertical.run import (
     holdings,
     run_vertical,
 )
-from fedkit.vertical.split import SplitModel
+from fedkit.vertical.split import SplitModel, row_bands, split_mlp
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,6 +74,14 @@ def test_grpc_party_processes_equal_simulation() -> None:
     for k in want:
         if not k.startswith("bottoms.1."):
             torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6)
+    # party 1's bottom lives only in its process: the label party's copy is still the initial
+    # one (no tensor memory is shared between the processes)
+    groups = row_bands((1, 6, 4), 2)
+    init = split_mlp(groups, 2, embedding=6, bottom_hidden=(12,), top_hidden=(8,), seed=4)
+    for k, v in init.state_dict().items():
+        if k.startswith("bottoms.1."):
+            assert torch.equal(got[k], v), k
+            assert not torch.equal(want[k], v), k
     assert remote.test.accuracy == pytest.approx(sim.test.accuracy)
     assert remote.test.loss == pytest.approx(sim.test.loss, rel=1e-5)
     assert remote.wire_bytes > remote.bytes_exchanged > 0

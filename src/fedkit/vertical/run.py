@@ -164,12 +164,21 @@ def common_rows(spec: VerticalSpec, split: str, n: int) -> Tensor:
     return torch.nonzero(mask).reshape(-1)
 
 
-def _party_main(view: PartyView, bottom: nn.Module, local: LocalTraining, conn: Connection) -> None:
-    """A feature party's process: serve until the label party says goodbye."""
+def _party_main(
+    ids: dict[str, list[str]], blob: bytes, sizes: list[int], local: LocalTraining, conn: Connection
+) -> None:
+    """A feature party's process: rebuild its data and bottom model from plain bytes (no
+    tensor shared with the label party's process), serve until the label party says goodbye."""
+    from safetensors.torch import load
+
     from fedkit.vertical.service import PartyServicer, serve_party
 
     torch.set_num_threads(1)
-    servicer = PartyServicer(view.ids, view.features, bottom, local)
+    tensors = load(blob)
+    bottom = mlp_layers(sizes)
+    bottom.load_state_dict({k[len("bottom.") :]: v for k, v in tensors.items() if k[0] == "b"})
+    features = {k[len("x.") :]: v for k, v in tensors.items() if k[0] == "x"}
+    servicer = PartyServicer(ids, features, bottom, local)
     server, port = serve_party(servicer)
     conn.send(port)
     servicer.done.wait(timeout=3600)
@@ -226,17 +235,30 @@ def align(label: PartyView, peers: Sequence[Peer], split: str) -> list[str]:
     return common
 
 
-def _start_remote(view: PartyView, bottom: nn.Module, spec: VerticalSpec) -> tuple[Any, Peer]:
-    """Spawn a feature party process; its process and the label party's stub for it."""
+def _start_remote(
+    view: PartyView, bottom: nn.Module, sizes: list[int], spec: VerticalSpec
+) -> tuple[Any, Peer]:
+    """Spawn a feature party process with its own ids, columns and bottom (``sizes``, initial
+    weights) as bytes; its process and the label party's stub for it."""
+    from safetensors.torch import save
+
     from fedkit.vertical.service import RemoteParty
 
+    tensors = {f"x.{k}": v.contiguous() for k, v in view.features.items()}
+    tensors.update({f"bottom.{k}": v.contiguous() for k, v in bottom.state_dict().items()})
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_party_main, args=(view, bottom, spec.local, send), daemon=True)
+    args = (view.ids, save(tensors), sizes, spec.local, send)
+    proc = ctx.Process(target=_party_main, args=args, daemon=True)
     proc.start()
-    if not recv.poll(120):
+    for _ in range(120):  # wait for its port; stop early if it died
+        if recv.poll(1.0) or not proc.is_alive():
+            break
+    if not recv.poll(0):
         proc.terminate()
-        raise RuntimeError("a vertical party process did not start within 120 s")
+        raise RuntimeError(
+            f"a vertical party process did not start (exit code {proc.exitcode}); see its stderr"
+        )
     return proc, RemoteParty(f"127.0.0.1:{recv.recv()}", spec.embedding)
 
 
@@ -292,7 +314,8 @@ def run_vertical(
     try:
         for k in range(1, spec.parties):
             if spec.mode == "grpc":
-                proc, peer = _start_remote(views[k], model.bottoms[k], spec)
+                sizes = [len(groups[k]), *spec.bottom_hidden, spec.embedding]
+                proc, peer = _start_remote(views[k], model.bottoms[k], sizes, spec)
                 procs.append(proc)
             else:
                 peer = LocalPeer(views[k], model.bottoms[k], spec.local)
