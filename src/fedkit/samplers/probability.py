@@ -8,10 +8,11 @@ client ``k`` is in the cohort with probability
 
 (the probabilities of clients whose share would exceed 1 are capped at 1 and the rest
 rescaled, repeated until none exceeds 1). The draw is *randomised systematic sampling*
-(Madow 1949; Särndal, Swensson & Wretman 1992, §3.6): lay the clients in a random order on a
-line as intervals of lengths ``π_k`` (total ``m``), draw ``u ~ U[0, 1)`` and take the clients
-whose intervals hold the points ``u, u + 1, …, u + m - 1``. Since every ``π_k ≤ 1``, no interval
-holds two points, and each client is hit with probability exactly ``π_k`` whatever the order.
+(Madow 1949; Särndal, Swensson & Wretman 1992, "Model Assisted Survey Sampling"): lay the
+clients in a random order on a line as intervals of lengths ``π_k`` (total ``m``), draw
+``u ~ U[0, 1)`` and take the clients whose intervals hold the points ``u, u + 1, …,
+u + m - 1``. Since every ``π_k ≤ 1``, no interval holds two points, and each client is hit
+with probability exactly ``π_k`` whatever the order.
 Because the inclusion probabilities are exact, the Horvitz–Thompson aggregate of
 :mod:`fedkit.samplers.importance` is exactly unbiased for the full-participation mean.
 
