@@ -179,6 +179,9 @@ def test_study_prints_one_json_line_per_run_and_runs_commands(tmp_path: Path) ->
     assert res.exit_code == 0, res.output
     exported = json.loads(res.stdout)
     assert len(exported) == 3 * 2 and {r["run_id"] for r in exported} == {1, 2, 3}
+    # rounds counted from 1, as in reports and progress (issue 19): 2 rounds are rounds 1 and 2
+    assert [r["round"] for r in exported if r["run_id"] == 1] == [1, 2]
+    assert [r["round"] for r in shown["rounds"]] == [1, 2]
     target = tmp_path / "clients.csv"
     res = runner.invoke(
         app, ["runs", "export", "-o", str(out), "-t", "clients", "--output", str(target)]

@@ -29,8 +29,10 @@ error naming the rank and its host; the run is recorded ``interrupted``, and rer
 command resumes it from its checkpoint. See docs/distributed.md.
 
 ``fedkit runs list|show RUN|export [--format csv|json] [--table runs|rounds|clients]`` read an
-output directory (``--runs DIR``, alias ``--out``; default ``runs/``). A run whose process was
-killed without a word (SIGKILL, out of memory) is marked ``interrupted`` by these commands and by
+output directory (``--runs DIR``, alias ``--out``; default ``runs/``). Rounds are counted from
+1 there (``round`` 1 is the first round), as in reports, the progress output and
+``rounds_to_target`` (the database stores the 0-based index). A run whose process was killed
+without a word (SIGKILL, out of memory) is marked ``interrupted`` by these commands and by
 ``fedkit run`` (:meth:`~fedkit.experiment.results.ResultsStore.mark_orphaned`), and resumes.
 """
 
@@ -383,8 +385,8 @@ def show_run(
         clients = store.clients(run_id) if as_json else []
     if as_json:
         d = _run_dict(r)
-        d["rounds"] = [dataclasses.asdict(x) for x in rounds]
-        d["clients"] = [dataclasses.asdict(x) for x in clients]
+        d["rounds"] = [_counted(dataclasses.asdict(x)) for x in rounds]
+        d["clients"] = [_counted(dataclasses.asdict(x)) for x in clients]
         typer.echo(json.dumps(d, indent=2))
         return
     con = _out()
@@ -408,7 +410,7 @@ def show_run(
         table.add_column(col, justify="right")
     for x in rounds:
         cells = [
-            str(x.round),
+            str(x.round + 1),
             _fmt(x.train_loss),
             _fmt(x.test_loss),
             _fmt(x.test_accuracy),
@@ -420,6 +422,13 @@ def show_run(
             *cells, _fmt(x.fed_p10), str(x.bytes_up), str(x.bytes_down), f"{x.wall_seconds:.3f}"
         )
     con.print(table)
+
+
+def _counted(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored round or client row with ``round`` counted from 1, as reports, progress and
+    ``rounds_to_target`` count (round 1 is the first round; the database keeps the 0-based
+    index)."""
+    return {**row, "round": int(row["round"]) + 1}
 
 
 class ExportFormat(StrEnum):
@@ -482,12 +491,12 @@ def export_runs(
                 records.append(_flat_run(r) if fmt is ExportFormat.csv else _run_dict(r))
             elif table is ExportTable.rounds:
                 records += [
-                    {"run_id": r.id, "name": r.name, **dataclasses.asdict(x)}
+                    {"run_id": r.id, "name": r.name, **_counted(dataclasses.asdict(x))}
                     for x in store.rounds(r.id)
                 ]
             else:
                 records += [
-                    {"run_id": r.id, "name": r.name, **dataclasses.asdict(x)}
+                    {"run_id": r.id, "name": r.name, **_counted(dataclasses.asdict(x))}
                     for x in store.clients(r.id)
                 ]
     if fmt is ExportFormat.json:
