@@ -207,12 +207,27 @@ def _print_table(console: Console, doc: dict[str, Any], rows: int) -> None:
         console.print(f"… {len(clients) - rows} more clients (use --rows N or --json to see all)")
 
 
+_PARAMETERS = (("alpha", "α"), ("beta", "β"), ("shards_per_client", "shards per client"))
+"""The partition parameters named in a plot's title, with the symbols papers use."""
+
+
+def plot_title(dataset: str, spec: dict[str, Any]) -> str:
+    """``mnist: dirichlet partition (α = 0.5)``: the dataset, the partition and the partition
+    parameters the spec sets (Dirichlet's α, a power law's β, shards per client)."""
+    given = [f"{sym} = {spec[key]:g}" if isinstance(spec[key], float) else f"{sym} = {spec[key]}"
+             for key, sym in _PARAMETERS if spec.get(key) is not None]  # fmt: skip
+    return f"{dataset}: {spec.get('partition')} partition" + (
+        f" ({', '.join(given)})" if given else ""
+    )
+
+
 def _save_plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     clients = doc["clients"][:_MAX_PLOTTED]
     hist = np.array([c["label_histogram"] for c in clients], dtype=np.int64)
@@ -228,11 +243,10 @@ def _save_plot(doc: dict[str, Any], path: Path) -> None:
         ax.bar(xs, hist[:, k], bottom=bottom, width=0.9, color=color, label=str(k), linewidth=0)
         bottom += hist[:, k]
     shown = "" if len(doc["clients"]) <= _MAX_PLOTTED else f" (first {_MAX_PLOTTED})"
-    ax.set_title(
-        f"{doc['dataset']}: {doc['spec'].get('partition')} partition, "
-        f"{doc['num_clients']} clients{shown}"
-    )
+    ax.set_title(f"{plot_title(doc['dataset'], doc['spec'])}, {doc['num_clients']} clients{shown}")
     ax.set_xlabel("client")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # client ids: no 2.5th client
+    ax.set_xlim(-0.6, len(clients) - 0.4)
     tokens = doc["histogram_counts"] == "tokens"
     ax.set_ylabel("next-token targets by id" if tokens else "training samples by label")
     if num_classes <= 20:

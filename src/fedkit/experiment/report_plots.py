@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -159,6 +160,13 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
             # The individual clients, jittered deterministically so small cohorts stay visible.
             xs = [pos + 0.18 * (((i * 0.618034) % 1.0) - 0.5) for i in range(len(values))]
             ax.scatter(xs, values, s=6, alpha=0.35, color=color, zorder=3)
+        fig.legend(
+            handles=_box_key(),
+            loc="outside lower center",
+            ncol=3,
+            fontsize=7,
+            frameon=False,
+        )
         if len(data) > _INSIDE_LEGEND:  # many arms: slanted one-line labels, right-aligned
             ticks = [f"{label} (n={len(v)})" for v, label, _ in data]
             ax.set_xticks(positions, ticks, fontsize=7, rotation=30, ha="right")
@@ -178,6 +186,23 @@ def _client_figure(arms: Sequence[Arm], path: Path) -> None:
     ax.set_title("Per-client accuracy at the last federated evaluation")
     ax.grid(True, axis="y", alpha=0.3)
     fig.savefig(path, format="png")
+
+
+def _box_key() -> list[Artist]:
+    """What the box plot's marks mean (matplotlib's defaults, with the mean shown)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    return [
+        Patch(facecolor="white", edgecolor="black", label="box: middle half of clients (25-75%)"),
+        Line2D([], [], color="black", label="line: median client"),
+        Line2D([], [], color="black", marker="^", markerfacecolor="white", linestyle="none",
+               label="triangle: mean"),
+        Line2D([], [], color="black", marker="_", markersize=10, linestyle="-",
+               label="whiskers: furthest client within 1.5 box heights"),
+        Line2D([], [], color="C0", alpha=0.35, marker="o", markersize=3, linestyle="none",
+               label="dot: one client"),
+    ]  # fmt: skip
 
 
 PLOTS: tuple[tuple[str, str], ...] = (
