@@ -427,8 +427,9 @@ class RunSettings:
         seed: Root of every random draw of the run (model init, sampling, batch order).
         target_accuracy: Test accuracy in [0, 1] whose first attainment gives
             ``rounds_to_target``.
-        tensorboard: Write each round's scalars for TensorBoard under ``OUT/tensorboard/``
-            (:mod:`fedkit.tensorboard`).
+        tensorboard: Write each round's scalars for TensorBoard: ``true`` under
+            ``OUT/tensorboard/``, a string under that directory (``fedkit run --tensorboard
+            DIR``); one subdirectory per run (:mod:`fedkit.tensorboard`).
         init_from: A model bundle directory (``fedkit export``) whose weights start the run
             instead of a fresh initialisation (pretrain, then fine-tune federated); its model and
             vocabulary must be the run's (:mod:`fedkit.experiment.init_from`).
@@ -444,7 +445,7 @@ class RunSettings:
     threads: int = 1
     seed: int = 0
     target_accuracy: float | None = None
-    tensorboard: bool = False
+    tensorboard: bool | str = False
     init_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -469,8 +470,10 @@ class RunSettings:
         _int(r + "threads", self.threads, 1, MAX_PROCESSES)
         _int(r + "seed", self.seed, 0, MAX_SEED)
         _num(r + "target_accuracy", self.target_accuracy, 0.0, 1.0, optional=True)
-        if not isinstance(self.tensorboard, bool):
-            raise ConfigError(f"run.tensorboard must be true or false; got {self.tensorboard!r}")
+        if not isinstance(self.tensorboard, bool | str) or self.tensorboard == "":
+            raise ConfigError(
+                f"run.tensorboard must be true, false or a directory; got {self.tensorboard!r}"
+            )
         if self.init_from is not None and (
             not isinstance(self.init_from, str) or not self.init_from
         ):
