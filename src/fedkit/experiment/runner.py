@@ -631,11 +631,9 @@ def _run_federated(
         federated_evals=federated_evals,
     )
     callbacks: list[Callback] = [recorder]
-    if cfg.run.tensorboard:  # OUT/tensorboard/<run id>-<name>: fedkit.tensorboard
-        from fedkit.tensorboard import TensorBoardCallback
-
-        tb_dir = results.path.parent / "tensorboard" / f"{run_id}-{cfg.name}"
-        callbacks.append(TensorBoardCallback(tb_dir))
+    tb = _tensorboard(cfg, results, run_id)
+    if tb is not None:
+        callbacks.append(tb)
     progress.start_run(cfg.name, rounds)
 
     def on_load(start: int) -> None:  # the run loop resumes after ``start`` rounds
@@ -720,6 +718,17 @@ class _Tally:
     sim: float = 0.0
 
 
+def _tensorboard(cfg: ExperimentConfig, results: ResultsStore, run_id: int) -> Any:
+    """``[run] tensorboard``: the run's event-file writer in ``<root>/<run id>-<name>`` (one
+    subdirectory per arm), else ``None`` (:mod:`fedkit.tensorboard`, imported only then)."""
+    if cfg.run.tensorboard is False:
+        return None
+    from fedkit.tensorboard import TensorBoardCallback, tensorboard_root
+
+    root = tensorboard_root(cfg.run.tensorboard, results.path.parent)
+    return None if root is None else TensorBoardCallback(root / f"{run_id}-{cfg.name}")
+
+
 def _run_parallel(
     cfg: ExperimentConfig,
     results: ResultsStore,
@@ -752,6 +761,7 @@ def _run_parallel(
     _warm_up()
     expected = max(1, spec.sample_budget // max(1, spec.eval_every_samples))
     run_id = _start(results, cfg)
+    tb = _tensorboard(cfg, results, run_id)
     progress.start_run(cfg.name, expected)
     state = _Tally(t=time.perf_counter())
     accs: list[float] = []
@@ -791,6 +801,12 @@ def _run_parallel(
         state.i, state.bytes_up, state.bytes_down = i + 1, up, down
         state.sim, state.t = p.sim_seconds, now
         progress.update(i + 1, loss=finite(p.train_loss), accuracy=finite(p.test_accuracy))
+        if tb is not None:  # one step per evaluation point (fedkit.tensorboard)
+            tb.scalars(i + 1, {
+                "test/accuracy": p.test_accuracy, "test/loss": p.test_loss,
+                "train/loss": p.train_loss, "bytes/up": up, "bytes/down": down,
+                **{f"parallel/{k}": v for k, v in p.to_dict().items()},
+            })  # fmt: skip
 
     def body() -> RunSummary:
         result = run_parallel(spec, ds, model_spec, callback=on_point)
