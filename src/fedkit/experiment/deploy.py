@@ -228,11 +228,12 @@ def coordinate(
 def _tensorboard(file: DeploymentFile, out_dir: Path) -> list[Callback]:
     """``[run] tensorboard = true``: each round's scalars and each worker's round trip under
     ``OUT/tensorboard`` (:mod:`fedkit.tensorboard`)."""
-    if not file.config.run.tensorboard:
+    if file.config.run.tensorboard is False:
         return []
-    from fedkit.tensorboard import TensorBoardCallback
+    from fedkit.tensorboard import TensorBoardCallback, tensorboard_root
 
-    return [TensorBoardCallback(out_dir / "tensorboard", per_worker=True)]
+    root = tensorboard_root(file.config.run.tensorboard, out_dir)
+    return [] if root is None else [TensorBoardCallback(root, per_worker=True)]
 
 
 def run_coordinator(
