@@ -1,7 +1,9 @@
 """TensorBoard: a run callback that writes each round's scalars as event files.
 
-``[run] tensorboard = true`` adds it to a simulated run (``OUT/tensorboard/<run id>-<name>``) and
-to a deployment's coordinator (``OUT/tensorboard``); watch it live with::
+``[run] tensorboard = true`` adds it to a simulated run (``OUT/tensorboard/<run id>-<name>``: one
+subdirectory per run, so each arm of a study is its own curve) and to a deployment's coordinator
+(``OUT/tensorboard``); ``tensorboard = "DIR"`` (or ``fedkit run --tensorboard DIR``) writes under
+``DIR`` instead (:func:`tensorboard_root`). Watch it live with::
 
     tensorboard --logdir OUT/tensorboard
 
@@ -17,6 +19,12 @@ Tags (the x axis is the round, counted from 1 as in reports and progress):
 - ``clients/seconds_mean`` and ``clients/seconds_max``; in deployment also
   ``worker_rtt/<client id>``, each worker's round trip (send, train, receive) in seconds.
 
+A ``[parallel]`` (data-parallel) run writes one step per evaluation point (step k: the k-th
+point), with ``test/accuracy``, ``test/loss``, ``train/loss``, ``bytes/up``, ``bytes/down`` and
+every field of its :class:`~fedkit.parallel.result.EvalPoint` as ``parallel/<field>`` (samples,
+epoch, compute and communication seconds, H, batch size, learning rate …), through
+:meth:`TensorBoardCallback.scalars`.
+
 The writer is the ``tensorboard`` package's own (:class:`tensorboard.summary.Writer`), so the
 files are what ``tensorboard`` and its ``EventAccumulator`` read.
 """
@@ -24,6 +32,7 @@ files are what ``tensorboard`` and its ``EventAccumulator`` read.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from tensorboard.summary import Writer
@@ -31,7 +40,15 @@ from tensorboard.summary import Writer
 from fedkit.params import Params
 from fedkit.run import RoundRecord
 
-__all__ = ["TensorBoardCallback"]
+__all__ = ["TensorBoardCallback", "tensorboard_root"]
+
+
+def tensorboard_root(setting: bool | str, out_dir: Path) -> Path | None:
+    """Where ``[run] tensorboard`` puts the event files: ``None`` when off, ``OUT/tensorboard``
+    for ``true``, the directory itself when it is a string."""
+    if setting is False:
+        return None
+    return out_dir / "tensorboard" if setting is True else Path(setting)
 
 
 class TensorBoardCallback:
@@ -80,6 +97,13 @@ class TensorBoardCallback:
         if self.per_worker:
             for c in record.clients:
                 s(f"worker_rtt/{c.client_id}", c.seconds, step)
+        self._writer.flush()
+
+    def scalars(self, step: int, values: Mapping[str, float | int | None]) -> None:
+        """Write ``values`` (tag -> number; ``None`` and non-finite values are skipped) at
+        ``step`` and flush: what a run that is not a federated round loop reports."""
+        for tag, value in values.items():
+            self._scalar(tag, None if value is None else float(value), step)
         self._writer.flush()
 
     def close(self) -> None:

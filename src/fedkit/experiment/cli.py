@@ -137,9 +137,21 @@ def run(
             "OUT/checkpoints (default), or start afresh.",
         ),
     ] = True,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            "--tensorboard",
+            help="Write TensorBoard scalars under DIR, one subdirectory per run (the same as "
+            '--set run.tensorboard="DIR"; `tensorboard --logdir DIR` to watch).',
+            metavar="DIR",
+        ),
+    ] = None,
 ) -> None:
     """Run an experiment file (every arm and grid point) and record it in OUT/results.sqlite."""
     from fedkit.sim.torchrun import torchrun_env
+
+    if tensorboard is not None:  # a --set like any other: validated, applied to every run
+        set_ = [*(set_ or []), f"run.tensorboard={json.dumps(str(tensorboard))}"]
 
     try:
         env = torchrun_env()
