@@ -8,7 +8,9 @@ standard output carries one JSON object per run, one per line, as each run ends 
 run the final line is its object; with ``--jobs`` in the order runs finish): ``run_id``, ``name``,
 ``status``, ``rounds``, ``final_accuracy``, ``best_accuracy``, ``rounds_to_target`` (null when
 not reached), ``target_accuracy``, ``wall_seconds``, ``bytes_up``, ``bytes_down``,
-``model_sha256``, ``final_loss`` (and ``error`` for a failed run). Exit status: 0 when every run
+``model_sha256``, ``final_loss`` (the centralised *test* loss after the last round, beside
+``final_accuracy``; the progress output's ``train loss`` is the clients' training loss) (and
+``error`` for a failed run). Exit status: 0 when every run
 completed, 1 when a run failed, 2 when the file or a dataset could not be used, 130 when
 interrupted.
 
@@ -225,9 +227,10 @@ def report_outcome(outcome: RunOutcome, *, as_json: bool) -> None:
     s = outcome.summary
     if s is not None:
         acc = "—" if s.final_accuracy is None else f"{s.final_accuracy:.4f}"
+        loss = "—" if s.final_loss is None else f"{s.final_loss:.4f}"
         _err.print(
             f"run {outcome.run_id} {outcome.name}: completed, {s.rounds} rounds, "
-            f"final accuracy {acc}, {s.wall_seconds:.1f} s",
+            f"final test accuracy {acc}, test loss {loss}, {s.wall_seconds:.1f} s",
             markup=False,
             highlight=False,
         )
