@@ -3,17 +3,24 @@ equals the centralised model on the common samples' concatenated features."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
 from fedkit.local import LocalTraining
+from fedkit.vertical.psi import hash_to_point
 from fedkit.vertical.run import (
+    PartyView,
     VerticalResult,
     VerticalSpec,
+    align,
     common_rows,
     holdings,
     run_vertical,
 )
+from fedkit.vertical.service import PartyServicer, RemoteParty, serve_party
 from fedkit.vertical.split import SplitModel, row_bands, split_mlp
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,3 +102,44 @@ def test_label_only_is_a_smaller_model() -> None:
     first = model.top[0]
     assert isinstance(first, torch.nn.Linear)
     assert first.in_features == 6  # one embedding, not two
+
+
+class _Recording(RemoteParty):
+    """A stub that keeps the serialised bytes of every request and reply it exchanges."""
+
+    def __init__(self, target: str, embedding: int) -> None:
+        super().__init__(target, embedding)
+        self.wire: list[bytes] = []
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        reply = super()._call(method, request)
+        self.wire += [request.SerializeToString(), reply.SerializeToString()]
+        return reply
+
+
+@pytest.mark.net
+def test_psi_over_grpc_finds_the_intersection_and_sends_no_id() -> None:
+    mine = [f"user-{i:03d}" for i in range(0, 30)]
+    theirs = [f"user-{i:03d}" for i in range(20, 45)]
+    features = {"train": torch.arange(len(theirs), dtype=torch.float32).reshape(-1, 1)}
+    bottom = torch.nn.Linear(1, 2)
+    servicer = PartyServicer({"train": theirs}, features, bottom, LocalTraining())
+    server, port = serve_party(servicer)
+    try:
+        peer = _Recording(f"127.0.0.1:{port}", embedding=2)
+        common = align(PartyView(ids={"train": mine}, features={}), [peer], "train")
+        assert common == [f"user-{i:03d}" for i in range(20, 30)]
+        # the party's rows now hold its samples 0..9 (user-020..029), in the agreed order
+        h = peer.forward("train", 0, torch.arange(10), False)
+        assert h.shape == (10, 2)
+        with torch.no_grad():
+            want = bottom(features["train"][:10])
+        torch.testing.assert_close(h, want)
+        peer.close()
+    finally:
+        server.stop(grace=None)
+    blob = b"".join(peer.wire)
+    assert len(peer.wire) >= 4  # Psi and Align, requests and replies (Forward, Bye after)
+    for ident in set(mine) | set(theirs):
+        assert ident.encode() not in blob
+        assert hash_to_point(ident) not in blob
