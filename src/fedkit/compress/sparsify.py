@@ -95,4 +95,4 @@ class RandomK(_Sparsifier):
         d = x.numel()
         k = kept(self.fraction, d)
         index = torch.randperm(d, generator=gen)[:k]
-        return _sparse(t, index, x[index].double() * (d / k))
+        return _sparse(t, index, x[index].double() * (d / k if k else 1.0))  # k = 0: empty
