@@ -256,10 +256,12 @@ class Worker:
                 info = first.info
                 try:
                     check(info.error)
-                except Refused as err:
-                    if err.code not in _REREGISTER:
-                        raise
-                    self.register(give_up_s)
+                except Refused as err:  # docs/protocol.md, "Errors and what a client must do"
+                    if err.code in _REREGISTER:
+                        self.register(give_up_s)
+                    else:  # INTERNAL and the like: the coordinator's trouble, poll again later
+                        log.warning("task refused: %s", err)
+                        time.sleep(1.0)
                     continue
                 if info.kind == pb.SHUTDOWN:
                     return self.rounds_done
