@@ -66,16 +66,22 @@ def test_sparse_decode_by_hand() -> None:
 @pytest.mark.parametrize(
     ("leaf", "message"),
     [
-        (_sparse([1, 4], [1.0, 1.0]), "outside"),  # index 4 of a 2x2 tensor
-        (_sparse([-1, 2], [1.0, 1.0]), "outside"),
-        (_sparse([2, 2], [1.0, 1.0]), "increasing"),  # repeated
-        (_sparse([3, 1], [1.0, 1.0]), "increasing"),  # unsorted
-        (_sparse([1], [1.0]), "2 elements"),  # wrong length
-        (_sparse([1, 2], [1.0, float("nan")]), "NaN"),
-        (_sparse([1, 2], [1.0, 1.0], index=torch.tensor([1, 2])), "int32"),  # int64 indices
+        (_sparse([1, 4], [1.0, 1.0]), r"indices: outside \[0, 4\)"),  # index 4 of a 2x2 tensor
+        (_sparse([-1, 2], [1.0, 1.0]), "indices: outside"),
+        (_sparse([2, 2], [1.0, 1.0]), "indices: not strictly increasing"),  # repeated
+        (_sparse([3, 1], [1.0, 1.0]), "indices: not strictly increasing"),  # unsorted
+        (
+            _sparse([1], [1.0]),
+            "indices: expected a 1-D torch.int32 tensor of 2 elements",
+        ),  # wrong length
+        (_sparse([1, 2], [1.0, float("nan")]), "values: a NaN"),
+        (
+            _sparse([1, 2], [1.0, 1.0], index=torch.tensor([1, 2])),
+            "indices: expected a 1-D torch.int32",
+        ),  # int64 indices
         (
             _sparse([1, 2], [1.0, 1.0], values=torch.tensor([1.0, 2.0], dtype=torch.float64)),
-            "float32",
+            "values: expected a 1-D torch.float32",
         ),
     ],
 )
@@ -96,12 +102,28 @@ def _packed(codes: list[int], scale: list[float]) -> Packed:
 @pytest.mark.parametrize(
     ("comp", "leaf", "message"),
     [
-        (QSGD(levels=1), _packed([0b11_00_01_10], [1.0]), "above the top 2"),  # code 3 > 2s = 2
-        (QSGD(levels=1), _packed([6, 6], [1.0]), "1 elements"),  # 2 bytes for 4 2-bit codes
-        (QSGD(levels=1), _packed([6], [float("inf")]), "NaN or infinite"),
-        (QSGD(levels=1), _packed([6], [1.0, 2.0]), "1 elements"),
-        (Uniform(bits=2), _packed([6], [0.0]), "2 elements"),
-        (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "NaN or infinite"),
+        (
+            QSGD(levels=1),
+            _packed([0b11_00_01_10], [1.0]),
+            "packed codes: a code of 3 above the top 2",
+        ),  # code 3 > 2s = 2
+        (
+            QSGD(levels=1),
+            _packed([6, 6], [1.0]),
+            "packed codes: expected a 1-D torch.uint8 tensor of 1 elements",
+        ),  # 2 bytes for 4 2-bit codes
+        (QSGD(levels=1), _packed([6], [float("inf")]), "scales: a NaN or infinite"),
+        (
+            QSGD(levels=1),
+            _packed([6], [1.0, 2.0]),
+            "scales: expected a 1-D torch.float32 tensor of 1 elements",
+        ),
+        (
+            Uniform(bits=2),
+            _packed([6], [0.0]),
+            "scales: expected a 1-D torch.float32 tensor of 2 elements",
+        ),
+        (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "scales: a NaN or infinite"),
         (SignCompressor(), _packed([6, 0], [1.0]), "1 elements"),  # 4 sign bits fit one byte
         (
             Uniform(bits=2),
