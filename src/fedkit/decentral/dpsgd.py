@@ -71,6 +71,8 @@ class DecentralSpec:
         local: each node's local training between gossip rounds.
         seed: root of every node's batch order.
         eval_every: evaluate the averaged model every k rounds and after the last (0: never).
+        asynchronous: randomised pairwise gossip without a global round
+            (:mod:`fedkit.decentral.async_gossip`; simulator only, fixed graphs).
     """
 
     topology: str = "ring"
@@ -81,6 +83,7 @@ class DecentralSpec:
     local: LocalTraining = dataclasses.field(default_factory=LocalTraining)
     seed: int = 0
     eval_every: int = 1
+    asynchronous: bool = False
 
     def __post_init__(self) -> None:
         names = (*TOPOLOGIES, ALLREDUCE)
@@ -94,6 +97,10 @@ class DecentralSpec:
             raise ValueError(f"rounds must be in [1, {MAX_ROUNDS}], got {self.rounds!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every!r}")
+        if self.asynchronous and self.topology in ("one_peer_exp", ALLREDUCE):
+            raise ValueError(
+                f"asynchronous gossip needs a fixed graph; topology {self.topology!r} has none"
+            )
         if self.local.dp is not None:
             raise ValueError("decentral: local DP-SGD is not supported")
 

@@ -191,6 +191,8 @@ def run_decentral(
         import torch.distributed as dist
 
         rank = dist.get_rank()
+        if exp.spec.asynchronous:
+            raise ConfigError("decentral.asynchronous runs in the simulator only, not on ranks")
         if dist.get_world_size() != n:
             raise ConfigError(
                 f"decentral: {n} nodes (data.num_clients) but {dist.get_world_size()} ranks; "
@@ -233,7 +235,10 @@ def run_decentral(
                 return -1, None
             last = history[-1]
         else:
-            result: DecentralResult = run_dpsgd(
+            from fedkit.decentral.async_gossip import run_async_gossip
+
+            simulate = run_async_gossip if exp.spec.asynchronous else run_dpsgd
+            result: DecentralResult = simulate(
                 exp.spec,
                 prep.model_spec.build(),
                 prep.init,
