@@ -92,7 +92,7 @@ def test_records_both_arms_with_equal_accuracy(tmp_path: Path) -> None:
 def test_invalid_file_exits_2(tmp_path: Path, old: str, new: str, message: str) -> None:
     file = tmp_path / "v.toml"
     file.write_text(TINY.replace(old, new, 1))
-    res = CliRunner().invoke(cli(), ["vertical", str(file), "--out", str(tmp_path)])
+    res = CliRunner().invoke(cli(), ["vertical", str(file), "--out", str(tmp_path), "-q"])
     assert res.exit_code == 2
     assert message in " ".join(res.output.split())
     assert not results_path(tmp_path).exists()

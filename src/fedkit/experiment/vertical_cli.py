@@ -28,6 +28,9 @@ def vertical(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No summary line per run on stderr.")
+    ] = False,
     data_root: Annotated[Path | None, typer.Option("--data", help="Data directory.")] = None,
 ) -> None:
     """Run a vertical FL experiment (split learning over feature parties, PSI alignment)."""
@@ -46,8 +49,9 @@ def vertical(
                 raise fail(f"{file}: {e}", 2) from None
             if as_json:
                 typer.echo(json.dumps({"run_id": run_id, "name": exp.name, **summary.to_dict()}))
-            _err.print(
-                f"run {run_id} {exp.name}: accuracy {summary.final_accuracy}",
-                markup=False,
-                highlight=False,
-            )
+            if not quiet:
+                _err.print(
+                    f"run {run_id} {exp.name}: accuracy {summary.final_accuracy}",
+                    markup=False,
+                    highlight=False,
+                )
