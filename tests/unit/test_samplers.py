@@ -46,18 +46,19 @@ def counts(draw: Callable[[int], list[int]], rounds: int = ROUNDS) -> Counter[in
 
 
 def assert_binomial(c: Counter[int], pi: list[float], rounds: int = ROUNDS) -> None:
-    """Each client's count is Binomial(rounds, π_k): within 5 standard deviations (a π of 0 or
-    1 must be hit never or always), and Pearson's statistic over the clients is below the 0.999
-    quantile of χ²(N) (about 29.6 for N = 8; 3.3·N + 4 bounds it for small N)."""
-    chi2 = 0.0
+    """Rounds are independent draws, so each client's count is exactly Binomial(rounds, π_k):
+    every count lies within 5 standard deviations of ``rounds · π_k`` (a π of 0 or 1 must be hit
+    never or always). No Pearson χ² over the clients: the clients of one round are dependent
+    (the cohort size is fixed; systematic sampling couples neighbours), so that sum is not
+    χ²(N) — with π = (.88, .44, .29, .22, .18) it exceeded 12 in 2 of 10 seeded batches of
+    2,000 rounds, with every client's count unbiased over 20,000 rounds."""
     for k, p in enumerate(pi):
         mean, var = rounds * p, rounds * p * (1 - p)
         if var == 0:
             assert c[k] == mean, (k, c[k], mean)
             continue
         assert abs(c[k] - mean) <= 5 * math.sqrt(var), (k, c[k], mean)
-        chi2 += (c[k] - mean) ** 2 / var
-    assert chi2 <= 3.3 * len(pi) + 4, chi2
+    assert sum(c.values()) == round(rounds * sum(pi))  # m distinct clients every round
 
 
 # --- inclusion probabilities: hand-computed ------------------------------------------------
