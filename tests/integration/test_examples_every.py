@@ -97,11 +97,14 @@ def test_example_runs_from_a_fresh_shell(file: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
     lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
-    assert lines and all(d["status"] == "completed" for d in lines), lines
+    assert lines and all(d.get("status", "completed") == "completed" for d in lines), lines
     con = sqlite3.connect(out / "results.sqlite")
     try:
         statuses = [s for (s,) in con.execute("SELECT status FROM runs")]
     finally:
         con.close()
     assert statuses and set(statuses) == {"completed"}, statuses
-    assert not (tmp_path / "home" / ".cache" / "fedkit").exists()  # the shared data was used
+    # the shared data was used: nothing was downloaded into ~/.cache/fedkit (only the derived
+    # cache of decoded arrays and verified checksums may be written there)
+    home = tmp_path / "home" / ".cache" / "fedkit"
+    assert not home.exists() or {p.name for p in home.iterdir()} <= {"cache"}
