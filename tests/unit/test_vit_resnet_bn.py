@@ -6,9 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedkit.algorithms.fedbn import batchnorm_keys
+from fedkit.algorithm import ClientData
+from fedkit.algorithms.fedavg import FedAvg
+from fedkit.algorithms.fedbn import FedBN, batchnorm_keys
+from fedkit.data.store import ClientStore
+from fedkit.local import LocalTraining
 from fedkit.models.registry import build_model
 from fedkit.params import model_params
+from fedkit.run import RunConfig, run
+from fedkit.sim.serial import SerialExecutor
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -74,3 +80,55 @@ def test_resnet18_bn_matches_gn_but_keeps_batch_statistics() -> None:
     assert len(keys) == 20 * 4
     assert not batchnorm_keys(model_params(gn))
     assert bn(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def _image_store(num_clients: int, n: int = 6) -> ClientStore:
+    g = torch.Generator().manual_seed(0)
+    return ClientStore.from_clients(
+        [
+            ClientData(
+                torch.randn(n, 3, 32, 32, generator=g) + c,
+                torch.randint(0, 10, (n,), generator=g),
+                torch.randn(2, 3, 32, 32, generator=g),
+                torch.randint(0, 10, (2,), generator=g),
+            )
+            for c in range(num_clients)
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_fedbn_keeps_each_clients_batchnorm_statistics_of_resnet18_bn() -> None:
+    """One FedBN round of resnet18_bn on two clients: the shared layers move, the global model's
+    BatchNorm entries do not, and each client's own running mean differs from the other's."""
+    model = build_model("resnet18_bn", num_classes=10, input_shape=(3, 32, 32))
+    x0 = model_params(model)
+    store = _image_store(2)
+    local = LocalTraining(lr=0.01, epochs=1, batch_size=3)
+    out = run(
+        FedBN(local=local),
+        SerialExecutor(store, model),
+        x0,
+        RunConfig(rounds=1, clients_per_round=2, eval_every=0),
+    )
+    bn = batchnorm_keys(x0)
+    assert not torch.equal(out.params["fc.weight"], x0["fc.weight"])
+    assert all(torch.equal(out.params[k], x0[k]) for k in bn)
+    mine = [store.get_state(c).params["stem.1.running_mean"] for c in range(2)]
+    assert not torch.equal(mine[0], mine[1])
+
+
+def test_a_small_vit_trains_one_fedavg_round() -> None:
+    model = build_model(
+        "vit_tiny", num_classes=10, input_shape=(3, 32, 32), dim=32, depth=1, heads=2
+    )
+    x0 = model_params(model)
+    out = run(
+        FedAvg(local=LocalTraining(lr=0.05, epochs=1, batch_size=3)),
+        SerialExecutor(_image_store(3), model),
+        x0,
+        RunConfig(rounds=1, clients_per_round=3, eval_every=0),
+    )
+    moved = [k for k in x0 if not torch.equal(out.params[k], x0[k])]
+    assert {"cls", "pos", "head.weight", "embed.weight"} <= set(moved)
+    assert all(bool(torch.isfinite(v).all()) for v in out.params.values())
