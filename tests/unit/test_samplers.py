@@ -399,3 +399,34 @@ def test_registry_names_build_the_samplers() -> None:
     assert sampler({"name": "power_of_choice", "d": 7}) == PowerOfChoice(d=7)
     assert sampler({"name": "availability"}) == AvailabilityAware()
     assert build(AGGREGATORS, {"name": "importance"}, "aggregator") == ImportanceWeighted()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_importance_corrected_run_under_two_gloo_ranks_equals_serial() -> None:
+    """The π the run loop fills in travel with the algorithm to the other rank, whose clients
+    scale their updates in ``prepare``: the same model as the serial run."""
+    import functools
+
+    from fedkit.algorithms.fedavg import FedAvg
+    from fedkit.local import LocalTraining
+    from fedkit.params import model_params
+    from fedkit.run import RunConfig, run
+    from fedkit.sim.processes import ProcessExecutor
+    from fedkit.sim.serial import SerialExecutor
+    from tests.helpers.toy import toy_model, toy_store
+
+    alg = FedAvg(local=LocalTraining(lr=0.05), aggregator=ImportanceWeighted())
+    cfg = RunConfig(rounds=3, clients_per_round=3, seed=4, eval_every=0)
+    s = ProbabilitySampler(law="power", exponent=1.0)
+    x0 = model_params(toy_model())
+    pop = Population(8, tuple(toy_store(8).num_examples(c) for c in range(8)))
+    ref = run(alg, SerialExecutor(toy_store(8), toy_model()), x0, cfg, sampler=s, population=pop)
+    with ProcessExecutor(
+        store=toy_store(8),
+        model_fn=toy_model,
+        store_fn=functools.partial(toy_store, 8),
+        world_size=2,
+    ) as ex:
+        got = run(alg, ex, x0, cfg, sampler=s, population=pop)
+    assert all(torch.allclose(ref.params[k], got.params[k], atol=1e-6) for k in ref.params)
