@@ -5,7 +5,10 @@ waiting request, then keeps collecting until it holds ``max_batch`` requests or 
 seconds have passed since it took the first, and runs the whole batch as one call in its own
 thread (model code never blocks the event loop). ``max_batch = 1`` is serving without batching.
 
-A request that finds the queue full is refused at once (:class:`Overloaded`, which the app turns
+A request counts against ``max_queue`` from when it is queued until the worker takes it (a
+request that wakes an idle worker still counts until the worker runs, so two requests arriving
+together at an idle server with ``max_queue = 1`` get one answer and one 503). A request that
+finds the queue full is refused at once (:class:`Overloaded`, which the app turns
 into 503 with ``Retry-After``): under overload, latency stays bounded instead of the queue
 growing without limit. :meth:`MicroBatcher.close` refuses new requests and returns once every
 request already queued has been answered, so a graceful shutdown finishes in-flight work.
