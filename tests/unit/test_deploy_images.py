@@ -21,6 +21,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typer.core import TyperGroup
 from fedkit.cli import _mount, app
 from fedkit.experiment.deploy import load_deployment
 from fedkit.net.tls import create_certs
+from tests.helpers.serve import constant_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -436,15 +438,30 @@ def free_port() -> int:
 
 def localise(argv: list[str], root: Path, port: int) -> list[str]:
     """A service's command with its container paths under ``root`` and the compose network's
-    host name and port replaced by loopback ones."""
+    host name and ports (7070, the endpoint's 8000) replaced by loopback ones."""
     out = []
-    for w in argv:
+    for i, w in enumerate(argv):
         if w.startswith("/"):
             w = str(root) + w
         w = w.replace("coordinator:7070", f"localhost:{port}")
-        w = w.replace("0.0.0.0:7070", f"127.0.0.1:{port}")
+        w = w.replace("0.0.0.0:7070", f"127.0.0.1:{port}").replace("0.0.0.0", "127.0.0.1")
+        if i > 0 and argv[i - 1] == "--port":
+            w = str(port)
         out.append(w)
     return out
+
+
+def mount(service: dict[str, Any], root: Path, certs: Path) -> None:
+    """Give ``root`` exactly the service's bind mounts (certificates from ``certs``)."""
+    for target, src in binds(service).items():
+        dst = root / target.lstrip("/")
+        if Path(src).parts[0] == "bundle":
+            continue  # the endpoint's bundle is exported into place
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        origin = certs / Path(src).name if src.startswith("./certs/") else DEPLOY / src
+        dst.write_bytes(origin.read_bytes())
+        dst.chmod(0o600 if dst.suffix == ".key" else 0o644)
+    (root / "state").mkdir(parents=True, exist_ok=True)
 
 
 @pytest.mark.slow
@@ -462,15 +479,9 @@ def test_compose_commands_run_as_written(compose: dict[str, Any], tmp_path: Path
         for name, s in services(compose).items():
             argv = service_argv(s)
             if argv[1] == "serve":
-                continue  # needs a bundle (tests/integration cover fedkit serve)
+                continue  # started below, on the run's exported model
             root = tmp_path / name
-            for target, src in binds(s).items():
-                dst = root / target.lstrip("/")
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                origin = certs / Path(src).name if src.startswith("./certs/") else DEPLOY / src
-                dst.write_bytes(origin.read_bytes())
-                dst.chmod(0o600 if dst.suffix == ".key" else 0o644)
-            (root / "state").mkdir(parents=True, exist_ok=True)
+            mount(s, root, certs)
             cmd = [sys.executable, "-m", "fedkit", *localise(argv[1:], root, port)]
             procs[name] = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -483,6 +494,47 @@ def test_compose_commands_run_as_written(compose: dict[str, Any], tmp_path: Path
         for name in workers:
             _, werr = procs[name].communicate(timeout=60)
             assert procs[name].returncode == 0, werr[-3000:]
+
+        # The compose run's model is the simulator's (`fedkit run` of the same file).
+        ran = subprocess.run(
+            [sys.executable, "-m", "fedkit", "run", str(DEPLOY / "experiment.toml"),
+             "--out", str(tmp_path / "sim"), "--json"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        assert (
+            json.loads(ran.stdout.strip().splitlines()[-1])["model_sha256"]
+            == summary["model_sha256"]
+        )
+
+        # The endpoint, by the serve service's command on a mounted bundle (`fedkit serve`
+        # serves next-word bundles: the serve tests' constant one), probed by the image's
+        # HEALTHCHECK command.
+        serve_root = tmp_path / "serve"
+        mount(services(compose)["serve"], serve_root, certs)
+        constant_bundle(serve_root / "bundle")
+        serve_port = free_port()
+        argv = localise(service_argv(services(compose)["serve"])[1:], serve_root, serve_port)
+        procs["serve"] = subprocess.Popen(
+            [sys.executable, "-m", "fedkit", *argv],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        stage = next(st for st in stages_of(DEPLOY / "Dockerfile") if st.name == "serve")
+        check = stage.last("HEALTHCHECK")
+        assert check is not None
+        probe = [w.replace(":8000/", f":{serve_port}/") for w in check.exec_form() or []]
+        assert probe[0] == "python" and str(serve_port) in probe[-1], probe
+        for _ in range(120):
+            healthy = subprocess.run(
+                [sys.executable, *probe[1:]], capture_output=True, text=True, timeout=30
+            )
+            if healthy.returncode == 0 or procs["serve"].poll() is not None:
+                break
+            time.sleep(0.5)
+        if healthy.returncode != 0:
+            serve = procs["serve"]
+            detail = serve.stderr.read() if serve.poll() is not None and serve.stderr else ""
+            raise AssertionError(f"endpoint not healthy: {healthy.stderr}{detail}"[-3000:])
     finally:
         for p in procs.values():
             if p.poll() is None:
