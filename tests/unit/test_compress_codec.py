@@ -152,3 +152,33 @@ def test_the_server_refuses_a_hostile_update_before_folding() -> None:
     acc = comp.add(acc, good, 1.0)
     # top-2 of [1, -3, 2, 0.5] = -3 (position 1) and 2 (position 2)
     assert comp.result(acc, CTX)["w"].tolist() == [[0.0, -3.0], [2.0, 0.0]]
+
+
+def test_long_streams_round_trip_for_every_width() -> None:
+    # 20 codes: more than one byte for every width (the fast path's codes per byte, 8 // bits)
+    for bits in range(1, 9):
+        codes = [(7 * i + 3) % (1 << bits) for i in range(20)]
+        packed = pack_bits(torch.tensor(codes), bits)
+        assert packed.numel() == packed_length(20, bits)
+        assert unpack_bits(packed, bits, 20).tolist() == codes
+
+
+def test_three_unsorted_indices_are_refused() -> None:
+    # d = 4, fraction 0.75 -> k = 3: [0, 3, 2] is not increasing though both later ones exceed 0
+    leaf = Sparse(
+        index=torch.tensor([0, 3, 2], dtype=torch.int32),
+        values=torch.tensor([1.0, 2.0, 3.0]),
+        shape=(4,),
+        dtype=torch.float32,
+    )
+    with pytest.raises(CompressError, match="not strictly increasing"):
+        TopK(fraction=0.75).decode(leaf)
+
+
+def test_integer_tensors_pass_through_unencoded() -> None:
+    comp = TopK(fraction=0.5)
+    update = {"w": torch.tensor([1.0, -5.0, 3.0, 0.5]), "n": torch.tensor([5, 7, 0, 2])}
+    enc = comp.prepare(update, 1.0, CTX)
+    assert isinstance(enc["w"], Sparse) and torch.equal(enc["n"], update["n"])
+    out = comp.decompress(enc)
+    assert out["n"].tolist() == [5, 7, 0, 2] and out["w"].tolist() == [0.0, -5.0, 3.0, 0.0]
