@@ -35,7 +35,6 @@ from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage
 from fedkit.algorithms.superclients import (
     GROUPINGS,
     Grouping,
-    Superclient,
     SuperclientStore,
     group_clients,
     label_histograms,
@@ -91,9 +90,11 @@ class FedSeq(FedAvg):
         self, ctx: ClientContext, msg: ModelMessage, data: ClientData, state: None
     ) -> LocalPlan[Any]:
         """The first member's training from the global model; the others wait in ``carry``."""
-        if not isinstance(data, Superclient) or len(data.members) <= 1:
+        split = getattr(data, "member_data", None)  # a Superclient; a plain client is one member
+        parts = split() if callable(split) else [data]
+        if len(parts) <= 1:
             return LocalPlan(start=msg.params, local=self.local, carry=())
-        first, *rest = data.member_data()
+        first, *rest = parts
         return LocalPlan(start=msg.params, local=self.local, data=first, carry=tuple(rest))
 
     def client_final(
@@ -113,9 +114,11 @@ class FedSeq(FedAvg):
 
 
 def _regrouped(
-    algorithm: FedSeq, store_fn: Callable[[], ClientStore], num_classes: int
+    regroup: Callable[[ClientStore, int], ClientStore],
+    store_fn: Callable[[], ClientStore],
+    num_classes: int,
 ) -> ClientStore:
-    return algorithm.superclients(store_fn(), num_classes)
+    return regroup(store_fn(), num_classes)
 
 
 def superclient_population(
@@ -126,7 +129,8 @@ def superclient_population(
 ) -> tuple[ClientStore, Callable[[], ClientStore]]:
     """The run's client store and the (picklable) function other ranks rebuild it with: for
     FedSeq, both grouped into superclients; for any other algorithm, unchanged."""
-    if not isinstance(algorithm, FedSeq):
+    regroup = getattr(algorithm, "superclients", None)  # FedSeq's hook; others keep the store
+    if not callable(regroup):
         return store, store_fn
-    grouped = algorithm.superclients(store, num_classes)
-    return grouped, functools.partial(_regrouped, algorithm, store_fn, num_classes)
+    grouped = regroup(store, num_classes)
+    return grouped, functools.partial(_regrouped, regroup, store_fn, num_classes)

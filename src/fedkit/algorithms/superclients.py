@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
@@ -172,8 +172,7 @@ class SuperclientStore(ClientStore):
                     torch.cat([p.y_test for p in tests]) if both else None,  # type: ignore[misc]
                 )
             )
-        store = cls.from_clients(datas)
-        assert isinstance(store, SuperclientStore)
+        store = cast(SuperclientStore, cls.from_clients(datas))
         store.groups = tuple(tuple(int(c) for c in g) for g in groups)
         store._member_sizes = [tuple(base.num_examples(c) for c in g) for g in groups]
         return store
