@@ -20,6 +20,7 @@ __all__ = ["COMPRESSORS", "compression_plots", "compression_section", "compresso
 COMPRESSORS = ("quantize", "qsgd", "sign", "topk", "randk")
 """The registry names of the compressor stages."""
 
+
 def compressor_of(arm: Arm) -> str | None:
     """``"topk fraction=0.01 +EF"``: the arm's compressor stage and its settings, or ``None``."""
     settings = dict(arm.settings)
