@@ -76,7 +76,7 @@ def test_topk_by_hand() -> None:
     # fraction 0.5 of d = 4 -> k = 2: the largest |v| are -5 (position 1) and 3 (position 2)
     assert _round_trip(TopK(fraction=0.5), [1.0, -5.0, 3.0, 0.5]) == [0.0, -5.0, 3.0, 0.0]
     assert kept(0.01, 1000) == 10 and kept(0.01, 50) == 1 and kept(0.3, 10) == 3
-    assert kept(1.0, 7) == 7 and kept(0.5, 0) == 0
+    assert kept(1.0, 7) == 7 and kept(0.5, 0) == 0 and kept(0.01, 1) == 1
 
 
 def test_randk_scales_what_it_keeps_by_d_over_k() -> None:
