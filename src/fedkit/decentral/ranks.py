@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -47,6 +43,7 @@ from fedkit.decentral.dpsgd import (
     local_round,
     mix,
 )
+from fedkit.loopback import free_port, run_loopback_rank
 from fedkit.params import Params, nbytes
 
 __all__ = ["flatten", "run_gloo", "run_rank", "unflatten"]
@@ -146,12 +143,6 @@ def run_rank(
 ModelFn = Callable[[], nn.Module]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rank_main(
     rank: int,
     world: int,
@@ -162,26 +153,14 @@ def _rank_main(
     nodes: Sequence[ClientData],
     out_dir: str,
 ) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    try:
+
+    def work() -> None:
         x, _, history = run_rank(spec, model_fn(), init, nodes[rank])
         save_file({k: v.contiguous() for k, v in x.items()}, str(Path(out_dir, f"node{rank}.st")))
         if rank == 0:
             Path(out_dir, "history.json").write_text(json.dumps([h.to_dict() for h in history]))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    # as fedkit.parallel.launch: leave without interpreter teardown (gloo threads at exit)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+
+    run_loopback_rank(rank, world, port, work)
 
 
 def run_gloo(
@@ -192,7 +171,7 @@ def run_gloo(
     with tempfile.TemporaryDirectory(prefix="fedkit-gossip-") as out:
         mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
             _rank_main,
-            args=(n, _free_port(), spec, model_fn, init, list(nodes), out),
+            args=(n, free_port(), spec, model_fn, init, list(nodes), out),
             nprocs=n,
             join=True,
         )

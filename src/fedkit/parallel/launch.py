@@ -11,20 +11,16 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from fedkit.loopback import free_port, run_loopback_rank
 from fedkit.parallel.async_ps import async_server, async_worker, train_async_sim
 from fedkit.parallel.collective import GlooCollective, ReplicaCollective
 from fedkit.parallel.result import EvalPoint, ParallelResult
@@ -108,12 +104,6 @@ def run_rank(
     return train_sync_family(spec, dataset, model_fn, GlooCollective(), callback=callback)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rank_main(
     rank: int,
     world: int,
@@ -123,29 +113,13 @@ def _rank_main(
     model_fn: ModelFn,
     out_dir: str,
 ) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    try:
+
+    def work() -> None:
         result = run_rank(spec, data, model_fn)
         if rank == 0 and result is not None:
             write_result(result, Path(out_dir))
-        # Leave together: a rank tearing gloo down while a peer is still inside its last
-        # operations can abort ("terminate called without an active exception").
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    # On success, leave without interpreter teardown: gloo's background threads can still be
-    # joinable when C++ destructors run at exit, which aborts a finished rank (seen with torch
-    # 2.13, about 1 run in 30: "terminate called without an active exception").
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+
+    run_loopback_rank(rank, world, port, work)
 
 
 def write_result(result: ParallelResult, folder: Path) -> None:
@@ -181,7 +155,7 @@ def run_gloo(spec: ParallelSpec, dataset: DatasetLike, model_fn: ModelFn) -> Par
     with tempfile.TemporaryDirectory(prefix="fedkit-gloo-") as out:
         mp.spawn(  # type: ignore[attr-defined,no-untyped-call]
             _rank_main,
-            args=(world, _free_port(), spec, data, model_fn, out),
+            args=(world, free_port(), spec, data, model_fn, out),
             nprocs=world,
             join=True,
         )
