@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, aggregate
@@ -87,6 +87,7 @@ def test_capped_inclusion_refuses_impossible_cohorts() -> None:
     frac=st.floats(0.01, 1.0),
     seed=st.integers(0, 2**31),
 )
+@example(w=[2.2250738585e-313, 5e-324], frac=0.5, seed=0)  # subnormal weights: 1/sum overflows
 def test_systematic_draws_exactly_m_distinct_ids_never_a_zero_weight(
     w: list[float], frac: float, seed: int
 ) -> None:

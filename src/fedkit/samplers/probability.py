@@ -60,6 +60,7 @@ def capped_inclusion(p: torch.Tensor, m: int) -> torch.Tensor:
         raise ValueError(
             f"cannot draw {m} distinct clients: {positive} have a selection weight > 0"
         )
+    p = p / p.max()  # scale-free; keeps c = left / sum(p) finite for tiny (subnormal) weights
     capped = torch.zeros_like(p, dtype=torch.bool)
     while True:
         left = m - int(capped.sum())  # every capped client holds exactly 1 of the m
