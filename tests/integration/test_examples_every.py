@@ -27,8 +27,8 @@ EXAMPLES = ROOT / "examples"
 
 SKIP: dict[str, str] = {
     "nwp_sent140_federated": "its second arm starts from the bundle that nwp_sent140_server's run "
-    "exports (run.init_from = runs/nwp/server_bundle); benchmarks/nwp_study.py runs the three "
-    "steps in order",
+    "exports (run.init_from = runs/nwp/server_bundle): "
+    "test_nwp_examples_run_in_order_from_a_fresh_shell runs the three steps in order",
 }
 """Example stem -> why it cannot run on its own at its short setting."""
 
@@ -78,6 +78,20 @@ def test_examples_readme_lists_every_example() -> None:
     assert "default `~/.cache/fedkit`; the Makefile points it" not in readme  # the old lookup
 
 
+def fedkit_fresh(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m fedkit ARGS`` from a fresh shell in ``cwd``; asserts it exited 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fedkit", *args],
+        cwd=cwd,  # not the checkout: the data must be found by the lookup order
+        env=fresh_env(cwd / "home"),
+        capture_output=True,
+        text=True,
+        timeout=3500,
+    )
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    return done
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("file", _examples(), ids=lambda f: f.stem)
@@ -86,18 +100,32 @@ def test_example_runs_from_a_fresh_shell(file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     sets = [arg for s in short for arg in ("--set", s)]
     quiet = ["--quiet"] if kind != "vertical" else []
-    done = subprocess.run(
-        [sys.executable, "-m", "fedkit", kind, str(file), "--out", str(out), "--json", *quiet,
-         *sets],
-        cwd=tmp_path,  # not the checkout: the data must be found by the lookup order
-        env=fresh_env(tmp_path / "home"),
-        capture_output=True,
-        text=True,
-        timeout=3500,
-    )  # fmt: skip
-    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    done = fedkit_fresh([kind, str(file), "--out", str(out), "--json", *quiet, *sets], tmp_path)
     lines = [json.loads(ln) for ln in done.stdout.splitlines() if ln.startswith("{")]
     assert lines and all(d.get("status", "completed") == "completed" for d in lines), lines
+    _assert_completed_with_shared_data(out, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_nwp_examples_run_in_order_from_a_fresh_shell(tmp_path: Path) -> None:
+    """The next-word pair as its header says: the server run, its bundle exported to
+    runs/nwp/server_bundle, then the federated file, whose fine-tune arm starts from it."""
+    out = tmp_path / "runs" / "nwp"
+    one = ["--set", "run.rounds=1", "--json", "--quiet"]
+    server = fedkit_fresh(["run", str(EXAMPLES / "nwp_sent140_server.toml"), "--out", str(out),
+                           *one], tmp_path)  # fmt: skip
+    run_id = str(json.loads(server.stdout.strip().splitlines()[-1])["run_id"])
+    fedkit_fresh(["export", run_id, "--runs", str(out), "--out", str(out / "server_bundle")],
+                 tmp_path)  # fmt: skip
+    fed = fedkit_fresh(["run", str(EXAMPLES / "nwp_sent140_federated.toml"), "--out", str(out),
+                        *one], tmp_path)  # fmt: skip
+    lines = [json.loads(ln) for ln in fed.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) >= 2 and all(d["status"] == "completed" for d in lines), lines
+    _assert_completed_with_shared_data(out, tmp_path)
+
+
+def _assert_completed_with_shared_data(out: Path, tmp_path: Path) -> None:
     con = sqlite3.connect(out / "results.sqlite")
     try:
         statuses = [s for (s,) in con.execute("SELECT status FROM runs")]
