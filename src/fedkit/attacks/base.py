@@ -38,9 +38,10 @@ from fedkit.algorithm import (
     LocalPlan,
     RoundInfo,
 )
-from fedkit.params import Params, tree_map
+from fedkit.params import tree_map
 from fedkit.rng import generator
 from fedkit.run import Probe
+from fedkit.wrapper import ForwardsServerHalf
 
 ATTACK_STREAM = "attack"
 """The name of an attacker's own random stream (poisoning, noise)."""
@@ -103,7 +104,7 @@ def choose_attackers(num_clients: int, fraction: float, seed: int) -> frozenset[
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Attacked:
+class Attacked(ForwardsServerHalf):
     """``inner`` with ``attack`` applied to the clients in ``attackers`` (module docstring).
 
     Attributes:
@@ -127,22 +128,9 @@ class Attacked:
         object.__setattr__(self, "attackers", frozenset(int(c) for c in self.attackers))
 
     @property
-    def name(self) -> str:
-        """The wrapped algorithm's name (the server half is the same algorithm)."""
-        return self.inner.name
-
-    @property
     def aggregator(self) -> Aggregator[Any, Any, Any]:
         """The wrapped algorithm's aggregator: the defence under test."""
         return self.inner.aggregator
-
-    def init_state(self, params: Params) -> Any:
-        """The wrapped algorithm's server state."""
-        return self.inner.init_state(params)
-
-    def broadcast(self, state: Any, info: RoundInfo) -> Any:
-        """The wrapped algorithm's message."""
-        return self.inner.broadcast(state, info)
 
     def client_init(
         self, ctx: ClientContext, msg: Any, data: ClientData, state: Any
@@ -182,26 +170,6 @@ class Attacked:
             stream=self._stream(ctx, "forge"),
         )
         return dataclasses.replace(res, update=self.attack.forge(actx))
-
-    def update_template(self, params: Params) -> Any:
-        """The wrapped algorithm's update shapes (attackers send the same shapes)."""
-        return self.inner.update_template(params)
-
-    def server_update(self, state: Any, aggregate: Any, info: RoundInfo) -> Any:
-        """The wrapped algorithm's server update."""
-        return self.inner.server_update(state, aggregate, info)
-
-    def global_params(self, state: Any) -> Params:
-        """The wrapped algorithm's global parameters."""
-        return self.inner.global_params(state)
-
-    def client_state_template(self, params: Params) -> Any:
-        """The wrapped algorithm's client state shapes."""
-        return self.inner.client_state_template(params)
-
-    def personal_params(self, global_params: Params, state: Any) -> Params | None:
-        """The wrapped algorithm's personal model."""
-        return self.inner.personal_params(global_params, state)
 
     def _expected(self, info: RoundInfo) -> int:
         frac = self.assumed_fraction

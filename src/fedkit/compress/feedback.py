@@ -34,10 +34,10 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
-    RoundInfo,
 )
 from fedkit.compress.codec import Compressor
 from fedkit.params import Params, tree_map
+from fedkit.wrapper import ForwardsServerHalf
 
 __all__ = ["ErrorFeedback", "FeedbackState", "find_compressor", "with_error_feedback"]
 
@@ -73,7 +73,7 @@ def find_compressor(aggregator: Any) -> Compressor | None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ErrorFeedback:
+class ErrorFeedback(ForwardsServerHalf):
     """``inner`` with each client's compression error fed back (module docstring).
 
     Attributes:
@@ -88,19 +88,6 @@ class ErrorFeedback:
     def __post_init__(self) -> None:
         if find_compressor(self.aggregator) is None:
             raise ValueError("error feedback needs a compressor stage in the aggregator chain")
-
-    @property
-    def name(self) -> str:
-        """The wrapped algorithm's name."""
-        return self.inner.name
-
-    def init_state(self, params: Params) -> Any:
-        """The wrapped algorithm's server state."""
-        return self.inner.init_state(params)
-
-    def broadcast(self, state: Any, info: RoundInfo) -> Any:
-        """The wrapped algorithm's message."""
-        return self.inner.broadcast(state, info)
 
     def client_init(
         self, ctx: ClientContext, msg: Any, data: ClientData, state: FeedbackState | None
@@ -143,18 +130,6 @@ class ErrorFeedback:
             update=update,
             client_state=FeedbackState(inner=res.client_state, residual=residual),
         )
-
-    def update_template(self, params: Params) -> Any:
-        """The wrapped algorithm's update shapes."""
-        return self.inner.update_template(params)
-
-    def server_update(self, state: Any, aggregate: Any, info: RoundInfo) -> Any:
-        """The wrapped algorithm's server update."""
-        return self.inner.server_update(state, aggregate, info)
-
-    def global_params(self, state: Any) -> Params:
-        """The wrapped algorithm's global parameters."""
-        return self.inner.global_params(state)
 
     def client_state_template(self, params: Params) -> FeedbackState:
         """The wrapped state's shapes and a residual shaped like the update."""
