@@ -16,3 +16,12 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 "$PY" -m pip install -q -e ".[dev]"
+# Optional: the headless browser of the slow HTML-report test (make test-all). Off by default
+# (about 400 MB); the test skips, saying why, where no Chromium is found.
+if [ "${FEDKIT_BROWSER:-0}" = "1" ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y --no-install-recommends chromium >/dev/null
+  else
+    echo "FEDKIT_BROWSER=1: no apt-get here; install Chromium by hand for the browser test" >&2
+  fi
+fi
