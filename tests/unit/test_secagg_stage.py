@@ -22,6 +22,7 @@ from fedkit.privacy.chain import resolve
 from fedkit.privacy.clip import ClipNorm
 from fedkit.privacy.gaussian import GaussianNoise
 from fedkit.privacy.secagg import SecAggError
+from fedkit.privacy.secagg.packing import unpack
 from fedkit.privacy.secagg.stage import DROPOUT_STREAM, MaskedUpdate, SecureSum
 from fedkit.rng import SERVER
 from fedkit.robust.median import CoordinateMedian
@@ -97,7 +98,9 @@ def test_the_server_never_holds_an_update_in_the_clear() -> None:
         x = torch.rand(d, generator=torch.Generator().manual_seed(u)) - 0.5
         m = agg.prepare({"w": x}, 1.0, AggContext(0, 9, u, cohort=COHORT))
         assert isinstance(m, MaskedUpdate)
-        y = m.masked["w"]
+        packed = m.masked["w"]  # 4 bytes per 32-bit word on the wire, not an int64's 8
+        assert packed.dtype == torch.uint8 and packed.shape == (d, 4)
+        y = unpack(packed, bits)
         assert y.dtype == torch.int64 and y.shape == (d,)
         enc = agg.encoding(len(COHORT)).encode(x, 1.0)
         assert int((y == enc).sum()) <= 2
@@ -165,7 +168,8 @@ def test_refusals() -> None:
             {"n": torch.ones(2, dtype=torch.int64)}, 1.0, AggContext(0, 9, 2, cohort=COHORT)
         )
     template = agg.prepare(_update(2), 1.0, AggContext(0, 9, SERVER))  # shapes only
-    assert template.masked["b"].shape == (2, 2) and int(template.masked["b"].abs().sum()) == 0
+    # 48-bit words: 6 bytes each
+    assert template.masked["b"].shape == (2, 2, 6) and int(template.masked["b"].sum()) == 0
     acc = _prepare(agg, COHORT, dict.fromkeys(COHORT, 1.0))
     twice = agg.merge(acc, acc)
     with pytest.raises(SecAggError, match="counted twice"):
@@ -226,9 +230,12 @@ def test_a_secagg_run_gives_the_plain_model_and_the_server_sees_only_masks() -> 
         assert bool(((secure.params[k].double() - v.double()).abs() <= bound + ulp).all())
     assert len(spy.seen) == 6
     for m in spy.seen:
-        for _, y in tree_leaves(m.masked):
-            assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < 2**40
-        assert int(m.weight) != int(fp.encode_weight(1.0))  # the weight is masked too
+        for _, packed in tree_leaves(m.masked):
+            assert packed.dtype == torch.uint8 and packed.shape[-1] == 5  # 40 bits: 5 bytes
+            y = unpack(packed, 40)
+            assert int(y.min()) >= 0 and int(y.max()) < 2**40
+        # the weight is masked too
+        assert int(unpack(m.weight, 40)) != int(fp.encode_weight(1.0))
 
 
 def test_below_the_threshold_the_round_is_not_committed_and_the_model_is_unchanged() -> None:

@@ -25,8 +25,17 @@ server's seeded stream), for studies of dropout; clients the executor drops neve
 input, and their pairwise masks are removed through their reconstructed keys.
 
 The round's cohort must reach every client and the server (``AggContext.cohort``, set by the
-run loop); executors that do not carry it yet (gloo ranks, deployment) are refused with an
-error.
+run loop); executors that do not carry it yet (gloo ranks) are refused with an error.
+
+**Deployment.** :func:`with_wire` binds the stage to a :class:`SecAggWire`: then no round is
+replayed. A worker's ``prepare`` masks with the :class:`ClientSession` that its own process
+ran through rounds 0 and 1 over the network (OS-random secrets), and the coordinator's
+``open`` hands the masked sum to the wire, which plays the unmasking round with the workers
+(:mod:`fedkit.net.secagg_worker`, :mod:`fedkit.net.secagg_coordinator`).
+
+**On the wire** the masked words are packed to ``⌈bits / 8⌉`` bytes each
+(:mod:`~fedkit.privacy.secagg.packing`): a :class:`MaskedUpdate`'s leaves are ``uint8`` with a
+trailing byte dimension, unpacked (and range-checked) by ``add``.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -44,6 +54,7 @@ from fedkit.params import tree_leaves, tree_map, tree_unflatten
 from fedkit.privacy.secagg.client import ClientSession
 from fedkit.privacy.secagg.crypto import KEY_BYTES, hkdf
 from fedkit.privacy.secagg.errors import SecAggError
+from fedkit.privacy.secagg.packing import pack, unpack, word_bytes
 from fedkit.privacy.secagg.round import RoundSetup
 from fedkit.privacy.secagg.server import ServerSession
 from fedkit.privacy.secagg.simulate import (
@@ -57,17 +68,45 @@ from fedkit.privacy.secagg.simulate import (
 )
 from fedkit.rng import SERVER
 
-__all__ = ["MaskedUpdate", "Randomness", "SecAggAcc", "SecureSum"]
+__all__ = [
+    "MaskedUpdate",
+    "Randomness",
+    "SecAggAcc",
+    "SecAggWire",
+    "SecureSum",
+    "find_secure_sum",
+    "with_wire",
+]
 
 Randomness = Literal["auto", "seeded", "os"]
 RANDOMNESS: tuple[str, ...] = ("auto", "seeded", "os")
 DROPOUT_STREAM = "secagg/unmask-dropout"
 
 
+class SecAggWire(Protocol):
+    """Where a deployed stage's protocol rounds run (see the module docstring)."""
+
+    def session(self, round_: int, client: int) -> ClientSession:
+        """Client side: ``client``'s session of round ``round_``, through rounds 0 and 1 and
+        holding its inbox (:class:`SecAggError` when there is none)."""
+        ...
+
+    def unmask(self, round_: int, total: Tensor, senders: Sequence[int]) -> tuple[Tensor, int]:
+        """Server side: the unmasked sum ``Σ x_u mod 2^bits`` of ``senders``' inputs whose
+        masked sum is ``total``, and the round's cohort size (the encoding's ``n``).
+
+        Raises:
+            SecAggAbort: fewer than ``t`` clients answer.
+        """
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskedUpdate:
-    """What a client sends: its masked update (the update's tree, int64 leaves), its masked
-    weight, its id and the id of the key root it used (equal for every client of a run)."""
+    """What a client sends: its masked update (the update's tree, each leaf's words packed to
+    ``uint8`` with a trailing dimension of ``⌈bits / 8⌉`` bytes), its masked weight (one packed
+    word), its id and the id of the key root it used (equal for every client of a run; 0 in
+    deployment)."""
 
     masked: Any
     weight: Tensor
@@ -134,6 +173,9 @@ class SecureSum(SecAggSettings, Stage):
     randomness: Randomness = "auto"
     unmask_dropout: float = 0.0
     _os_root: bytes = dataclasses.field(init=False, repr=False, compare=False, hash=False)
+    _wire: SecAggWire | None = dataclasses.field(
+        init=False, default=None, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         SecAggSettings.__post_init__(self)
@@ -172,28 +214,46 @@ class SecureSum(SecAggSettings, Stage):
         like = tree_map(lambda t: torch.zeros(t.shape, dtype=torch.int64), update)
         if ctx.client_id == SERVER:  # the prepared template: shapes only
             zero = torch.zeros((), dtype=torch.int64)
-            return MaskedUpdate(like, zero, torch.tensor([SERVER]), torch.tensor([0]))
+            return self._packed(like, zero, SERVER, 0)
         flat = _flat(update)
+        u = ctx.client_id
+        if self._wire is not None:
+            session = self._wire.session(ctx.round, u)
+            setup = session.setup
+            if setup.length != flat.numel() + 1 or setup.bits != self.bits:
+                raise SecAggError(
+                    f"client {u}: the round's setup is for {setup.length} words of "
+                    f"{setup.bits} bits; this update needs {flat.numel() + 1} of {self.bits}"
+                )
+            values = encode_input(self.encoding(len(setup.cohort)), flat, weight)
+            y = session.mask(values).masked
+            return self._packed(_split(y[:-1], like), y[-1], u, 0)
         setup = self._setup(ctx, flat.numel() + 1)
-        if ctx.client_id not in setup.cohort:
-            raise SecAggError(f"client {ctx.client_id} is not in the round's cohort")
+        if u not in setup.cohort:
+            raise SecAggError(f"client {u} is not in the round's cohort")
         values = encode_input(self.encoding(len(setup.cohort)), flat, weight)
         root = self._root(ctx)
         transcript = _transcript(root, setup)
-        u = ctx.client_id
         session = _replay(root, setup, transcript, u)
         y = session.masked_input(transcript.inboxes[u], values).masked
+        return self._packed(_split(y[:-1], like), y[-1], u, self._key_id(root))
+
+    def _packed(self, words: Any, weight: Tensor, sender: int, key_id: int) -> MaskedUpdate:
         return MaskedUpdate(
-            masked=_split(y[:-1], like),
-            weight=y[-1].clone(),
-            sender=torch.tensor([u]),
-            key_id=torch.tensor([self._key_id(root)]),
+            masked=tree_map(lambda t: pack(t, self.bits), words),
+            weight=pack(weight.clone(), self.bits),
+            sender=torch.tensor([sender]),
+            key_id=torch.tensor([key_id]),
         )
 
     def zero(self, like: MaskedUpdate) -> SecAggAcc:
         """An empty sum shaped like ``like``."""
+        nb = word_bytes(self.bits)
+        for _, t in tree_leaves(like.masked):
+            if t.dim() < 1 or t.shape[-1] != nb:
+                raise SecAggError(f"packed words must have a last dimension of {nb} bytes")
         return SecAggAcc(
-            total=tree_map(torch.zeros_like, like.masked),
+            total=tree_map(lambda t: torch.zeros(t.shape[:-1], dtype=torch.int64), like.masked),
             weight=torch.zeros((), dtype=torch.int64),
             senders=torch.zeros(0, dtype=torch.int64),
             key_ids=torch.zeros(0, dtype=torch.int64),
@@ -201,10 +261,16 @@ class SecureSum(SecAggSettings, Stage):
 
     def add(self, acc: SecAggAcc, update: MaskedUpdate, weight: float) -> SecAggAcc:
         """Add a masked update modulo ``2^bits`` (the plain ``weight`` is not used: the masked
-        weight inside ``update`` is what counts)."""
-        low = (1 << self.bits) - 1
-        tree_map(lambda s, u: s.add_(u).bitwise_and_(low), acc.total, update.masked)
-        acc.weight.add_(update.weight).bitwise_and_(low)
+        weight inside ``update`` is what counts).
+
+        Raises:
+            SecAggError: a packed word outside ``[0, 2^bits)`` or of the wrong byte width.
+        """
+        low, bits = (1 << self.bits) - 1, self.bits
+        words = tree_map(lambda t: unpack(t, bits), update.masked)
+        masked_weight = unpack(update.weight, bits)
+        tree_map(lambda s, u: s.add_(u).bitwise_and_(low), acc.total, words)
+        acc.weight.add_(masked_weight).bitwise_and_(low)
         acc.senders = torch.cat([acc.senders, update.sender])
         acc.key_ids = torch.cat([acc.key_ids, update.key_id])
         return acc
@@ -233,6 +299,10 @@ class SecureSum(SecAggSettings, Stage):
                 under different key roots (an ``"os"`` stage rebuilt in another process).
         """
         senders = [int(s) for s in acc.senders.tolist()]
+        if self._wire is not None:
+            flat = torch.cat([_flat(acc.total), acc.weight.view(1)])
+            total, n = self._wire.unmask(ctx.round, flat, senders)
+            return self._decoded(total, n, acc, len(senders))
         root = self._root(ctx)
         if any(int(k) != self._key_id(root) for k in acc.key_ids.tolist()):
             raise SecAggError(
@@ -258,13 +328,47 @@ class SecureSum(SecAggSettings, Stage):
             session.receive(transcript.inboxes[u])
             responses.append(session.unmask(request))
         total = server.finish(responses)
-        fp = self.encoding(len(setup.cohort))
+        return self._decoded(total, len(setup.cohort), acc, len(senders))
+
+    def _decoded(self, total: Tensor, cohort: int, acc: SecAggAcc, count: int) -> MeanAcc[Any]:
+        fp = self.encoding(cohort)
         return MeanAcc(
             total=_split(fp.decode(total[:-1]), acc.total),
             weight=torch.tensor(fp.decode_weight(total[-1]), dtype=torch.float64),
-            count=torch.tensor(len(senders), dtype=torch.int64),
+            count=torch.tensor(count, dtype=torch.int64),
         )
 
     def result(self, acc: SecAggAcc, ctx: AggContext) -> Any:
         """The inner mean of the unmasked sums (see :meth:`open`)."""
         return self.inner.result(self.open(acc, ctx), ctx)
+
+
+def find_secure_sum(aggregator: Any) -> SecureSum | None:
+    """The chain's secure-aggregation stage (following ``inner``), or ``None``."""
+    stage = aggregator
+    while stage is not None:
+        if isinstance(stage, SecureSum):
+            return stage
+        stage = getattr(stage, "inner", None) if dataclasses.is_dataclass(stage) else None
+    return None
+
+
+def with_wire(aggregator: Any, wire: SecAggWire) -> Any:
+    """``aggregator`` with its secure-aggregation stage bound to ``wire`` (the other stages
+    rebuilt around it, unchanged); ``aggregator`` itself when it has none."""
+    if isinstance(aggregator, SecureSum):
+        bound = dataclasses.replace(aggregator)
+        object.__setattr__(bound, "_wire", wire)
+        return bound
+    if (
+        dataclasses.is_dataclass(aggregator)
+        and not isinstance(aggregator, type)
+        and hasattr(aggregator, "inner")
+    ):
+        inner = with_wire(aggregator.inner, wire)
+        return (
+            aggregator
+            if inner is aggregator.inner
+            else dataclasses.replace(aggregator, inner=inner)
+        )
+    return aggregator
