@@ -74,6 +74,10 @@ class RunConfig:
         eval_every: centralised evaluation every k rounds (and after the last); 0 disables it.
         federated_eval_every: federated evaluation every k rounds (and after the last); 0 disables.
         checkpoint_dir: where to checkpoint after every committed round and resume from.
+        checkpoint_every: checkpoint after every k-th committed round (and after the last
+            round) instead of after each; a resume repeats the rounds after the last checkpoint,
+            exactly, since every draw derives from ``(seed, round, client)``. Saves a run whose
+            checkpoint is large (every client's error-feedback residual) most of its writes.
     """
 
     rounds: int
@@ -82,6 +86,7 @@ class RunConfig:
     eval_every: int = 1
     federated_eval_every: int = 0
     checkpoint_dir: Path | None = None
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -90,6 +95,8 @@ class RunConfig:
             raise ValueError(f"clients_per_round must be >= 1, got {self.clients_per_round}")
         if self.eval_every < 0 or self.federated_eval_every < 0:
             raise ValueError("eval_every and federated_eval_every must be >= 0 (0 disables)")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def validate_population(self, num_clients: int) -> None:
         """Fail clearly when the cohort is larger than the population."""
@@ -158,6 +165,12 @@ def _train_loss(clients: Sequence[ClientMetrics]) -> float:
 
 def _due(every: int, r: int, rounds: int) -> bool:
     return every > 0 and ((r + 1) % every == 0 or r + 1 == rounds)
+
+
+def _save_due(config: RunConfig, unsaved: int, r: int) -> bool:
+    """Checkpoint now: ``checkpoint_every`` committed rounds are unsaved, or round ``r`` is the
+    last."""
+    return unsaved >= config.checkpoint_every or r + 1 == config.rounds
 
 
 def _executor_losses(executor: Executor) -> Callable[[Params, Sequence[int]], dict[int, float]]:
@@ -230,6 +243,7 @@ def run(
                 executor.load_client_state_tensors(restored.client_tensors, template)
     history: list[RoundRecord] = []
     stopped: str | None = None
+    unsaved = 0  # committed rounds since the last checkpoint
     for r in range(start, config.rounds):
         t0 = time.perf_counter()
         info = RoundInfo(
@@ -289,8 +303,10 @@ def run(
         history.append(record)
         for cb in callbacks:
             cb(record, params)
-        if ckpt is not None and committed:
+        unsaved += committed
+        if ckpt is not None and unsaved and _save_due(config, unsaved, r):
             ckpt.save(r + 1, with_agg_state(state, agg_state), executor.client_state_tensors(), key)
+            unsaved = 0
     return RunResult(
         state=state,
         params=algorithm.global_params(state),

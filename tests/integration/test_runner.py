@@ -175,14 +175,16 @@ def test_interrupt_marks_interrupted_and_propagates(
         assert row.error.startswith("KeyboardInterrupt; no round was checkpointed yet")
 
 
-@pytest.mark.parametrize("stop_before", [1, 4])
+@pytest.mark.parametrize(("stop_before", "every"), [(1, 1), (4, 1), (5, 4)])
 def test_interrupted_run_resumes_in_its_row_to_the_uninterrupted_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_before: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_before: int, every: int
 ) -> None:
-    """Ctrl-C before round ``stop_before`` (after that many committed, checkpointed rounds),
-    then the same run again: it continues in the same row from the checkpoint and ends with
-    the summary of an uninterrupted run (wall time aside), and the checkpoint is removed."""
-    doc = tiny(run={"rounds": 6, "eval_every": 2})
+    """Ctrl-C before round ``stop_before`` (after that many committed rounds, checkpointed
+    every ``every``), then the same run again: it continues in the same row from the checkpoint
+    and ends with the summary of an uninterrupted run (wall time aside), and the checkpoint is
+    removed. With ``checkpoint_every = 4`` and 5 rounds done the checkpoint holds 4: the
+    recorded round 4 is dropped and run again."""
+    doc = tiny(run={"rounds": 6, "eval_every": 2, "checkpoint_every": every})
     (cfg,) = study_from_mapping(doc, default_name="s").runs
     with ResultsStore(results_path(tmp_path / "plain")) as store:
         plain = run_experiment(cfg, store)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fedkit.algorithms import FedAvg, FedProx, Scaffold
-from fedkit.checkpoint import FILENAME, CheckpointError
+from fedkit.checkpoint import FILENAME, CheckpointError, FileCheckpointer, RunKey
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params
 from fedkit.run import RoundRecord, RunConfig, central_evaluator, run
@@ -61,6 +62,67 @@ def test_resume_equals_uninterrupted(name: str, tmp_path: Path) -> None:
     )
     assert resumed.start_round == 2 and [r.round for r in resumed.history] == [2, 3, 4]
     assert _bit_equal(resumed.params, _go(alg, 5))
+
+
+class _Saves:
+    """A checkpointer that remembers which completed-round counts it was asked to save."""
+
+    def __init__(self, directory: Path) -> None:
+        self.inner = FileCheckpointer(directory)
+        self.saved: list[int] = []
+
+    def save(self, completed_rounds: int, *rest: Any) -> None:
+        self.saved.append(completed_rounds)
+        self.inner.save(completed_rounds, *rest)
+
+    def load(self, template: Any, key: RunKey) -> Any:
+        return self.inner.load(template, key)
+
+
+def test_checkpoint_every_k_saves_every_kth_round_and_the_last(tmp_path: Path) -> None:
+    # 7 rounds, every 3: after rounds 3 and 6 (counts of completed rounds), and after the last, 7
+    saves = _Saves(tmp_path)
+    run(
+        ALGORITHMS["fedavg"],
+        SerialExecutor(toy_store(8), toy_model()),
+        model_params(toy_model()),
+        RunConfig(rounds=7, clients_per_round=3, seed=11, checkpoint_every=3),
+        checkpointer=saves,
+    )
+    assert saves.saved == [3, 6, 7]
+
+
+@pytest.mark.parametrize("name", ["fedadam", "scaffold"])
+def test_resume_from_a_sparse_checkpoint_repeats_the_unsaved_rounds(
+    name: str, tmp_path: Path
+) -> None:
+    """Every 3 rounds; stopped before round 5 (rounds 0-4 done, only 3 saved): the resume
+    starts at round 3 and ends with the uninterrupted model, client state (SCAFFOLD's control
+    variates) included."""
+    alg = ALGORITHMS[name]
+    first = run(
+        alg,  # type: ignore[arg-type]
+        SerialExecutor(toy_store(8), toy_model()),
+        model_params(toy_model()),
+        RunConfig(rounds=7, clients_per_round=3, seed=11, checkpoint_every=3),
+        checkpointer=FileCheckpointer(tmp_path),
+        stop=lambda info: "stop" if info.round == 5 else None,
+    )
+    assert [r.round for r in first.history] == [0, 1, 2, 3, 4]
+    resumed = run(
+        alg,  # type: ignore[arg-type]
+        SerialExecutor(toy_store(8), toy_model(seed=99)),
+        model_params(toy_model()),
+        RunConfig(rounds=7, clients_per_round=3, seed=11, checkpoint_every=3),
+        checkpointer=FileCheckpointer(tmp_path),
+    )
+    assert resumed.start_round == 3 and [r.round for r in resumed.history] == [3, 4, 5, 6]
+    assert _bit_equal(resumed.params, _go(alg, 7))
+
+
+def test_checkpoint_every_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 1, got 0"):
+        RunConfig(rounds=2, clients_per_round=1, checkpoint_every=0)
 
 
 def test_checkpoint_from_another_run_is_refused(tmp_path: Path) -> None:

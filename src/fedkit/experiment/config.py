@@ -433,6 +433,10 @@ class RunSettings:
         init_from: A model bundle directory (``fedkit export``) whose weights start the run
             instead of a fresh initialisation (pretrain, then fine-tune federated); its model and
             vocabulary must be the run's (:mod:`fedkit.experiment.init_from`).
+        checkpoint_every: Checkpoint after every k-th committed round and the last (default 1:
+            each); a resumed run repeats the rounds after the last checkpoint and still equals
+            an uninterrupted one. Raise it when every client's state (e.g. error-feedback
+            residuals) makes a checkpoint large.
     """
 
     rounds: int | None = None
@@ -447,6 +451,7 @@ class RunSettings:
     target_accuracy: float | None = None
     tensorboard: bool | str = False
     init_from: str | None = None
+    checkpoint_every: int = 1
 
     def __post_init__(self) -> None:
         r = "run."
@@ -457,6 +462,7 @@ class RunSettings:
             raise ConfigError("set one of run.clients_per_round and run.client_fraction, not both")
         _int(r + "eval_every", self.eval_every, 0, MAX_ROUNDS)
         _int(r + "federated_eval_every", self.federated_eval_every, 0, MAX_ROUNDS, optional=True)
+        _int(r + "checkpoint_every", self.checkpoint_every, 1, MAX_ROUNDS)
         if self.executor not in EXECUTORS:
             raise ConfigError(
                 f"run.executor must be one of {EXECUTORS.allowed()}; got {self.executor!r}"

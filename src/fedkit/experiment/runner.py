@@ -668,6 +668,7 @@ def _run_federated(
                         seed=cfg.run.seed,
                         eval_every=cfg.run.eval_every,
                         federated_eval_every=fed_every,
+                        checkpoint_every=cfg.run.checkpoint_every,
                     ),
                     checkpointer=_ResumingCheckpointer(ckpt, on_load),
                     evaluator=evaluator,
