@@ -114,6 +114,26 @@ class ClientContext:
 
 
 @dataclasses.dataclass(frozen=True)
+class PersonalAccess:
+    """What personal evaluation lends a method to build the client's personal model with.
+
+    Given to ``personal_params`` when the evaluation knows its round, so that a method whose
+    personal model is *trained* from the current global model (local fine-tuning of the final
+    model; Ditto's ``v_k`` pulled toward the current ``w``; Per-FedAvg's adaptation step) can
+    train it there with :func:`fedkit.client.train_plan`. Nothing trained here is stored.
+
+    Attributes:
+        ctx: the client's context in the evaluated round; its generator is the personal-evaluation
+            stream ``(seed, round, client_id, "personal-eval")``, so the model is the same under
+            every executor and the deployment worker.
+        data: the client's training split (the test split it is scored on is left out).
+    """
+
+    ctx: ClientContext
+    data: ClientData
+
+
+@dataclasses.dataclass(frozen=True)
 class LocalPlan(Generic[X]):
     """How one client's local training starts and is steered (made by ``client_init``).
 
@@ -240,7 +260,11 @@ class Algorithm(Protocol[S, M, U, C]):
         """A client state shaped as this algorithm's (to restore checkpoints), or ``None``."""
         ...
 
-    def personal_params(self, global_params: Params, state: C | None) -> Params | None:
+    def personal_params(
+        self, global_params: Params, state: C | None, local: PersonalAccess | None = None
+    ) -> Params | None:
         """The client's personal model from the global one and its state, or ``None`` when the
-        method has none (then only the global model is evaluated)."""
+        method has none (then only the global model is evaluated). ``local`` (the client's
+        training data and a context with its personal-evaluation stream) is given when the
+        evaluation knows its round; a method may train its personal model with it."""
         ...

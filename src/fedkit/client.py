@@ -25,6 +25,7 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
+    PersonalAccess,
     RoundInfo,
 )
 from fedkit.evaluate import ClientEval, evaluate
@@ -37,6 +38,9 @@ log = logging.getLogger("fedkit.client")
 
 CLIENT_STREAM = "client"
 """The name of a client's training stream (batch order)."""
+
+PERSONAL_EVAL_STREAM = "personal-eval"
+"""The name of the stream personal evaluation trains a personal model with."""
 
 
 class ClientHost(Protocol):
@@ -229,13 +233,15 @@ def evaluate_client(
     *,
     batch_size: int = 1000,
     loaded: bool = False,
+    info: RoundInfo | None = None,
 ) -> ClientEval | None:
     """Score the global ``params`` on the client's local test split and, when ``algorithm``
-    gives the client a personal model (``personal_params(params, state)``), that model too.
+    gives the client a personal model (``personal_params(params, state, local)``), that model too.
 
-    With ``loaded``, ``model`` already holds ``params`` (a caller scoring many clients loads
-    them once); the model holds ``params`` again on return. ``None`` when the client has no
-    test data.
+    With ``info`` (the evaluated round), the method gets :func:`personal_access` and may train
+    the personal model on the client's training split. With ``loaded``, ``model`` already holds
+    ``params`` (a caller scoring many clients loads them once); the model holds ``params`` again
+    on return. ``None`` when the client has no test data.
     """
     if data.x_test is None or data.y_test is None or data.y_test.shape[0] == 0:
         return None
@@ -243,12 +249,29 @@ def evaluate_client(
         load_params(model, params)
     result = evaluate(model, data.x_test, data.y_test, batch_size=batch_size)
     personal = None
-    own = algorithm.personal_params(params, state) if algorithm is not None else None
+    own = None
+    if algorithm is not None:
+        local = None if info is None else personal_access(model, client_id, data, info)
+        own = algorithm.personal_params(params, state, local)
     if own is not None:
         load_params(model, own)
         personal = evaluate(model, data.x_test, data.y_test, batch_size=batch_size)
         load_params(model, params)
     return ClientEval(client_id=client_id, result=result, personal=personal)
+
+
+def personal_access(
+    model: nn.Module, client_id: int, data: ClientData, info: RoundInfo
+) -> PersonalAccess:
+    """What personal evaluation of ``client_id`` in round ``info`` lends the method: the resident
+    model, the stream ``(seed, round, client_id, "personal-eval")`` and the training split only."""
+    ctx = ClientContext(
+        client_id=client_id,
+        info=info,
+        model=model,
+        generator=generator(info.seed, info.round, client_id, PERSONAL_EVAL_STREAM),
+    )
+    return PersonalAccess(ctx=ctx, data=ClientData(x_train=data.x_train, y_train=data.y_train))
 
 
 def evaluate_clients(
@@ -260,6 +283,7 @@ def evaluate_clients(
     *,
     batch_size: int = 1000,
     mine: Callable[[int, int], bool] | None = None,
+    info: RoundInfo | None = None,
 ) -> Iterator[tuple[int, ClientEval]]:
     """:func:`evaluate_client` over ``clients`` held by ``host`` (``params`` loaded once).
 
@@ -280,6 +304,7 @@ def evaluate_clients(
             state,
             batch_size=batch_size,
             loaded=True,
+            info=info,
         )
         if e is not None:
             yield i, e

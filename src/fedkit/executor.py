@@ -72,9 +72,11 @@ class Executor(Protocol):
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Evaluate ``params`` on each listed client's local test data; with ``algorithm``, also
-        each client's personal model (``algorithm.personal_params``) where it has one."""
+        each client's personal model (``algorithm.personal_params``) where it has one, built with
+        the client's training data when ``info`` (the evaluated round) is given."""
         ...
 
     def client_state_tensors(self) -> dict[str, Tensor]:
@@ -117,9 +119,10 @@ class ExecutorWrapper:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Forwarded."""
-        return self.inner.evaluate(params, clients, algorithm)
+        return self.inner.evaluate(params, clients, algorithm, info)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Forwarded."""

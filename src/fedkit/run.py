@@ -284,7 +284,8 @@ def run(
             metrics.update(probe(params, info))
         federated = None
         if _due(config.federated_eval_every, r, config.rounds):
-            federated = Distribution.of(executor.evaluate(params, range(num_clients), algorithm))
+            evals = executor.evaluate(params, range(num_clients), algorithm, info)
+            federated = Distribution.of(evals)
         record = RoundRecord(
             round=r,
             cohort=tuple(cohort),

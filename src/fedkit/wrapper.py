@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedkit.algorithm import Algorithm, RoundInfo
+from fedkit.algorithm import Algorithm, PersonalAccess, RoundInfo
 from fedkit.params import Params
 
 
@@ -52,6 +52,8 @@ class ForwardsServerHalf:
         """The wrapped algorithm's client state shapes."""
         return self.inner.client_state_template(params)
 
-    def personal_params(self, global_params: Params, state: Any) -> Params | None:
+    def personal_params(
+        self, global_params: Params, state: Any, local: PersonalAccess | None = None
+    ) -> Params | None:
         """The wrapped algorithm's personal model."""
-        return self.inner.personal_params(global_params, state)
+        return self.inner.personal_params(global_params, state, local)

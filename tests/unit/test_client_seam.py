@@ -202,7 +202,7 @@ class _Personal(FedAvg):
 
     calls: list[Any] = dataclasses.field(default_factory=list)
 
-    def personal_params(self, global_params: Any, state: Any) -> Any:
+    def personal_params(self, global_params: Any, state: Any, local: Any = None) -> Any:
         self.calls.append((global_params, state))
         return {k: v + state for k, v in global_params.items()}
 

@@ -28,6 +28,7 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
+    PersonalAccess,
     RoundInfo,
 )
 from fedkit.local import LocalTraining
@@ -144,6 +145,8 @@ class FedAvg:
         """FedAvg keeps no client state."""
         return None
 
-    def personal_params(self, global_params: Params, state: None) -> None:
+    def personal_params(
+        self, global_params: Params, state: None, local: PersonalAccess | None = None
+    ) -> None:
         """No personal model: clients use the global one."""
         return None

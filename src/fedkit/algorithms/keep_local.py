@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedkit.algorithm import ClientContext, ClientData, ClientResult, LocalOutcome, LocalPlan
+from fedkit.algorithm import (
+    ClientContext,
+    ClientData,
+    ClientResult,
+    LocalOutcome,
+    LocalPlan,
+    PersonalAccess,
+)
 from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage, client_weight
 from fedkit.params import Params
 
@@ -75,7 +82,12 @@ class KeepLocal(FedAvg):
             {k: torch.zeros_like(params[k]) for k in sorted(self.local_keys(params))}
         )
 
-    def personal_params(self, global_params: Params, state: LocalEntries | None) -> Params | None:  # type: ignore[override]
+    def personal_params(  # type: ignore[override]
+        self,
+        global_params: Params,
+        state: LocalEntries | None,
+        local: PersonalAccess | None = None,
+    ) -> Params | None:
         """The global shared part with the client's local part (``None`` before it trained)."""
         return None if state is None else self._with_own(global_params, state)
 

@@ -34,6 +34,7 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
+    PersonalAccess,
     RoundInfo,
 )
 from fedkit.algorithms.fedavg import ModelMessage
@@ -157,7 +158,9 @@ class QFedAvg:
         """q-FedAvg keeps no client state."""
         return None
 
-    def personal_params(self, global_params: Params, state: None) -> None:
+    def personal_params(
+        self, global_params: Params, state: None, local: PersonalAccess | None = None
+    ) -> None:
         """No personal model."""
         return None
 

@@ -27,6 +27,7 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
+    PersonalAccess,
     RoundInfo,
 )
 from fedkit.algorithms.fedavg import Weighting, check_weighting, client_weight
@@ -159,7 +160,12 @@ class Scaffold:
         """Client control variates are shaped like the parameters."""
         return ScaffoldClientState(control=zeros_like(params))
 
-    def personal_params(self, global_params: Params, state: ScaffoldClientState | None) -> None:
+    def personal_params(
+        self,
+        global_params: Params,
+        state: ScaffoldClientState | None,
+        local: PersonalAccess | None = None,
+    ) -> None:
         """No personal model: the control variate only steers training."""
         return None
 

@@ -11,7 +11,13 @@ Each round a selected client does two things with the global model ``w_t`` it re
    and sends ``Δ_i = y_i - w_t``.
 
 The trained personal model is the client's state, kept by the client store or the worker and
-never sent; it is the client's personal model at evaluation. The server half is FedAvg's.
+never sent. At evaluation (``personal_params``) the personal model is trained again from the
+*evaluated* global model with the same :meth:`TwoModels.personal_plan`, on the client's training
+data and its personal-evaluation stream, when the evaluation lends them
+(:class:`~fedkit.algorithm.PersonalAccess`): fine-tuning then fine-tunes the final global model,
+Ditto's ``v_k`` takes its steps toward the current ``w``, and Per-FedAvg adapts the current
+``w``, as the papers evaluate. Without them the stored model is returned. The server half is
+FedAvg's.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fedkit.algorithm import ClientContext, ClientData, ClientResult, LocalOutcome, LocalPlan
+from fedkit.algorithm import (
+    ClientContext,
+    ClientData,
+    ClientResult,
+    LocalOutcome,
+    LocalPlan,
+    PersonalAccess,
+)
 from fedkit.algorithms.fedavg import FedAvg, ModelDelta, ModelMessage
 from fedkit.client import train_plan
 from fedkit.params import Params, zeros_like
@@ -82,9 +95,18 @@ class TwoModels(FedAvg):
         """A personal model is shaped like the global one."""
         return PersonalModel(zeros_like(params))
 
-    def personal_params(self, global_params: Params, state: PersonalModel | None) -> Params | None:  # type: ignore[override]
-        """The client's personal model (``None`` before it first trained)."""
-        return None if state is None else state.params
+    def personal_params(  # type: ignore[override]
+        self,
+        global_params: Params,
+        state: PersonalModel | None,
+        local: PersonalAccess | None = None,
+    ) -> Params | None:
+        """The personal model trained now from ``global_params`` when ``local`` lends the client's
+        data; else the stored one (``None`` before the client first trained)."""
+        if local is None:
+            return None if state is None else state.params
+        plan = self.personal_plan(ModelMessage(params=global_params), state)
+        return train_plan(local.ctx, plan, local.data).trained
 
 
 __all__ = ["PERSONAL_STREAM", "PersonalModel", "TwoModels", "personal_context"]

@@ -34,6 +34,7 @@ from fedkit.algorithm import (
     ClientResult,
     LocalOutcome,
     LocalPlan,
+    PersonalAccess,
 )
 from fedkit.compress.codec import Compressor
 from fedkit.params import Params, tree_map
@@ -138,9 +139,15 @@ class ErrorFeedback(ForwardsServerHalf):
             residual=self.inner.update_template(params),
         )
 
-    def personal_params(self, global_params: Params, state: FeedbackState | None) -> Params | None:
+    def personal_params(
+        self,
+        global_params: Params,
+        state: FeedbackState | None,
+        local: PersonalAccess | None = None,
+    ) -> Params | None:
         """The wrapped algorithm's personal model."""
-        return self.inner.personal_params(global_params, None if state is None else state.inner)
+        inner = None if state is None else state.inner
+        return self.inner.personal_params(global_params, inner, local)
 
 
 def with_error_feedback(algorithm: Algorithm[Any, Any, Any, Any]) -> Algorithm[Any, Any, Any, Any]:

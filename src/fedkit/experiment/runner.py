@@ -177,9 +177,10 @@ class _EvalCapture(ExecutorWrapper):
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Forwarded; the per-client results are kept for the round's record."""
-        self.evals = self.inner.evaluate(params, clients, algorithm)
+        self.evals = self.inner.evaluate(params, clients, algorithm, info)
         return self.evals
 
     def take(self) -> list[ClientEval] | None:

@@ -212,11 +212,14 @@ class RemoteExecutor:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Federated evaluation on the workers: each live listed client scores ``params`` on its
         own local test data (clients without any are left out, as in the simulator).
 
-        Uses the round of the last :meth:`execute`; workers that miss the deadline are left out.
+        Uses the round of the last :meth:`execute` (``info`` is not needed: the task carries that
+        round, and a worker trains a personal model on its stream); workers that miss the
+        deadline are left out.
         """
         live = {int(c) for c in self.broker.live_clients() if c.isdigit()}
         asked = sorted(live & set(clients))

@@ -288,9 +288,18 @@ class Worker:
         algorithms) on this client's local test data."""
         t0 = time.perf_counter()
         cid = self._client(task)
-        params, _ = decode_tree(task.payload, self.params_template)
+        params, round_meta = decode_tree(task.payload, self.params_template)
+        info = info_from_metadata(round_meta)
+        if info.round != task.round:
+            raise NetError(ErrorCode.MALFORMED, "task header and payload disagree")
         e = evaluate_client(
-            self.model, cid, self.local.clients[cid], params, self.algorithm, self.client_state[cid]
+            self.model,
+            cid,
+            self.local.clients[cid],
+            params,
+            self.algorithm,
+            self.client_state[cid],
+            info=info,
         )
         if e is None:
             meta = EvalMeta(loss=math.nan, accuracy=math.nan, num_examples=0)

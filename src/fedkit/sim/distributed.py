@@ -301,6 +301,7 @@ class DistributedExecutor:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Evaluate ``params`` (and, with ``algorithm``, each client's personal model, on the
         rank that holds its state) on the listed clients' local test data, over the ranks."""
@@ -309,11 +310,13 @@ class DistributedExecutor:
             self._bind(algorithm)
         personal = int(algorithm is not None)
         ids = list(clients)
-        self._bcast_header([_CMD_EVALUATE, personal, 0, 0, 0, len(ids)])
+        known = info is not None  # the round a personal model may be trained in
+        rnd, seed = (info.round, info.seed) if info is not None else (0, 0)
+        self._bcast_header([_CMD_EVALUATE, personal, rnd, seed, int(known), len(ids)])
         ids_t = torch.tensor(ids, dtype=torch.int64)
         dist.broadcast(ids_t, 0)
         self._bcast_tree(params)
-        rows = self._eval_share(params, ids_t, bool(personal))
+        rows = self._eval_share(params, ids_t, bool(personal), info)
         return [
             ClientEval(
                 client_id=cid,
@@ -389,7 +392,9 @@ class DistributedExecutor:
                 dist.broadcast(ids_t, 0)
                 params = self._recv_tree(model_params(self.model))
                 try:
-                    self._eval_share(params, ids_t, int(header[1]) == 1)
+                    known = int(header[4]) == 1
+                    at = self._eval_info(int(header[2]), int(header[3])) if known else None
+                    self._eval_share(params, ids_t, int(header[1]) == 1, at)
                 except RemoteRankError:
                     continue
             elif cmd == _CMD_STATE_GET:
@@ -568,7 +573,14 @@ class DistributedExecutor:
             text = "; ".join(f"rank {r}: {m}" for r, m in failed)
             raise RemoteRankError(f"{len(failed)} rank(s) failed — {text}")
 
-    def _eval_share(self, params: Params, ids_t: Tensor, personal: bool) -> Tensor:
+    def _eval_info(self, rnd: int, seed: int) -> RoundInfo:
+        """The evaluated round as the other ranks know it (its round and seed name the
+        personal-evaluation stream; nothing else of it is read there)."""
+        return RoundInfo(round=rnd, seed=seed, num_clients=self.num_clients, cohort_size=0)
+
+    def _eval_share(
+        self, params: Params, ids_t: Tensor, personal: bool, info: RoundInfo | None = None
+    ) -> Tensor:
         ids = ids_t.tolist()
         rows = torch.zeros(len(ids), _EVAL_COLS, dtype=torch.float64)
         error = ""
@@ -582,6 +594,7 @@ class DistributedExecutor:
                 algorithm,
                 batch_size=self._serial.eval_batch_size,
                 mine=lambda i, cid: self._eval_owner(i, cid, personal) == self.rank,
+                info=info,
             ):
                 rows[i, :4] = torch.tensor(_eval_row(e.result))
                 if e.personal is not None:

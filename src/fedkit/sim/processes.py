@@ -263,13 +263,14 @@ class ProcessExecutor:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Federated evaluation over the ranks (in this process before the first round)."""
         if self._inner is None:
             return SerialExecutor(
                 self.store, self.model_fn(), eval_batch_size=self.eval_batch_size
-            ).evaluate(params, clients, algorithm)
-        return self._inner.evaluate(params, clients, algorithm)
+            ).evaluate(params, clients, algorithm, info)
+        return self._inner.evaluate(params, clients, algorithm, info)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Client states gathered from their owner ranks."""

@@ -102,11 +102,18 @@ class SerialExecutor:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Evaluate ``params`` (and, with ``algorithm``, each client's personal model) on each
         client's local test data; clients without test data are skipped."""
         found = evaluate_clients(
-            self.model, self.store, clients, params, algorithm, batch_size=self.eval_batch_size
+            self.model,
+            self.store,
+            clients,
+            params,
+            algorithm,
+            batch_size=self.eval_batch_size,
+            info=info,
         )
         return [e for _, e in found]
 

@@ -326,10 +326,11 @@ class GroupExecutor(ExecutorWrapper):
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Forwarded; a transport failure names the lost ranks."""
         with self._guard("federated evaluation"):
-            return self.inner.evaluate(params, clients, algorithm)
+            return self.inner.evaluate(params, clients, algorithm, info)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Forwarded; a transport failure names the lost ranks."""

@@ -362,9 +362,10 @@ class VectorizedExecutor:
         params: Params,
         clients: Sequence[int],
         algorithm: Algorithm[Any, Any, Any, Any] | None = None,
+        info: RoundInfo | None = None,
     ) -> list[ClientEval]:
         """Federated evaluation, client by client on the resident model."""
-        return self._serial.evaluate(params, clients, algorithm)
+        return self._serial.evaluate(params, clients, algorithm, info)
 
     def client_state_tensors(self) -> dict[str, Tensor]:
         """Every client's persistent state, flattened."""
