@@ -72,8 +72,8 @@ def main() -> None:
         runs = {}
         for label, batch in (("unbatched", 1), ("batched", args.max_batch)):
             flags = ("--max-batch", str(batch), "--max-queue", "4096", "--threads", "1")
-            with serving(bundle, *flags) as (url, _):
-                runs[label] = sweep(url, levels, duration=args.duration)
+            with serving(bundle, *flags) as (url, proc):
+                runs[label] = sweep(url, levels, duration=args.duration, server_pid=proc.pid)
     meta = {
         "model": "nextword_lstm defaults (embedding 96, BiLSTM 128, window 20), 10,004 ids",
         "max_batch": args.max_batch,

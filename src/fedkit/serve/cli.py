@@ -153,8 +153,8 @@ def loadtest(
         assert bundle is not None
         runs = {}
         for label, batch in (("unbatched", 1), ("batched", max_batch)):
-            with serving(bundle, "--max-batch", str(batch), "--max-queue", "4096") as (base, _):
-                runs[label] = sweep(base, levels, duration=duration)
+            with serving(bundle, "--max-batch", str(batch), "--max-queue", "4096") as (base, proc):
+                runs[label] = sweep(base, levels, duration=duration, server_pid=proc.pid)
     meta = {"url": url, "bundle": None if bundle is None else str(bundle), "max_batch": max_batch}
     for line in write_report(runs, out, meta=meta):
         typer.echo(line)
