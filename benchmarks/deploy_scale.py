@@ -302,11 +302,43 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (plus one warm-up)")
     ap.add_argument("--folds", nargs="+", default=["ordered", "arrival"])
     ap.add_argument("--json-out", type=Path, default=Path("benchmarks/results/deploy_scale.json"))
+    ap.add_argument(
+        "--flower",
+        action="store_true",
+        help="also run Flower's deployment engine on the same work (flower_scale.py)",
+    )
+    ap.add_argument(
+        "--flower-venv",
+        type=Path,
+        default=None,
+        help="Flower's virtual env (default: flower_scale.DEFAULT_VENV, made if absent)",
+    )
+    ap.add_argument(
+        "--flower-all-active",
+        action="store_true",
+        help="every Flower SuperNode runs ClientApps (see flower_scale.py)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = [
         one_setting(c, args.workers, args.rounds, fold) for c in args.clients for fold in args.folds
     ]
+    flower_rows: list[dict[str, Any]] = []
+    flower_skipped: list[dict[str, Any]] = []
+    if args.flower:
+        import flower_scale  # benchmarks/ is on sys.path when run as a script
+
+        shapes = [(k, tuple(v.shape)) for k, v in cnn_params().items()]
+        for c in args.clients:
+            try:
+                flower_rows.append(
+                    flower_scale.run_flower(shapes, clients=c, rounds=args.rounds,
+                                            venv=args.flower_venv or flower_scale.DEFAULT_VENV,
+                                            all_active=args.flower_all_active)
+                )  # fmt: skip
+            except flower_scale.FlowerRunError as exc:
+                print(f"Flower at C = {c} not run: {exc}")
+                flower_skipped.append({"clients": c, "reason": str(exc)})
     head = (f"{'C':>5s} {'cohort':>6s} {'fold':>8s} {'coord CPU s':>11s} {'floor s':>8s} "
             f"{'ratio':>6s} {'gRPC s':>7s} {'/(f+g)':>6s} {'wall s':>7s} {'down/model':>10s} "
             f"{'up/model':>9s} {'peak MiB':>9s}")  # fmt: skip
@@ -318,8 +350,38 @@ def main() -> None:
               f"{r['cpu_over_floor_plus_transfer']:6.2f} "
               f"{r['wall_s_per_round']:7.2f} {r['down_ratio']:10.4f} "
               f"{r['up_ratio']:9.4f} {r['coordinator_peak_rss_above_start_mib']:9.1f}")  # fmt: skip
+    ratios = []
+    if flower_rows:
+        import flower_scale
+
+        print(
+            f"Flower {flower_scale.FLWR_VERSION} (SuperLink + one SuperNode per client; "
+            "coordinator = SuperLink + SuperExec + ServerApp processes):"
+        )
+        print(
+            f"{'C':>5s} {'cohort':>6s} {'coord CPU s':>11s} {'wall s':>7s} {'down/model':>10s} "
+            f"{'up/model':>9s} {'peak MiB':>9s}"
+        )
+        for f in flower_rows:
+            print(
+                f"{f['clients']:5d} {f['cohort']:6d} {f['coordinator_cpu_s_per_round']:11.3f} "
+                f"{f['wall_s_per_round']:7.2f} {f['down_ratio']:10.4f} {f['up_ratio']:9.4f} "
+                f"{f['coordinator_peak_rss_above_start_mib']:9.1f}"
+            )
+        ratios = [
+            flower_scale.ratio_row(r, f)
+            for f in flower_rows
+            for r in rows
+            if r["clients"] == f["clients"]
+        ]
+        for q in ratios:
+            print(f"C = {q['clients']}, fold {q['fedkit_fold']}: Flower / fedkit coordinator CPU "
+                  f"per round = {q['cpu_ratio']:.1f}x, wall = {q['wall_ratio']:.1f}x")  # fmt: skip
     out = {
         "rows": rows,
+        "flower_rows": flower_rows,
+        "flower_ratios": ratios,
+        "flower_skipped": flower_skipped,
         "cpus": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0],
         "python": platform.python_version(),
