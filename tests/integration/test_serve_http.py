@@ -71,6 +71,13 @@ def test_bad_input_gets_a_4xx_that_says_what(
     assert message in r.json()["error"]
 
 
+def test_predict_answers_post_only(server: str) -> None:
+    r = httpx.get(f"{server}/v1/predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert "use POST" in r.json()["error"]
+    assert httpx.get(f"{server}/nowhere").status_code == 404  # other paths: the FastAPI app
+
+
 def _count(metrics: str, route: str, code: str) -> float:
     m = re.search(
         rf'fedkit_serve_requests_total{{code="{code}",route="{re.escape(route)}"}} (\S+)', metrics

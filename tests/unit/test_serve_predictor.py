@@ -161,6 +161,26 @@ def test_a_classifier_bundle_answers_class_probabilities(tmp_path: Path) -> None
         assert client.get("/healthz").json()["task"] == "classify"
 
 
+def test_a_failing_model_answers_500_and_the_server_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from fedkit.serve.app import create_app
+
+    pred = Predictor(load_bundle(constant_bundle(tmp_path / "b", window=4, hidden=4)))
+    with TestClient(create_app(pred)) as client:
+        good = client.post("/v1/predict", json={"text": "the", "k": 1})
+        assert good.json()["predictions"][0]["word"] == "cat"
+        with monkeypatch.context() as m:
+            m.setattr(pred, "predict", lambda texts, ks: 1 / 0)
+            r = client.post("/v1/predict", json={"text": "the"})
+        assert r.status_code == 500 and "ZeroDivisionError" in r.json()["error"]
+        assert client.post("/v1/predict", json={"text": "the", "k": 1}).json() == good.json()
+        metrics = client.get("/metrics").text
+        assert 'fedkit_serve_requests_total{code="500",route="/v1/predict"} 1.0' in metrics
+
+
 def test_a_bundle_without_vocabulary_cannot_be_served(tmp_path: Path) -> None:
     spec = ModelSpec(name="logreg", num_classes=3, input_shape=(4,))
     write_bundle(tmp_path / "v", params=model_params(spec.build()), spec=spec, words=None)

@@ -101,6 +101,8 @@ def serve(
     config = uvicorn.Config(
         app,
         log_level="warning",
+        access_log=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting on every request (nothing logs it)
         timeout_graceful_shutdown=30,
         http="httptools",  # the C parser (uvicorn[standard]); h11 costs more than a small model
         loop="uvloop",
