@@ -93,7 +93,7 @@ class ResultsRecorder:
         if record.round in self._recorded:
             return
         self._recorded.add(record.round)
-        row = dataclasses.replace(round_row(record, record.federated), sim_seconds=None)
+        row = dataclasses.replace(round_row(record, record.federated, evals), sim_seconds=None)
         self.store.add_round(self.run_id, row, client_rows(record, evals))
 
     def finish(self, summary: Summary) -> None:

@@ -3,7 +3,9 @@
 One translation for every writer (the simulation runner and the deployment's recorder), so a
 round is stored the same way wherever it ran: the round's row (training loss, centralised and
 federated evaluation — global and personal — bytes, time) and one row per client that trained or
-was evaluated. NaN and infinities become ``None`` (SQLite has no NaN).
+was evaluated. NaN and infinities become ``None`` (SQLite has no NaN). A round with per-client
+evaluation also stores its fairness metrics (:func:`fedkit.fairness.fairness_metrics`: variance,
+worst 10%, Jain's index, p10) in its ``details`` beside the run loop's probe metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 from fedkit.evaluate import ClientEval, Distribution
 from fedkit.experiment.results import ClientRow, RoundRow
+from fedkit.fairness import fairness_metrics
 from fedkit.run import RoundRecord
 
 
@@ -22,10 +25,14 @@ def finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
-def round_row(record: RoundRecord, fed: Distribution | None) -> RoundRow:
-    """The round's row; ``fed`` is its federated evaluation summary (``None`` when none ran)."""
+def round_row(
+    record: RoundRecord, fed: Distribution | None, evals: Sequence[ClientEval] = ()
+) -> RoundRow:
+    """The round's row; ``fed`` is its federated evaluation summary (``None`` when none ran) and
+    ``evals`` its per-client results, whose fairness metrics join the probes' in ``details``."""
     central = record.central
     scored = fed is not None and not fed.is_empty()
+    details = {**record.metrics, **fairness_metrics(evals)}
     return RoundRow(
         round=record.round,
         train_loss=finite(record.train_loss),
@@ -45,7 +52,7 @@ def round_row(record: RoundRecord, fed: Distribution | None) -> RoundRow:
         wall_seconds=record.wall_seconds,
         sim_seconds=record.sim_seconds,
         committed=record.committed,
-        details=dict(record.metrics) if record.metrics else None,
+        details=details or None,
     )
 
 

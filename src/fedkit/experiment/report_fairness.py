@@ -7,15 +7,13 @@ variance (population variance of the accuracies, as Li et al. 2020 report it for
 of the worst 10% of clients (q-FFL's "worst 10%") and Jain's fairness index
 ``J = (Σ a_i)² / (n Σ a_i²)`` (Jain, Chiu and Hawe 1984: 1 when every client has the same
 accuracy, ``1/n`` when one client has it all). The figure draws the two distributions side by
-side per arm.
+side per arm. The measures themselves are :mod:`fedkit.fairness` (also stored per round).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -23,6 +21,7 @@ from matplotlib.figure import Figure
 
 from fedkit.experiment.report_model import Arm, Section, labels
 from fedkit.experiment.report_plots import Plot
+from fedkit.fairness import Spread, jain_index, spread, worst_fraction_mean
 
 __all__ = [
     "Spread",
@@ -32,60 +31,6 @@ __all__ = [
     "spread",
     "worst_fraction_mean",
 ]
-
-
-def jain_index(values: Sequence[float]) -> float:
-    """Jain's index ``(Σ x)² / (n Σ x²)`` (NaN for no values or all zeros)."""
-    top = max((abs(v) for v in values), default=0.0)
-    if top == 0:
-        return math.nan
-    xs = [v / top for v in values]  # scale-free; no underflow of tiny squares
-    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
-
-
-def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float:
-    """Mean of the lowest ``ceil(fraction · n)`` values (at least one)."""
-    if not values:
-        return math.nan
-    k = max(1, math.ceil(fraction * len(values)))
-    return statistics.fmean(sorted(values)[:k])
-
-
-def _p10(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    pos = 0.1 * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-@dataclass(frozen=True)
-class Spread:
-    """The distribution of per-client accuracy."""
-
-    clients: int
-    mean: float
-    p10: float
-    worst: float
-    variance: float
-    worst10: float
-    jain: float
-
-
-def spread(values: Sequence[float]) -> Spread | None:
-    """Summary of the finite values (``None`` when there are none)."""
-    xs = [v for v in values if math.isfinite(v)]
-    if not xs:
-        return None
-    return Spread(
-        clients=len(xs),
-        mean=statistics.fmean(xs),
-        p10=_p10(xs),
-        worst=min(xs),
-        variance=statistics.pvariance(xs),
-        worst10=worst_fraction_mean(xs),
-        jain=jain_index(xs),
-    )
 
 
 def _cells(s: Spread | None) -> tuple[str, ...]:

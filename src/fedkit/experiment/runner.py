@@ -239,7 +239,7 @@ class _Recorder:
         fed = record.federated
         if evals is not None and fed is None:
             fed = Distribution.of(evals)
-        row = round_row(record, fed)
+        row = round_row(record, fed, evals or ())
         self.store.add_round(self.run_id, row, client_rows(record, evals or ()))
         self._tally(row, evaluated=record.central is not None)
         self.progress.update(
