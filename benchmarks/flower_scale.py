@@ -190,6 +190,13 @@ def main(grid: Grid, context: Context) -> None:
         pids.append(os.getpid())
     meter = Meter(pids)
     out.write(json.dumps({"event": "start", "pids": {p: command(p) for p in pids}}) + "\n")
+    idle_s = float(cfg["idle-seconds"])
+    if idle_s > 0:  # every node connected, no run traffic: the cost of their polling alone
+        t0, before = time.time(), {p: cpu_s(p) for p in pids}
+        time.sleep(idle_s)
+        after = {p: cpu_s(p) for p in pids}
+        out.write(json.dumps({"event": "idle", "seconds": time.time() - t0, "before": before,
+                              "after": after}) + "\n")
 
     def mark(server_round, arrays):
         now = time.time()
@@ -272,6 +279,7 @@ class AppConfig:
     out_file: Path
     superlink_pid: int
     round_timeout_s: float = 600.0
+    idle_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.cohort <= self.active <= self.nodes or self.rounds < 1:
@@ -309,6 +317,7 @@ active-nodes = {cfg.active}
 round-timeout = {float(cfg.round_timeout_s)!r}
 out-file = {json.dumps(str(cfg.out_file))}
 superlink-pid = {cfg.superlink_pid}
+idle-seconds = {float(cfg.idle_s)!r}
 """
 
 
@@ -352,6 +361,8 @@ class ServerLog:
     pids: Mapping[str, str]
     marks: Sequence[Mark]
     done: Mapping[str, Any] = field(default_factory=dict)
+    idle_s: float = 0.0
+    idle_cpu_s: float = 0.0
 
 
 class FlowerRunError(RuntimeError):
@@ -363,6 +374,7 @@ def parse_log(lines: Iterable[str]) -> ServerLog:
     pids: dict[str, str] = {}
     marks: list[Mark] = []
     done: dict[str, Any] = {}
+    idle_s = idle_cpu_s = 0.0
     for line in lines:
         if not line.strip():
             continue
@@ -376,11 +388,16 @@ def parse_log(lines: Iterable[str]) -> ServerLog:
                          cpu={str(k): float(v) for k, v in rec["cpu"].items()},
                          peak_rss=int(rec["peak_rss"]), base_rss=int(rec["base_rss"]))
                 )  # fmt: skip
+            elif rec["event"] == "idle":
+                idle_s = float(rec["seconds"])
+                idle_cpu_s = sum(float(v) for v in rec["after"].values()) - sum(
+                    float(v) for v in rec["before"].values()
+                )
             elif rec["event"] == "done":
                 done = dict(rec)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FlowerRunError(f"malformed ServerApp log line: {line[:200]!r}") from exc
-    return ServerLog(pids=pids, marks=marks, done=done)
+    return ServerLog(pids=pids, marks=marks, done=done, idle_s=idle_s, idle_cpu_s=idle_cpu_s)
 
 
 def summarise(log: ServerLog, *, nodes: int, cohort: int) -> dict[str, Any]:
@@ -388,7 +405,9 @@ def summarise(log: ServerLog, *, nodes: int, cohort: int) -> dict[str, Any]:
 
     Round r's cost is mark r minus mark r-1: CPU summed over the server-side processes, wall time
     between the marks. Memory: the highest summed RSS seen after the warm-up round's mark, above
-    the level at that mark.
+    the level at that mark. Idle: the server side's CPU per second with every node connected and
+    no run traffic (the nodes' polling), and the per-round CPU less that rate times the round's
+    wall time (what the round's own messages cost).
     """
     marks = sorted(log.marks, key=lambda m: m.round)
     if [m.round for m in marks] != list(range(len(marks))) or len(marks) < 3:
@@ -404,6 +423,7 @@ def summarise(log: ServerLog, *, nodes: int, cohort: int) -> dict[str, Any]:
     }
     model = int(log.done["model_bytes"])
     peak_after = max(m.peak_rss for m in marks[2:])
+    idle_rate = log.idle_cpu_s / log.idle_s if log.idle_s > 0 else 0.0
     return {
         "engine": "flower",
         "flwr": FLWR_VERSION,
@@ -414,6 +434,9 @@ def summarise(log: ServerLog, *, nodes: int, cohort: int) -> dict[str, Any]:
         "coordinator_cpu_s_per_round": statistics.mean(cpu),
         "coordinator_cpu_s_per_process": per_process,
         "wall_s_per_round": statistics.mean(walls),
+        "idle_cpu_s_per_s": idle_rate,
+        "coordinator_cpu_s_per_round_less_idle": statistics.mean(cpu)
+        - idle_rate * statistics.mean(walls),
         "down_bytes_per_client": int(log.done["down_bytes"]),
         "up_bytes_per_client": int(log.done["up_bytes"]),
         "down_ratio": int(log.done["down_bytes"]) / model,

@@ -100,6 +100,7 @@ def test_generated_pyproject_carries_the_run_config() -> None:
     assert app["config"] == {
         "num-server-rounds": 4, "cohort": 10, "num-nodes": 100, "active-nodes": 10,
         "round-timeout": 600.0, "out-file": "/tmp/x y/server.jsonl", "superlink-pid": 4242,
+        "idle-seconds": 10.0,
     }  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def test_generated_app_modules_parse_and_name_flower_entry_points() -> None:
     assert "@app.train()" in files["fkbench/client.py"]
     assert any(isinstance(n, ast.FunctionDef) and n.name == "train" for n in ast.walk(client))
     # The JSON records are one per line: a real newline escape, not a literal backslash-n.
-    assert files["fkbench/server.py"].count('+ "\\n")') == 4
+    assert files["fkbench/server.py"].count('+ "\\n")') == 5
 
 
 def test_shapes_module_holds_the_cnn() -> None:
@@ -153,9 +154,12 @@ def _record(event: str, **kw: Any) -> str:
 
 
 def _log(cpus: list[dict[str, float]], times: list[float], peaks: list[int], bases: list[int],
-         done: bool = True) -> list[str]:  # fmt: skip
+         done: bool = True, idle: bool = True) -> list[str]:  # fmt: skip
     pids = {"11": "python3 flower-superlink", "12": "python3 flwr-serverapp"}
     lines = [_record("active", nodes=10), _record("start", pids=pids)]
+    if idle:  # 10 s with every node connected: 0.5 + 0.25 CPU-s -> 0.075 CPU-s per s
+        lines.append(_record("idle", seconds=10.0, before={"11": 0.5, "12": 1.0},
+                             after={"11": 1.0, "12": 1.25}))  # fmt: skip
     for r, (cpu, t, p, b) in enumerate(zip(cpus, times, peaks, bases, strict=True)):
         lines.append(_record("mark", round=r, time=t, cpu=cpu, peak_rss=p, base_rss=b))
     if done:
@@ -174,6 +178,7 @@ MIB = 2**20
 # Wall: marks at 100, 110, 117, 126 s: rounds 2-3 took 7 and 9 s, mean 8.
 # Memory: the level at mark 1 (after the warm-up) is 500 MiB; the highest seen after it is
 # 650 MiB (by mark 2) -> 150 MiB above the warm level. Bytes: 6,657,432 / 6,653,480 = 1.000594.
+# Idle polling: 0.075 CPU-s per s; per round less idle: 1.125 - 0.075 * 8 = 0.525.
 CPUS = [{"11": 1.0, "12": 2.0}, {"11": 2.0, "12": 2.5}, {"11": 2.75, "12": 2.75},
         {"11": 3.5, "12": 3.25}]  # fmt: skip
 TIMES = [100.0, 110.0, 117.0, 126.0]
@@ -190,11 +195,20 @@ def test_summarise_hand_computed() -> None:
         {"python3 flower-superlink": 0.75, "python3 flwr-serverapp": 0.375}, abs=1e-12
     )
     assert row["wall_s_per_round"] == pytest.approx(8.0, abs=1e-12)
+    assert row["idle_cpu_s_per_s"] == pytest.approx(0.075, abs=1e-12)
+    assert row["coordinator_cpu_s_per_round_less_idle"] == pytest.approx(0.525, abs=1e-12)
     assert row["coordinator_peak_rss_above_start_mib"] == pytest.approx(150.0, abs=1e-12)
     assert row["down_ratio"] == pytest.approx(1.000594, abs=1e-6)
     assert row["up_ratio"] == pytest.approx(6_657_614 / 6_653_480, rel=1e-12)
     assert row["server_vm_hwm_mib"] == pytest.approx(256 + 128, abs=1e-12)
     assert (row["clients"], row["cohort"], row["model_bytes"]) == (100, 10, 6_653_480)
+
+
+def test_no_idle_record_subtracts_nothing() -> None:
+    row = fs.summarise(fs.parse_log(_log(CPUS, TIMES, PEAKS, BASES, idle=False)), nodes=100,
+                       cohort=10)  # fmt: skip
+    assert row["idle_cpu_s_per_s"] == 0.0
+    assert row["coordinator_cpu_s_per_round_less_idle"] == pytest.approx(1.125, abs=1e-12)
 
 
 @pytest.mark.parametrize(
