@@ -74,6 +74,45 @@ def test_random_k_is_unbiased(v: torch.Tensor, fraction: float) -> None:
     assert bool(((mean - v.double()).abs() <= tol).all())
 
 
+@settings(max_examples=5, deadline=None)
+@given(vectors(2, 8), st.integers(1, 4), st.integers(1, 4))
+def test_chunked_stochastic_uniform_is_unbiased(v: torch.Tensor, bits: int, chunk: int) -> None:
+    # each chunk's own step bounds its coordinates' error; the largest of them bounds all
+    mean = _mean_of_encodings(Uniform(bits=bits, stochastic=True, chunk=chunk), v, N)
+    steps = [float(c.max() - c.min()) / ((1 << bits) - 1) for c in v.split(chunk)]
+    tol = 5 * max(steps) / (2 * math.sqrt(N)) + 1e-4 * (1 + float(v.abs().max()))
+    assert float((mean - v.double()).abs().max()) <= tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(vectors(1, 30), st.integers(1, 8), st.integers(1, 12))
+def test_chunked_nearest_rounding_is_within_half_its_chunks_step(
+    v: torch.Tensor, bits: int, chunk: int
+) -> None:
+    comp = Uniform(bits=bits, chunk=chunk)
+    leaf = comp.prepare({"w": v}, 1.0, AggContext(round=0, seed=0))["w"]
+    assert leaf.scale.numel() == 2 * -(-v.numel() // chunk)
+    out = comp.decompress({"w": leaf})["w"].double()
+    for part, got in zip(v.double().split(chunk), out.split(chunk), strict=True):
+        step = float(part.max() - part.min()) / ((1 << bits) - 1)
+        # float32 scales: lo and step are rounded to float32 (relative 2^-24 of the range)
+        slack = 1e-6 * (1 + float(part.abs().max()))
+        assert float((got - part).abs().max()) <= step / 2 + slack
+
+
+@settings(max_examples=40, deadline=None)
+@given(vectors(1, 20), st.integers(1, 8), st.booleans())
+def test_a_chunk_as_large_as_the_tensor_is_the_whole_tensor_encoding(
+    v: torch.Tensor, bits: int, stochastic: bool
+) -> None:
+    ctx = AggContext(round=3, seed=1, client_id=2)
+    whole = Uniform(bits=bits, stochastic=stochastic).prepare({"w": v}, 1.0, ctx)["w"]
+    for chunk in (v.numel(), v.numel() + 5):
+        one = Uniform(bits=bits, stochastic=stochastic, chunk=chunk).prepare({"w": v}, 1.0, ctx)
+        assert torch.equal(one["w"].codes, whole.codes)
+        assert torch.equal(one["w"].scale, whole.scale)
+
+
 def test_deterministic_quantisers_are_biased_where_they_say() -> None:
     # the unbiasedness check above is not a threshold every rule passes: nearest rounding to one
     # bit of [0, 0.25, 1] decodes 0.25 as 0 every time, a bias of 0.25
@@ -98,7 +137,14 @@ def test_top_k_keeps_exactly_the_k_largest(v: torch.Tensor, fraction: float) -> 
 
 
 COMPRESSORS = st.sampled_from(
-    [TopK(fraction=0.2), SignCompressor(), Uniform(bits=2), QSGD(levels=1), RandomK(fraction=0.3)]
+    [
+        TopK(fraction=0.2),
+        SignCompressor(),
+        Uniform(bits=2),
+        Uniform(bits=2, chunk=4),
+        QSGD(levels=1),
+        RandomK(fraction=0.3),
+    ]
 )
 
 
@@ -167,3 +213,26 @@ def test_decoding_any_packed_payload_is_the_shape_or_a_typed_error(
         return
     norm = float(leaf.scale[0])
     assert out.shape == (d,) and float(out.abs().max()) <= abs(norm) * (1 + 1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 20), st.integers(1, 4), st.integers(0, 6), st.data())
+def test_decoding_any_chunked_payload_is_the_shape_or_a_typed_error(
+    d: int, bits: int, chunk: int, data: st.DataObject
+) -> None:
+    comp = Uniform(bits=bits, chunk=chunk)
+    raw = data.draw(st.lists(st.integers(0, 255), max_size=12))
+    scale = data.draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=0, max_size=10))
+    leaf = Packed(
+        codes=torch.tensor(raw, dtype=torch.uint8),
+        scale=torch.tensor(scale, dtype=torch.float32),
+        shape=(d,),
+        dtype=torch.float32,
+    )
+    try:
+        out = comp.decode(leaf)
+    except CompressError:
+        return
+    # accepted only with the server's own counts: the packed length and 2 scales per chunk
+    assert len(raw) == (d * bits + 7) // 8 and len(scale) == 2 * comp.chunks(d)
+    assert out.shape == (d,) and bool(torch.isfinite(out).all())

@@ -47,6 +47,47 @@ def test_encoded_size_is_the_theoretical_size() -> None:
         assert comp.theoretical_nbytes(1000, 4) == want
 
 
+def test_chunked_quantiser_by_hand() -> None:
+    # v = [0, 0.3, 3 | 10, 16, 40], 2 bits (top code 3), chunks of 3:
+    # chunk 0: lo 0, step (3 − 0)/3 = 1 -> codes 0, round(0.3) = 0, 3 -> 0, 0, 3
+    # chunk 1: lo 10, step (40 − 10)/3 = 10 -> codes 0, round(0.6) = 1, 3 -> 10, 20, 40
+    # the whole tensor instead: lo 0, step 40/3 -> 0.3, 3 and 10 become 0, 0, 13.33
+    v = {"w": torch.tensor([0.0, 0.3, 3.0, 10.0, 16.0, 40.0])}
+    comp = Uniform(bits=2, chunk=3)
+    enc = comp.prepare(v, 1.0, CTX)
+    assert enc["w"].scale.tolist() == [0.0, 1.0, 10.0, 10.0]  # lo₀, step₀, lo₁, step₁
+    assert unpack_bits(enc["w"].codes, 2, 6).tolist() == [0, 0, 3, 0, 1, 3]
+    assert comp.decompress(enc)["w"].tolist() == [0.0, 0.0, 3.0, 10.0, 20.0, 40.0]
+    whole = Uniform(bits=2).decompress(Uniform(bits=2).prepare(v, 1.0, CTX))["w"]
+    assert whole[:3].tolist() == [0.0, 0.0, 0.0] and abs(float(whole[3]) - 40 / 3) < 1e-5
+    # a last chunk of 1 (7 coordinates in chunks of 3): its step is 0, its code 0, decodes lo
+    w = {"w": torch.tensor([0.0, 0.3, 3.0, 10.0, 16.0, 40.0, -5.0])}
+    out = comp.decompress(comp.prepare(w, 1.0, CTX))["w"]
+    assert out.tolist() == [0.0, 0.0, 3.0, 10.0, 20.0, 40.0, -5.0]
+
+
+def test_chunked_size_is_the_theoretical_size() -> None:
+    # d = 1000, 3 bits: ⌈3000 / 8⌉ = 375 bytes of codes; chunks of 256: ⌈1000 / 256⌉ = 4 chunks,
+    # 4 · 8 = 32 bytes of scales -> 407; chunks of 1000 or more: one chunk, 383 (= chunk 0)
+    t = {"w": torch.randn(10, 100)}
+    for comp, want in [
+        (Uniform(bits=3, chunk=256), 407),
+        (Uniform(bits=3, chunk=1000), 383),
+        (Uniform(bits=3, chunk=4096), 383),
+        (Uniform(bits=3), 383),
+    ]:
+        enc = comp.prepare(t, 1.0, CTX)
+        assert tree_nbytes(enc) == encoded_nbytes(enc) == comp.theoretical_nbytes(1000, 4) == want
+    # an empty tensor still sends one (lo, step): 8 bytes, as the whole-tensor quantiser does
+    assert Uniform(bits=3, chunk=4).theoretical_nbytes(0, 4) == 8
+
+
+@pytest.mark.parametrize("chunk", [-1, 2**30 + 1])
+def test_chunk_outside_its_range_is_refused(chunk: int) -> None:
+    with pytest.raises(ValueError, match="chunk must be 0"):
+        Uniform(bits=3, chunk=chunk)
+
+
 def _sparse(idx: list[int], vals: list[float], **kw: object) -> Sparse:
     leaf = Sparse(
         index=torch.tensor(idx, dtype=torch.int32),
@@ -124,6 +165,16 @@ def _packed(codes: list[int], scale: list[float]) -> Packed:
             "scales: expected a 1-D torch.float32 tensor of 2 elements",
         ),
         (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "scales: a NaN or infinite"),
+        (
+            Uniform(bits=2, chunk=2),
+            _packed([6], [0.0, 1.0]),
+            "scales: expected a 1-D torch.float32 tensor of 4 elements",
+        ),  # 4 coordinates in chunks of 2: two (lo, step) pairs, not one
+        (
+            Uniform(bits=2, chunk=2),
+            _packed([6], [0.0, 1.0, float("inf"), 1.0]),
+            "scales: a NaN or infinite",
+        ),
         (SignCompressor(), _packed([6, 0], [1.0]), "1 elements"),  # 4 sign bits fit one byte
         (
             Uniform(bits=2),
