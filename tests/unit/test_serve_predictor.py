@@ -7,6 +7,7 @@ import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -101,6 +102,55 @@ def _run(batcher_settings: BatchSettings, n: int) -> tuple[list[int], list[objec
 def test_batches_fill_up_to_max_batch_in_arrival_order() -> None:
     # all 10 are queued before the worker first runs: batches of at most 4 -> 4, 4, 2
     sizes, out = _run(BatchSettings(max_batch=4, max_wait=0.01, max_queue=100), 10)
+    assert out == [i * 10 for i in range(10)]
+    assert sizes == [4, 4, 2]
+
+
+def test_a_batch_that_fills_goes_at_once_with_at_most_one_timer_per_batch() -> None:
+    # 32 requests arrive one by one while the worker waits to fill batches of 8 within a full
+    # second: each batch must leave as soon as its 8th request is queued (no timer fires), and
+    # the waiting must cost at most one timer per batch (one per request was the old defect).
+    made: list[float] = []
+    fired: list[float] = []
+    sizes: list[int] = []
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        real_call_at = loop.call_at
+
+        def call_at(when: float, callback: Any, *args: Any, context: Any = None) -> Any:
+            def counted(*a: Any) -> None:
+                fired.append(when)
+                callback(*a)
+
+            made.append(when)
+            return real_call_at(when, counted, *args, context=context)
+
+        loop.call_at = call_at  # type: ignore[method-assign]
+        settings = BatchSettings(max_batch=8, max_wait=1.0, max_queue=100)
+        b: MicroBatcher[int, int] = MicroBatcher(
+            lambda xs: [x * 10 for x in xs], settings, on_batch=sizes.append
+        )
+        b.start()
+        tasks = []
+        for i in range(32):
+            tasks.append(asyncio.create_task(b.submit(i)))
+            for _ in range(4):  # the worker runs, and waits again, between arrivals
+                await asyncio.sleep(0)
+        out = await asyncio.gather(*tasks)
+        await b.close()
+        return out
+
+    assert asyncio.run(main()) == [i * 10 for i in range(32)]
+    assert sizes == [8, 8, 8, 8]
+    assert fired == []
+    assert len(made) <= len(sizes)
+
+
+def test_without_max_wait_a_batch_is_what_is_already_queued() -> None:
+    # max_wait 0: nothing waits. Requests 0..9 are queued before the worker first runs, so the
+    # first batch is 0..3 (max_batch 4), then 4..7, then 8..9: exactly what was waiting.
+    sizes, out = _run(BatchSettings(max_batch=4, max_wait=0.0, max_queue=100), 10)
     assert out == [i * 10 for i in range(10)]
     assert sizes == [4, 4, 2]
 

@@ -2,8 +2,11 @@
 
 Requests wait in a queue of at most ``max_queue`` entries; a single worker takes the first
 waiting request, then keeps collecting until it holds ``max_batch`` requests or ``max_wait``
-seconds have passed since it took the first, and runs the whole batch as one call in its own
-thread (model code never blocks the event loop). ``max_batch = 1`` is serving without batching.
+seconds have passed since it took the first (one timer per batch; a batch that fills up goes at
+once), and runs the whole batch as one call in its own thread (model code never blocks the event
+loop). ``max_wait = 0`` batches only the requests already waiting, Triton's default: a lone
+request never waits, and under load batches grow by themselves while the model is busy.
+``max_batch = 1`` is serving without batching.
 
 A request counts against ``max_queue`` from when it is queued until the worker takes it (a
 request that wakes an idle worker still counts until the worker runs, so two requests arriving
@@ -20,7 +23,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -86,10 +88,13 @@ class MicroBatcher(Generic[In, Out]):
         self._worker: asyncio.Task[None] | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fedkit-batch")
         self._closing = False
+        self._filled: asyncio.Event | None = None
+        self._want = 0  # while a batch waits to fill: the queued requests that would fill it
 
     def start(self) -> None:
         """Start the worker on the running event loop."""
         self._queue = asyncio.Queue(self.settings.max_queue)
+        self._filled = asyncio.Event()
         self._worker = asyncio.get_running_loop().create_task(self._work())
 
     @property
@@ -111,23 +116,39 @@ class MicroBatcher(Generic[In, Out]):
             self._queue.put_nowait(_Pending(item, future))
         except asyncio.QueueFull:
             raise Overloaded(f"the request queue is full ({self.settings.max_queue})") from None
+        if 0 < self._want <= self._queue.qsize() and self._filled is not None:
+            self._filled.set()  # the waiting batch can fill up now
         return await future
 
     async def _collect(self, queue: asyncio.Queue[_Pending[In, Out]]) -> list[_Pending[In, Out]]:
+        """The next batch: the first waiting request, everything already queued behind it (up to
+        ``max_batch``) and, if that is not a full batch, what arrives within ``max_wait``.
+
+        The wait is one event and one timer per batch, not one per request: :meth:`submit` sets
+        the event when the queue holds the rest of a full batch, so a batch that fills up goes
+        at once and the timer ends only a batch that did not fill.
+        """
         batch = [await queue.get()]
-        deadline = time.monotonic() + self.settings.max_wait
-        while len(batch) < self.settings.max_batch:
-            if not queue.empty():
-                batch.append(queue.get_nowait())
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
+        self._take(queue, batch)
+        max_wait, filled = self.settings.max_wait, self._filled
+        if len(batch) < self.settings.max_batch and max_wait > 0 and filled is not None:
+            self._want = self.settings.max_batch - len(batch)
+            filled.clear()
             try:
-                batch.append(await asyncio.wait_for(queue.get(), left))
+                async with asyncio.timeout(max_wait):
+                    await filled.wait()
             except TimeoutError:
-                break
+                pass
+            finally:
+                self._want = 0
+            self._take(queue, batch)
         return batch
+
+    def _take(
+        self, queue: asyncio.Queue[_Pending[In, Out]], batch: list[_Pending[In, Out]]
+    ) -> None:
+        while len(batch) < self.settings.max_batch and not queue.empty():
+            batch.append(queue.get_nowait())
 
     async def _work(self) -> None:
         assert self._queue is not None
