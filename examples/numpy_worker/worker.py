@@ -265,6 +265,15 @@ class Worker:
                     continue
                 if info.kind == pb.SHUTDOWN:
                     return self.rounds_done
+                if info.kind == pb.SECAGG:  # docs/protocol.md, "Secure aggregation"
+                    log.error(
+                        "round %d: secure aggregation (SECAGG tasks) is not implemented by the "
+                        "NumPy worker; client %s sits this round out (run fedkit's worker for "
+                        "secagg experiments)",
+                        info.header.round,
+                        info.client_id,
+                    )
+                    continue
                 if info.kind in (pb.TRAIN, pb.EVALUATE):
                     payload = reassemble(info, parts)
                     if info.kind == pb.TRAIN:

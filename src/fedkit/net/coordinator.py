@@ -29,6 +29,7 @@ from fedkit.net.executor import RemoteExecutor
 from fedkit.net.guard import StreamGuard
 from fedkit.net.identity import Enrolment
 from fedkit.net.results import NullRecorder, RunRecorder, Summary
+from fedkit.net.secagg_coordinator import bind_coordinator
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer, StorageError
 from fedkit.net.transport import Security, make_server
@@ -128,6 +129,8 @@ def serve(
     threads = 2 * fd.num_clients + 8 + PENDING_STREAMS_TOTAL + 8
     server, port = make_server(listen, security, max_workers=threads)
     add_service(server, broker, guard)
+    # secure aggregation: the coordinator routes the protocol's messages and unmasks only sums
+    algorithm, secagg = bind_coordinator(algorithm, broker, template, s.deadline_s)
     checkpointer = SQLiteCheckpointer(db)
     attempts: list[RoundRow] = []
 
@@ -141,6 +144,7 @@ def serve(
         settings=s,
         update_template=template,
         on_round=on_round,
+        round_hook=secagg,
     )
     for past in db.rtt_rows():  # after a restart, straggler estimates continue where they were
         executor.stragglers.observe(past.client_id, past.rtt_s, past.work_fraction)
@@ -156,7 +160,9 @@ def serve(
             last = row is attempts[-1]
             db.stage_round(
                 RoundRow(
-                    round=row.round, attempt=row.attempt, committed=row.committed and last,
+                    round=row.round, attempt=row.attempt,
+                    # an aggregation that aborted (secure aggregation below its threshold)
+                    committed=row.committed and last and record.committed,
                     cohort=row.cohort, accepted=row.accepted, dropped=row.dropped,
                     train_loss=record.train_loss if last else None,
                     accuracy=acc if last else None, bytes_up=row.bytes_up,

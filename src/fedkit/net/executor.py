@@ -28,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -58,6 +58,19 @@ from fedkit.rng import SERVER, generator
 log = logging.getLogger("fedkit.coordinator")
 
 
+class RoundHook(Protocol):
+    """Steps a chain stage plays with the workers around training (secure aggregation's key
+    rounds, :mod:`fedkit.net.secagg_coordinator`)."""
+
+    def before_train(self, asked: Sequence[int], info: RoundInfo) -> list[int]:
+        """Run before an attempt's training tasks; returns the clients to ask to train."""
+        ...
+
+    def screen(self, client: int, update: Any) -> None:
+        """Refuse a decoded update before it is added (``NetError``: the client is dropped)."""
+        ...
+
+
 class QuorumError(RuntimeError):
     """A round missed its quorum after every retry and ``on_abort = "stop"``."""
 
@@ -73,6 +86,8 @@ class RemoteExecutor:
             are checked against it before they are used.
         on_round: Called with each attempt's record and its round trips (the coordinator stages
             them for its SQLite commit).
+        round_hook: Steps to play with the workers before each attempt's training, and a screen
+            of each update (secure aggregation).
     """
 
     def __init__(
@@ -83,8 +98,10 @@ class RemoteExecutor:
         settings: DeploySettings,
         update_template: Any,
         on_round: Callable[[RoundRow, list[RttRow]], None] | None = None,
+        round_hook: RoundHook | None = None,
     ) -> None:
         self.broker = broker
+        self.round_hook = round_hook
         self._num_clients = num_clients
         self.settings = settings
         self.update_template = update_template
@@ -171,6 +188,8 @@ class RemoteExecutor:
         wanted = {str(c) for c in cohort}
         self.broker.wait_for_clients(wanted, need, s.select_timeout_s)
         asked = sorted({*cohort, *self._extras(cohort, info)})
+        if self.round_hook is not None:
+            asked = self.round_hook.before_train(asked, info)
         fractions = {c: self.stragglers.fraction(c) for c in asked}
         self.broker.open_round(
             info.round,
@@ -180,7 +199,7 @@ class RemoteExecutor:
         )
         folder = _OrderedFold(
             algorithm, self.update_template, order=asked, limit=len(cohort), info=info,
-            attempt=attempt, by_arrival=s.fold == "arrival",
+            attempt=attempt, by_arrival=s.fold == "arrival", hook=self.round_hook,
         )  # fmt: skip
         self.broker.collect(want=len(cohort), on_result=folder.offer)
         folder.finish()
@@ -317,8 +336,10 @@ class _OrderedFold:
         info: RoundInfo,
         attempt: int,
         by_arrival: bool = False,
+        hook: RoundHook | None = None,
     ) -> None:
         self.by_arrival = by_arrival
+        self.hook = hook
         self.agg = algorithm.aggregator
         self.template = template
         self.order = order
@@ -364,6 +385,8 @@ class _OrderedFold:
         try:  # validated on arrival already; a failure here drops the client, not the round
             update, meta = decode_tree(res.payload, self.template)
             m = ResultMeta.from_metadata(meta)
+            if self.hook is not None:
+                self.hook.screen(cid, update)
         except NetError as err:
             log.warning("round %d: result of client %d dropped: %s", self.info.round, cid, err)
             self.accepted.remove(cid)

@@ -38,8 +38,10 @@ from fedkit.net.deployment import DeployError, Deployment
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
 from fedkit.net.proto import fedkit_pb2 as pb
+from fedkit.net.secagg_worker import bind_worker
 from fedkit.net.transport import Security
 from fedkit.params import tree_flatten, tree_unflatten
+from fedkit.privacy.secagg.errors import SecAggError
 
 log = logging.getLogger("fedkit.worker")
 
@@ -127,6 +129,8 @@ class Worker:
             raise DeployError(f"model: {exc}") from None
         self.algorithm = exp.algorithm
         init = exp.initial_params(self.model)
+        # secure aggregation: each client plays its half of the protocol with OS-random secrets
+        self.algorithm, self.secagg = bind_worker(self.algorithm, init, exp.seed, local.num_clients)
         info0 = RoundInfo(
             round=0,
             seed=exp.seed,
@@ -237,6 +241,8 @@ class Worker:
                     self._train(task)
                 elif task.kind == pb.EVALUATE:
                     self._evaluate(task)
+                elif task.kind == pb.SECAGG:
+                    self._secagg_step(task)
         finally:
             self._stop.set()
             hb.join(timeout=5.0)
@@ -262,14 +268,21 @@ class Worker:
         retry = before is not None and before[0] == info.round
         start_state = before[1] if before is not None and retry else self.client_state[cid]
         host = _PendingState(self.local.clients[cid], start_state)
-        p = run_client(self.algorithm, host, self.model, msg, cid, info, task.work_fraction)
+        try:
+            p = run_client(self.algorithm, host, self.model, msg, cid, info, task.work_fraction)
+        except SecAggError as err:  # no key setup reached this client: it sits the round out
+            log.warning("round %d, client %d: %s", task.round, cid, err)
+            return
         if p is None:  # refused (NaN or infinite values): nothing is sent; the state stays
             return
         compute_s = time.perf_counter() - t0
         m = p.metrics
+        # Under secure aggregation the weight travels masked inside the update: the metadata
+        # says weight 1 and one example, so the coordinator learns neither.
+        hidden = self.secagg is not None
         rmeta = ResultMeta(
-            weight=float(p.weight),
-            num_examples=m.num_examples,
+            weight=1.0 if hidden else float(p.weight),
+            num_examples=1 if hidden else m.num_examples,
             steps=m.steps,
             train_loss=float(m.train_loss),
             work_fraction=task.work_fraction,
@@ -282,6 +295,21 @@ class Worker:
         self.client_state[cid] = host.new_state
         self._save_state(cid)
         self.rounds_done += 1
+
+    def _secagg_step(self, task: Task) -> None:
+        """Answer a step of secure aggregation (:mod:`fedkit.net.secagg_worker`); a step that
+        fails its checks is answered with nothing (the client drops from that round)."""
+        t0 = time.perf_counter()
+        cid = self._client(task)
+        if self.secagg is None:
+            log.warning("round %d: a secure-aggregation step, but no secagg stage", task.round)
+            return
+        try:
+            payload = self.secagg.handle(cid, task.round, task.payload)
+        except SecAggError as err:
+            log.warning("round %d, client %d: secure aggregation: %s", task.round, cid, err)
+            return
+        self._push(task, payload, time.perf_counter() - t0)
 
     def _evaluate(self, task: Task) -> None:
         """Score the broadcast parameters (and this client's personal model, for personalised

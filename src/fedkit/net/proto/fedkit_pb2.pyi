@@ -33,6 +33,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIN: _ClassVar[TaskKind]
     SHUTDOWN: _ClassVar[TaskKind]
     EVALUATE: _ClassVar[TaskKind]
+    SECAGG: _ClassVar[TaskKind]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 OK: ErrorCode
 UNAUTHENTICATED: ErrorCode
@@ -54,6 +55,7 @@ WAIT: TaskKind
 TRAIN: TaskKind
 SHUTDOWN: TaskKind
 EVALUATE: TaskKind
+SECAGG: TaskKind
 
 class Error(_message.Message):
     __slots__ = ("code", "detail")

@@ -29,6 +29,7 @@ class AbortReason(enum.Enum):
     TOO_FEW_SHARED = "fewer than t clients shared keys"
     TOO_FEW_MASKED = "fewer than t clients sent a masked input"
     TOO_FEW_SURVIVORS = "fewer than t clients answered the unmasking round"
+    BAD_SECRET = "a reconstructed secret failed its check (a share holder lied)"
 
 
 class SecAggAbort(AggregationAborted):

@@ -116,19 +116,7 @@ class ServerSession:
         _unique_senders(msgs, ShareKeys, "share keys")
         inbox: dict[int, list[EncryptedShare]] = {}
         for m in msgs:
-            if m.sender not in self._adverts:
-                raise SecAggError(f"share keys from {m.sender!r}, who did not advertise")
-            expected = {v for v in self.setup.neighbours(m.sender) if v in self._adverts}
-            got = []
-            for share in m.shares:
-                check_ciphertext(self.setup, share)
-                if share.sender != m.sender:
-                    raise SecAggError(f"client {m.sender} sent a share signed as {share.sender}")
-                got.append(share.receiver)
-            if sorted(got) != sorted(expected):
-                raise SecAggError(
-                    f"client {m.sender} must send one share to each advertised neighbour"
-                )
+            self.check_share_keys(m)
             self._shared.add(m.sender)
             for share in m.shares:
                 inbox.setdefault(share.receiver, []).append(share)
@@ -136,6 +124,40 @@ class ServerSession:
         return {
             u: tuple(s for s in inbox.get(u, ()) if s.sender in self._shared) for u in self._shared
         }
+
+    def check_share_keys(self, m: ShareKeys) -> None:
+        """One client's round-1 message on its own (after :meth:`collect_adverts`): a
+        transport checks each arriving message with it and drops the sender of a bad one
+        instead of failing the round.
+
+        Raises:
+            SecAggError: a sender that did not advertise, a share signed by another client,
+                for a non-neighbour or a client that did not advertise, of the wrong size, a
+                missing or repeated neighbour.
+        """
+        if m.sender not in self._adverts:
+            raise SecAggError(f"share keys from {m.sender!r}, who did not advertise")
+        expected = {v for v in self.setup.neighbours(m.sender) if v in self._adverts}
+        got = []
+        for share in m.shares:
+            check_ciphertext(self.setup, share)
+            if share.sender != m.sender:
+                raise SecAggError(f"client {m.sender} sent a share signed as {share.sender}")
+            got.append(share.receiver)
+        if sorted(got) != sorted(expected):
+            raise SecAggError(f"client {m.sender} must send one share to each advertised neighbour")
+
+    def check_response(self, r: UnmaskResponse) -> None:
+        """One unmask response on its own (after :meth:`collect_sum`), as
+        :meth:`check_share_keys` is for round 1.
+
+        Raises:
+            SecAggError: see :meth:`finish`.
+        """
+        if self._step != 3:
+            raise SecAggError("server: check_response before collect_masked")
+        _unique_senders([r], UnmaskResponse, "unmask")
+        self._collect([r])
 
     def collect_masked(self, msgs: Sequence[MaskedInput]) -> UnmaskRequest:
         """Round 2: check and sum the masked inputs modulo ``2^bits``; return the request of
