@@ -4,7 +4,10 @@ For each round: sample a cohort → broadcast → execute (any executor) → agg
 server update → the aggregator's next state → evaluate every ``eval_every`` rounds → callbacks →
 checkpoint. A round in which no client finished, or whose aggregate the aggregator refuses to
 release (:class:`~fedkit.aggregate.AggregationAborted`: secure aggregation below its threshold),
-leaves the model (and the aggregator's state) unchanged and is recorded as not committed. The
+leaves the model (and the aggregator's state) unchanged and is recorded as not committed; when
+the aggregator can refuse (a chain stage with ``may_abort = True``), the clients' own state
+(SCAFFOLD's control variates, personal layers) is taken before the round and put back after a
+refusal, so it advances only with a committed round. The
 sampled cohort is in the round's :class:`~fedkit.algorithm.RoundInfo` (``cohort``) from
 broadcast on.
 
@@ -156,6 +159,22 @@ class RunResult(Generic[S]):
     agg_state: AggState = ()
 
 
+def _may_abort(aggregator: Any) -> bool:
+    """Whether a stage of the chain (following ``inner``) declares ``may_abort = True``: its
+    ``result`` may raise :class:`~fedkit.aggregate.AggregationAborted` (secure aggregation)."""
+    stage = aggregator
+    while stage is not None:
+        if getattr(stage, "may_abort", False) is True:
+            return True
+        stage = getattr(stage, "inner", None)
+    return False
+
+
+def _client_states(executor: Executor) -> dict[str, Tensor]:
+    """A copy of every client's state (to put back if the round is refused)."""
+    return {k: v.clone() for k, v in executor.client_state_tensors().items()}
+
+
 def _train_loss(clients: Sequence[ClientMetrics]) -> float:
     n = sum(c.num_examples for c in clients if not math.isnan(c.train_loss))
     if n == 0:
@@ -218,6 +237,7 @@ def run(
         pop = dataclasses.replace(pop, local_loss=_executor_losses(executor))
     state = algorithm.init_state(initial_params)
     agg_state = init_state(algorithm.aggregator)
+    may_abort = _may_abort(algorithm.aggregator)
     start = 0
     key = RunKey(algorithm=algorithm.name, seed=config.seed)
     ckpt = checkpointer
@@ -262,6 +282,7 @@ def run(
         cohort = draw_cohort(sampler, view, config.clients_per_round, info)
         info = dataclasses.replace(info, cohort=tuple(int(c) for c in cohort))
         msg = algorithm.broadcast(state, info)
+        before = _client_states(executor) if may_abort else None
         out: RoundOutput = executor.execute(algorithm, msg, cohort, info)
         committed = out.accumulator is not None
         if committed:
@@ -271,6 +292,9 @@ def run(
             except AggregationAborted as err:  # e.g. secure aggregation below its threshold
                 log.warning("round %d not committed: %s", r, err)
                 committed = False
+                template = algorithm.client_state_template(initial_params)
+                if before is not None and template is not None:
+                    executor.load_client_state_tensors(before, template)
         if committed:
             done = dataclasses.replace(info, reported=len(out.clients))
             state = algorithm.server_update(state, agg, done)

@@ -294,3 +294,51 @@ def test_the_run_loop_gives_every_step_the_sampled_cohort() -> None:
         got = {c for r, c in seen if r == rec.round}
         assert got == {rec.cohort}
         assert len(rec.cohort) == 6
+
+
+def test_client_state_advances_only_with_a_committed_round() -> None:
+    """SCAFFOLD under secure aggregation with the dropout of the test above (seed 0: rounds 1
+    and 3 refused): after a refused round every client's control variate is what it was
+    before the round (the run loop puts the states back), after a committed one the cohort's
+    have moved. A stage that does not declare ``may_abort`` keeps the states of refused rounds:
+    the final models differ, so the rollback is what the first run's model depends on."""
+    from fedkit.algorithms.scaffold import Scaffold
+
+    def states(agg: Any) -> tuple[list[dict[str, torch.Tensor]], RunResult[Any]]:
+        store = toy_store(8)
+        seen: list[dict[str, torch.Tensor]] = []
+
+        def keep(record: RoundRecord, params: Params) -> None:
+            seen.append({k: v.clone() for k, v in store.state_tensors().items()})
+
+        res = run(
+            Scaffold(local=LOCAL, aggregator=agg),
+            SerialExecutor(store, toy_model()),
+            model_params(toy_model()),
+            RunConfig(rounds=5, clients_per_round=6, seed=0),
+            callbacks=[keep],
+        )
+        return seen, res
+
+    agg = SecureSum(bits=40, clip_range=2.0, randomness="seeded", unmask_dropout=0.3)
+    seen, res = states(agg)
+    assert [r.committed for r in res.history] == [True, False, True, False, True]
+    for r in (1, 3):  # refused: every state exactly as after round r - 1
+        assert seen[r].keys() == seen[r - 1].keys()
+        assert all(torch.equal(seen[r][k], seen[r - 1][k]) for k in seen[r])
+    for r in (2, 4):  # committed: some state moved
+        prev = seen[r - 1]
+        assert any(k not in prev or not torch.equal(v, prev[k]) for k, v in seen[r].items())
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class NoRollback(SecureSum):
+        may_abort = False  # type: ignore[misc]
+
+    kept, other = states(
+        NoRollback(bits=40, clip_range=2.0, randomness="seeded", unmask_dropout=0.3)
+    )
+    assert [r.committed for r in other.history] == [True, False, True, False, True]
+    assert any(not torch.equal(kept[1][k], seen[1][k]) for k in kept[1] if k in seen[1]) or (
+        kept[1].keys() != seen[1].keys()
+    )
+    assert any(not torch.equal(other.params[k], res.params[k]) for k in res.params)

@@ -44,7 +44,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -170,6 +170,7 @@ class SecureSum(SecAggSettings, Stage):
             decoded sums.
     """
 
+    may_abort: ClassVar[bool] = True  # result may raise SecAggAbort: the run loop rolls back
     randomness: Randomness = "auto"
     unmask_dropout: float = 0.0
     _os_root: bytes = dataclasses.field(init=False, repr=False, compare=False, hash=False)
