@@ -448,14 +448,19 @@ def summarise(log: ServerLog, *, nodes: int, cohort: int) -> dict[str, Any]:
 
 
 def ratio_row(fedkit: Mapping[str, Any], flower: Mapping[str, Any]) -> dict[str, Any]:
-    """Flower over fedkit, per round, at the same C and cohort: how many times cheaper fedkit is."""
+    """Flower over fedkit, per round, at the same C and cohort: how many times cheaper fedkit is.
+
+    ``cpu_ratio_less_idle`` leaves Flower's idle-polling CPU out (fedkit's is kept in).
+    """
     if (fedkit["clients"], fedkit["cohort"]) != (flower["clients"], flower["cohort"]):
         raise ValueError("the two arms must have the same clients and cohort")
+    fedkit_cpu = fedkit["coordinator_cpu_s_per_round"]
     return {
         "clients": fedkit["clients"],
         "cohort": fedkit["cohort"],
         "fedkit_fold": fedkit.get("fold"),
-        "cpu_ratio": flower["coordinator_cpu_s_per_round"] / fedkit["coordinator_cpu_s_per_round"],
+        "cpu_ratio": flower["coordinator_cpu_s_per_round"] / fedkit_cpu,
+        "cpu_ratio_less_idle": flower["coordinator_cpu_s_per_round_less_idle"] / fedkit_cpu,
         "wall_ratio": flower["wall_s_per_round"] / fedkit["wall_s_per_round"],
     }
 

@@ -258,9 +258,11 @@ def test_ratio_row() -> None:
     fedkit = {"clients": 100, "cohort": 10, "fold": "arrival",
               "coordinator_cpu_s_per_round": 0.3, "wall_s_per_round": 2.0}  # fmt: skip
     flower = {"clients": 100, "cohort": 10, "coordinator_cpu_s_per_round": 2.4,
-              "wall_s_per_round": 12.0}  # fmt: skip
+              "coordinator_cpu_s_per_round_less_idle": 0.9, "wall_s_per_round": 12.0}  # fmt: skip
     q = fs.ratio_row(fedkit, flower)
+    # 2.4 / 0.3 = 8; 0.9 / 0.3 = 3; 12 / 2 = 6
     assert q["cpu_ratio"] == pytest.approx(8.0) and q["wall_ratio"] == pytest.approx(6.0)
+    assert q["cpu_ratio_less_idle"] == pytest.approx(3.0)
     assert q["fedkit_fold"] == "arrival"
     with pytest.raises(ValueError):
         fs.ratio_row({**fedkit, "cohort": 100, "clients": 1000}, flower)
