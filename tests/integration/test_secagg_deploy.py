@@ -244,3 +244,83 @@ def test_too_many_deaths_refuse_the_round_and_keep_the_model(
     assert summary["model_sha256"] == _initial_sha(exp)
     (row,) = [r for r in c.rounds() if r[0] == 0]
     assert row[2] == 0  # round 0 recorded as not committed
+
+
+# -- client state of a refused round ---------------------------------------------------------
+
+
+def _coordinator_refusing_round_0(**kwargs: Any) -> None:
+    """``run_coordinator`` whose unmasking refuses round 0 (as below the threshold), with every
+    worker alive: the workers must drop the new client state they trained in it."""
+    from fedkit.net import secagg_coordinator as sc
+    from fedkit.privacy.secagg.errors import AbortReason, SecAggAbort
+
+    real = sc.CoordinatorSecAgg.unmask
+
+    def unmask(self: Any, round_: int, total: Any, senders: Any) -> Any:
+        if round_ == 0:
+            raise SecAggAbort(AbortReason.TOO_FEW_SURVIVORS, "refused by the test")
+        return real(self, round_, total, senders)
+
+    sc.CoordinatorSecAgg.unmask = unmask  # type: ignore[method-assign]
+    run_coordinator(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _RefuseRound0(SecureSum):
+    """The simulator's counterpart: the secagg stage refusing round 0's sum."""
+
+    def open(self, acc: Any, ctx: Any) -> Any:
+        from fedkit.privacy.secagg.errors import AbortReason, SecAggAbort
+
+        if ctx.round == 0:
+            raise SecAggAbort(AbortReason.TOO_FEW_SURVIVORS, "refused by the test")
+        return super().open(acc, ctx)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _RefuseRound0Keep(_RefuseRound0):
+    may_abort = False  # type: ignore[misc]  # no rollback: client states keep round 0's
+
+
+def _simulate(path: Path, stage: type[SecureSum]) -> str:
+    exp = load_deployment(path)
+    agg = exp.algorithm.aggregator
+    assert isinstance(agg, SecureSum)
+    fields = {f.name: getattr(agg, f.name) for f in dataclasses.fields(agg) if f.init}
+    fd = build_federated(exp.data)
+    model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
+    res = run(
+        dataclasses.replace(exp.algorithm, aggregator=stage(**fields)),
+        SerialExecutor(ClientStore.from_federated(fd), model),
+        exp.initial_params(model),
+        RunConfig(rounds=exp.rounds, clients_per_round=4, seed=exp.seed, eval_every=0),
+    )
+    assert [r.committed for r in res.history] == [False, True]
+    return sha256(res.params)
+
+
+@pytest.mark.slow
+def test_a_refused_round_leaves_scaffold_client_state_unchanged_on_workers(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    """SCAFFOLD + secagg, round 0 refused at its unmasking: each worker keeps its client's new
+    control variate pending and drops it when round 1's setup says round 0 did not commit, so
+    round 1 starts from the initial variates — the simulator's model with the run loop's
+    rollback, bit for bit, and not the model of a simulator that keeps round 0's variates."""
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=4, per_round=4, rounds=2, algorithm="scaffold",
+        liveness=10, deadline=20, extra=SECAGG,
+    )  # fmt: skip
+    c = cluster(exp)
+    c.coordinator = c._start(
+        _coordinator_refusing_round_0,
+        {"experiment": exp, "listen": c.address, "out_dir": c.out, "security": c.security,
+         "min_workers": 4},
+    )  # fmt: skip
+    c.start_workers(range(4))
+    summary = c.summary(timeout=90)
+    assert summary["committed_rounds"] == 1
+    rolled_back, kept = _simulate(exp, _RefuseRound0), _simulate(exp, _RefuseRound0Keep)
+    assert rolled_back != kept
+    assert summary["model_sha256"] == rolled_back

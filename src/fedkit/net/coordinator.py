@@ -130,7 +130,9 @@ def serve(
     server, port = make_server(listen, security, max_workers=threads)
     add_service(server, broker, guard)
     # secure aggregation: the coordinator routes the protocol's messages and unmasks only sums
-    algorithm, secagg = bind_coordinator(algorithm, broker, template, s.deadline_s)
+    algorithm, secagg = bind_coordinator(
+        algorithm, broker, template, s.deadline_s, committed=db.completed_rounds()
+    )
     checkpointer = SQLiteCheckpointer(db)
     attempts: list[RoundRow] = []
 

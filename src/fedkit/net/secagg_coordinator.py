@@ -86,9 +86,21 @@ class CoordinatorSecAgg:
         stage: the experiment's ``secagg`` stage (its settings).
         length: the words of one masked input (:func:`masked_length`).
         deadline_s: how long each step waits for the workers.
+        committed: rounds already committed (a restarted coordinator's checkpoint).
     """
 
-    def __init__(self, broker: Broker, stage: SecureSum, *, length: int, deadline_s: float):
+    def __init__(
+        self,
+        broker: Broker,
+        stage: SecureSum,
+        *,
+        length: int,
+        deadline_s: float,
+        committed: int = 0,
+    ) -> None:
+        self.committed = committed
+        """Rounds committed so far: told to workers with each setup, so that a client's new
+        state is kept only when its round committed (an unmasked round commits)."""
         self.broker = broker
         self.stage = stage
         self.length = length
@@ -116,7 +128,7 @@ class CoordinatorSecAgg:
         r = setup.round
         task = setup_message(
             Setup(r, setup.cohort, setup.public_seed, setup.length, setup.bits, setup.degree,
-                  setup.threshold)
+                  setup.threshold, self.committed)
         )  # fmt: skip
         adverts = self._step(r, "advertise", dict.fromkeys(setup.cohort, task), parse_advert)
         adverts = self._keep(adverts, lambda a: check_advert(setup, a))
@@ -178,9 +190,11 @@ class CoordinatorSecAgg:
         )
         answers = self._keep(answers, server.check_response)
         try:
-            return server.finish(list(answers.values())), n
+            total = server.finish(list(answers.values()))
         except SecAggError as err:
             raise SecAggAbort(AbortReason.BAD_SECRET, str(err)) from None
+        self.committed = max(self.committed, round_ + 1)
+        return total, n
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -254,14 +268,21 @@ def _checker(step: str, round_: int) -> Callable[[Buffer, bool], None]:
 
 
 def bind_coordinator(
-    algorithm: Algorithm[Any, Any, Any, Any], broker: Broker, template: Any, deadline_s: float
+    algorithm: Algorithm[Any, Any, Any, Any],
+    broker: Broker,
+    template: Any,
+    deadline_s: float,
+    committed: int = 0,
 ) -> tuple[Algorithm[Any, Any, Any, Any], CoordinatorSecAgg | None]:
     """``algorithm`` with its ``secagg`` stage bound to a new :class:`CoordinatorSecAgg` (the
     executor's round hook too), and that wire; ``(algorithm, None)`` without such a stage.
-    ``template`` is the prepared update (a :class:`MaskedUpdate`)."""
+    ``template`` is the prepared update (a :class:`MaskedUpdate`); ``committed`` the rounds the
+    checkpoint holds."""
     stage = find_secure_sum(algorithm.aggregator)
     if stage is None:
         return algorithm, None
-    wire = CoordinatorSecAgg(broker, stage, length=masked_length(template), deadline_s=deadline_s)
+    wire = CoordinatorSecAgg(
+        broker, stage, length=masked_length(template), deadline_s=deadline_s, committed=committed
+    )
     bound = with_wire(algorithm.aggregator, wire)
     return dataclasses.replace(algorithm, aggregator=bound), wire  # type: ignore[type-var]

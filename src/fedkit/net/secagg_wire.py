@@ -20,7 +20,9 @@ unmask      the dropped ids, then the survivors'      per share: kind (0: ``s_sk
 
 The advertise task's metadata also carry the round's public settings (``secagg:length``,
 ``secagg:bits``, ``secagg:degree``, ``secagg:threshold`` as an exact hex float), which a worker
-compares with its own experiment file's. The sender of a result is the authenticated client the
+compares with its own experiment file's, and ``secagg:committed``: the number of rounds whose
+model is committed (a worker keeps a client's new state pending until its round is below it).
+The sender of a result is the authenticated client the
 result is for, never a field of the body. Every parser checks the metadata, the body's length
 against the record size and the bounds given (at most one record per cohort member), and
 raises :class:`~fedkit.privacy.secagg.errors.SecAggError`; the protocol's own checks (cohort
@@ -157,6 +159,7 @@ class Setup:
     bits: int
     degree: int | None
     threshold: float
+    committed: int = 0
 
 
 def setup_message(s: Setup) -> bytes:
@@ -167,6 +170,7 @@ def setup_message(s: Setup) -> bytes:
         "secagg:bits": str(s.bits),
         "secagg:degree": str(s.degree or 0),
         "secagg:threshold": float(s.threshold).hex(),
+        "secagg:committed": str(s.committed),
     }
     return message("advertise", s.round, body, extra)
 
@@ -196,6 +200,7 @@ def parse_setup(msg: Message, *, max_cohort: int, max_length: int) -> Setup:
         bits=_int(msg.meta.get("secagg:bits", ""), "bits", 64),
         degree=degree or None,
         threshold=threshold,
+        committed=_int(msg.meta.get("secagg:committed", ""), "committed rounds", msg.round),
     )
 
 

@@ -60,6 +60,10 @@ class WorkerSecAgg:
         self.length = length
         self.max_cohort = max_cohort
         self._sessions: dict[int, ClientSession] = {}
+        self.committed = 0
+        """The most rounds the coordinator has said are committed (``secagg:committed``)."""
+        self.round = -1
+        """The latest round a setup arrived for."""
 
     def session(self, round_: int, client: int) -> ClientSession:
         """``client``'s session of round ``round_`` (the stage's ``prepare`` masks with it).
@@ -119,6 +123,8 @@ class WorkerSecAgg:
             raise SecAggError(f"client {client}: bad setup: {err}") from None
         session = ClientSession(client, setup, OsEntropy())  # refuses a cohort without it
         self._sessions[client] = session
+        self.committed = max(self.committed, s.committed)
+        self.round = max(self.round, s.round)
         return session
 
 

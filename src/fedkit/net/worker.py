@@ -142,6 +142,8 @@ class Worker:
         self.state_template = self.algorithm.client_state_template(init)
         self.client_state: dict[int, Any] = {c: self._load_state(c) for c in local.clients}
         self._before: dict[int, tuple[int, Any]] = {}  # (round, client state before that round)
+        # secure aggregation: (round, new state) held until the coordinator says it committed
+        self._pending: dict[int, tuple[int, Any]] = {}
         self.rounds_done = 0
         self._stop = threading.Event()
         self._need_register = threading.Event()
@@ -290,11 +292,14 @@ class Worker:
         )
         if not self._push(task, encode_tree(p.update, rmeta.to_metadata()), compute_s):
             return
+        self.rounds_done += 1
+        if self.secagg is not None:  # the round may still be refused at its unmasking
+            self._pending[cid] = (info.round, host.new_state)
+            return
         # The client state advances only when the coordinator accepted the update.
         self._before[cid] = (info.round, start_state)
         self.client_state[cid] = host.new_state
         self._save_state(cid)
-        self.rounds_done += 1
 
     def _secagg_step(self, task: Task) -> None:
         """Answer a step of secure aggregation (:mod:`fedkit.net.secagg_worker`); a step that
@@ -310,6 +315,18 @@ class Worker:
             log.warning("round %d, client %d: secure aggregation: %s", task.round, cid, err)
             return
         self._push(task, payload, time.perf_counter() - t0)
+        self._settle(self.secagg.committed, self.secagg.round)
+
+    def _settle(self, committed: int, current: int) -> None:
+        """Keep the pending new states of rounds the coordinator says committed (below
+        ``committed``); drop those of earlier rounds that did not (a later round has begun)."""
+        for c, (r, state) in list(self._pending.items()):
+            if r < committed:
+                self.client_state[c] = state
+                self._save_state(c)
+            elif r >= current:
+                continue  # its round is still open (or retried): wait
+            del self._pending[c]
 
     def _evaluate(self, task: Task) -> None:
         """Score the broadcast parameters (and this client's personal model, for personalised
