@@ -67,6 +67,32 @@ def test_a_texts_answer_does_not_depend_on_its_batch(
     torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)
 
 
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from([*WORDS, "dog"]), max_size=6), min_size=1, max_size=4),
+    st.integers(1, 5),
+    st.booleans(),
+    st.integers(0, 1000),
+)
+def test_top_k_is_the_full_softmax_without_specials_sorted(
+    tmp_path_factory: pytest.TempPathFactory,
+    texts: list[list[str]],
+    k: int,
+    causal: bool,
+    seed: int,
+) -> None:
+    # reference: softmax over all 9 ids, drop pad/oov/bos/eos (0, 6, 7, 8), sort descending
+    pred = _predictor(tmp_path_factory.mktemp("p"), causal=causal, seed=seed)
+    joined = [" ".join(t) for t in texts]
+    full = pred.probabilities([pred.encode(t) for t in joined])
+    answers = pred.predict(joined, [k] * len(joined))
+    for text, row, got in zip(joined, full.tolist(), answers, strict=True):
+        ranked = sorted(((row[i], WORDS[i - 1]) for i in range(1, 6)), reverse=True)[:k]
+        assert isinstance(got, NextWords), text
+        assert got.words == tuple(w for _, w in ranked)
+        assert got.probabilities == pytest.approx([p for p, _ in ranked], rel=1e-5)
+
+
 def test_specials_are_never_suggested_and_k_is_per_request(tmp_path: Path) -> None:
     pred = Predictor(load_bundle(constant_bundle(tmp_path / "b", window=4, hidden=3)))
     a, b = pred.predict(["the", "cat"], [1, 5])

@@ -22,6 +22,7 @@ window of padding. Recurrent layers run on the fused LSTM kernel whatever the bu
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import torch
@@ -94,41 +95,43 @@ class Predictor:
         return ids[: self.window]
 
     def _batch(self, encoded: Sequence[list[int]]) -> tuple[Tensor, Tensor]:
-        """``(N, T)`` padded ids and the index of each row's last real id."""
-        n, t, pad = len(encoded), self.window, self.vocab.pad
-        x = torch.full((n, t), pad, dtype=torch.long)
-        last = torch.zeros(n, dtype=torch.long)
-        left = self.task == "next_word" and not self.per_position
-        for i, ids in enumerate(encoded):
-            if not ids:
-                continue
-            if left:
-                x[i, t - len(ids) :] = torch.tensor(ids)
-                last[i] = t - 1
-            else:
-                x[i, : len(ids)] = torch.tensor(ids)
-                last[i] = len(ids) - 1
-        return x, last
+        """``(N, T)`` padded ids and the index of each row's last real id (rows padded as
+        Python lists, then one tensor: one torch call per batch, not one per row)."""
+        t, pad = self.window, self.vocab.pad
+        if self.task == "next_word" and not self.per_position:  # left-padded
+            rows = [[pad] * (t - len(ids)) + ids for ids in encoded]
+            last = [t - 1 if ids else 0 for ids in encoded]
+        else:  # right-padded
+            rows = [ids + [pad] * (t - len(ids)) for ids in encoded]
+            last = [max(len(ids) - 1, 0) for ids in encoded]
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(last, dtype=torch.long)
 
     @torch.no_grad()
-    def probabilities(self, encoded: Sequence[list[int]]) -> Tensor:
-        """``(N, C)`` output probabilities for a batch of encoded texts."""
+    def logits(self, encoded: Sequence[list[int]]) -> Tensor:
+        """``(N, C)`` output logits (float32) for a batch of encoded texts."""
         x, last = self._batch(encoded)
-        out = self.bundle.model(x)
+        out: Tensor = self.bundle.model(x)
         if self.per_position:
             out = out[torch.arange(out.shape[0]), last]
-        return torch.softmax(out.float(), dim=-1)
+        return out.float()
+
+    def probabilities(self, encoded: Sequence[list[int]]) -> Tensor:
+        """``(N, C)`` output probabilities (softmax) for a batch of encoded texts."""
+        return torch.softmax(self.logits(encoded), dim=-1)
 
     def predict(self, texts: Sequence[str], ks: Sequence[int]) -> list[Prediction]:
         """One prediction per text; ``ks[i]`` words for text ``i`` (ignored for classifiers)."""
-        probs = self.probabilities([self.encode(t) for t in texts])
+        logits = self.logits([self.encode(t) for t in texts])
         if self.task == "classify":
             labels = self.bundle.labels
-            return [ClassPrediction(labels, tuple(p.tolist())) for p in probs]
-        ranked = probs.clone()
-        ranked[:, self._special] = -1.0  # never suggested
+            return [ClassPrediction(labels, tuple(p)) for p in logits.softmax(-1).tolist()]
+        # softmax only where it is read: p_i = exp(z_i - logsumexp(z)) for the top k of the
+        # logits with the special ids masked out (never suggested); the order is the same
+        norm = logits.logsumexp(dim=-1, keepdim=True)
+        ranked = logits.index_fill(1, self._special, -math.inf)
         k_max = min(max(ks, default=1), self.num_classes - len(self._special))
-        top_p, top_i = ranked.topk(k_max, dim=-1)
+        top_z, top_i = ranked.topk(k_max, dim=-1)
+        top_p = (top_z - norm).exp()
         out: list[Prediction] = []
         for row_p, row_i, k in zip(top_p.tolist(), top_i.tolist(), ks, strict=True):
             words = tuple(self.bundle.labels[i] for i in row_i[:k])
