@@ -7,17 +7,26 @@ after one warm-up round, nothing else on the server. Flower 1.42's deployment en
 * one **SuperLink** (``flower-superlink --insecure``, in-memory state), which in its default
   ``subprocess`` isolation starts a ``flower-superexec`` that starts the **ServerApp** process;
 * C **SuperNodes**, one process per client (Flower's model: a node is a client, and the strategy
-  samples ``fraction_train`` of the *connected* nodes, so C clients need C SuperNodes), each
-  with its own ``flower-superexec`` that starts a ``flwr-clientapp`` process per task;
+  samples ``fraction_train`` of the *connected* nodes, so C clients need C SuperNodes). In the
+  default isolation each also keeps a ``flower-superexec`` that starts a ``flwr-clientapp``
+  process per task: about 195 MiB per client, too much for C = 100 on a small machine. So by
+  default only the cohort's SuperNodes run ClientApps ("active"); the other C - cohort connect
+  in ``process`` isolation with no SuperExec and poll the SuperLink as idle nodes do, and the
+  ServerApp samples the cohort from the active ones (``--flower-all-active``: every node active,
+  Flower's sampling over all C). A C whose processes would take more than 80% of the available
+  memory is refused (C = 1,000 needs about 100 GiB);
 * the run is submitted with ``flwr run`` from an app directory this script writes.
 
-The ServerApp is Flower's own ``FedAvg`` strategy (``fraction_train = 0.1``, no evaluation) whose
-``evaluate_fn`` hook marks the end of every round: at each mark it reads the CPU time
-(``utime + stime`` from ``/proc/PID/stat``) of every **server-side** Flower process (the SuperLink,
-its SuperExec and the ServerApp itself), and a thread samples their summed resident memory every
-5 ms. Each ClientApp returns the arrays it received plus a per-client, per-round constant, so no
-upload equals another or the broadcast (Flower's object store is content-addressed: identical
-arrays would not be sent again, which a real update never benefits from).
+The ServerApp is Flower's own ``FedAvg`` strategy (no evaluation) whose ``evaluate_fn`` hook marks
+the end of every round: at each mark it reads the CPU time (``utime + stime`` from
+``/proc/PID/stat``) of every **server-side** Flower process (the SuperLink, its SuperExec and the
+ServerApp itself), and a thread samples their summed resident memory every 5 ms. Before the first
+round, with every node connected, it measures the same processes' CPU over 10 idle seconds: the
+cost of the nodes' polling (and of the memory sampler), reported as a rate and subtracted, times
+each round's wall time, in ``coordinator_cpu_s_per_round_less_idle``. Each ClientApp returns the
+arrays it received plus a per-client, per-round constant, so no upload equals another or the
+broadcast (Flower's object store is content-addressed: identical arrays would not be sent again,
+which a real update never benefits from).
 
 Bytes per client per direction are not measured on the wire (Flower's Fleet API is HTTP through
 uvicorn/httpx and exposes no byte counters): they are the serialized sizes of the Flower objects a
