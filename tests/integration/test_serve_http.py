@@ -124,6 +124,21 @@ def test_the_load_generator_measures_the_live_server(server: str) -> None:
     assert r.throughput == pytest.approx(r.ok / r.seconds)
 
 
+@pytest.mark.slow  # two more server starts (seconds on a loaded machine)
+def test_compare_loads_every_arm_at_every_level(tmp_path: Path) -> None:
+    from fedkit.serve.loadtest import compare
+
+    bundle = constant_bundle(tmp_path / "b")
+    arms = {"unbatched": ["--max-batch", "1", "--threads", "1"], "batched": ["--threads", "1"]}
+    runs = compare(bundle, arms, [1, 4], duration=0.4, warmup=0.1)
+    assert list(runs) == ["unbatched", "batched"]
+    for results in runs.values():
+        assert [r.concurrency for r in results] == [1, 4]
+        assert all(r.ok > 0 and r.failed == 0 and r.server_cpu > 0 for r in results)
+    assert all(r.mean_batch == 1.0 for r in runs["unbatched"])  # every call held one request
+    assert runs["batched"][1].mean_batch >= 1.0
+
+
 @pytest.mark.slow  # a second server start (seconds on a loaded machine)
 def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(tmp_path: Path) -> None:
     bundle = constant_bundle(tmp_path / "b", window=256, hidden=128)  # ~ tens of ms a call

@@ -52,6 +52,20 @@ def test_report_has_the_ratio_table_plot_and_json(tmp_path: Path) -> None:
     assert (tmp_path / "loadtest.md").read_text().splitlines()[: len(lines)] == lines
 
 
+def test_every_arm_gets_a_ratio_table_against_unbatched(tmp_path: Path) -> None:
+    runs = {
+        "unbatched": [_level(4, 200.0, 30.0)],
+        "batched 5 ms": [_level(4, 500.0, 20.0)],
+        "batched 0 ms": [_level(4, 700.0, 10.0)],
+    }
+    lines = write_report(runs, tmp_path)
+    # 500 / 200 = 2.50 and 700 / 200 = 3.50, each beside its own p99 and unbatched's
+    assert "| 4 | 2.50 | 20.0 | 30.0 |" in lines and "| 4 | 3.50 | 10.0 | 30.0 |" in lines
+    assert any("throughput batched 0 ms / unbatched" in line for line in lines)
+    assert not any("unbatched / unbatched" in line for line in lines)
+    assert len(write_report({"server": runs["unbatched"]}, tmp_path / "one")) == 3  # no ratios
+
+
 @pytest.mark.parametrize(
     "args",
     [

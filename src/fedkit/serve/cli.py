@@ -136,7 +136,7 @@ def loadtest(
     ] = Path("reports/loadtest"),
 ) -> None:
     """Throughput and p50/p95/p99 latency against concurrency, as a table, a plot and JSON."""
-    from fedkit.serve.loadtest import serving, sweep, write_report
+    from fedkit.serve.loadtest import compare, sweep, write_report
 
     try:
         levels = [int(c) for c in concurrency.split(",")]
@@ -153,10 +153,11 @@ def loadtest(
         runs = {"server": sweep(url, levels, duration=duration)}
     else:
         assert bundle is not None
-        runs = {}
-        for label, batch in (("unbatched", 1), ("batched", max_batch)):
-            with serving(bundle, "--max-batch", str(batch), "--max-queue", "4096") as (base, proc):
-                runs[label] = sweep(base, levels, duration=duration, server_pid=proc.pid)
+        arms = {
+            label: ("--max-batch", str(batch), "--max-queue", "4096")
+            for label, batch in (("unbatched", 1), ("batched", max_batch))
+        }
+        runs = compare(bundle, arms, levels, duration=duration)
     meta = {"url": url, "bundle": None if bundle is None else str(bundle), "max_batch": max_batch}
     for line in write_report(runs, out, meta=meta):
         typer.echo(line)

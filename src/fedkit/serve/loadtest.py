@@ -12,10 +12,11 @@ with the server it takes little from it (an ``httpx`` client with a shared pool 
 10 ms of CPU per request at 64 clients and was the bottleneck).
 
 With ``--bundle`` it starts the same bundle twice as real ``fedkit serve`` processes, one with
-micro-batching (``--max-batch N``) and one without (``--max-batch 1``), runs the same sweep on
-both in one invocation and reports the throughput ratio and both p99s at each level, plus a table
-(Markdown), a plot (PNG) and the JSON record. Absolute numbers are this machine's; the ratio
-is the comparison (the load generator runs on the same cores as the server).
+micro-batching (``--max-batch N``) and one without (``--max-batch 1``), loads both at each level
+in turn (:func:`compare`: the two arms of a level are measured back to back) and reports the
+throughput ratio and both p99s at each level, plus a table (Markdown), a plot (PNG) and the JSON
+record. Absolute numbers are this machine's; the ratio is the comparison (the load generator
+runs in its own process, on the same cores as the servers).
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httptools
 import httpx
 
-__all__ = ["LevelResult", "percentile", "run_level", "serving", "sweep", "write_report"]
+__all__ = [
+    "LevelResult",
+    "compare",
+    "percentile",
+    "run_level",
+    "serving",
+    "sweep",
+    "write_report",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +292,26 @@ def sweep(
     return out
 
 
+def compare(
+    bundle: Path,
+    arms: Mapping[str, Sequence[str]],
+    levels: Sequence[int],
+    *,
+    duration: float,
+    warmup: float = 0.5,
+) -> dict[str, list[LevelResult]]:
+    """Serve ``bundle`` once per arm (``fedkit serve`` with that arm's extra arguments), all at
+    once, and load them in turn at each level: each level's arms are measured back to back, so
+    a change in what else the machine runs shifts them alike. Returns each arm's results."""
+    out: dict[str, list[LevelResult]] = {label: [] for label in arms}
+    with contextlib.ExitStack() as stack:
+        servers = {label: stack.enter_context(serving(bundle, *a)) for label, a in arms.items()}
+        for c in levels:
+            for label, (url, proc) in servers.items():
+                out[label] += sweep(url, [c], duration=duration, warmup=warmup, server_pid=proc.pid)
+    return out
+
+
 def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); NaN elsewhere."""
     if pid is None:
@@ -359,9 +388,9 @@ def _table(runs: dict[str, list[LevelResult]]) -> list[str]:
     return lines
 
 
-def _ratios(batched: list[LevelResult], single: list[LevelResult]) -> list[str]:
+def _ratios(label: str, batched: list[LevelResult], single: list[LevelResult]) -> list[str]:
     lines = [
-        "| concurrency | throughput batched / unbatched | p99 batched ms | p99 unbatched ms |",
+        f"| concurrency | throughput {label} / unbatched | p99 {label} ms | p99 unbatched ms |",
         "|---:|---:|---:|---:|",
     ]
     for b, s in zip(batched, single, strict=True):
@@ -374,12 +403,14 @@ def write_report(
     runs: dict[str, list[LevelResult]], out: Path, *, meta: dict[str, Any] | None = None
 ) -> list[str]:
     """Write ``loadtest.md`` (tables), ``loadtest.json`` and ``loadtest.png`` under ``out``;
-    returns the Markdown lines. With exactly the labels ``batched`` and ``unbatched`` the
-    report adds the throughput ratio per level."""
+    returns the Markdown lines. When one of the labels is ``unbatched``, the report adds, for
+    every other label, its throughput ratio to ``unbatched`` and both p99s per level."""
     out.mkdir(parents=True, exist_ok=True)
     lines = _table(runs)
-    if set(runs) == {"batched", "unbatched"}:
-        lines += ["", *_ratios(runs["batched"], runs["unbatched"])]
+    if "unbatched" in runs:
+        for label, results in runs.items():
+            if label != "unbatched":
+                lines += ["", *_ratios(label, results, runs["unbatched"])]
     (out / "loadtest.md").write_text("\n".join(lines) + "\n")
     record = {
         "meta": meta or {},
