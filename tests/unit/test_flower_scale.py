@@ -13,6 +13,8 @@ import importlib.util
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import time
 import tomllib
@@ -309,6 +311,36 @@ def test_close_kills_detached_descendants(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child)
+
+
+def test_sigterm_still_kills_what_was_started(tmp_path: Path) -> None:
+    """SIGTERM to the benchmark runs its clean-up: the processes it started do not outlive it."""
+    script = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        f"sys.path.insert(0, {str(REPO / 'benchmarks')!r})\n"
+        "import flower_scale as fs\n"
+        f"procs = fs.Processes(dict(os.environ), Path({str(tmp_path)!r}))\n"
+        "with fs.sigterm_as_interrupt():\n"
+        "    try:\n"
+        "        p = procs.start('sleeper', ['sleep', '120'])\n"
+        "        print(p.pid, flush=True)\n"
+        "        time.sleep(120)\n"
+        "    finally:\n"
+        "        procs.close(grace_s=5)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert bench.stdout is not None
+        sleeper = int(bench.stdout.readline())
+        assert _alive(sleeper)
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(30)
+        assert not _alive(sleeper)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
 
 
 def test_wait_port_is_bounded() -> None:
