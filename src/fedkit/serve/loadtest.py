@@ -440,6 +440,7 @@ def _plot(runs: dict[str, list[LevelResult]], path: Path) -> None:
             color=color,
             label=f"{label} p50",
         )
+    ax_l.set_yscale("log")  # p50 and p99 differ by orders of magnitude under overload
     for ax, ylabel in ((ax_t, "requests / s"), (ax_l, "latency (ms)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
