@@ -40,7 +40,6 @@ import os
 import platform
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -197,22 +196,21 @@ def rss_bytes() -> int:
 
 
 class PeakRss:
-    """Samples this process's RSS every 5 ms in a thread; ``peak`` is the highest seen."""
+    """This process's peak RSS since :meth:`reset`, from the kernel's high-water mark (``VmHWM``,
+    reset by writing 5 to ``/proc/self/clear_refs``). No sampling thread: an earlier version
+    sampled every 5 ms and its own CPU (about 5% of a round) was counted as the coordinator's."""
 
-    def __init__(self) -> None:
-        self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
+    def reset(self) -> None:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
 
-    def _loop(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_bytes())
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._t.join()
-        return self.peak
+    @staticmethod
+    def peak() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[str, Any]:
@@ -253,7 +251,8 @@ def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[st
         coord_cpu.append(now - last[0])
         last[0] = now
         if len(coord_cpu) == 1:  # after the warm-up round: memory from here on
-            base_rss[0] = meter.peak = rss_bytes()
+            base_rss[0] = rss_bytes()
+            meter.reset()
 
     last[0] = time.process_time()
     result = run(
@@ -261,7 +260,7 @@ def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[st
         RunConfig(rounds=rounds + 1, clients_per_round=cohort, seed=0, eval_every=0),
         callbacks=[cpu_meter],
     )  # fmt: skip
-    peak = meter.stop()
+    peak = meter.peak()
     broker.shutdown(grace_s=30)
     tasks = [t for _ in procs for t in stats_q.get(timeout=120)]
     for p in procs:

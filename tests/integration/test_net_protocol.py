@@ -251,3 +251,48 @@ def test_client_id_outside_the_population_is_refused(coord: Coordinator) -> None
             client(coord, bad)
         assert e.value.code is ErrorCode.MALFORMED
     client(coord, "9")
+
+
+def test_a_multi_client_worker_is_sent_a_rounds_broadcast_once(coord: Coordinator) -> None:
+    # 3 clients on one worker, one 2-client worker on a different payload: the first task of a
+    # round brings the chunks; the worker names that payload's digest, and its other clients'
+    # tasks come without chunks (payload_held) yet with the same bytes
+    worker = client(coord, "", client_ids=["0", "1", "2"])
+    coord.open(0, ["0", "1", "2"])
+    data = encode(MODEL)
+    tasks = []
+    received = []
+    for _ in range(3):
+        before = worker.bytes_received
+        tasks.append(worker.get_task(wait_s=2))
+        received.append(worker.bytes_received - before)
+    assert sorted(t.client_id for t in tasks) == ["0", "1", "2"]
+    assert all(bytes(t.payload) == data for t in tasks)
+    assert received[0] > len(data) and max(received[1:]) < 200  # only the TaskInfo, twice
+    # each held task has its own buffer: changing one (a decoded tensor changed in place)
+    # leaves the next one whole
+    tasks[1].payload[-1] ^= 0xFF  # type: ignore[index]
+    assert bytes(tasks[2].payload) == data
+    # a new round with another payload: its chunks are sent again
+    for t in tasks:
+        worker.push_result(t, data, compute_s=0.0)
+    other = encode({k: v * 2 for k, v in MODEL.items()})
+    a = Assignment.of(split(other, 1024), len(other))
+    coord.broker.open_round(1, {"0": a}, deadline_s=20.0, result_check=_check)
+    before = worker.bytes_received
+    assert bytes(worker.get_task(wait_s=2).payload) == other
+    assert worker.bytes_received - before > len(other)
+
+
+def test_a_task_naming_a_payload_the_worker_lacks_is_refused() -> None:
+    cl = CoordinatorClient("127.0.0.1:1", client_ids=["0", "1"], security=Security())
+    info = pb.TaskInfo(payload_bytes=3, payload_digest=b"x" * 32, payload_held=True)
+    with pytest.raises(NetError) as e:
+        cl._reuse(info, None, iter([]))
+    assert e.value.code == ErrorCode.MALFORMED
+    with pytest.raises(NetError):  # held, but another payload
+        cl._reuse(info, (b"y" * 32, b"abc"), iter([]))
+    with pytest.raises(NetError):  # the right one, but chunks follow the held-payload info
+        cl._reuse(info, (b"x" * 32, b"abc"), iter([pb.TaskPart(chunk=pb.Chunk())]))
+    assert cl._reuse(info, (b"x" * 32, b"abc"), iter([])) == bytearray(b"abc")
+    cl.close()

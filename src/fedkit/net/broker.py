@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from fedkit.net.codec import Buffer, Reassembler
+from fedkit.net.codec import Buffer, Reassembler, payload_digest
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.identity import Enrolment, PeerIdentity
 from fedkit.net.proto import PROTOCOL_VERSION
@@ -78,12 +78,16 @@ class Assignment:
     payload_bytes: int
     work_fraction: float = 1.0
     kind: int = pb.TRAIN
+    digest: bytes = b""
+    """:func:`~fedkit.net.codec.payload_digest` of the payload: a worker that names it in
+    ``held_payload`` is sent the task without the chunks (``payload_held``)."""
 
     @classmethod
     def of(cls, chunks: list[pb.Chunk], payload_bytes: int, *, kind: int = pb.TRAIN) -> Assignment:
         """Serialise ``chunks`` once."""
         wire = [pb.TaskPart(chunk=c).SerializeToString() for c in chunks]
-        return cls(wire=wire, payload_bytes=payload_bytes, kind=kind)
+        digest = payload_digest(chunks, payload_bytes)
+        return cls(wire=wire, payload_bytes=payload_bytes, kind=kind, digest=digest)
 
     def with_fraction(self, work_fraction: float) -> Assignment:
         """The same payload with another work fraction (the bytes are shared, not copied)."""
@@ -351,7 +355,9 @@ class Broker:
     ) -> tuple[pb.TaskInfo, list[bytes]]:
         """The worker's task for the open round, waiting up to ``wait_s`` for one to appear.
 
-        Returns the task info and the payload as serialised ``TaskPart`` chunk messages.
+        Returns the task info and the payload as serialised ``TaskPart`` chunk messages, or no
+        chunks when the request's ``held_payload`` names this task's payload (a multi-client
+        worker is then sent a round's broadcast once, not once per client).
         """
         end = time.monotonic() + min(max(req.wait_s, 0.0), max_wait_s)
         with self._lock:
@@ -370,6 +376,7 @@ class Broker:
                     if task.sent_at is None:
                         task.sent_at = time.monotonic()
                     a = task.assignment
+                    held = bool(a.digest) and req.held_payload == a.digest
                     info = pb.TaskInfo(
                         error=pb.Error(code=pb.OK),
                         kind=pb.TaskKind.ValueType(a.kind),
@@ -384,8 +391,10 @@ class Broker:
                         deadline_s=max(rnd.deadline - time.monotonic(), 0.0),
                         payload_bytes=a.payload_bytes,
                         num_chunks=len(a.wire),
+                        payload_digest=a.digest,
+                        payload_held=held,
                     )
-                    return info, a.wire
+                    return info, [] if held else a.wire
                 left = end - time.monotonic()
                 if left <= 0:
                     return pb.TaskInfo(error=pb.Error(code=pb.OK), kind=pb.WAIT), []

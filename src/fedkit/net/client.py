@@ -91,6 +91,7 @@ class CoordinatorClient:
         self.max_payload_bytes = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._held: tuple[bytes, bytes] | None = None  # (payload digest, payload) of the last task
 
     def close(self) -> None:
         """Close the channel."""
@@ -153,8 +154,11 @@ class CoordinatorClient:
         """Long-poll for a task and download its payload (verified chunk by chunk)."""
 
         def call() -> Task:
+            held = self._held
             parts: Iterator[pb.TaskPart] = self._stub.GetTask(
-                pb.GetTaskRequest(header=self.header(), wait_s=wait_s),
+                pb.GetTaskRequest(
+                    header=self.header(), wait_s=wait_s, held_payload=held[0] if held else b""
+                ),
                 timeout=wait_s + self.rpc_timeout_s,
             )
             first = next(parts, None)
@@ -163,16 +167,10 @@ class CoordinatorClient:
             info = first.info
             raise_for(info.error)
             self.bytes_received += first.ByteSize()
-            assembler = Reassembler(
-                declared_bytes=info.payload_bytes,
-                declared_chunks=info.num_chunks,
-                max_bytes=MAX_TASK_BYTES,
-            )
-            for part in parts:
-                if part.WhichOneof("part") != "chunk":
-                    raise NetError(ErrorCode.MALFORMED, "only chunks may follow TaskInfo")
-                self.bytes_received += part.ByteSize()
-                assembler.add(part.chunk)
+            if info.payload_held:
+                payload = self._reuse(info, held, parts)
+            else:
+                payload = self._receive(info, parts)
             return Task(
                 kind=int(info.kind),
                 run_id=info.header.run_id,
@@ -181,10 +179,40 @@ class CoordinatorClient:
                 client_id=info.client_id,
                 work_fraction=info.work_fraction,
                 deadline_s=info.deadline_s,
-                payload=assembler.result(),
+                payload=payload,
             )
 
         return call_with_retry(call, self.retry, rng=self._rng)
+
+    def _receive(self, info: pb.TaskInfo, parts: Iterator[pb.TaskPart]) -> bytearray:
+        """Reassemble the task's chunks; a multi-client worker keeps a copy of the payload under
+        its digest, to name in its next request (its other clients' tasks share the broadcast)."""
+        assembler = Reassembler(
+            declared_bytes=info.payload_bytes,
+            declared_chunks=info.num_chunks,
+            max_bytes=MAX_TASK_BYTES,
+        )
+        for part in parts:
+            if part.WhichOneof("part") != "chunk":
+                raise NetError(ErrorCode.MALFORMED, "only chunks may follow TaskInfo")
+            self.bytes_received += part.ByteSize()
+            assembler.add(part.chunk)
+        payload = assembler.result()
+        if len(self.clients) > 1 and info.payload_digest == assembler.digest():
+            self._held = (assembler.digest(), bytes(payload))
+        return payload
+
+    def _reuse(
+        self, info: pb.TaskInfo, held: tuple[bytes, bytes] | None, parts: Iterator[pb.TaskPart]
+    ) -> bytearray:
+        """The held payload for a task sent without chunks: a fresh copy (the last task's
+        decoded tensors may have been changed in place), after checking that the coordinator
+        named the payload this worker holds and sent nothing after the info."""
+        if held is None or info.payload_digest != held[0] or info.payload_bytes != len(held[1]):
+            raise NetError(ErrorCode.MALFORMED, "task names a held payload this worker lacks")
+        if next(parts, None) is not None:
+            raise NetError(ErrorCode.MALFORMED, "chunks followed a held-payload TaskInfo")
+        return bytearray(held[1])
 
     def push_result(self, task: Task, payload: bytes, *, compute_s: float) -> None:
         """Stream a result for ``task``; raises :class:`NetError` if the coordinator refuses it."""

@@ -16,7 +16,7 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +302,16 @@ def split(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> list[pb.Chunk]:
     ]
 
 
+def payload_digest(chunks: Sequence[pb.Chunk], size: int) -> bytes:
+    """The name of a chunked payload: SHA-256 over its size (8 bytes, little-endian) and its
+    chunks' SHA-256s in order. Computed from the chunk digests, so naming a payload costs no second
+    pass over its bytes; two payloads with the same digest have the same chunks."""
+    h = hashlib.sha256(struct.pack("<Q", size))
+    for c in chunks:
+        h.update(c.sha256)
+    return h.digest()
+
+
 def num_chunks(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """How many chunks :func:`split` makes of ``size`` bytes."""
     return -(-size // chunk_bytes)
@@ -340,6 +350,7 @@ class Reassembler:
         self._chunk_bytes = chunk_bytes
         self._next = 0
         self._offset = 0
+        self._digest = hashlib.sha256(struct.pack("<Q", declared_bytes))
 
     @property
     def header_received(self) -> bool:
@@ -382,6 +393,11 @@ class Reassembler:
         self._buf[self._offset : self._offset + n] = data
         self._offset += n
         self._next += 1
+        self._digest.update(chunk.sha256)
+
+    def digest(self) -> bytes:
+        """:func:`payload_digest` of the chunks added so far (of the payload, once complete)."""
+        return self._digest.digest()
 
     def result(self) -> bytearray:
         """The reassembled payload (the buffer itself, no copy); ``MALFORMED`` if incomplete."""

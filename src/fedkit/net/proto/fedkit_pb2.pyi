@@ -118,15 +118,17 @@ class RegisterReply(_message.Message):
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
-    __slots__ = ("header", "wait_s")
+    __slots__ = ("header", "wait_s", "held_payload")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    HELD_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     header: Header
     wait_s: float
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., wait_s: _Optional[float] = ...) -> None: ...
+    held_payload: bytes
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., wait_s: _Optional[float] = ..., held_payload: _Optional[bytes] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("error", "kind", "header", "client_id", "work_fraction", "deadline_s", "payload_bytes", "num_chunks")
+    __slots__ = ("error", "kind", "header", "client_id", "work_fraction", "deadline_s", "payload_bytes", "num_chunks", "payload_digest", "payload_held")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +137,8 @@ class TaskInfo(_message.Message):
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_HELD_FIELD_NUMBER: _ClassVar[int]
     error: Error
     kind: TaskKind
     header: Header
@@ -143,7 +147,9 @@ class TaskInfo(_message.Message):
     deadline_s: float
     payload_bytes: int
     num_chunks: int
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., work_fraction: _Optional[float] = ..., deadline_s: _Optional[float] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ...) -> None: ...
+    payload_digest: bytes
+    payload_held: bool
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., work_fraction: _Optional[float] = ..., deadline_s: _Optional[float] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., payload_digest: _Optional[bytes] = ..., payload_held: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "data", "sha256")
