@@ -36,7 +36,8 @@ def jain_index(values: Sequence[float]) -> float:
     if top == 0:
         return math.nan
     xs = [v / top for v in values]  # scale-free; no underflow of tiny squares
-    return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
+    # fsum: the same value whatever order the clients' results arrived in
+    return math.fsum(xs) ** 2 / (len(xs) * math.fsum(x * x for x in xs))
 
 
 def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float:

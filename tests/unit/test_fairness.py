@@ -76,6 +76,7 @@ def test_jain_lies_between_one_over_n_and_one_and_ignores_scale(xs: list[float],
     n = len(xs)
     assert 1 / n - 1e-9 <= j <= 1 + 1e-9
     assert jain_index([c * x for x in xs]) == pytest.approx(j, rel=1e-9)
+    assert jain_index(xs[::-1]) == j  # exactly: results arrive in any order
     m = fairness_metrics(_evals(xs))
     assert m["fairness.worst10"] <= sum(xs) / n + 1e-12
     assert m["fairness.variance"] >= 0
