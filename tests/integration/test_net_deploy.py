@@ -29,6 +29,7 @@ from fedkit.net.tls import create_certs
 from fedkit.net.transport import Security
 from fedkit.params import sha256
 from fedkit.run import RunConfig, run
+from fedkit.sampling import Population
 from fedkit.sim.serial import SerialExecutor
 
 pytestmark = pytest.mark.net
@@ -309,6 +310,39 @@ def test_multi_client_workers_match_the_serial_simulator(
     with sqlite3.connect(c.out / "coordinator.db") as con:
         served = {int(r[0]) for r in con.execute("SELECT client_id FROM worker_rtt").fetchall()}
     assert served & {0, 1, 2, 3} and served & {4, 5}  # both processes trained clients
+
+
+def test_size_proportional_sampling_from_the_sizes_workers_report(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    # Synthetic(1,1)'s natural clients differ in size; the proportional sampler draws 2 of 6 a
+    # round with p_k ∝ n_k from the sizes the two workers report when they register, and picks
+    # the cohorts (and so the model) of the serial simulator, which reads the sizes itself.
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
+        liveness=10, extra='[sampler]\nname = "proportional"\n',
+    )  # fmt: skip
+    c = cluster(exp)
+    c.start_coordinator(min_workers=6)
+    c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
+    summary = c.summary(timeout=60)
+    assert summary["committed_rounds"] == 3
+    dep = load_deployment(exp)
+    fd = build_federated(dep.data)
+    store = ClientStore.from_federated(fd)
+    sizes = [store.num_examples(k) for k in range(store.num_clients)]
+    assert len(set(sizes)) > 1  # unequal: proportional differs from uniform here
+    model = dep.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
+    ref = run(
+        dep.algorithm, SerialExecutor(store, model), dep.initial_params(model),
+        RunConfig(rounds=3, clients_per_round=2, seed=dep.seed, eval_every=0),
+        sampler=dep.sampler, population=Population(len(sizes), tuple(sizes)),
+    )  # fmt: skip
+    assert summary["model_sha256"] == sha256(ref.params)
+    with sqlite3.connect(c.out / "coordinator.db") as con:
+        served = sorted(con.execute("SELECT round, client_id FROM worker_rtt").fetchall())
+    want = sorted((r.round, m.client_id) for r in ref.history for m in r.clients)
+    assert served == want
 
 
 @pytest.mark.parametrize(

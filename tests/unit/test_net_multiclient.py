@@ -208,3 +208,21 @@ def test_fold_order_and_what_waits_in_memory(by_arrival: bool) -> None:
     mean = algo.aggregator.result(fold.acc, None)  # type: ignore[arg-type]
     for v in mean.delta.values():
         torch.testing.assert_close(v, torch.full_like(v, 29 / 9))
+
+
+def test_data_sizes_reported_at_registration() -> None:
+    broker = Broker(run_id="r", max_result_bytes=1 << 20, num_clients=4, max_client_examples=1000)
+    register(broker, ["0", "1"], num_examples=[5, 7])
+    assert broker.data_sizes(4) == ()  # 2 and 3 have not reported: no sizes for the sampler
+    register(broker, ["2", "3"], num_examples=[0, 1000])
+    assert broker.data_sizes(4) == (5, 7, 0, 1000)
+    # hostile reports are refused whole (nothing stored): a count that does not match the ids,
+    # and a size above the cap (a worker inflating its size would be drawn more often)
+    fresh = Broker(run_id="r", max_result_bytes=1 << 20, num_clients=4, max_client_examples=1000)
+    assert code_of(lambda: register(fresh, ["0", "1"], num_examples=[5])) == ErrorCode.MALFORMED
+    assert code_of(lambda: register(fresh, ["0", "1"], num_examples=[5, 1001])) == (
+        ErrorCode.MALFORMED
+    )
+    assert fresh.live_clients() == set()
+    register(fresh, ["0", "1", "2", "3"])  # reporting none is allowed: sizes stay unknown
+    assert fresh.data_sizes(4) == ()

@@ -161,8 +161,11 @@ class Broker:
         num_clients: int | None = None,
         enrolment: Enrolment | None = None,
         max_missed_tasks: int = 0,
+        max_client_examples: int = 1 << 53,
     ) -> None:
         self.run_id = run_id
+        self.max_client_examples = max_client_examples
+        self._sizes: dict[str, int] = {}  # client id -> training examples its worker reported
         self.enrolment = enrolment
         self.max_missed_tasks = max_missed_tasks
         self.num_clients = num_clients
@@ -248,6 +251,7 @@ class Broker:
         clients, secrets_ = self._served(req)
         for cid, secret in zip(clients, secrets_, strict=True):
             self._admit(cid, secret, identity)
+        sizes = self._reported_sizes(req, len(clients))
         now = time.monotonic()
         for cid in clients:
             old = self._workers.get(self._by_client.get(cid, ""))
@@ -284,6 +288,7 @@ class Broker:
         )
         for cid in clients:
             self._by_client[cid] = worker_id
+        self._sizes.update(zip(clients, sizes, strict=False))  # none reported: none stored
         self._lock.notify_all()
         return pb.RegisterReply(
             error=pb.Error(code=pb.OK),
@@ -316,6 +321,26 @@ class Broker:
                 )
             return clients, given or ("",) * len(clients)
         return (req.client_id,), (req.enrolment_secret,)
+
+    def _reported_sizes(self, req: pb.RegisterRequest, n: int) -> tuple[int, ...]:
+        """The data sizes a registration reports: none, or one per client id, each at most
+        ``max_client_examples`` (a worker inflating its size would be drawn more often)."""
+        sizes = tuple(int(s) for s in req.num_examples)
+        if sizes and len(sizes) != n:
+            raise NetError(ErrorCode.MALFORMED, f"{len(sizes)} data sizes for {n} client ids")
+        if any(s > self.max_client_examples for s in sizes):
+            raise NetError(
+                ErrorCode.MALFORMED,
+                f"a data size above deploy.max_client_examples = {self.max_client_examples}",
+            )
+        return sizes
+
+    def data_sizes(self, num_clients: int) -> tuple[int, ...]:
+        """Every client's reported training-example count (index = client id), or ``()`` while
+        any of ``0..num_clients-1`` has not reported one (then samplers that need sizes refuse)."""
+        with self._lock:
+            sizes = [self._sizes.get(str(c)) for c in range(num_clients)]
+        return () if any(s is None for s in sizes) else tuple(s for s in sizes if s is not None)
 
     def _admit(self, cid: str, secret: str, identity: PeerIdentity | None) -> None:
         """Refuse a client id that is malformed, outside the population, not named by the

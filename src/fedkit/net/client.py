@@ -54,6 +54,8 @@ class CoordinatorClient:
         enrolment_secret: This client id's enrolment secret (hex), sent when registering; needed
             when the coordinator requires enrolment (:mod:`fedkit.net.identity`).
         enrolment_secrets: With ``client_ids``: one secret per id, in the same order.
+        num_examples: Each client's training-example count (same order), reported when
+            registering for samplers that weigh clients by data size; empty reports none.
     """
 
     def __init__(
@@ -69,9 +71,13 @@ class CoordinatorClient:
         rpc_timeout_s: float = 30.0,
         enrolment_secret: str = "",
         enrolment_secrets: Sequence[str] = (),
+        num_examples: Sequence[int] = (),
     ) -> None:
         self.address = address
         self.clients = tuple(client_ids) or (client_id,)
+        self.num_examples = tuple(num_examples)
+        if self.num_examples and len(self.num_examples) != len(self.clients):
+            raise ValueError("give one data size per client id, in the same order")
         self.secrets = tuple(enrolment_secrets) or (enrolment_secret,)
         if len(self.secrets) not in (1, len(self.clients)) or (
             len(self.clients) > 1 and enrolment_secret
@@ -121,6 +127,7 @@ class CoordinatorClient:
                 enrolment_secret=self.secrets[0] if one else "",
                 enrolment_secrets=() if one or not any(self.secrets) else self.secrets,
                 protocol_version=PROTOCOL_VERSION,
+                num_examples=self.num_examples,
             )
             reply: pb.RegisterReply = self._stub.Register(req, timeout=self.rpc_timeout_s)
             return reply

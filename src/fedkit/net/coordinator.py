@@ -35,6 +35,7 @@ from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer
 from fedkit.net.transport import Security, make_server
 from fedkit.params import Params, sha256, tree_nbytes
 from fedkit.run import Callback, Probe, RoundRecord, RunConfig, central_evaluator, run
+from fedkit.sampling import Population
 
 log = logging.getLogger("fedkit.coordinator")
 
@@ -117,6 +118,7 @@ def serve(
         num_clients=fd.num_clients,
         enrolment=enrolment,
         max_missed_tasks=s.max_missed_tasks,
+        max_client_examples=s.max_client_examples,
     )
     # Each worker holds at most a long poll and a push at once (2n + 8 threads); pending result
     # streams (first message not yet in) are capped apart, so a flood of them never takes the
@@ -193,6 +195,8 @@ def serve(
         if min_workers > 0:
             everyone = {str(c) for c in range(fd.num_clients)}
             broker.wait_for_clients(everyone, min_workers, s.select_timeout_s)
+        # data sizes as the workers reported them (none until every client has registered)
+        population = Population(fd.num_clients, broker.data_sizes(fd.num_clients))
         result = run(
             algorithm,
             executor,
@@ -206,6 +210,7 @@ def serve(
             ),
             evaluator=central_evaluator(model, ds.test.x, ds.test.y),
             sampler=exp.sampler,
+            population=population,
             callbacks=[commit, *callbacks],
             checkpointer=checkpointer,
             probes=probes,

@@ -422,6 +422,7 @@ def run_worker(
         tls_identity=tls_name or f"worker-{client_ids[0]}",
         experiment_digest=exp.digest,
         enrolment_secrets=enrolment_secrets,
+        num_examples=[local.clients[c].num_examples for c in client_ids],
     )
     try:
         worker = Worker(

@@ -80,7 +80,7 @@ class Header(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., task_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("header", "client_id", "experiment_digest", "enrolment_secret", "protocol_version", "client_ids", "enrolment_secrets")
+    __slots__ = ("header", "client_id", "experiment_digest", "enrolment_secret", "protocol_version", "client_ids", "enrolment_secrets", "num_examples")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class RegisterRequest(_message.Message):
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
     ENROLMENT_SECRETS_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     header: Header
     client_id: str
     experiment_digest: str
@@ -95,7 +96,8 @@ class RegisterRequest(_message.Message):
     protocol_version: int
     client_ids: _containers.RepeatedScalarFieldContainer[str]
     enrolment_secrets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., client_ids: _Optional[_Iterable[str]] = ..., enrolment_secrets: _Optional[_Iterable[str]] = ...) -> None: ...
+    num_examples: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., client_ids: _Optional[_Iterable[str]] = ..., enrolment_secrets: _Optional[_Iterable[str]] = ..., num_examples: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes", "protocol_version")
