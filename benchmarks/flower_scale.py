@@ -479,9 +479,21 @@ def ratio_row(fedkit: Mapping[str, Any], flower: Mapping[str, Any]) -> dict[str,
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 now (all held open until all are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_port(port: int, timeout_s: float, alive: Any = None) -> None:
@@ -538,6 +550,7 @@ class Processes:
         self.env = dict(env)
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start ``argv`` in a new session, stdout and stderr to ``logs/name.log``."""
@@ -545,7 +558,15 @@ class Processes:
             proc = subprocess.Popen(list(argv), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         self.procs.append(proc)
+        self.names.append(name)
         return proc
+
+    def check(self) -> None:
+        """Raise ``FlowerRunError`` naming the first started process that has exited."""
+        for name, proc in zip(self.names, self.procs, strict=True):
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise FlowerRunError(f"{name} exited ({proc.returncode}); its log ends:\n{tail}")
 
     def close(self, grace_s: float = 5.0) -> None:
         """Kill every process started and every descendant (bounded)."""
@@ -666,15 +687,15 @@ def flower_env(bin_dir: Path, home: Path) -> dict[str, str]:
     return env
 
 
-def wait_log(path: Path, event: str, timeout_s: float, alive: Any) -> None:
-    """Wait until the ServerApp's log at ``path`` holds an ``event`` record (bounded)."""
+def wait_log(path: Path, event: str, timeout_s: float, check: Any) -> None:
+    """Wait until the ServerApp's log at ``path`` holds an ``event`` record (bounded; ``check()``
+    raises if a process it needs has died)."""
     deadline = time.monotonic() + timeout_s
     needle = f'"event": "{event}"'
     while time.monotonic() < deadline:
         if path.exists() and needle in path.read_text():
             return
-        if not alive():
-            raise FlowerRunError(f"the SuperLink exited while waiting for {event!r}")
+        check()
         time.sleep(0.5)
     raise FlowerRunError(f"no {event!r} record from the ServerApp after {timeout_s:.0f} s")
 
@@ -737,10 +758,12 @@ def _run(
 
         wait_port(port, 120, alive=alive)
 
+        runtime_ports = free_ports(clients)
+
         def supernode(i: int, isolation: str) -> None:
             procs.start(f"supernode-{i}", [
                 str(bin_dir / "flower-supernode"), "--insecure", "--isolation", isolation,
-                "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
+                "--superlink", f"127.0.0.1:{port}", "--port", str(runtime_ports[i]),
                 "--node-config", f"partition-id={i} num-partitions={clients}",
             ])  # fmt: skip
 
@@ -757,10 +780,10 @@ def _run(
         (logs / "flwr-run.log").write_text(submit.stdout + submit.stderr)
         if submit.returncode != 0:
             raise FlowerRunError(f"flwr run failed ({submit.returncode}): {submit.stderr[-2000:]}")
-        wait_log(out_file, "active", 600, alive)
+        wait_log(out_file, "active", 600, procs.check)
         for i in range(active, clients):
             supernode(i, "process")
-        wait_log(out_file, "done", timeout_s, alive)
+        wait_log(out_file, "done", timeout_s, procs.check)
         log = parse_log(out_file.read_text().splitlines())
         row = summarise(log, nodes=clients, cohort=cohort)
         row["active_nodes"] = active

@@ -343,6 +343,24 @@ def test_sigterm_still_kills_what_was_started(tmp_path: Path) -> None:
             bench.wait(10)
 
 
+def test_free_ports_are_distinct() -> None:
+    ports = fs.free_ports(50)
+    assert len(set(ports)) == 50 and all(0 < p < 65536 for p in ports)
+
+
+def test_check_names_a_process_that_died(tmp_path: Path) -> None:
+    procs = fs.Processes(dict(os.environ), tmp_path)
+    p = procs.start(
+        "supernode-7", [sys.executable, "-c", "print('port in use'); raise SystemExit(3)"]
+    )
+    p.wait(30)
+    try:
+        with pytest.raises(fs.FlowerRunError, match=r"supernode-7 exited \(3\)(.|\n)*port in use"):
+            fs.wait_log(tmp_path / "never.jsonl", "done", 30, procs.check)
+    finally:
+        procs.close()
+
+
 def test_wait_port_is_bounded() -> None:
     port = fs.free_port()
     t0 = time.monotonic()
