@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.net, pytest.mark.slow]
 CLIENTS = 3
 CHAINS = {
     "8-bit": '[aggregator]\nname = "quantize"\nbits = 8\n',
+    "3-bit chunk 512": '[aggregator]\nname = "quantize"\nbits = 3\nchunk = 512\n',
     "sign+ef": '[aggregator]\nname = "sign"\nerror_feedback = true\n',
     "clip+top2%+ef": (
         '[aggregator]\nname = "clip"\nmax_norm = 1.0\n\n'
