@@ -84,6 +84,16 @@ def test_chunked_stochastic_uniform_is_unbiased(v: torch.Tensor, bits: int, chun
     assert float((mean - v.double()).abs().max()) <= tol
 
 
+@settings(max_examples=5, deadline=None)
+@given(vectors(2, 8), st.integers(1, 4), st.integers(1, 4))
+def test_qsgd_with_buckets_is_unbiased(v: torch.Tensor, s: int, chunk: int) -> None:
+    # each bucket's norm bounds its coordinates' error as the whole norm does without buckets
+    mean = _mean_of_encodings(QSGD(levels=s, chunk=chunk), v, N)
+    norms = [float(c.double().norm()) for c in v.split(chunk)]
+    tol = 5 * max(norms) / (2 * s * math.sqrt(N)) + 1e-4 * (1 + v.abs().max())
+    assert float((mean - v.double()).abs().max()) <= tol
+
+
 @settings(max_examples=60, deadline=None)
 @given(vectors(1, 30), st.integers(1, 8), st.integers(1, 12))
 def test_chunked_nearest_rounding_is_within_half_its_chunks_step(
@@ -111,6 +121,10 @@ def test_a_chunk_as_large_as_the_tensor_is_the_whole_tensor_encoding(
         one = Uniform(bits=bits, stochastic=stochastic, chunk=chunk).prepare({"w": v}, 1.0, ctx)
         assert torch.equal(one["w"].codes, whole.codes)
         assert torch.equal(one["w"].scale, whole.scale)
+    levels = min(bits, 4)
+    norm = QSGD(levels=levels).prepare({"w": v}, 1.0, ctx)["w"]
+    bucket = QSGD(levels=levels, chunk=v.numel()).prepare({"w": v}, 1.0, ctx)["w"]
+    assert torch.equal(bucket.codes, norm.codes) and torch.equal(bucket.scale, norm.scale)
 
 
 def test_deterministic_quantisers_are_biased_where_they_say() -> None:
@@ -143,6 +157,7 @@ COMPRESSORS = st.sampled_from(
         Uniform(bits=2),
         Uniform(bits=2, chunk=4),
         QSGD(levels=1),
+        QSGD(levels=2, chunk=4),
         RandomK(fraction=0.3),
     ]
 )
@@ -220,7 +235,10 @@ def test_decoding_any_packed_payload_is_the_shape_or_a_typed_error(
 def test_decoding_any_chunked_payload_is_the_shape_or_a_typed_error(
     d: int, bits: int, chunk: int, data: st.DataObject
 ) -> None:
-    comp = Uniform(bits=bits, chunk=chunk)
+    qsgd = data.draw(st.booleans())
+    comp: Uniform | QSGD = (
+        QSGD(levels=bits, chunk=chunk) if qsgd else Uniform(bits=bits, chunk=chunk)
+    )
     raw = data.draw(st.lists(st.integers(0, 255), max_size=12))
     scale = data.draw(st.lists(st.floats(-1e3, 1e3, width=32), min_size=0, max_size=10))
     leaf = Packed(
@@ -234,5 +252,6 @@ def test_decoding_any_chunked_payload_is_the_shape_or_a_typed_error(
     except CompressError:
         return
     # accepted only with the server's own counts: the packed length and 2 scales per chunk
-    assert len(raw) == (d * bits + 7) // 8 and len(scale) == 2 * comp.chunks(d)
+    per_chunk = 1 if qsgd else 2  # a norm, or (lo, step)
+    assert len(raw) == (d * comp.bits + 7) // 8 and len(scale) == per_chunk * comp.chunks(d)
     assert out.shape == (d,) and bool(torch.isfinite(out).all())

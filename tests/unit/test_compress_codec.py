@@ -86,6 +86,25 @@ def test_chunked_size_is_the_theoretical_size() -> None:
 def test_chunk_outside_its_range_is_refused(chunk: int) -> None:
     with pytest.raises(ValueError, match="chunk must be 0"):
         Uniform(bits=3, chunk=chunk)
+    with pytest.raises(ValueError, match="chunk must be 0"):
+        QSGD(levels=3, chunk=chunk)
+
+
+def test_qsgd_buckets_by_hand() -> None:
+    # v = [0, −2, 0 | 0, 0, 5], s = 2, buckets of 3: norms 2 and 5; the ratios |v_i| s / norm
+    # are 0, 2, 0 and 0, 0, 2 — whole levels, so no coin is needed: signed level + s =
+    # 2, 0, 2, 2, 2, 4, decoding to norm · (c − s) / s = v exactly. With one norm for the whole
+    # tensor (√29) the ratios 0.74 and 1.86 are rounded at random instead.
+    v = {"w": torch.tensor([0.0, -2.0, 0.0, 0.0, 0.0, 5.0])}
+    comp = QSGD(levels=2, chunk=3)
+    enc = comp.prepare(v, 1.0, CTX)
+    assert enc["w"].scale.tolist() == [2.0, 5.0]
+    assert unpack_bits(enc["w"].codes, 3, 6).tolist() == [2, 0, 2, 2, 2, 4]
+    assert comp.decompress(enc)["w"].tolist() == [0.0, -2.0, 0.0, 0.0, 0.0, 5.0]
+    # d = 1000, s = 3 (3 bits): 375 bytes of levels; buckets of 256: 4 norms, 16 bytes -> 391
+    t = {"w": torch.randn(10, 100)}
+    for q, want in [(QSGD(levels=3, chunk=256), 391), (QSGD(levels=3), 379)]:
+        assert tree_nbytes(q.prepare(t, 1.0, CTX)) == q.theoretical_nbytes(1000, 4) == want
 
 
 def _sparse(idx: list[int], vals: list[float], **kw: object) -> Sparse:
@@ -165,6 +184,11 @@ def _packed(codes: list[int], scale: list[float]) -> Packed:
             "scales: expected a 1-D torch.float32 tensor of 2 elements",
         ),
         (Uniform(bits=2), _packed([6], [0.0, float("nan")]), "scales: a NaN or infinite"),
+        (
+            QSGD(levels=1, chunk=2),
+            _packed([6], [1.0]),
+            "scales: expected a 1-D torch.float32 tensor of 2 elements",
+        ),  # 4 coordinates in buckets of 2: two norms
         (
             Uniform(bits=2, chunk=2),
             _packed([6], [0.0, 1.0]),
