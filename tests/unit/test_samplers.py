@@ -88,6 +88,8 @@ def test_capped_inclusion_refuses_impossible_cohorts() -> None:
     seed=st.integers(0, 2**31),
 )
 @example(w=[2.2250738585e-313, 5e-324], frac=0.5, seed=0)  # subnormal weights: 1/sum overflows
+@example(w=[6.0, 2.2250738585072014e-308, 1.1125369292536007e-308], frac=0.5, seed=0)  # the
+# same beside a capped weight: the rest scaled by the overall maximum is subnormal
 def test_systematic_draws_exactly_m_distinct_ids_never_a_zero_weight(
     w: list[float], frac: float, seed: int
 ) -> None:

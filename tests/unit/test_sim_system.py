@@ -67,6 +67,32 @@ def test_availability_and_dropout_rates() -> None:
     assert all(x.work is None for x in t if x.reason in ("unavailable", "dropout"))
 
 
+def test_per_client_availability_from_a_distribution() -> None:
+    # a trace of per-device probabilities: client k is reachable with probability
+    # [0.2, 1.0, 0.5][k % 3], the same every round (a device trait), and a value above 1
+    # (lognormal) counts as always reachable
+    p = _bind(SystemModel(availability=Trace(values=(0.2, 1.0, 0.5))), n=3)
+    assert [p.availability(k) for k in range(3)] == [0.2, 1.0, 0.5]
+    rounds = 2000
+    up = [0, 0, 0]
+    for r in range(rounds):
+        info = RoundInfo(round=r, seed=5, num_clients=3, cohort_size=3)
+        for k in range(3):
+            up[k] += p.timing(k, info).reason != "unavailable"
+    assert up[1] == rounds
+    for k, q in ((0, 0.2), (2, 0.5)):  # binomial: within 5 standard errors
+        assert abs(up[k] / rounds - q) < 5 * math.sqrt(q * (1 - q) / rounds)
+    big = _bind(SystemModel(availability=LogNormal(median=5.0, sigma=0.1)), n=10)
+    assert all(big.availability(k) == 1.0 for k in range(10))
+    # from an experiment table: a number stays one shared probability, a table is per device
+    assert SystemModel.from_mapping({"availability": 0.3}).availability == 0.3
+    m = SystemModel.from_mapping({"availability": {"dist": "uniform", "low": 0.1, "high": 0.9}})
+    drawn = [_bind(m, n=200).availability(k) for k in range(200)]
+    assert all(0.1 <= a <= 0.9 for a in drawn) and len(set(drawn)) == 200
+    with pytest.raises(ValueError, match="availability"):
+        SystemModel.from_mapping({"availability": 1.5})
+
+
 @pytest.mark.parametrize("share", [0.0, 0.5, 0.9])
 def test_fedprox_straggler_shares(share: float) -> None:
     drop = _bind(SystemModel(stragglers=share, policy="drop"))

@@ -60,16 +60,21 @@ def capped_inclusion(p: torch.Tensor, m: int) -> torch.Tensor:
         raise ValueError(
             f"cannot draw {m} distinct clients: {positive} have a selection weight > 0"
         )
-    p = p / p.max()  # scale-free; keeps c = left / sum(p) finite for tiny (subnormal) weights
     capped = torch.zeros_like(p, dtype=torch.bool)
     while True:
         left = m - int(capped.sum())  # every capped client holds exactly 1 of the m
-        c = left / float(p[~capped].sum()) if left > 0 else 0.0
-        now = capped | (c * p >= 1.0)
+        share = torch.zeros_like(p)
+        if left > 0:
+            # c · p_k with c = left / Σ_uncapped p, computed on the uncapped weights scaled by
+            # their own maximum: c stays finite when they are tiny (subnormal) beside a capped
+            # one (capped entries may become inf here; they are 1 below)
+            scale = float(p[~capped].max())
+            share = left * (p / scale) / float((p[~capped] / scale).sum())
+        now = capped | (share >= 1.0)
         if bool((now == capped).all()):
             break
         capped = now
-    return torch.where(capped, torch.ones_like(p), c * p)
+    return torch.where(capped, torch.ones_like(p), share)
 
 
 def systematic(pi: torch.Tensor, g: torch.Generator) -> list[int]:

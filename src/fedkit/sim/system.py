@@ -178,7 +178,10 @@ class SystemModel:
         bandwidth_up: bytes per second from client to server.
         latency: seconds of latency per message (paid once each way).
         speed_jitter: per-round lognormal noise (sigma) on each client's speed.
-        availability: probability that a selected client is reachable this round.
+        availability: probability that a selected client is reachable this round: one number
+            for every client, or a distribution (as for ``compute_speed``) that gives each
+            client its own probability, drawn once per device from ``seed`` (a value above 1
+            counts as 1: always reachable).
         dropout: probability that a reachable client fails before reporting.
         deadline: seconds after which the server stops waiting (``None``: wait for everyone).
         stragglers: share of the selected clients that can only do part of the local work this
@@ -196,7 +199,7 @@ class SystemModel:
     bandwidth_up: Distribution = dataclasses.field(default_factory=lambda: Constant(value=1e6))
     latency: Distribution = dataclasses.field(default_factory=lambda: Constant(value=0.05))
     speed_jitter: float = 0.0
-    availability: float = 1.0
+    availability: float | Distribution = 1.0
     dropout: float = 0.0
     deadline: float | None = None
     stragglers: float = 0.0
@@ -205,7 +208,8 @@ class SystemModel:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_prob("availability", self.availability)
+        if isinstance(self.availability, (int, float)):
+            _check_prob("availability", self.availability)
         _check_prob("dropout", self.dropout)
         _check_prob("stragglers", self.stragglers)
         if not (self.speed_jitter >= 0 and math.isfinite(self.speed_jitter)):
@@ -233,7 +237,8 @@ class SystemModel:
             raise ValueError(f"{section}: unknown key(s) {unknown}; allowed: {allowed}")
         kw: dict[str, Any] = {}
         for key, value in table.items():
-            if key in ("compute_speed", "bandwidth_down", "bandwidth_up", "latency"):
+            per_device = key == "availability" and not isinstance(value, (int, float))
+            if per_device or key in ("compute_speed", "bandwidth_down", "bandwidth_up", "latency"):
                 kw[key] = distribution_from(f"{section}.{key}", value)
             elif key == "straggler_work":
                 if not (isinstance(value, (list, tuple)) and len(value) == 2):
@@ -294,6 +299,14 @@ class SystemParticipation:
         self.bytes_down = int(bytes_down or 0)
         self.bytes_up = int(self.bytes_down if bytes_up is None else bytes_up)
 
+    def availability(self, client_id: int) -> float:
+        """The probability that ``client_id`` is reachable in a round (its own, with a
+        per-device distribution)."""
+        a = self.model.availability
+        if isinstance(a, (int, float)):
+            return float(a)
+        return min(1.0, a.draw(self.model.seed, client_id, "system/availability"))
+
     def work_samples(self, client_id: int) -> int:
         """Samples processed by a full unit of local work."""
         n = self.num_examples[client_id]
@@ -311,7 +324,7 @@ class SystemParticipation:
         up = latency + self.bytes_up / m.bandwidth_up.draw(m.seed, client_id, "system/up")
         compute = self.work_samples(client_id) / speed
         deadline = math.inf if m.deadline is None else m.deadline
-        if _uniform(s, r, client_id, "system/available") >= m.availability:
+        if _uniform(s, r, client_id, "system/available") >= self.availability(client_id):
             return ClientTiming(client_id, None, 0.0, "unavailable")
         work = 1.0
         reason = "ok"
