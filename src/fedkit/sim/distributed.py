@@ -316,7 +316,8 @@ class DistributedExecutor:
         ids_t = torch.tensor(ids, dtype=torch.int64)
         dist.broadcast(ids_t, 0)
         self._bcast_tree(params)
-        rows = self._eval_share(params, ids_t, bool(personal), info)
+        at = None if info is None else self._eval_info(info.round, info.seed)  # as ranks > 0 see it
+        rows = self._eval_share(params, ids_t, bool(personal), at)
         return [
             ClientEval(
                 client_id=cid,
