@@ -7,8 +7,8 @@ Encoding", eq. 3.1): with ``s`` levels, each coordinate becomes
 with probability ``|v_i| s / ‖v‖₂ − l`` and ``l`` otherwise; so ``E[Q_s(v)] = v`` (unbiased).
 Sent: the signed level ``sgn(v_i) ξ_i + s ∈ [0, 2s]`` in ``⌈log₂(2s + 1)⌉`` bits per coordinate,
 and ``‖v‖₂`` as one ``float32``. The variance bound, ``min(d/s², √d/s) ‖v‖²``, grows with the
-dimension ``d``, which is why the paper's experiments normalise buckets of ``d = 512`` coordinates
-(``chunk = 512``, below: one norm per bucket).
+dimension ``d``, which is why the paper quantises buckets of ``d`` consecutive coordinates, each
+with its own norm, rather than whole tensors (``chunk``, below).
 
 **Uniform b-bit quantisation** (the "communication cost drops linearly with bit width" baseline):
 with ``lo = min v``, ``step = (max v − lo) / (2^b − 1)``, each coordinate becomes the code
