@@ -317,6 +317,17 @@ def test_spreadout_gradient_by_hand() -> None:
     assert float(spreadout_gradient(w, 1.0).abs().sum()) == 0.0
 
 
+def test_positive_loss_pulls_only_below_the_margin_and_only_the_own_class() -> None:
+    # ∂/∂s_y of mean (max(0, ν - s_y/10))² = -2 (ν - cos_y) / (10 n): at cos 0.5, n = 2,
+    # -2 · 0.4 / 20 = -0.04; at cos 0.95 (above ν) exactly 0 — the hinge stops pulling, which is
+    # where positive-only FedAvg's collapse stalls (docs/personalisation.md); other classes'
+    # scores get no gradient at all (no negatives).
+    out = torch.tensor([[5.0, 1.0], [0.0, 9.5]], requires_grad=True)
+    PositiveLoss(margin=0.9, scale=10.0)(out, torch.tensor([0, 1])).backward()
+    assert out.grad is not None
+    torch.testing.assert_close(out.grad, torch.tensor([[-0.04, 0.0], [0.0, 0.0]]))
+
+
 def test_positive_loss_and_the_server_spreadout_step() -> None:
     # cosines (0.5, 0.95) for the true classes, ν = 0.9: ((0.9 - 0.5)² + 0)/2 = 0.08
     loss = PositiveLoss(margin=0.9, scale=10.0)
