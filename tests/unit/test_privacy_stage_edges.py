@@ -230,4 +230,5 @@ def test_adaptive_clip_merges_and_reduces_its_count_and_bits() -> None:
     comm = _TwoRanks({"count": b.count, "unclipped": b.unclipped})
     reduced = agg.reduce(a, comm)  # type: ignore[arg-type]
     assert int(reduced.count) == 5 and float(reduced.unclipped) == 1.5
-    assert reduced.inner is comm.calls[0]  # the inner mean reduced by its own all_sum
+    assert comm.calls[0] is a.inner  # the inner mean reduced by its own all_sum, of a's sums
+    assert reduced.inner is a.inner
