@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fedkit.aggregate import AggContext, EmptyAggregateError, aggregate
@@ -150,6 +150,13 @@ def test_fewer_than_half_moved_arbitrarily_far_move_the_median_a_bounded_amount(
     ).filter(lambda ps: sum(w for *_, w in ps) > 0.1),
     st.permutations(range(8)),
 )
+# two points holding exactly half the weight each: every point between them is a median, and the
+# start must not depend on which arrived first (found by Hypothesis)
+@example(
+    pts=[(0.0, 0.0, 0.0), (0.0, 1.0, 4.0), (0.0, 0.0, 1.8154226665201147),
+         (0.0, 1.0, 1.8154226665201147), (0.0, 0.0, 4.0)],
+    perm=[0, 1, 2, 4, 3, 5, 6, 7],
+)  # fmt: skip
 def test_order_of_arrival_does_not_matter_and_the_result_is_in_the_hull(
     pts: list[tuple[float, float, float]], perm: list[int]
 ) -> None:

@@ -49,10 +49,18 @@ STARTS = ("median", "mean")
 
 def weighted_coordinate_median(rows: Tensor, weights: Tensor) -> Tensor:
     """Per column of ``rows`` (``[m, D]``), the smallest value whose cumulative weight (values in
-    ascending order) reaches half the total: the lower weighted median."""
-    values, order = rows.sort(dim=0)
-    cumulative = weights[order].cumsum(dim=0)
-    first = (cumulative < 0.5 * weights.sum()).sum(dim=0, keepdim=True)
+    ascending order) reaches half the total: the lower weighted median.
+
+    Independent of the rows' order, to the last bit: the rows are first put in ascending order of
+    weight (so equal values are summed in one order, whatever order they arrived in) and the total
+    is summed in that order. Otherwise, where a prefix's weight is exactly half the total, float
+    rounding of sums taken in arrival order picks either side of the tie.
+    """
+    by_weight = weights.sort(stable=True).indices
+    w = weights[by_weight]
+    values, order = rows[by_weight].sort(dim=0, stable=True)
+    cumulative = w[order].cumsum(dim=0)
+    first = (cumulative < 0.5 * w.sum()).sum(dim=0, keepdim=True)
     return values.gather(0, first).squeeze(0)
 
 
