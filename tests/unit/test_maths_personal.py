@@ -9,6 +9,7 @@ loss is ``ln 2``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -341,3 +342,152 @@ def test_positive_loss_and_the_server_spreadout_step() -> None:
     w = params["classes.weight"]
     torch.testing.assert_close(state.params["classes.weight"], w - 0.1 * spreadout_gradient(w, 2.0))
     assert torch.equal(state.params["body.1.weight"], params["body.1.weight"])
+
+
+# ------------------------------------------------------------------ settings and small seams
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda v: Ditto(lam=v), "lam must be a finite number >= 0"),
+        (lambda v: FedAwS(margin=v), "margin must be a finite number >= 0"),
+        (lambda v: FedAwS(spread_margin=v), "spread_margin must be a finite number >= 0"),
+        (lambda v: FedAwS(spread_weight=v), "spread_weight must be a finite number >= 0"),
+    ],
+)
+def test_non_negative_settings_accept_zero_and_refuse_the_rest(make: object, message: str) -> None:
+    make(0.0)  # type: ignore[operator]
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match=message):
+            make(bad)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("key", ["scale", "spread_lr"])
+def test_positive_settings_refuse_zero_and_infinity(key: str) -> None:
+    FedAwS(**{key: 0.5})  # type: ignore[arg-type]
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match=f"{key} must be a finite number > 0"):
+            FedAwS(**{key: bad})  # type: ignore[arg-type]
+
+
+def test_q_fedavg_accepts_a_lipschitz_estimate_below_one_and_refuses_nan() -> None:
+    assert QFedAvg(lipschitz=0.5).lipschitz_estimate == 0.5  # the studies' L = 0.5
+    for bad in (0.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="lipschitz must be a finite number > 0"):
+            QFedAvg(lipschitz=bad)
+
+
+def test_ditto_personal_steps_use_the_personal_settings() -> None:
+    # as test_ditto_personal_step_is_the_regularised_gradient_step but with personal lr 0.2:
+    # v'W0 = 0.5 - 0.2 (0.7463 + 0.5·0.5) = 0.30074 (the global half keeps local lr 0.1)
+    personal = LocalTraining(lr=0.2, steps=1, batch_size=0)
+    alg = Ditto(local=FULL, lam=0.5, personal=personal)
+    res = _one_client(alg, _params([0, 0], [0, 0]), PersonalModel(_params([0.5, -0.5], [0, 0])))
+    own = res.client_state.params  # type: ignore[attr-defined]
+    assert float(own["weight"][0, 0]) == pytest.approx(0.30074, abs=1e-4)
+    delta = res.update.delta  # type: ignore[attr-defined]
+    torch.testing.assert_close(delta["weight"].flatten(), torch.tensor([-0.025, 0.025]))
+
+
+def test_spreadout_of_close_embeddings_by_hand() -> None:
+    # w1 = (1, 0), w2 = (cos 30°, sin 30°): ‖ŵ1 - ŵ2‖² = 2 - 2 cos 30° = 0.26795, d = 0.51764;
+    # ν' = 1.2: reg = 2 (1.2 - 0.51764)² = 0.93124 (both ordered pairs)
+    c, s = math.cos(math.pi / 6), math.sin(math.pi / 6)
+    w = torch.tensor([[1.0, 0.0], [c, s]], dtype=torch.float64)
+    assert float(spreadout(w, 1.2)) == pytest.approx(2 * (1.2 - math.sqrt(2 - 2 * c)) ** 2)
+    assert float(spreadout(w, 1.2)) == pytest.approx(0.93124, abs=1e-5)
+
+
+def test_fedaws_client_plan_is_local_sgd_on_the_positive_loss() -> None:
+    params = model_params(embedding_mlp(num_classes=3, input_shape=(4,), hidden=8, dim=2))
+    alg = FedAwS(local=FULL, margin=0.8, scale=5.0)
+    ctx = client_context(_tiny(), 0, INFO)
+    plan = alg.client_init(ctx, ModelMessage(params), DATA, None)
+    assert plan.loss_fn == PositiveLoss(margin=0.8, scale=5.0)
+    assert plan.start is params and plan.local == FULL
+    with pytest.raises(ValueError, match=r"no class-embedding entry 'classes\.weight'"):
+        alg.client_init(ctx, ModelMessage({"weight": torch.zeros(1)}), DATA, None)
+
+
+def test_fedaws_server_step_keeps_the_server_optimisers_state() -> None:
+    from fedkit.server_opt import Adam
+
+    params = model_params(embedding_mlp(num_classes=3, input_shape=(4,), hidden=8, dim=2))
+    delta = ModelDelta({k: torch.full_like(v, 0.1) for k, v in params.items()})
+    ours = FedAwS(server=Adam(lr=0.1), spread_weight=0.0)
+    ref = FedAvg(server=Adam(lr=0.1))
+    a = ours.server_update(ours.init_state(params), delta, INFO)
+    b = ref.server_update(ref.init_state(params), delta, INFO)
+    assert a.opt is not None and b.opt is not None and a.opt.m  # Adam keeps moments
+    for k in b.opt.m:
+        assert torch.equal(a.opt.m[k], b.opt.m[k]) and torch.equal(a.opt.v[k], b.opt.v[k])
+
+
+def test_q_fedavg_h_is_float64_and_the_template_is_zero() -> None:
+    # h carries Σ h_k through the weighted mean; float32 would round h = 0.125 + 10 ln 2
+    alg = QFedAvg(local=FULL, q=1.0)
+    res = _one_client(alg, _params([0, 0], [0, 0]))
+    assert res.update.h.dtype == torch.float64 and res.update.h.shape == (1,)  # type: ignore[attr-defined]
+    tmpl = alg.update_template(_params([1, 2], [3, 4]))
+    assert tmpl.h.dtype == torch.float64 and float(tmpl.h.abs().sum()) == 0 and tmpl.h.shape == (1,)
+    shapes = {k: tuple(v.shape) for k, v in tmpl.delta.items()}
+    assert shapes == {"weight": (2, 1), "bias": (2,)}
+    assert all(float(v.abs().sum()) == 0 for v in tmpl.delta.values())
+
+
+@pytest.mark.parametrize("key", ["alpha", "delta"])
+def test_per_fedavg_steps_must_be_positive_and_finite(key: str) -> None:
+    PerFedAvg(**{key: 0.5})  # type: ignore[arg-type]
+    for bad in (0.0, -0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match=f"{key} must be a finite number > 0"):
+            PerFedAvg(**{key: bad})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        PerFedAvg(variant="so")  # type: ignore[arg-type]
+
+
+def test_per_fedavg_adaptation_is_one_step_on_one_batch() -> None:
+    # batch 1 of the two examples, α = 0.1, from w = 0 (P = ½): on (x=1, y=0) ∇W = (-½, ½),
+    # W' = (0.05, -0.05); on (x=2, y=1) ∇W = (1, -1), W' = (-0.1, 0.1). A full batch would give
+    # (-0.025, 0.025) and a second step something else.
+    from fedkit.client import personal_access
+
+    alg = PerFedAvg(local=LocalTraining(lr=0.1, steps=1, batch_size=1), alpha=0.1)
+    seen = set()
+    for cid in range(6):
+        own = alg.personal_params(
+            _params([0, 0], [0, 0]), None, personal_access(_tiny(), cid, DATA, INFO)
+        )
+        assert own is not None
+        w0 = round(float(own["weight"][0, 0]), 6)
+        assert w0 in (0.05, -0.1)
+        seen.add(w0)
+    assert seen == {0.05, -0.1}  # both batches occur over the clients' streams
+
+
+def test_per_fedavg_meta_batches_come_from_the_clients_meta_stream() -> None:
+    # D' is drawn from (seed, round, client, "meta"): the same plan twice trains the same model,
+    # and it is the model the documented stream's batches give (8 examples, batch 1, 6 steps).
+    from fedkit.algorithms.perfedavg import data_batches, meta_hook
+    from fedkit.client import train_plan
+    from fedkit.rng import generator
+
+    data = ClientData(torch.linspace(-1, 1, 8).unsqueeze(1), torch.tensor([0, 1] * 4))
+    local = LocalTraining(lr=0.1, steps=6, batch_size=1)
+    alg = PerFedAvg(local=local, alpha=0.1)
+    w = _params([0.2, -0.1], [0.0, 0.05])
+    info = RoundInfo(round=3, seed=7, num_clients=9, cohort_size=1)
+    got = []
+    for _ in range(2):
+        ctx = client_context(_tiny(), 5, info)
+        got.append(train_plan(ctx, alg.global_plan(ctx, ModelMessage(w), data), data).trained)
+    ctx = client_context(_tiny(), 5, info)
+    batches = data_batches(data, 1, generator(7, 3, 5, "meta"))
+    plan = dataclasses.replace(
+        alg.global_plan(ctx, ModelMessage(w), data),
+        grad_hook=meta_hook(batches, alpha=0.1, variant="fo", delta=alg.delta),
+    )
+    want = train_plan(ctx, plan, data).trained
+    for g in got:
+        for k in want:
+            assert torch.equal(g[k], want[k])
