@@ -115,7 +115,6 @@ def _round0_updates(exp_path: Path) -> dict[int, torch.Tensor]:
     return spy.seen
 
 
-@pytest.mark.slow
 def test_the_coordinator_never_holds_an_update_in_the_clear(
     cluster: Callable[[Path], Cluster], tmp_path: Path
 ) -> None:
