@@ -138,11 +138,16 @@ def test_the_coordinator_never_holds_an_update_in_the_clear(
     assert len(payloads) == 20
     masked = []
     for raw in payloads:
-        tensors = decode(bytearray(raw)).tensors
+        decoded = decode(bytearray(raw))
+        tensors = decoded.tensors
         # nothing the workers sent is a float tensor: no update, clipped or not, in the clear
         assert all(not t.is_floating_point() for t in tensors.values())
         if "key_id" in tensors:  # a MaskedUpdate: masked/<leaf>, weight, sender, key_id
             masked.append(tensors)
+            # the weight (the client's example count here) is not in the clear: the metadata
+            # say 1 and one example; the real weight is the masked word
+            assert float.fromhex(decoded.metadata["result:weight"]) == 1.0
+            assert decoded.metadata["result:num_examples"] == "1"
     assert len(masked) == 4
     fp = stage.encoding(4)
     d = next(iter(updates.values())).numel()
