@@ -372,3 +372,28 @@ def test_fedkit_launch_gives_the_model_of_fedkit_run(tmp_path: Path) -> None:
     simulated = fedkit("run", str(exp), "--out", str(tmp_path / "runs"), "--json", cwd=tmp_path)
     assert deployed["committed_rounds"] == 2
     assert deployed["model_sha256"] == simulated["model_sha256"]
+
+
+@pytest.mark.slow
+def test_a_restarted_coordinator_reruns_the_round_and_gives_the_simulators_model(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    """SCAFFOLD + secagg: the coordinator is killed once two rounds are committed (the third
+    is under way) and restarted on the same state: it sets the interrupted round up again with
+    fresh keys, the workers' pending control variates follow ``secagg:committed``, and the run
+    ends with the serial simulator's model bit for bit."""
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=4, per_round=4, rounds=4, algorithm="scaffold",
+        liveness=10, deadline=20, extra=SECAGG,
+    )  # fmt: skip
+    c = cluster(exp)
+    c.start_coordinator(min_workers=4)
+    c.start_workers(range(4))
+    c.wait_rounds(2, timeout=90)
+    assert c.coordinator is not None
+    c.coordinator.kill()
+    c.coordinator.join(5)
+    c.start_coordinator()
+    summary = c.summary(timeout=120)
+    assert summary["committed_rounds"] == 4 and 2 <= int(summary["start_round"]) <= 3  # type: ignore[call-overload]
+    assert summary["model_sha256"] == serial_sha(exp)
