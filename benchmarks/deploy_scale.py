@@ -39,10 +39,9 @@ import multiprocessing as mp
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import torch
@@ -213,7 +212,9 @@ class PeakRss:
         raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def one_setting(n_clients: int, workers: int, rounds: int, fold: str) -> dict[str, Any]:
+def one_setting(
+    n_clients: int, workers: int, rounds: int, fold: Literal["ordered", "arrival"]
+) -> dict[str, Any]:
     """Run ``rounds`` + 1 rounds with ``workers`` processes serving ``n_clients`` clients."""
     params = cnn_params()
     raw = nbytes(params)
@@ -299,7 +300,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (plus one warm-up)")
-    ap.add_argument("--folds", nargs="+", default=["ordered", "arrival"])
+    ap.add_argument("--folds", nargs="+", default=["ordered", "arrival"], choices=["ordered", "arrival"])
     ap.add_argument("--json-out", type=Path, default=Path("benchmarks/results/deploy_scale.json"))
     ap.add_argument(
         "--flower",
@@ -395,4 +396,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
