@@ -300,7 +300,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (plus one warm-up)")
-    ap.add_argument("--folds", nargs="+", default=["ordered", "arrival"], choices=["ordered", "arrival"])
+    folds = ["ordered", "arrival"]
+    ap.add_argument("--folds", nargs="+", default=folds, choices=folds)
     ap.add_argument("--json-out", type=Path, default=Path("benchmarks/results/deploy_scale.json"))
     ap.add_argument(
         "--flower",
