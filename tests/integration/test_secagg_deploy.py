@@ -20,6 +20,7 @@ from fedkit.data.spec import build_federated
 from fedkit.data.store import ClientStore
 from fedkit.experiment.deploy import load_deployment, run_coordinator, run_worker
 from fedkit.net.codec import decode
+from fedkit.net.worker import load_local_data, reported_sizes
 from fedkit.params import sha256, tree_leaves
 from fedkit.privacy.secagg.packing import unpack
 from fedkit.privacy.secagg.stage import SecureSum, find_secure_sum
@@ -397,3 +398,17 @@ def test_a_restarted_coordinator_reruns_the_round_and_gives_the_simulators_model
     summary = c.summary(timeout=120)
     assert summary["committed_rounds"] == 4 and 2 <= int(summary["start_round"]) <= 3  # type: ignore[call-overload]
     assert summary["model_sha256"] == serial_sha(exp)
+
+
+def test_workers_report_no_data_sizes_under_secure_aggregation(tmp_path: Path) -> None:
+    # under example-count weighting a client's size is its aggregation weight, which the masked
+    # update hides: a secagg worker reports none at registration (a plain one reports them all)
+    plain = load_deployment(write_experiment(
+        tmp_path / "plain.toml", clients=4, per_round=4, rounds=1, algorithm="fedavg",
+    ))  # fmt: skip
+    local = load_local_data(plain, [0, 2], None)
+    assert reported_sizes(plain, local, [0, 2]) == [
+        local.clients[0].num_examples,
+        local.clients[2].num_examples,
+    ]
+    assert reported_sizes(load_deployment(_write(tmp_path, rounds=1)), local, [0, 2]) == []

@@ -42,6 +42,7 @@ from fedkit.net.secagg_worker import bind_worker
 from fedkit.net.transport import Security
 from fedkit.params import tree_flatten, tree_unflatten
 from fedkit.privacy.secagg.errors import SecAggError
+from fedkit.privacy.secagg.stage import find_secure_sum
 
 log = logging.getLogger("fedkit.worker")
 
@@ -422,7 +423,7 @@ def run_worker(
         tls_identity=tls_name or f"worker-{client_ids[0]}",
         experiment_digest=exp.digest,
         enrolment_secrets=enrolment_secrets,
-        num_examples=[local.clients[c].num_examples for c in client_ids],
+        num_examples=reported_sizes(exp, local, client_ids),
     )
     try:
         worker = Worker(
@@ -435,6 +436,15 @@ def run_worker(
         return worker.run()
     finally:
         client.close()
+
+
+def reported_sizes(exp: Deployment, local: LocalData, client_ids: Sequence[int]) -> list[int]:
+    """The clients' training-example counts to report when registering (for samplers that weigh
+    clients by data size), or none under secure aggregation: there a client's count can be its
+    aggregation weight, which the masked update hides from the coordinator."""
+    if find_secure_sum(exp.algorithm.aggregator) is not None:
+        return []
+    return [local.clients[c].num_examples for c in client_ids]
 
 
 def _ids(clients: Mapping[int, Any]) -> str:
