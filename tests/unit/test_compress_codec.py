@@ -13,6 +13,7 @@ from fedkit.aggregate import AggContext, WeightedMean
 from fedkit.compress import QSGD, CompressError, Packed, SignCompressor, Sparse, TopK
 from fedkit.compress import UniformQuantizer as Uniform
 from fedkit.compress.codec import encoded_nbytes, pack_bits, packed_length, unpack_bits
+from fedkit.compress.quantize import MAX_CHUNK
 from fedkit.params import tree_nbytes
 
 CTX = AggContext(round=0, seed=0, client_id=1)
@@ -257,3 +258,13 @@ def test_integer_tensors_pass_through_unencoded() -> None:
     assert isinstance(enc["w"], Sparse) and torch.equal(enc["n"], update["n"])
     out = comp.decompress(enc)
     assert out["n"].tolist() == [5, 7, 0, 2] and out["w"].tolist() == [0.0, -5.0, 3.0, 0.0]
+
+
+def test_chunk_bounds() -> None:
+    # the largest chunk is allowed, one more is refused (a typed setting error, not a crash)
+    assert Uniform(bits=3, chunk=MAX_CHUNK).chunk == MAX_CHUNK
+    assert QSGD(levels=3, chunk=MAX_CHUNK).chunk == MAX_CHUNK
+    with pytest.raises(ValueError):
+        Uniform(bits=3, chunk=MAX_CHUNK + 1)
+    with pytest.raises(ValueError):
+        QSGD(levels=3, chunk=-1)
