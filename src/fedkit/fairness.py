@@ -25,6 +25,7 @@ __all__ = [
     "Spread",
     "fairness_metrics",
     "jain_index",
+    "p10",
     "spread",
     "worst_fraction_mean",
 ]
@@ -48,7 +49,8 @@ def worst_fraction_mean(values: Sequence[float], fraction: float = 0.1) -> float
     return statistics.fmean(sorted(values)[:k])
 
 
-def _p10(values: Sequence[float]) -> float:
+def p10(values: Sequence[float]) -> float:
+    """10th percentile by linear interpolation (``torch.quantile``'s rule); ``values`` not empty."""
     ordered = sorted(values)
     pos = 0.1 * (len(ordered) - 1)
     lo = math.floor(pos)
@@ -77,7 +79,7 @@ def spread(values: Sequence[float]) -> Spread | None:
     return Spread(
         clients=len(xs),
         mean=statistics.fmean(xs),
-        p10=_p10(xs),
+        p10=p10(xs),
         worst=min(xs),
         variance=statistics.pvariance(xs),
         worst10=worst_fraction_mean(xs),

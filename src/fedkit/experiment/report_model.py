@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from fedkit.fairness import p10
+
 __all__ = ["Arm", "ArmSummary", "RoundPoint", "differing_settings", "labels", "summarize"]
 
 
@@ -135,15 +137,6 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _p10(values: Sequence[float]) -> float:
-    """10th percentile by linear interpolation (the same rule as ``torch.quantile``)."""
-    ordered = sorted(values)
-    pos = 0.1 * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def summarize(arm: Arm) -> ArmSummary:
     """Final and best accuracy, rounds to the target, totals and the client-accuracy summary.
 
@@ -174,10 +167,10 @@ def summarize(arm: Arm) -> ArmSummary:
         bytes_up=last.bytes_up if last else 0,
         bytes_down=last.bytes_down if last else 0,
         client_mean=statistics.fmean(clients) if clients else None,
-        client_p10=_p10(clients) if clients else None,
+        client_p10=p10(clients) if clients else None,
         client_count=len(clients),
         personal_mean=statistics.fmean(own) if own else None,
-        personal_p10=_p10(own) if own else None,
+        personal_p10=p10(own) if own else None,
     )
 
 
