@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing.context import ForkServerContext
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from fedkit.experiment.results import ResultsStore
 from fedkit.net.tls import create_certs
 from fedkit.net.transport import Security
 from fedkit.params import sha256
-from fedkit.run import RunConfig, run
+from fedkit.run import RunConfig, RunResult, run
 from fedkit.sampling import Population
 from fedkit.sim.serial import SerialExecutor
 
@@ -98,25 +99,36 @@ def write_experiment(
     return path
 
 
-def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]:
-    """The serial simulator's final model (SHA-256) and its mean per-client test accuracy."""
+def serial_run(path: Path, rounds: int | None = None) -> tuple[RunResult[Any], SerialExecutor]:
+    """The serial simulator's run of the same experiment file (its sampler, with the clients'
+    data sizes for the samplers that weigh by them), and its executor."""
     exp = load_deployment(path)
     fd = build_federated(exp.data)
     model = exp.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
-    init = exp.initial_params(model)
-    executor = SerialExecutor(ClientStore.from_federated(fd), model)
+    store = ClientStore.from_federated(fd)
+    sizes = tuple(store.num_examples(k) for k in range(store.num_clients))
+    executor = SerialExecutor(store, model)
     res = run(
         exp.algorithm,
         executor,
-        init,
+        exp.initial_params(model),
         RunConfig(
             rounds=rounds or exp.rounds,
             clients_per_round=exp.cohort_size(len(fd.train_parts)),
             seed=exp.seed,
             eval_every=0,
         ),
+        sampler=exp.sampler,
+        population=Population(len(sizes), sizes),
     )
-    fed = Distribution.of(executor.evaluate(res.params, range(len(fd.train_parts)), exp.algorithm))
+    return res, executor
+
+
+def serial_reference(path: Path, rounds: int | None = None) -> tuple[str, float]:
+    """The serial simulator's final model (SHA-256) and its mean per-client test accuracy."""
+    res, executor = serial_run(path, rounds)
+    algorithm = load_deployment(path).algorithm
+    fed = Distribution.of(executor.evaluate(res.params, range(executor.num_clients), algorithm))
     return sha256(res.params), fed.mean
 
 
@@ -327,17 +339,9 @@ def test_size_proportional_sampling_from_the_sizes_workers_report(
     c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
     summary = c.summary(timeout=60)
     assert summary["committed_rounds"] == 3
-    dep = load_deployment(exp)
-    fd = build_federated(dep.data)
-    store = ClientStore.from_federated(fd)
-    sizes = [store.num_examples(k) for k in range(store.num_clients)]
+    ref, executor = serial_run(exp)
+    sizes = [executor.store.num_examples(k) for k in range(executor.num_clients)]
     assert len(set(sizes)) > 1  # unequal: proportional differs from uniform here
-    model = dep.build_model(num_classes=fd.dataset.num_classes, input_shape=fd.dataset.input_shape)
-    ref = run(
-        dep.algorithm, SerialExecutor(store, model), dep.initial_params(model),
-        RunConfig(rounds=3, clients_per_round=2, seed=dep.seed, eval_every=0),
-        sampler=dep.sampler, population=Population(len(sizes), tuple(sizes)),
-    )  # fmt: skip
     assert summary["model_sha256"] == sha256(ref.params)
     with sqlite3.connect(c.out / "coordinator.db") as con:
         served = sorted(con.execute("SELECT round, client_id FROM worker_rtt").fetchall())

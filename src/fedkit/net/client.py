@@ -205,8 +205,9 @@ class CoordinatorClient:
             self.bytes_received += part.ByteSize()
             assembler.add(part.chunk)
         payload = assembler.result()
-        if len(self.clients) > 1 and info.payload_digest == assembler.digest():
-            self._held = (assembler.digest(), bytes(payload))
+        digest = assembler.digest()
+        if len(self.clients) > 1 and info.payload_digest == digest:
+            self._held = (digest, bytes(payload))
         return payload
 
     def _reuse(
