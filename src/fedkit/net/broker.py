@@ -325,9 +325,11 @@ class Broker:
     def _reported_sizes(self, req: pb.RegisterRequest, n: int) -> tuple[int, ...]:
         """The data sizes a registration reports: none, or one per client id, each at most
         ``max_client_examples`` (a worker inflating its size would be drawn more often)."""
+        if req.num_examples and len(req.num_examples) != n:  # checked before anything is copied
+            raise NetError(
+                ErrorCode.MALFORMED, f"{len(req.num_examples)} data sizes for {n} client ids"
+            )
         sizes = tuple(int(s) for s in req.num_examples)
-        if sizes and len(sizes) != n:
-            raise NetError(ErrorCode.MALFORMED, f"{len(sizes)} data sizes for {n} client ids")
         if any(s > self.max_client_examples for s in sizes):
             raise NetError(
                 ErrorCode.MALFORMED,
