@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -89,7 +90,14 @@ def test_per_client_availability_from_a_distribution() -> None:
     m = SystemModel.from_mapping({"availability": {"dist": "uniform", "low": 0.1, "high": 0.9}})
     drawn = [_bind(m, n=200).availability(k) for k in range(200)]
     assert all(0.1 <= a <= 0.9 for a in drawn) and len(set(drawn)) == 200
-    with pytest.raises(ValueError, match="availability"):
+    # a device trait of its own stream: (model seed, client, "system/availability"), not the
+    # speed's or another seed's
+    u = Uniform(low=0.1, high=0.9)
+    assert drawn[:5] == [u.draw(m.seed, k, "system/availability") for k in range(5)]
+    assert drawn[:5] != [u.draw(m.seed, k, "system/speed") for k in range(5)]
+    other = _bind(dataclasses.replace(m, seed=m.seed + 1), n=5)
+    assert [other.availability(k) for k in range(5)] != drawn[:5]
+    with pytest.raises(ValueError, match=r"^system: availability must be a probability"):
         SystemModel.from_mapping({"availability": 1.5})
 
 
