@@ -8,6 +8,7 @@ import functools
 import math
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,6 @@ from fedkit.algorithms.superclients import (
     label_histograms,
 )
 from fedkit.client import client_context
-from fedkit.data.store import ClientStore
 from fedkit.local import LocalTraining, train_local
 from fedkit.params import load_params, model_params
 from fedkit.run import RunConfig, run
@@ -95,7 +95,7 @@ def test_grouping_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="size must be >= 1"):
         group_clients(one_class_hist([0]), 0)
     with pytest.raises(ValueError, match="grouping must be one of"):
-        group_clients(one_class_hist([0]), 1, "kmeans")  # type: ignore[arg-type]
+        group_clients(one_class_hist([0]), 1, "kmeanz")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="superclient_size"):
         FedSeq(superclient_size=0)
 
@@ -153,40 +153,59 @@ def test_superclient_trains_its_members_in_sequence_by_hand() -> None:
     assert got.history[0].clients[0].num_examples == sum(base.num_examples(c) for c in members)
 
 
-def test_superclient_size_one_is_fedavg_bit_for_bit() -> None:
+def _public_pool() -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled pool for the public set: the toy clients' test splits (3 classes)."""
+    parts = [toy_store(6).data(c) for c in range(6)]
+    return torch.cat([p.x_test for p in parts]), torch.cat([p.y_test for p in parts])  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("grouping", "profile"),
+    [
+        ("diverse", "labels"),
+        ("random", "labels"),
+        ("kmeans", "confidence"),
+        ("diverse", "confidence"),
+    ],
+)
+def test_superclient_size_one_is_fedavg_bit_for_bit(grouping: str, profile: str) -> None:
     base = toy_store(6)
     x0 = model_params(toy_model())
     ref = run(FedAvg(local=LOCAL), SerialExecutor(toy_store(6), toy_model()), x0, CONFIG)
-    seq = FedSeq(local=LOCAL, superclient_size=1)
-    store = seq.superclients(base, 3)
+    kw: dict[str, Any] = {"grouping": grouping, "profile": profile, "public_per_class": 1}
+    seq = FedSeq(local=LOCAL, superclient_size=1, **kw)
+    store = seq.superclients(base, 3, public=_public_pool(), model_fn=toy_model)
     assert store.groups == tuple((c,) for c in range(6))
     got = run(seq, SerialExecutor(store, toy_model()), x0, CONFIG)
     assert all(torch.equal(ref.params[k], got.params[k]) for k in ref.params)
     assert [h.cohort for h in ref.history] == [h.cohort for h in got.history]
     # and a real grouping changes the result (so the equality above is not vacuous)
-    two = FedSeq(local=LOCAL, superclient_size=2)
-    other = run(two, SerialExecutor(two.superclients(base, 3), toy_model()), x0, CONFIG)
+    two = FedSeq(local=LOCAL, superclient_size=2, **kw)
+    grouped = two.superclients(base, 3, public=_public_pool(), model_fn=toy_model)
+    other = run(two, SerialExecutor(grouped, toy_model()), x0, CONFIG)
     assert not all(torch.equal(ref.params[k], other.params[k]) for k in ref.params)
 
 
-def _grouped_toy(n: int) -> ClientStore:
-    return FedSeq(local=LOCAL, superclient_size=2).superclients(toy_store(n), 3)
+CONFIDENCE = FedSeq(
+    local=LOCAL, superclient_size=2, grouping="kmeans", profile="confidence", public_per_class=2
+)
 
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_fedseq_under_two_gloo_ranks_equals_serial() -> None:
+@pytest.mark.parametrize("alg", [FedSeq(local=LOCAL, superclient_size=2), CONFIDENCE])
+def test_fedseq_under_two_gloo_ranks_equals_serial(alg: FedSeq) -> None:
+    """The serial executor and two gloo ranks (which rebuild the store from the function
+    :func:`superclient_population` returns: the groups, not the profiles) run the same."""
     from fedkit.sim.processes import ProcessExecutor
 
-    alg = FedSeq(local=LOCAL, superclient_size=2)
     x0 = model_params(toy_model())
-    ref = run(alg, SerialExecutor(_grouped_toy(8), toy_model()), x0, CONFIG)
-    with ProcessExecutor(
-        store=_grouped_toy(8),
-        model_fn=toy_model,
-        store_fn=functools.partial(_grouped_toy, 8),
-        world_size=2,
-    ) as ex:
+    fn = functools.partial(toy_store, 8)
+    store, store_fn = superclient_population(
+        alg, toy_store(8), fn, 3, public=_public_pool(), model_fn=toy_model
+    )
+    ref = run(alg, SerialExecutor(store, toy_model()), x0, CONFIG)
+    with ProcessExecutor(store=store, model_fn=toy_model, store_fn=store_fn, world_size=2) as ex:
         got = run(alg, ex, x0, CONFIG)
     assert all(torch.allclose(ref.params[k], got.params[k], atol=1e-6) for k in ref.params)
     assert [h.cohort for h in ref.history] == [h.cohort for h in got.history]
@@ -201,6 +220,28 @@ def test_superclient_population_regroups_only_for_fedseq() -> None:
     assert grouped.num_clients == 2
     rebuilt = grouped_fn()
     assert isinstance(rebuilt, SuperclientStore) and rebuilt.groups == grouped.groups  # type: ignore[attr-defined]
+
+
+def test_superclient_population_estimates_the_profiles_once() -> None:
+    """The confidence profiles are computed once; the function other ranks rebuild the store
+    with carries the groups (picklable) and trains nothing."""
+    import pickle
+
+    built: list[int] = []
+
+    def counted_model() -> torch.nn.Module:
+        built.append(1)
+        return toy_model()
+
+    fn = functools.partial(toy_store, 8)
+    grouped, grouped_fn = superclient_population(
+        CONFIDENCE, toy_store(8), fn, 3, public=_public_pool(), model_fn=counted_model
+    )
+    assert len(built) == 1
+    rebuilt = grouped_fn()
+    assert len(built) == 1
+    assert rebuilt.groups == grouped.groups  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(grouped_fn))().groups == grouped.groups  # type: ignore[attr-defined]
 
 
 def test_fedseq_runs_from_an_experiment_file(tmp_path: Path) -> None:
@@ -218,3 +259,49 @@ def test_fedseq_runs_from_an_experiment_file(tmp_path: Path) -> None:
     rows = store.rounds(out.run_id)
     assert len(rows) == 2
     assert store.run(out.run_id).config["algorithm"]["superclient_size"] == 2
+
+
+def test_fedseq_runs_the_output_based_grouping_from_an_experiment_file(tmp_path: Path) -> None:
+    from fedkit.experiment.config import experiment_from_mapping
+    from fedkit.experiment.results import ResultsStore, results_path
+    from fedkit.experiment.runner import run_experiment
+
+    algorithm = (
+        'name = "fedseq"\nsuperclient_size = 2\ngrouping = "kmeans"\nprofile = "confidence"\n'
+        "public_per_class = 1\nprofile_epochs = 2"
+    )
+    doc = tomllib.loads(
+        SYNTHETIC_UNIFORM.replace('name = "fedavg"', algorithm)
+        + "[run]\nrounds = 1\nclients_per_round = 2\nseed = 1\n"
+    )
+    store = ResultsStore(results_path(tmp_path))
+    out = run_experiment(experiment_from_mapping(doc, name="seq", study="s"), store)
+    assert out.status == "completed", out.error
+    config = store.run(out.run_id).config["algorithm"]
+    assert (config["grouping"], config["profile"], config["profile_epochs"]) == (
+        "kmeans",
+        "confidence",
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('grouping = "kmeanz"', "grouping"),
+        ('profile = "outputs"', "profile"),
+        ('profil = "confidence"', "profil"),
+        ("public_per_class = 0", "public_per_class"),
+        ("profile_epochs = 0", "profile_epochs"),
+        ('grupping = "kmeans"', "grupping"),
+    ],
+)
+def test_fedseq_keys_are_validated(line: str, message: str) -> None:
+    from fedkit.experiment.config import ConfigError, experiment_from_mapping
+
+    doc = tomllib.loads(
+        SYNTHETIC_UNIFORM.replace('name = "fedavg"', f'name = "fedseq"\n{line}')
+        + "[run]\nrounds = 1\nclients_per_round = 2\n"
+    )
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_mapping(doc, name="seq", study="s")

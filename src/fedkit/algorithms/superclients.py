@@ -3,22 +3,34 @@
 Zaccone et al. 2022 ("Speeding up Heterogeneous Federated Learning with Sequentially Trained
 Superclients", ICPR) group clients into *superclients* whose members, trained one after the
 other, together see a label distribution close to the global one. Each client's distribution is
-approximated on the server; here by its **label histogram** (the count of each class among its
-training examples).
+approximated on the server by a non-negative vector over the classes, its *profile*: here either
+its **label histogram** (the count of each class among its training examples) or the estimate
+:mod:`fedkit.algorithms.superclient_profiles` makes from a model's outputs on a public set (the
+paper's privacy-preserving variant), scaled to the client's example count.
 
 **Privacy caveat.** Grouping by label histograms means the server learns every client's label
 counts — information that plain FedAvg never reveals (it can also single out clients with rare
-classes). Zaccone et al. avoid it by approximating each client's distribution from a model's
-outputs on a small public set; that variant is not implemented here. Use ``"random"`` grouping
-where label counts must stay private.
+classes). The output-based profile avoids handing over counts, though it still reveals roughly
+which classes a client holds (that is what the grouping needs). ``"random"`` grouping uses no
+profile at all.
 
 Grouping methods, each deterministic from ``seed``:
 
 * ``"random"``: a seeded permutation of the clients cut into groups of ``size``;
 * ``"diverse"``: greedy. Visit the clients in a seeded order; each not yet grouped starts a new
-  group, which then repeatedly adds the ungrouped client that makes the group's pooled label
-  distribution of highest Shannon entropy (ties: the earlier client in the seeded order), until
-  it has ``size`` members.
+  group, which then repeatedly adds the ungrouped client that makes the group's pooled profile
+  of highest Shannon entropy (ties: the earlier client in the seeded order), until it has
+  ``size`` members. (The paper's greedy rule scores a candidate by ``1 - KL(m || uniform)`` of
+  the mean ``m`` of the group's and the candidate's normalised vectors; ``KL(m || u) = log C -
+  H(m)``, so it too maximises an entropy. Ours pools by example count, which is the
+  distribution the superclient trains on, and starts each group from the seeded order instead
+  of the most uniform client.)
+* ``"kmeans"``: the paper's K-means variant. Cluster the clients' normalised profiles into ``k =
+  min(C, N)`` clusters (``C`` classes, :func:`kmeans`: k-means++ seeding from the stream
+  ``(seed, 0, SERVER, "superclients/kmeans")``, then Lloyd's iterations), so that each cluster
+  holds clients of similar distributions; then deal the clients out round-robin, one from each
+  non-empty cluster in turn, into consecutive groups of ``size``. Clusters are visited in the
+  order their first member appears in the seeded order, members within a cluster in that order.
 
 The last group may be smaller. Superclient ids follow the smallest member id of each group,
 so with ``size = 1`` superclient ``s`` is client ``s`` (FedSeq then equals FedAvg).
@@ -41,13 +53,19 @@ __all__ = [
     "GROUPINGS",
     "Superclient",
     "SuperclientStore",
+    "entropy_of_groups",
     "group_clients",
+    "kmeans",
+    "kmeans_plus_plus",
     "label_histograms",
+    "lloyd",
     "pooled_entropy",
 ]
 
-Grouping = Literal["random", "diverse"]
-GROUPINGS: tuple[str, ...] = ("random", "diverse")
+Grouping = Literal["random", "diverse", "kmeans"]
+GROUPINGS: tuple[str, ...] = ("random", "diverse", "kmeans")
+MAX_KMEANS_ITERATIONS = 100
+"""Lloyd's iterations stop here if the assignment has not settled before."""
 
 
 def label_histograms(store: ClientStore, num_classes: int) -> Tensor:
@@ -85,6 +103,12 @@ def group_clients(
     """Superclients (member ids in training order) of ``size`` clients each (see module
     docstring), sorted by smallest member id.
 
+    Args:
+        histograms: ``(N, C)`` non-negative profiles: label counts, or estimated counts.
+        size: members per superclient.
+        method: ``"random"``, ``"diverse"`` or ``"kmeans"``.
+        seed: the seed of the visiting order (and of K-means' initialisation).
+
     Raises:
         ValueError: ``size < 1`` or an unknown method.
     """
@@ -94,22 +118,127 @@ def group_clients(
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {method!r}")
     n = int(histograms.shape[0])
     order = torch.randperm(n, generator=generator(seed, 0, SERVER, "superclients")).tolist()
-    groups: list[tuple[int, ...]] = []
     if method == "random":
-        groups = [tuple(order[i : i + size]) for i in range(0, n, size)]
+        dealt = order
+    elif method == "kmeans":
+        dealt = _dealt_from_clusters(histograms, order, seed)
     else:
-        rank = {c: i for i, c in enumerate(order)}
-        left = list(order)
-        while left:
-            group = [left.pop(0)]
-            pooled = histograms[group[0]].clone()
-            while len(group) < size and left:
-                best = max(left, key=lambda c: (pooled_entropy(pooled + histograms[c]), -rank[c]))
-                left.remove(best)
-                group.append(best)
-                pooled += histograms[best]
-            groups.append(tuple(group))
+        return tuple(sorted(_greedy_diverse(histograms, size, order), key=min))
+    groups = [tuple(dealt[i : i + size]) for i in range(0, n, size)]
     return tuple(sorted(groups, key=min))
+
+
+def _greedy_diverse(histograms: Tensor, size: int, order: list[int]) -> list[tuple[int, ...]]:
+    """The ``"diverse"`` groups (module docstring), in the order they were formed."""
+    rank = {c: i for i, c in enumerate(order)}
+    left = list(order)
+    groups: list[tuple[int, ...]] = []
+    while left:
+        group = [left.pop(0)]
+        pooled = histograms[group[0]].clone()
+        while len(group) < size and left:
+            best = max(left, key=lambda c: (pooled_entropy(pooled + histograms[c]), -rank[c]))
+            left.remove(best)
+            group.append(best)
+            pooled += histograms[best]
+        groups.append(tuple(group))
+    return groups
+
+
+def _dealt_from_clusters(histograms: Tensor, order: list[int], seed: int) -> list[int]:
+    """The clients in ``"kmeans"`` dealing order: clustered by their normalised profiles, then
+    one from each non-empty cluster in turn (module docstring)."""
+    n, num_classes = int(histograms.shape[0]), int(histograms.shape[1])
+    if n == 0:
+        return []
+    totals = histograms.sum(1, keepdim=True)
+    points = torch.where(totals > 0, histograms / totals.clamp_min(1e-300), 0.0)
+    labels, _ = kmeans(
+        points.to(torch.float64),
+        min(num_classes, n),
+        generator(seed, 0, SERVER, "superclients/kmeans"),
+    )
+    clusters: dict[int, list[int]] = {}  # insertion order: first appearance in ``order``
+    for c in order:
+        clusters.setdefault(int(labels[c]), []).append(c)
+    queues = list(clusters.values())
+    dealt: list[int] = []
+    while len(dealt) < n:
+        for q in queues:
+            if q:
+                dealt.append(q.pop(0))
+    return dealt
+
+
+def kmeans_plus_plus(points: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): the first centre a uniformly drawn
+    point, each next one a point drawn with probability ``D(x)^2 / sum D^2`` (``D`` the
+    distance to the nearest centre chosen so far); uniform again when every point already
+    coincides with a centre.
+
+    Returns:
+        ``(k, d)`` initial centres (copies of rows of ``points``).
+
+    Raises:
+        ValueError: ``k`` not in ``[1, N]``.
+    """
+    n = int(points.shape[0])
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= {n} points, got k={k}")
+    chosen = [int(torch.randint(n, (1,), generator=gen))]
+    d2 = ((points - points[chosen[0]]) ** 2).sum(1)
+    while len(chosen) < k:
+        total = float(d2.sum())
+        if total > 0:
+            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+        else:
+            nxt = int(torch.randint(n, (1,), generator=gen))
+        chosen.append(nxt)
+        d2 = torch.minimum(d2, ((points - points[nxt]) ** 2).sum(1))
+    return points[chosen].clone()
+
+
+def lloyd(
+    points: Tensor, centres: Tensor, max_iter: int = MAX_KMEANS_ITERATIONS
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's iterations from ``centres``: assign each point to its nearest centre (squared
+    Euclidean distance; ties to the lower index), move each centre to the mean of its points
+    (a centre left without points stays where it is); stop when the assignment repeats or
+    after ``max_iter`` assignments.
+
+    Returns:
+        ``(labels, centres)``: ``(N,)`` int64 cluster of each point, ``(k, d)`` final centres
+        (the means of the final clusters).
+
+    Raises:
+        ValueError: ``max_iter < 1``.
+    """
+    if max_iter < 1:
+        raise ValueError(f"k-means needs max_iter >= 1, got {max_iter}")
+    centres = centres.clone()
+    labels: Tensor | None = None
+    for _ in range(max_iter):
+        new = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(1)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        for j in range(int(centres.shape[0])):
+            members = points[labels == j]
+            if members.shape[0]:
+                centres[j] = members.mean(0)
+    assert labels is not None  # at least one assignment ran
+    return labels, centres
+
+
+def kmeans(
+    points: Tensor, k: int, gen: torch.Generator, max_iter: int = MAX_KMEANS_ITERATIONS
+) -> tuple[Tensor, Tensor]:
+    """K-means: :func:`kmeans_plus_plus` seeding from ``gen``, then :func:`lloyd`.
+
+    Returns:
+        ``(labels, centres)`` as :func:`lloyd` does.
+    """
+    return lloyd(points, kmeans_plus_plus(points, k, gen), max_iter)
 
 
 class Superclient(ClientData):
