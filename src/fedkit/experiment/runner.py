@@ -452,8 +452,14 @@ def _setup(cfg: ExperimentConfig, data_root: Path | None, group: RankGroup | Non
     algorithm = build_algorithm(a)
     store_fn: Callable[[], ClientStore]
     store_fn = functools.partial(_store_from_mapping, cfg.data.to_mapping(), data_root)
+    test = built.fd.dataset.test  # FedSeq's public set is drawn from it (profile = "confidence")
     store, store_fn = superclient_population(  # FedSeq: the population becomes superclients
-        a.algorithm, store, store_fn, built.fd.dataset.num_classes
+        a.algorithm,
+        store,
+        store_fn,
+        built.fd.dataset.num_classes,
+        public=(test.x, test.y),
+        model_fn=spec,
     )
     built = dataclasses.replace(built, store=store)
     algorithm, cfg, privacy = _with_privacy(cfg, algorithm, store.num_clients)
