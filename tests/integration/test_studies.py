@@ -91,7 +91,7 @@ def test_fedseq_study_trains_ten_clients_per_round_in_every_arm() -> None:
         assert r.algorithm is not None
         size = getattr(r.algorithm.algorithm, "superclient_size", 1)
         per_round.append(size * (r.run.clients_per_round or 0))
-    assert per_round == [10, 10, 10, 10]
+    assert per_round == [10, 10, 10, 10, 10]
 
 
 def test_sampler_study_runs_one_round_of_every_arm(tmp_path: Path) -> None:
