@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedkit.algorithm import RoundInfo
+from fedkit.algorithm import ClientData, RoundInfo
 from fedkit.algorithms.fedavg import FedAvg
 from fedkit.algorithms.fedseq import FedSeq, superclient_population
 from fedkit.algorithms.superclients import (
@@ -26,6 +26,9 @@ from fedkit.algorithms.superclients import (
     label_histograms,
 )
 from fedkit.client import client_context
+from fedkit.data.datasets.base import Split
+from fedkit.data.lazy import LazyClients
+from fedkit.data.store import ClientStore
 from fedkit.local import LocalTraining, train_local
 from fedkit.params import load_params, model_params
 from fedkit.run import RunConfig, run
@@ -119,6 +122,42 @@ def test_label_histograms_count_each_clients_labels() -> None:
     hist = label_histograms(base, 3)
     for c in range(3):
         assert hist[c].tolist() == torch.bincount(base.data(c).y_train, minlength=3).tolist()
+    assert hist.dtype == torch.float64
+    for y in (torch.tensor([0, 3]), torch.tensor([-1, 0]), torch.zeros(2, 2, dtype=torch.long)):
+        bad = ClientStore.from_clients([ClientData(torch.zeros(2, 1), y)])
+        with pytest.raises(ValueError, match=r"^client 0: grouping by label histograms needs"):
+            label_histograms(bad, 3)
+    edge = ClientStore.from_clients([ClientData(torch.zeros(2, 1), torch.tensor([0, 2]))])
+    assert label_histograms(edge, 3).tolist() == [[1.0, 0.0, 1.0]]  # the top class is allowed
+
+
+def test_superclient_containers_refuse_inconsistent_input() -> None:
+    x, y = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^member sizes \(1, 1\) do not add up to 3$"):
+        Superclient(x, y, None, None, [1, 1])
+    with pytest.raises(ValueError, match="do not add up"):
+        Superclient(x, y, None, None, [-1, 4])
+    assert Superclient(x, y, None, None, [0, 3]).members == (0, 3)
+    base = toy_store(3)
+    with pytest.raises(ValueError, match="each in exactly one"):
+        SuperclientStore.grouped(base, [(0, 1, 2), ()])
+    lazy = ClientStore.from_lazy(
+        LazyClients(
+            sizes=[2, 2],
+            load=lambda c: ClientData(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)),
+            test=Split(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)),
+            num_classes=2,
+            input_shape=(2,),
+        )
+    )
+    with pytest.raises(ValueError, match=r"^superclients need a store held in memory"):
+        SuperclientStore.grouped(lazy, [(0, 1)])
+    assert math.isnan(entropy_of_groups(one_class_hist([0]), []))
+    # a superclient's local test split: all members' when every member has one, else none
+    mixed = ClientStore.from_clients([ClientData(x, y, x, y), ClientData(x, y)])
+    assert SuperclientStore.grouped(mixed, [(0, 1)]).data(0).x_test is None
+    both = SuperclientStore.grouped(toy_store(2), [(1, 0)]).data(0)
+    assert both.y_test is not None and both.y_test.shape[0] == 20
 
 
 # --- training ---------------------------------------------------------------------------------

@@ -46,15 +46,20 @@ def test_lloyd_on_a_hand_worked_case() -> None:
     # assignment 2: 1 -> c0 (1 < 25); 2 -> c0 (4 < 16); 10 -> c1 (16 < 100); 11 -> c1.
     #   centres: c0 = (0 + 1 + 2) / 3 = 1, c1 = (10 + 11) / 2 = 10.5
     # assignment 3: the same (2: 1 < 72.25; 10: 0.25 < 81): stop.
-    pts = col(0, 1, 2, 10, 11)
-    labels, centres = lloyd(pts, col(0, 1))
+    pts, start = col(0, 1, 2, 10, 11), col(0, 1)
+    labels, centres = lloyd(pts, start)
+    assert start.flatten().tolist() == [0.0, 1.0]  # the caller's centres are not moved
     assert labels.tolist() == [0, 0, 0, 1, 1]
     assert centres.flatten().tolist() == [1.0, 10.5]
     one_labels, one_centres = lloyd(pts, col(0, 1), max_iter=1)  # stopped after assignment 1
     assert one_labels.tolist() == [0, 1, 1, 1, 1]
     assert one_centres.flatten().tolist() == [0.0, 6.0]
-    with pytest.raises(ValueError, match="max_iter"):
+    with pytest.raises(ValueError, match=r"^k-means needs max_iter >= 1, got 0$"):
         lloyd(pts, col(0, 1), max_iter=0)
+    # kmeans = k-means++ from the generator, then Lloyd with the same max_iter
+    seeded = kmeans(pts, 2, torch.Generator().manual_seed(4), max_iter=1)
+    by_hand = lloyd(pts, kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(4)), max_iter=1)
+    assert all(torch.equal(a, b) for a, b in zip(seeded, by_hand, strict=True))
 
 
 def test_lloyd_ties_go_to_the_lower_centre_and_an_empty_centre_stays() -> None:
@@ -80,8 +85,20 @@ def test_kmeans_plus_plus_picks_the_far_point_when_the_rest_coincide() -> None:
         assert sorted(centres.flatten().tolist()) == [0.0, 5.0]
     # every point coinciding with a centre: the next draw is uniform (no division by 0)
     assert kmeans_plus_plus(col(3, 3), 2, torch.Generator()).flatten().tolist() == [3.0, 3.0]
-    with pytest.raises(ValueError, match="1 <= k <= 2"):
+    with pytest.raises(ValueError, match=r"^k-means needs 1 <= k <= 2 points, got k=3$"):
         kmeans_plus_plus(col(3, 3), 3, torch.Generator())
+    with pytest.raises(ValueError, match=r"^k-means needs 1 <= k <= 2 points, got k=0$"):
+        kmeans_plus_plus(col(3, 3), 0, torch.Generator())
+
+
+def test_kmeans_plus_plus_measures_from_the_nearest_centre_chosen() -> None:
+    # points 0, 0, 5, 5, 9, 9 and k = 3: D^2 is 0 at every point equal to a chosen centre, so
+    # each draw is a value not chosen yet (D^2 from the *nearest* centre: from the farthest,
+    # a chosen value could come back), and the centres are 0, 5 and 9 for every seed.
+    pts = col(0, 0, 5, 5, 9, 9)
+    for seed in range(20):
+        centres = kmeans_plus_plus(pts, 3, torch.Generator().manual_seed(seed))
+        assert sorted(centres.flatten().tolist()) == [0.0, 5.0, 9.0], seed
 
 
 def test_kmeans_plus_plus_draws_in_proportion_to_squared_distance() -> None:
@@ -169,6 +186,13 @@ def test_kmeans_grouping_partitions_the_clients(n: int, size: int, seed: int) ->
 # --- confidence vectors -----------------------------------------------------------------------
 
 
+class IdentityInEval(nn.Module):
+    """The identity in evaluation mode, zeros in training mode (a stand-in for dropout)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0 if self.training else x
+
+
 def test_confidence_vector_by_hand() -> None:
     # nn.Identity: the inputs are the logits. Exemplars (class 0) logits (0, 0) -> softmax
     # (1/2, 1/2), true-class 1/2; (ln 3, 0) -> (3/4, 1/4), 3/4; (class 1) (0, ln 3) -> 3/4.
@@ -176,9 +200,24 @@ def test_confidence_vector_by_hand() -> None:
     # (The paper's sum over exemplars would give (5/4, 3/4) -> (5/8, 3/8) here: the mean per
     # class is what stays unbiased when the public set is not balanced.)
     x = torch.tensor([[0.0, 0.0], [math.log(3), 0.0], [0.0, math.log(3)]])
-    got = confidence_vector(nn.Identity(), x, torch.tensor([0, 0, 1]), 2)
+    got = confidence_vector(IdentityInEval(), x, torch.tensor([0, 0, 1]), 2)
     assert got.dtype == torch.float64
     assert got.tolist() == pytest.approx([5 / 11, 6 / 11], abs=1e-7)
+
+
+def test_confidence_vector_scores_in_batches_as_in_one() -> None:
+    # 1,100 exemplars (three batches of EVAL_BATCH = 512): the per-class means over all of
+    # them. Logits (a, 0) for class 0 and (0, a) for class 1, a = 0..1099 mod 3 as ln 1..3:
+    # true-class probability a/(a+1) with a in {1, 2, 3}: 1/2, 2/3, 3/4.
+    n = 1100
+    a = torch.tensor([1.0, 2.0, 3.0]).repeat(n // 3 + 1)[:n]
+    y = torch.arange(n) % 2
+    x = torch.zeros(n, 2)
+    x[torch.arange(n), y] = a.log()
+    p = a / (a + 1)
+    want = torch.stack([p[y == 0].mean(), p[y == 1].mean()]).to(torch.float64)
+    got = confidence_vector(IdentityInEval(), x, y, 2)
+    assert got.tolist() == pytest.approx((want / want.sum()).tolist(), abs=1e-6)
 
 
 def test_confidence_vector_refuses_what_it_cannot_score() -> None:
@@ -200,10 +239,22 @@ def test_public_set_is_a_seeded_class_balanced_draw() -> None:
     assert torch.equal(y[idx], py) and len(set(idx.tolist())) == 6
     assert torch.equal(public_set(x, y, 3, 2, seed=1)[0], px)
     assert len({tuple(public_set(x, y, 3, 2, seed=s)[0].flatten().tolist()) for s in range(8)}) > 1
-    with pytest.raises(ValueError, match="4 examples of class 1"):
+    with pytest.raises(ValueError, match="needs 4 examples of class 1; the test split has 3"):
         public_set(x, y, 3, 4, seed=0)
-    with pytest.raises(ValueError, match="public_per_class"):
-        public_set(x, y, 3, 0, seed=0)
+    assert public_set(x, y, 3, 3, seed=0)[1].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # all 3
+    for bad in (0, 10_001):
+        with pytest.raises(
+            ValueError, match=rf"^public_per_class must be in \[1, 10000\], got {bad}$"
+        ):
+            public_set(x, y, 3, bad, seed=0)
+    assert public_set(x.repeat(3334, 1), y.repeat(3334), 3, 10_000, seed=0)[1].shape == (30_000,)
+    for labels in (
+        torch.tensor([0, 3]),
+        torch.tensor([-1, 0]),
+        torch.zeros(2, 2, dtype=torch.long),
+    ):
+        with pytest.raises(ValueError, match=r"^the public set: confidence vectors need one class"):
+            public_set(torch.zeros(2, 1), labels, 3, 1, seed=0)
 
 
 # --- grouping one-class clients from model outputs --------------------------------------------
@@ -239,9 +290,31 @@ def test_pretrained_confidence_peaks_at_each_clients_class() -> None:
     assert torch.equal(conf, again)  # deterministic from the seed
     other = confidence_profiles(STORE, linear, pub, 4, local=PRETRAIN, epochs=5, seed=1)
     assert not torch.equal(conf, other)  # the pre-training's batch order follows the seed
-    with pytest.raises(ValueError, match="DP-SGD"):
+    with pytest.raises(
+        ValueError, match=r"^confidence profiles are not computed under sample-level DP-SGD"
+    ):
         dp = LocalTraining(lr=0.1, dp=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0))
         confidence_profiles(STORE, linear, pub, 4, local=dp, epochs=1, seed=0)
+
+
+def test_confidence_profiles_equal_the_pretraining_done_by_hand() -> None:
+    """Client k: a copy of the one initial model, ``epochs`` epochs of local SGD (the run's lr
+    and batch size) with the stream (seed, 0, k, "fedseq/profile"), then its confidence vector."""
+    from fedkit.local import train_local
+    from fedkit.rng import generator
+
+    pub = public_set(*POOL, 4, 5, seed=0)
+    got = confidence_profiles(STORE, linear, pub, 4, local=PRETRAIN, epochs=3, seed=9)
+    initial = linear()
+    for k in range(STORE.num_clients):
+        model = linear()
+        model.load_state_dict(initial.state_dict())
+        d = STORE.data(k)
+        cfg = LocalTraining(lr=2.0, batch_size=5, epochs=3)
+        train_local(
+            model, d.x_train, d.y_train, cfg, generator=generator(9, 0, k, "fedseq/profile")
+        )
+        assert torch.equal(got[k], confidence_vector(model, *pub, 4)), k
 
 
 def test_output_based_grouping_mixes_the_classes_that_random_grouping_does_not() -> None:
