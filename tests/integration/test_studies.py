@@ -82,6 +82,16 @@ def test_architecture_study_pairs_every_model_with_iid_and_skewed_clients() -> N
         ("vit_tiny", "fedavg"),
     }
     assert arms == {(m, a, p) for m, a in models for p in ("iid", "dirichlet")}
+    # CPU-sized default: every ResNet-18 arm has the ImageNet stem (a tenth of the CIFAR stem's
+    # compute), the other models no stem option at all.
+    stems = {(r.model.name, r.model.options.get("stem")) for r in study.runs}
+    assert stems == {
+        ("lenet5", None),
+        ("resnet18_gn", "imagenet"),
+        ("resnet18_bn", "imagenet"),
+        ("vit_tiny", None),
+    }
+    assert {r.data.alpha for r in study.runs if r.data.partition == "dirichlet"} == {0.1}
 
 
 def test_fedseq_study_trains_ten_clients_per_round_in_every_arm() -> None:
