@@ -397,10 +397,17 @@ def test_parity_for_aggregator_chains_and_personal_models(
             assert last.fed_personal_mean is None
 
 
-def test_parity_under_mutual_tls(cluster: Callable[[Path], Cluster], tmp_path: Path) -> None:
+@pytest.mark.parametrize("bulk", ["true", "false"])
+def test_parity_under_mutual_tls(
+    cluster: Callable[[Path], Cluster], tmp_path: Path, bulk: str
+) -> None:
+    # results over the bulk channel (TLS sockets) or as gRPC chunk streams: the same model
     certs = tmp_path / "certs"
     create_certs(certs, coordinator_hosts=["127.0.0.1"], workers=3)
-    exp = write_experiment(tmp_path / "exp.toml", clients=3, per_round=3, rounds=2, liveness=10)
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=3, per_round=3, rounds=2, liveness=10,
+        deploy=f"bulk = {bulk}",
+    )  # fmt: skip
     c = cluster(exp)
     c.security = Security(cert_dir=certs)
     c.start_coordinator()

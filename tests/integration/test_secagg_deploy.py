@@ -71,19 +71,24 @@ def test_secagg_deployment_gives_the_simulators_model_bit_for_bit(
 
 
 def _recording_coordinator(record_dir: str, **kwargs: Any) -> None:
-    """``run_coordinator`` with every complete result payload it reassembles written to
-    ``record_dir`` (the bytes workers sent, before anything else reads them)."""
+    """``run_coordinator`` with every complete result payload it receives (as gRPC chunks or
+    over the bulk channel) written to ``record_dir`` (the bytes workers sent, before anything
+    else reads them)."""
     import fedkit.net.broker as broker_mod
-    from fedkit.net.codec import Reassembler
+    import fedkit.net.bulk as bulk_mod
 
-    class Recording(Reassembler):
-        def result(self) -> bytearray:
-            data = super().result()
-            name = f"{os.urandom(8).hex()}-{len(data)}.bin"
-            Path(record_dir, name).write_bytes(bytes(data))
-            return data
+    def recording(cls: Any) -> Any:
+        class Recording(cls):  # type: ignore[misc, valid-type]
+            def result(self) -> bytearray:
+                data: bytearray = super().result()
+                name = f"{os.urandom(8).hex()}-{len(data)}.bin"
+                Path(record_dir, name).write_bytes(bytes(data))
+                return data
 
-    broker_mod.Reassembler = Recording  # type: ignore[misc]
+        return Recording
+
+    broker_mod.Reassembler = recording(broker_mod.Reassembler)  # type: ignore[misc]
+    bulk_mod.SocketUpload = recording(bulk_mod.SocketUpload)  # type: ignore[misc]
     run_coordinator(**kwargs)
 
 

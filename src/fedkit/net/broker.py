@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from fedkit.net.codec import Buffer, Reassembler, payload_digest
+from fedkit.net.codec import Buffer, Reassembler, Upload, payload_digest
 from fedkit.net.errors import ErrorCode, NetError
 from fedkit.net.identity import Enrolment, PeerIdentity
 from fedkit.net.proto import PROTOCOL_VERSION
@@ -184,6 +184,8 @@ class Broker:
         self._result_check: ResultCheck | None = None
         self._counter = 0
         self.rejections: deque[tuple[str, ErrorCode]] = deque(maxlen=10_000)
+        self.bulk_port = 0
+        """Port of the bulk result channel, told to every registering worker (0: none)."""
         """Recent refusals (who, code), for logs and tests."""
 
     # ----------------------------------------------------------------- authentication
@@ -298,6 +300,7 @@ class Broker:
             heartbeat_interval_s=self.heartbeat_interval_s,
             max_payload_bytes=self.max_result_bytes,
             protocol_version=PROTOCOL_VERSION,
+            bulk_port=self.bulk_port,
         )
 
     def _served(self, req: pb.RegisterRequest) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -435,12 +438,33 @@ class Broker:
         *,
         limit: Callable[[float], None] | None = None,
     ) -> None:
-        """Validate a result stream and record it; raises :class:`NetError` on refusal.
+        """Validate a result streamed as gRPC chunks and record it (see :meth:`accept_upload`)."""
 
-        Authentication, run, round, task and duplicate checks and the declared-size cap all happen
-        before a chunk is read; chunk checksums and the result schema are checked as it arrives.
-        ``limit`` is told the round's deadline (monotonic), by which the stream must end; a chunk
-        arriving later is refused with ``DEADLINE_PASSED``.
+        def chunked(cap: int) -> Upload:
+            return Reassembler(
+                declared_bytes=info.payload_bytes,
+                declared_chunks=info.num_chunks,
+                max_bytes=cap,
+                source=chunks,
+            )
+
+        self.accept_upload(info, chunked, identity, limit=limit)
+
+    def accept_upload(
+        self,
+        info: pb.ResultInfo,
+        open_upload: Callable[[int], Upload],
+        identity: PeerIdentity | None,
+        *,
+        limit: Callable[[float], None] | None = None,
+    ) -> None:
+        """Validate a result and record it; raises :class:`NetError` on refusal.
+
+        Authentication, run, round, task and duplicate checks happen before ``open_upload`` is
+        called with the result cap (it refuses a larger declared size before allocating);
+        the payload's integrity and the result schema are checked as its pieces arrive.
+        ``limit`` is told the round's deadline (monotonic), by which the upload must end; a
+        piece arriving later is refused with ``DEADLINE_PASSED``.
         """
         with self._lock:
             try:
@@ -451,21 +475,16 @@ class Broker:
                 deadline = rnd0.deadline
                 if limit is not None:
                     limit(deadline)
-                assembler = Reassembler(
-                    declared_bytes=info.payload_bytes,
-                    declared_chunks=info.num_chunks,
-                    max_bytes=self.max_result_bytes,
-                )
+                assembler = open_upload(self.max_result_bytes)
             except NetError as err:
                 raise self._reject(rec_name(info), err) from None
             check = self._result_check
         content = False  # whether a refusal is about the content (then the client is out)
         try:  # read outside the lock: other workers keep being served meanwhile
             early = check is None
-            for chunk in chunks:
+            for _ in assembler.pieces():
                 if time.monotonic() > deadline:
                     raise NetError(ErrorCode.DEADLINE_PASSED, "round deadline passed mid-stream")
-                assembler.add(chunk)
                 if not early and assembler.header_received and not assembler.complete:
                     assert check is not None
                     content = True

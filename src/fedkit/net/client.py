@@ -7,19 +7,28 @@ worker registered with; it knows nothing about models or algorithms (that is
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
+import logging
 import random
+import socket
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from fedkit.net.bulk import push as bulk_push
 from fedkit.net.codec import Buffer, Reassembler, split
-from fedkit.net.errors import ErrorCode, NetError, raise_for
+from fedkit.net.errors import ErrorCode, NetError, TLSHandshakeError, raise_for
 from fedkit.net.proto import PROTOCOL_VERSION
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.proto import fedkit_pb2_grpc as pb_grpc
 from fedkit.net.retry import RetryPolicy, call_with_retry
-from fedkit.net.transport import Security, make_channel
+from fedkit.net.tls import client_ssl_context
+from fedkit.net.transport import Security, make_channel, split_address
+
+log = logging.getLogger("fedkit.worker")
 
 MAX_TASK_BYTES = 2 * 1024**3
 """Largest broadcast payload a worker accepts (2 GiB)."""
@@ -56,6 +65,8 @@ class CoordinatorClient:
         enrolment_secrets: With ``client_ids``: one secret per id, in the same order.
         num_examples: Each client's training-example count (same order), reported when
             registering for samplers that weigh clients by data size; empty reports none.
+        bulk: Push results over the coordinator's bulk channel when it offers one
+            (:mod:`fedkit.net.bulk`); False always uses ``PushResult``.
     """
 
     def __init__(
@@ -72,6 +83,7 @@ class CoordinatorClient:
         enrolment_secret: str = "",
         enrolment_secrets: Sequence[str] = (),
         num_examples: Sequence[int] = (),
+        bulk: bool = True,
     ) -> None:
         self.address = address
         self.clients = tuple(client_ids) or (client_id,)
@@ -98,6 +110,13 @@ class CoordinatorClient:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._held: tuple[bytes, bytes] | None = None  # (payload digest, payload) of the last task
+        self.bulk = bulk
+        self.bulk_port = 0  # the coordinator's bulk channel, told at registration (0: none)
+        self._bulk_tls = (
+            client_ssl_context(security.cert_dir, tls_identity)
+            if bulk and security.cert_dir is not None
+            else None
+        )
 
     def close(self) -> None:
         """Close the channel."""
@@ -144,6 +163,7 @@ class CoordinatorClient:
             self.token = reply.token
             self.heartbeat_interval_s = reply.heartbeat_interval_s or 2.0
             self.max_payload_bytes = reply.max_payload_bytes
+            self.bulk_port = int(reply.bulk_port)
 
     def heartbeat(self) -> int:
         """Send a heartbeat; returns the coordinator's current round."""
@@ -223,7 +243,19 @@ class CoordinatorClient:
         return bytearray(held[1])
 
     def push_result(self, task: Task, payload: bytes, *, compute_s: float) -> None:
-        """Stream a result for ``task``; raises :class:`NetError` if the coordinator refuses it."""
+        """Send a result for ``task`` (over the bulk channel when the coordinator offers one and
+        this client uses it, else as a ``PushResult`` stream); raises :class:`NetError` if the
+        coordinator refuses it."""
+        if self.bulk and self.bulk_port:
+            try:
+                self._push_bulk(task, payload, compute_s=compute_s)
+                return
+            except ssl.SSLCertVerificationError as exc:
+                raise TLSHandshakeError(f"bulk channel: {exc}") from None
+            except OSError as exc:
+                # e.g. a restarted coordinator listens on another bulk port: gRPC (with its
+                # retries and the re-registration they lead to) is the channel that always works
+                log.info("bulk upload failed (%s); pushing by gRPC", exc)
         chunks = split(payload)
         info = pb.ResultInfo(
             header=self.header(round_=task.round, task_id=task.task_id),
@@ -235,6 +267,27 @@ class CoordinatorClient:
         self.push_parts(
             itertools.chain([pb.ResultPart(info=info)], (pb.ResultPart(chunk=c) for c in chunks))
         )
+
+    def _push_bulk(self, task: Task, payload: bytes, *, compute_s: float) -> None:
+        """One result over the bulk channel (:mod:`fedkit.net.bulk`), one attempt."""
+        info = pb.ResultInfo(
+            header=self.header(round_=task.round, task_id=task.task_id),
+            client_id=task.client_id,
+            payload_bytes=len(payload),
+            compute_s=compute_s,
+            payload_sha256=hashlib.sha256(payload).digest(),
+        )
+        host, _ = split_address(self.address)
+
+        def sent(n: int) -> None:
+            self.bytes_sent += n
+
+        raw = socket.create_connection((host, self.bulk_port), timeout=self.rpc_timeout_s * 4)
+        with contextlib.closing(raw):
+            tls = self._bulk_tls
+            sock = raw if tls is None else tls.wrap_socket(raw, server_hostname=host)
+            with contextlib.closing(sock):
+                bulk_push(sock, info, payload, sent=sent)
 
     def push_parts(self, parts: Iterator[pb.ResultPart]) -> None:
         """Send a raw result stream (exposed for protocol tests); raises on a typed refusal."""

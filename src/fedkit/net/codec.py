@@ -16,9 +16,9 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -317,12 +317,58 @@ def num_chunks(size: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     return -(-size // chunk_bytes)
 
 
+class Upload(Protocol):
+    """A payload arriving piece by piece into one buffer of its declared size: gRPC chunks
+    (:class:`Reassembler`) or the bulk channel (:class:`fedkit.net.bulk.SocketUpload`)."""
+
+    @property
+    def header_received(self) -> bool:
+        """Whether the safetensors header has fully arrived (it can be checked early)."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Whether every declared byte has arrived."""
+        ...
+
+    def peek(self) -> bytearray:
+        """The buffer as filled so far."""
+        ...
+
+    def pieces(self) -> Iterator[None]:
+        """Receive the payload, yielding after each piece written into the buffer."""
+        ...
+
+    def result(self) -> bytearray:
+        """The verified payload (the buffer itself); ``MALFORMED`` if incomplete."""
+        ...
+
+
+def check_declared(declared_bytes: int, max_bytes: int) -> None:
+    """``PAYLOAD_TOO_LARGE`` when a peer declares more than the cap (before any allocation)."""
+    if declared_bytes > max_bytes:
+        raise NetError(
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"declared payload {declared_bytes} B exceeds the cap of {max_bytes} B",
+        )
+
+
+def header_in(buf: Buffer, received: int) -> bool:
+    """Whether the first ``received`` bytes of ``buf`` hold a whole safetensors header (its
+    8-byte length prefix and the JSON it announces)."""
+    if received < 8:
+        return False
+    (n,) = struct.unpack("<Q", buf[:8])
+    return bool(received >= 8 + n)
+
+
 class Reassembler:
     """Rebuilds a payload from chunks, refusing anything oversized before it is buffered.
 
     The declared total is checked against ``max_bytes`` at construction, so a peer announcing a
     huge payload is refused before one byte is allocated; every chunk must arrive in order, be at
-    most ``chunk_bytes`` long, stay within the declared total and match its SHA-256.
+    most ``chunk_bytes`` long, stay within the declared total and match its SHA-256. With
+    ``source``, :meth:`pieces` adds its chunks one by one (the :class:`Upload` interface).
     """
 
     def __init__(
@@ -332,12 +378,9 @@ class Reassembler:
         declared_chunks: int,
         max_bytes: int,
         chunk_bytes: int = CHUNK_BYTES,
+        source: Iterable[pb.Chunk] = (),
     ) -> None:
-        if declared_bytes > max_bytes:
-            raise NetError(
-                ErrorCode.PAYLOAD_TOO_LARGE,
-                f"declared payload {declared_bytes} B exceeds the cap of {max_bytes} B",
-            )
+        check_declared(declared_bytes, max_bytes)
         least = num_chunks(declared_bytes, chunk_bytes)
         if not least <= declared_chunks <= max(declared_bytes, least):
             raise NetError(
@@ -351,15 +394,19 @@ class Reassembler:
         self._next = 0
         self._offset = 0
         self._digest = hashlib.sha256(struct.pack("<Q", declared_bytes))
+        self._source = source
 
     @property
     def header_received(self) -> bool:
         """Whether the safetensors header (length prefix and JSON) has fully arrived, so that it
         can be checked against a template before the rest of the payload is buffered."""
-        if self._offset < 8:
-            return False
-        (n,) = struct.unpack("<Q", self._buf[:8])
-        return bool(self._offset >= 8 + n)
+        return header_in(self._buf, self._offset)
+
+    def pieces(self) -> Iterator[None]:
+        """Add the ``source`` chunks one at a time, yielding after each."""
+        for chunk in self._source:
+            self.add(chunk)
+            yield None
 
     def peek(self) -> bytearray:
         """The buffer as filled so far (declared size; bytes not yet received are zero)."""

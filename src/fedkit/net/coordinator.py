@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grpc
+
 from fedkit.algorithm import RoundInfo
 from fedkit.client import prepared_template
 from fedkit.data.spec import build_federated
 from fedkit.net.broker import Broker
-from fedkit.net.deployment import DeployError, Deployment
+from fedkit.net.bulk import BulkServer
+from fedkit.net.deployment import DeployError, Deployment, DeploySettings
 from fedkit.net.executor import RemoteExecutor
 from fedkit.net.guard import StreamGuard
 from fedkit.net.identity import Enrolment
@@ -32,7 +35,8 @@ from fedkit.net.results import NullRecorder, RunRecorder, Summary
 from fedkit.net.secagg_coordinator import bind_coordinator
 from fedkit.net.service import add_service
 from fedkit.net.state import CoordinatorDB, RoundRow, RttRow, SQLiteCheckpointer, StorageError
-from fedkit.net.transport import Security, make_server
+from fedkit.net.tls import server_ssl_context
+from fedkit.net.transport import Security, make_server, split_address
 from fedkit.params import Params, sha256, tree_nbytes
 from fedkit.run import Callback, Probe, RoundRecord, RunConfig, central_evaluator, run
 from fedkit.sampling import Population
@@ -131,6 +135,7 @@ def serve(
     threads = 2 * fd.num_clients + 8 + PENDING_STREAMS_TOTAL + 8
     server, port = make_server(listen, security, max_workers=threads)
     add_service(server, broker, guard)
+    bulk = _bulk_server(broker, listen, security, guard, s, max_connections=threads)
     # secure aggregation: the coordinator routes the protocol's messages and unmasks only sums
     algorithm, secagg = bind_coordinator(
         algorithm, broker, template, s.deadline_s, committed=db.completed_rounds()
@@ -188,6 +193,8 @@ def serve(
         )
 
     server.start()
+    if bulk is not None:
+        bulk.start()
     log.info("coordinator %s listening on port %d (run %s)", listen, port, run_id)
     if on_listening is not None:
         on_listening(port)
@@ -220,12 +227,10 @@ def serve(
         # The coordinator's own error: workers are *not* told to shut down, so that the
         # operator's restart (same --out) finds them waiting (they retry for their outage window).
         recorder.fail(f"{type(exc).__name__}: {exc}")
-        server.stop(grace=1.0)
-        guard.close()
+        _stop(server, bulk, guard)
         raise
     broker.shutdown(grace_s=shutdown_grace_s)
-    server.stop(grace=1.0)
-    guard.close()
+    _stop(server, bulk, guard)
     rows = db.round_rows()
     db.close()
     all_acc = [r.accuracy for r in rows if r.accuracy is not None]
@@ -259,3 +264,38 @@ def serve(
     )
     recorder.finish(summary)
     return summary
+
+
+def _bulk_server(
+    broker: Broker,
+    listen: str,
+    security: Security,
+    guard: StreamGuard,
+    settings: DeploySettings,
+    *,
+    max_connections: int,
+) -> BulkServer | None:
+    """The bulk result channel on the listen host, its port told to registering workers (None
+    with ``[deploy] bulk = false``)."""
+    if not settings.bulk:
+        return None
+    host, _ = split_address(listen)
+    tls = server_ssl_context(security.cert_dir) if security.cert_dir is not None else None
+    bulk = BulkServer(
+        broker,
+        host=host,
+        port=settings.bulk_port,
+        guard=guard,
+        tls=tls,
+        max_connections=max_connections,
+    )
+    broker.bulk_port = bulk.port
+    log.info("bulk result channel on port %d", bulk.port)
+    return bulk
+
+
+def _stop(server: grpc.Server, bulk: BulkServer | None, guard: StreamGuard) -> None:
+    server.stop(grace=1.0)
+    if bulk is not None:
+        bulk.close()
+    guard.close()

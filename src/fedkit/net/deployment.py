@@ -67,6 +67,12 @@ class DeploySettings:
             last); ``"arrival"``: each result is added as it arrives and dropped, so the
             coordinator holds one accumulator whatever the cohort, and the sum equals the
             ordered one up to float rounding (addition order).
+        bulk: Offer workers the bulk result channel (:mod:`fedkit.net.bulk`): results arrive
+            over one TCP connection each (TLS under mutual TLS), read straight into their
+            buffer, instead of as gRPC chunk messages. Workers that do not use it still push
+            by gRPC.
+        bulk_port: The bulk channel's port on the coordinator's listen host (0: any free
+            port, told to workers when they register).
     """
 
     deadline_s: float = 120.0
@@ -86,6 +92,8 @@ class DeploySettings:
     max_missed_tasks: int = 3
     enrolment: Literal["none", "secret"] = "none"
     fold: Literal["ordered", "arrival"] = "ordered"
+    bulk: bool = True
+    bulk_port: int = 0
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _NUMBERS.items():
@@ -98,10 +106,9 @@ class DeploySettings:
             raise DeployError(f"deploy.fold = {self.fold!r}: allowed {FOLD}")
         if self.on_abort not in ON_ABORT:
             raise DeployError(f"deploy.on_abort = {self.on_abort!r}: allowed {ON_ABORT}")
-        if not isinstance(self.balance_stragglers, bool):
-            raise DeployError(
-                f"deploy.balance_stragglers = {self.balance_stragglers!r}: must be true or false"
-            )
+        for flag in ("balance_stragglers", "bulk"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DeployError(f"deploy.{flag} = {getattr(self, flag)!r}: must be true or false")
         if self.liveness_s < self.heartbeat_s:
             raise DeployError("deploy.liveness_s must be >= deploy.heartbeat_s")
 
@@ -184,9 +191,16 @@ _NUMBERS: dict[str, tuple[float, float]] = {
     "stream_idle_s": (1e-3, 3_600.0),
     "max_pending_streams": (1, 10_000),
     "max_missed_tasks": (0, 1_000),
+    "bulk_port": (0, 65_535),
 }
 """Allowed closed range of every numeric ``[deploy]`` key (booleans are not numbers here)."""
-_INTEGERS = {"round_retries", "max_client_examples", "max_pending_streams", "max_missed_tasks"}
+_INTEGERS = {
+    "round_retries",
+    "max_client_examples",
+    "max_pending_streams",
+    "max_missed_tasks",
+    "bulk_port",
+}
 
 
 def _check_number(name: str, v: object, lo: float, hi: float, *, integer: bool) -> None:

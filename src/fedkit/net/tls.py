@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,6 +248,42 @@ def channel_credentials(bundle: CertBundle) -> grpc.ChannelCredentials:
     )
 
 
+def server_ssl_context(cert_dir: Path) -> ssl.SSLContext:
+    """The bulk channel's server side of mutual TLS: presents ``coordinator.pem`` and requires a
+    worker certificate signed by the CA (the same policy as :func:`server_credentials`)."""
+    bundle = load_bundle(cert_dir, "coordinator")  # checks every file exists, with advice
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_dir / "coordinator.pem", cert_dir / "coordinator.key")
+    ctx.load_verify_locations(cadata=bundle.ca_pem.decode("ascii"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def client_ssl_context(cert_dir: Path, name: str) -> ssl.SSLContext:
+    """The bulk channel's worker side of mutual TLS: presents ``<name>.pem``, trusts only the CA
+    and checks the coordinator's host name (the same policy as :func:`channel_credentials`)."""
+    bundle = load_bundle(cert_dir, name)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its host name
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=bundle.ca_pem.decode("ascii"))
+    ctx.load_cert_chain(cert_dir / f"{name}.pem", cert_dir / f"{name}.key")
+    return ctx
+
+
+def socket_identity(sock: ssl.SSLSocket) -> PeerIdentity:
+    """The worker identity of a bulk connection's verified client certificate.
+
+    Raises:
+        IdentityError: no certificate, or one that may serve no client (see
+            :func:`peer_identity`).
+    """
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise IdentityError("the connection presented no client certificate")
+    return identity_of(ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
+
+
 def peer_identity(context: grpc.ServicerContext) -> PeerIdentity | None:
     """The worker identity of the client certificate on this call, or None without mutual TLS.
 
@@ -267,9 +304,12 @@ __all__ = [
     "CertBundle",
     "IdentityError",
     "channel_credentials",
+    "client_ssl_context",
     "create_certs",
     "issue_worker",
     "load_bundle",
     "peer_identity",
     "server_credentials",
+    "server_ssl_context",
+    "socket_identity",
 ]

@@ -100,7 +100,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., experiment_digest: _Optional[str] = ..., enrolment_secret: _Optional[str] = ..., protocol_version: _Optional[int] = ..., client_ids: _Optional[_Iterable[str]] = ..., enrolment_secrets: _Optional[_Iterable[str]] = ..., num_examples: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes", "protocol_version")
+    __slots__ = ("error", "run_id", "worker_id", "token", "heartbeat_interval_s", "max_payload_bytes", "chunk_bytes", "protocol_version", "bulk_port")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class RegisterReply(_message.Message):
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BULK_PORT_FIELD_NUMBER: _ClassVar[int]
     error: Error
     run_id: str
     worker_id: str
@@ -117,7 +118,8 @@ class RegisterReply(_message.Message):
     max_payload_bytes: int
     chunk_bytes: int
     protocol_version: int
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    bulk_port: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., run_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., token: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., max_payload_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ..., bulk_port: _Optional[int] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("header", "wait_s", "held_payload")
@@ -172,18 +174,20 @@ class TaskPart(_message.Message):
     def __init__(self, info: _Optional[_Union[TaskInfo, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class ResultInfo(_message.Message):
-    __slots__ = ("header", "client_id", "payload_bytes", "num_chunks", "compute_s")
+    __slots__ = ("header", "client_id", "payload_bytes", "num_chunks", "compute_s", "payload_sha256")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SHA256_FIELD_NUMBER: _ClassVar[int]
     header: Header
     client_id: str
     payload_bytes: int
     num_chunks: int
     compute_s: float
-    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., compute_s: _Optional[float] = ...) -> None: ...
+    payload_sha256: bytes
+    def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., compute_s: _Optional[float] = ..., payload_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ResultPart(_message.Message):
     __slots__ = ("info", "chunk")
