@@ -139,7 +139,9 @@ def test_superclient_containers_refuse_inconsistent_input() -> None:
         Superclient(x, y, None, None, [-1, 4])
     assert Superclient(x, y, None, None, [0, 3]).members == (0, 3)
     base = toy_store(3)
-    with pytest.raises(ValueError, match="each in exactly one"):
+    with pytest.raises(
+        ValueError, match=r"^superclient groups must split the clients: each in exactly one$"
+    ):
         SuperclientStore.grouped(base, [(0, 1, 2), ()])
     lazy = ClientStore.from_lazy(
         LazyClients(
@@ -156,8 +158,15 @@ def test_superclient_containers_refuse_inconsistent_input() -> None:
     # a superclient's local test split: all members' when every member has one, else none
     mixed = ClientStore.from_clients([ClientData(x, y, x, y), ClientData(x, y)])
     assert SuperclientStore.grouped(mixed, [(0, 1)]).data(0).x_test is None
-    both = SuperclientStore.grouped(toy_store(2), [(1, 0)]).data(0)
-    assert both.y_test is not None and both.y_test.shape[0] == 20
+    clients = toy_store(3)
+    both = SuperclientStore.grouped(clients, [(1, 0, 2)]).data(0)
+    assert both.x_test is not None and both.y_test is not None
+    parts = [clients.data(c) for c in (1, 0, 2)]
+    assert torch.equal(both.x_test, torch.cat([p.x_test for p in parts]))  # type: ignore[misc]
+    assert torch.equal(both.y_test, torch.cat([p.y_test for p in parts]))  # type: ignore[misc]
+    # three members: each member's own rows, in training order
+    for member, part in zip(both.member_data(), parts, strict=True):
+        assert torch.equal(member.x_train, part.x_train)
 
 
 # --- training ---------------------------------------------------------------------------------

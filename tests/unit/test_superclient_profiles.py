@@ -6,6 +6,7 @@ one-class clients from their pre-trained models' outputs against random grouping
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -56,10 +57,17 @@ def test_lloyd_on_a_hand_worked_case() -> None:
     assert one_centres.flatten().tolist() == [0.0, 6.0]
     with pytest.raises(ValueError, match=r"^k-means needs max_iter >= 1, got 0$"):
         lloyd(pts, col(0, 1), max_iter=0)
-    # kmeans = k-means++ from the generator, then Lloyd with the same max_iter
-    seeded = kmeans(pts, 2, torch.Generator().manual_seed(4), max_iter=1)
-    by_hand = lloyd(pts, kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(4)), max_iter=1)
-    assert all(torch.equal(a, b) for a, b in zip(seeded, by_hand, strict=True))
+    # kmeans = k-means++ from the generator, then Lloyd with the same max_iter (and some
+    # seeding needs more than one assignment, so max_iter is seen)
+    unsettled = 0
+    for seed in range(30):
+        for m in (1, 100):
+            got = kmeans(pts, 2, torch.Generator().manual_seed(seed), max_iter=m)
+            start = kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(seed))
+            assert all(torch.equal(a, b) for a, b in zip(got, lloyd(pts, start, m), strict=True))
+        one = kmeans(pts, 2, torch.Generator().manual_seed(seed), max_iter=1)
+        unsettled += not torch.equal(one[0], kmeans(pts, 2, torch.Generator().manual_seed(seed))[0])
+    assert unsettled > 0
 
 
 def test_lloyd_ties_go_to_the_lower_centre_and_an_empty_centre_stays() -> None:
@@ -83,8 +91,17 @@ def test_kmeans_plus_plus_picks_the_far_point_when_the_rest_coincide() -> None:
     for seed in range(10):
         centres = kmeans_plus_plus(pts, 2, torch.Generator().manual_seed(seed))
         assert sorted(centres.flatten().tolist()) == [0.0, 5.0]
-    # every point coinciding with a centre: the next draw is uniform (no division by 0)
+    # every point coinciding with a centre: the next draw is uniform (no division by 0),
+    # from the same generator: 0, 0, 1, 1 with k = 3 repeats 0 or 1, the same for a seed
     assert kmeans_plus_plus(col(3, 3), 2, torch.Generator()).flatten().tolist() == [3.0, 3.0]
+    pts = col(0, 0, 1, 1)
+    thirds = set()
+    for seed in range(12):
+        first = kmeans_plus_plus(pts, 3, torch.Generator().manual_seed(seed))
+        assert torch.equal(first, kmeans_plus_plus(pts, 3, torch.Generator().manual_seed(seed)))
+        assert sorted(first[:2].flatten().tolist()) == [0.0, 1.0]
+        thirds.add(float(first[2]))
+    assert thirds == {0.0, 1.0}
     with pytest.raises(ValueError, match=r"^k-means needs 1 <= k <= 2 points, got k=3$"):
         kmeans_plus_plus(col(3, 3), 3, torch.Generator())
     with pytest.raises(ValueError, match=r"^k-means needs 1 <= k <= 2 points, got k=0$"):
@@ -155,6 +172,44 @@ def test_kmeans_grouping_deals_one_client_from_each_cluster_in_turn() -> None:
         assert want == pytest.approx(0.5784, abs=1e-4)
 
 
+def test_kmeans_clusters_normalised_profiles_where_diverse_pools_counts() -> None:
+    # A = 10 of class 0, B = 0.1 of class 0 (estimated counts may be fractions), C = 10 of
+    # class 1, D = 0.1 of class 1; size 2. K-means clusters the *distributions*: {A, B} and
+    # {C, D} (both (1, 0) or (0, 1)), so every pair holds one client of each class, and which
+    # pair follows the seed: {A,C},{B,D} or {A,D},{B,C}. The greedy "diverse" rule pools
+    # counts: from A the best partner is C (pooled (10, 10): log 2; D gives (10, 0.1):
+    # 0.056), from B it is D ((0.1, 0.1): log 2; C gives (0.1, 10): 0.056), so always
+    # {A,C},{B,D}.
+    hist = torch.tensor([[10.0, 0.0], [0.1, 0.0], [0.0, 10.0], [0.0, 0.1]], dtype=torch.float64)
+    pairings = {
+        m: {frozenset(map(frozenset, group_clients(hist, 2, m, s))) for s in range(20)}  # type: ignore[arg-type]
+        for m in ("kmeans", "diverse")
+    }
+    ac_bd = frozenset({frozenset({0, 2}), frozenset({1, 3})})
+    ad_bc = frozenset({frozenset({0, 3}), frozenset({1, 2})})
+    assert pairings == {"kmeans": {ac_bd, ad_bc}, "diverse": {ac_bd}}
+
+
+def test_diverse_breaks_ties_by_the_seeded_order() -> None:
+    # equal profiles: every candidate ties, so each group takes the next clients in the seeded
+    # order, the groups random grouping cuts from that same order
+    same = torch.ones(9, 3, dtype=torch.float64)
+    for seed in range(5):
+        assert group_clients(same, 2, "diverse", seed) == group_clients(same, 2, "random", seed)
+    assert group_clients(same, 2) == group_clients(same, 2, "diverse", 0)  # the defaults
+
+
+def test_pooled_entropy_by_hand() -> None:
+    from fedkit.algorithms.superclients import pooled_entropy
+
+    # (1, 1) and (0.25, 0.25): uniform on 2 classes, log 2; (3, 1, 0): H(3/4, 1/4) =
+    # -(3/4 ln 3/4 + 1/4 ln 1/4) = 0.5623; nothing: 0
+    assert pooled_entropy(torch.tensor([1.0, 1.0])) == pytest.approx(math.log(2))
+    assert pooled_entropy(torch.tensor([0.25, 0.25])) == pytest.approx(math.log(2))
+    assert pooled_entropy(torch.tensor([3.0, 1.0, 0.0])) == pytest.approx(0.5623, abs=1e-4)
+    assert pooled_entropy(torch.zeros(3)) == 0.0
+
+
 def test_kmeans_grouping_is_a_seeded_partition_that_depends_on_the_seed() -> None:
     # two clients of class 0 and two of class 1, size 2: the groups are {0,2},{1,3} or
     # {0,3},{1,2} (one of each class always). Which one is the seed's choice: over 20 seeds
@@ -203,6 +258,8 @@ def test_confidence_vector_by_hand() -> None:
     got = confidence_vector(IdentityInEval(), x, torch.tensor([0, 0, 1]), 2)
     assert got.dtype == torch.float64
     assert got.tolist() == pytest.approx([5 / 11, 6 / 11], abs=1e-7)
+    int32 = confidence_vector(IdentityInEval(), x, torch.tensor([0, 0, 1], dtype=torch.int32), 2)
+    assert torch.equal(int32, got)  # labels of any integer type
 
 
 def test_confidence_vector_scores_in_batches_as_in_one() -> None:
@@ -224,7 +281,7 @@ def test_confidence_vector_refuses_what_it_cannot_score() -> None:
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="no example of class 2"):
         confidence_vector(nn.Identity(), x, torch.tensor([0, 1]), 3)
-    with pytest.raises(ValueError, match="class label in"):
+    with pytest.raises(ValueError, match=r"^the public set: confidence vectors need one class"):
         confidence_vector(nn.Identity(), x, torch.tensor([0, 3]), 3)
     with pytest.raises(ValueError, match=r"\(batch, 2\) logits"):
         confidence_vector(nn.Identity(), x, torch.tensor([0, 1]), 2)
@@ -291,7 +348,12 @@ def test_pretrained_confidence_peaks_at_each_clients_class() -> None:
     other = confidence_profiles(STORE, linear, pub, 4, local=PRETRAIN, epochs=5, seed=1)
     assert not torch.equal(conf, other)  # the pre-training's batch order follows the seed
     with pytest.raises(
-        ValueError, match=r"^confidence profiles are not computed under sample-level DP-SGD"
+        ValueError,
+        match=re.escape(
+            "confidence profiles are not computed under sample-level DP-SGD: the pre-training "
+            "would escape the run's privacy accounting (use profile = 'labels' or grouping = "
+            "'random')"
+        ),
     ):
         dp = LocalTraining(lr=0.1, dp=DPSGD(noise_multiplier=1.0, max_grad_norm=1.0))
         confidence_profiles(STORE, linear, pub, 4, local=dp, epochs=1, seed=0)
@@ -304,7 +366,8 @@ def test_confidence_profiles_equal_the_pretraining_done_by_hand() -> None:
     from fedkit.rng import generator
 
     pub = public_set(*POOL, 4, 5, seed=0)
-    got = confidence_profiles(STORE, linear, pub, 4, local=PRETRAIN, epochs=3, seed=9)
+    steps = LocalTraining(lr=2.0, batch_size=5, steps=1)  # epochs replace the run's steps
+    got = confidence_profiles(STORE, linear, pub, 4, local=steps, epochs=3, seed=9)
     initial = linear()
     for k in range(STORE.num_clients):
         model = linear()
@@ -315,6 +378,22 @@ def test_confidence_profiles_equal_the_pretraining_done_by_hand() -> None:
             model, d.x_train, d.y_train, cfg, generator=generator(9, 0, k, "fedseq/profile")
         )
         assert torch.equal(got[k], confidence_vector(model, *pub, 4)), k
+
+
+def test_public_set_draws_from_its_own_stream() -> None:
+    # the documented stream (seed, 0, SERVER, "fedseq/public"): a permutation of each class's
+    # examples in turn, the first per_class kept
+    from fedkit.rng import SERVER, generator
+
+    y = torch.tensor([1, 0, 1, 0, 1, 0, 1])
+    x = torch.arange(7, dtype=torch.float32)[:, None]
+    g = generator(3, 0, SERVER, "fedseq/public")
+    want = [
+        int(w[i])
+        for w in (torch.tensor([1, 3, 5]), torch.tensor([0, 2, 4, 6]))
+        for i in torch.randperm(len(w), generator=g)[:2]
+    ]
+    assert public_set(x, y, 2, 2, seed=3)[0].flatten().long().tolist() == want
 
 
 def test_output_based_grouping_mixes_the_classes_that_random_grouping_does_not() -> None:

@@ -162,4 +162,4 @@ def confidence_profiles(
         g = generator(seed, 0, k, "fedseq/profile")
         train_local(model, data.x_train, data.y_train, settings, generator=g)
         rows.append(confidence_vector(model, public[0], public[1], num_classes))
-    return torch.stack(rows) if rows else torch.zeros(0, num_classes, dtype=torch.float64)
+    return torch.stack(rows)  # a store has at least one client

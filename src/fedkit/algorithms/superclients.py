@@ -188,9 +188,8 @@ def kmeans_plus_plus(points: Tensor, k: int, gen: torch.Generator) -> Tensor:
     chosen = [int(torch.randint(n, (1,), generator=gen))]
     d2 = ((points - points[chosen[0]]) ** 2).sum(1)
     while len(chosen) < k:
-        total = float(d2.sum())
-        if total > 0:
-            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+        if float(d2.sum()) > 0:  # multinomial normalises the weights itself
+            nxt = int(torch.multinomial(d2, 1, generator=gen))
         else:
             nxt = int(torch.randint(n, (1,), generator=gen))
         chosen.append(nxt)
