@@ -210,6 +210,19 @@ def test_pooled_entropy_by_hand() -> None:
     assert pooled_entropy(torch.zeros(3)) == 0.0
 
 
+def test_kmeans_groups_train_in_the_seeded_order() -> None:
+    # 10 classes, 5 one-class clients each, groups of 5: dealt one per cluster, but each
+    # group's members train in the seeded order (the order "random" grouping cuts: one group
+    # of all 50 is that order itself), not in the clusters' order
+    hist = one_class_hist([c for c in range(10) for _ in range(5)], num_classes=10)
+    for seed in range(3):
+        (order,) = group_clients(hist, 50, "random", seed)
+        rank = {c: i for i, c in enumerate(order)}
+        groups = group_clients(hist, 5, "kmeans", seed)
+        assert all(len(set(classes_of(hist, g))) == 5 for g in groups)
+        assert all([rank[c] for c in g] == sorted(rank[c] for c in g) for g in groups)
+
+
 def test_kmeans_grouping_is_a_seeded_partition_that_depends_on_the_seed() -> None:
     # two clients of class 0 and two of class 1, size 2: the groups are {0,2},{1,3} or
     # {0,3},{1,2} (one of each class always). Which one is the seed's choice: over 20 seeds

@@ -30,7 +30,9 @@ Grouping methods, each deterministic from ``seed``:
   ``(seed, 0, SERVER, "superclients/kmeans")``, then Lloyd's iterations), so that each cluster
   holds clients of similar distributions; then deal the clients out round-robin, one from each
   non-empty cluster in turn, into consecutive groups of ``size``. Clusters are visited in the
-  order their first member appears in the seeded order, members within a cluster in that order.
+  order their first member appears in the seeded order, members within a cluster in that order;
+  a group's members train in the seeded order (dealt order would put the same clusters' clients
+  first in every group).
 
 The last group may be smaller. Superclient ids follow the smallest member id of each group,
 so with ``size = 1`` superclient ``s`` is client ``s`` (FedSeq then equals FedAvg).
@@ -119,12 +121,15 @@ def group_clients(
     n = int(histograms.shape[0])
     order = torch.randperm(n, generator=generator(seed, 0, SERVER, "superclients")).tolist()
     if method == "random":
-        dealt = order
+        groups = [tuple(order[i : i + size]) for i in range(0, n, size)]
     elif method == "kmeans":
         dealt = _dealt_from_clusters(histograms, order, seed)
+        rank = {c: i for i, c in enumerate(order)}  # members train in the seeded order
+        groups = [
+            tuple(sorted(dealt[i : i + size], key=rank.__getitem__)) for i in range(0, n, size)
+        ]
     else:
-        return tuple(sorted(_greedy_diverse(histograms, size, order), key=min))
-    groups = [tuple(dealt[i : i + size]) for i in range(0, n, size)]
+        groups = _greedy_diverse(histograms, size, order)
     return tuple(sorted(groups, key=min))
 
 
