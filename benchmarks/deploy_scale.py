@@ -9,10 +9,14 @@ over the received buffer, folded into the aggregator). The cohort is 10% of C.
 
 Reported per C, as means over the measured rounds (one warm-up round is left out):
 
-* the coordinator's CPU seconds per round (this process: run loop, gRPC threads, hashing,
-  validation, aggregation) against the **in-process floor** measured in the same run: the same
-  bytes through the same steps with no network (encode + chunk the broadcast once; per upload:
-  chunk hashes, reassembly, header and finiteness checks, zero-copy decode, fold);
+* the coordinator's CPU seconds per round (this process: run loop, gRPC and bulk-channel
+  threads, hashing, validation, aggregation) against the **in-process floor** measured in the
+  same run: the same bytes through the same steps with no network (encode + chunk the broadcast
+  once; per upload: chunk hashes, reassembly, header and finiteness checks, zero-copy decode,
+  fold), and against the same floor plus the server's update (the rest of a round's
+  computation, which no transport can avoid);
+* each with uploads over the **bulk channel** (``fedkit.net.bulk``, the default) and as gRPC
+  chunk streams (``--transports``);
 * the **bare gRPC transfer** cost in the same run: a gRPC server with the same options and
   message types whose handlers do nothing (drain the upload chunks, stream pre-serialised
   broadcast chunks), fed the same bytes by W client processes — what moving the bytes alone costs
@@ -46,15 +50,18 @@ from typing import Any, Literal
 import grpc
 import torch
 
-from fedkit.aggregate import check_finite
+from fedkit.aggregate import AggContext, check_finite
+from fedkit.algorithm import RoundInfo
 from fedkit.algorithms import FedAvg, ModelDelta, ModelMessage
 from fedkit.local import LocalTraining
 from fedkit.models import build_model
 from fedkit.net.broker import Broker
+from fedkit.net.bulk import BulkServer
 from fedkit.net.client import CoordinatorClient
 from fedkit.net.codec import Reassembler, split
 from fedkit.net.deployment import DeploySettings
 from fedkit.net.executor import RemoteExecutor
+from fedkit.net.guard import StreamGuard
 from fedkit.net.payload import (
     ResultMeta,
     check_tree_header,
@@ -80,8 +87,11 @@ def cnn_params() -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model_params(model).items()}
 
 
-def null_worker(address: str, ids: list[int], stats_q: Any) -> None:
-    """One process serving ``ids``: decode each broadcast, answer a zero delta for its client."""
+def null_worker(address: str, ids: list[int], stats_q: Any, cpus: set[int] | None) -> None:
+    """One process serving ``ids``: decode each broadcast, answer a zero delta for its client
+    (on ``cpus`` when given)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     torch.set_num_threads(1)
     params = cnn_params()
     msg_template = ModelMessage(params=params)
@@ -105,13 +115,15 @@ def null_worker(address: str, ids: list[int], stats_q: Any) -> None:
     stats_q.put(tasks)
 
 
-def coordinator_floor(params: dict[str, torch.Tensor], cohort: int) -> float:
-    """CPU seconds of the coordinator's per-round work for ``cohort`` uploads, in one process."""
+def coordinator_floor(params: dict[str, torch.Tensor], cohort: int) -> tuple[float, float]:
+    """CPU seconds of the coordinator's per-round work for ``cohort`` uploads, in one process:
+    (broadcast + hash, decode and fold of every upload; the same plus the server's update)."""
     msg = ModelMessage(params=params)
     template = ModelDelta(delta={k: torch.zeros_like(v) for k, v in params.items()})
     upload = encode_tree(template, ZERO_META)
     parts = split(upload)  # the worker's work: not counted
-    agg = FedAvg(local=LocalTraining(lr=0.1, steps=1)).aggregator
+    algorithm = FedAvg(local=LocalTraining(lr=0.1, steps=1))
+    agg = algorithm.aggregator
     t0 = time.process_time()
     split(encode_tree(msg))  # the broadcast, once
     acc = None
@@ -126,7 +138,12 @@ def coordinator_floor(params: dict[str, torch.Tensor], cohort: int) -> float:
         check_finite(update)
         m = ResultMeta.from_metadata(meta)
         acc = agg.add(agg.zero(update) if acc is None else acc, update, m.weight)
-    return time.process_time() - t0
+    folded = time.process_time() - t0
+    assert acc is not None
+    info = RoundInfo(round=0, seed=0, num_clients=cohort, cohort_size=cohort)
+    mean = agg.result(acc, AggContext(round=0, seed=0, client_id=-1))
+    algorithm.server_update(algorithm.init_state(params), mean, info)
+    return folded, time.process_time() - t0
 
 
 _SERVICE = "fedkit.net.v1.Coordinator"
@@ -154,7 +171,9 @@ def _bare_handlers(payload: bytes) -> grpc.GenericRpcHandler:
     })  # fmt: skip
 
 
-def _bare_client(address: str, payload: bytes, transfers: int) -> None:
+def _bare_client(address: str, payload: bytes, transfers: int, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     channel = make_channel(address, Security(), identity="bench")
     up = channel.stream_unary(f"/{_SERVICE}/PushResult",
                               request_serializer=pb.ResultPart.SerializeToString,
@@ -169,14 +188,16 @@ def _bare_client(address: str, payload: bytes, transfers: int) -> None:
     channel.close()
 
 
-def grpc_transfer_cpu(payload: bytes, cohort: int, workers: int, ctx: Any) -> float:
+def grpc_transfer_cpu(
+    payload: bytes, cohort: int, workers: int, ctx: Any, cpus: set[int] | None
+) -> float:
     """Server CPU seconds to send ``payload`` to and receive it from ``cohort`` clients (spread
     over ``workers`` client processes) through a bare gRPC server."""
     server, port = make_server("127.0.0.1:0", Security(), max_workers=2 * workers + 8)
     server.add_generic_rpc_handlers((_bare_handlers(payload),))
     server.start()
     share = [cohort // workers + (k < cohort % workers) for k in range(workers)]
-    procs = [ctx.Process(target=_bare_client, args=(f"127.0.0.1:{port}", payload, n))
+    procs = [ctx.Process(target=_bare_client, args=(f"127.0.0.1:{port}", payload, n, cpus))
              for n in share if n]  # fmt: skip
     t0 = time.process_time()
     for p in procs:
@@ -213,9 +234,22 @@ class PeakRss:
 
 
 def one_setting(
-    n_clients: int, workers: int, rounds: int, fold: Literal["ordered", "arrival"]
+    n_clients: int,
+    workers: int,
+    rounds: int,
+    fold: Literal["ordered", "arrival"],
+    transport: Literal["grpc", "bulk"] = "bulk",
+    pin: bool = True,
 ) -> dict[str, Any]:
-    """Run ``rounds`` + 1 rounds with ``workers`` processes serving ``n_clients`` clients."""
+    """Run ``rounds`` + 1 rounds with ``workers`` processes serving ``n_clients`` clients;
+    uploads over the bulk channel (``transport = "bulk"``) or as gRPC chunk streams. With
+    ``pin`` (and 2+ CPUs) the coordinator runs on CPU 0 and the workers on the others, as if the
+    coordinator had a machine of its own; the floor is then measured on CPU 0 too."""
+    allowed = os.sched_getaffinity(0)
+    cpus = sorted(allowed)
+    worker_cpus = set(cpus[1:]) if pin and len(cpus) > 1 else None
+    if worker_cpus:
+        os.sched_setaffinity(0, {cpus[0]})  # before any server thread: they inherit it
     params = cnn_params()
     raw = nbytes(params)
     cohort = max(1, n_clients // 10)
@@ -226,12 +260,20 @@ def one_setting(
     broker = Broker(run_id="bench", max_result_bytes=settings.max_update_bytes,
                     heartbeat_interval_s=5, liveness_s=120)  # fmt: skip
     server, port = make_server("127.0.0.1:0", Security(), max_workers=2 * workers + 8)
-    add_service(server, broker)
+    guard = StreamGuard()
+    add_service(server, broker, guard)
+    bulk = None
+    if transport == "bulk":
+        bulk = BulkServer(broker, host="127.0.0.1", guard=guard, max_connections=2 * workers + 8)
+        broker.bulk_port = bulk.port
+        bulk.start()
     server.start()
     stats_q = ctx.Queue()
     blocks = [list(range(n_clients))[k::workers] for k in range(workers)]
     procs = [
-        ctx.Process(target=null_worker, args=(f"127.0.0.1:{port}", b, stats_q), daemon=True)
+        ctx.Process(
+            target=null_worker, args=(f"127.0.0.1:{port}", b, stats_q, worker_cpus), daemon=True
+        )
         for b in blocks
     ]
     for p in procs:
@@ -267,23 +309,35 @@ def one_setting(
     for p in procs:
         p.join(30)
     server.stop(1)
+    if bulk is not None:
+        bulk.close()
+    guard.close()
     measured = [t for t in tasks if t[0] >= 1]
     walls = [r.wall_seconds for r in result.history[1:]]
-    floor = statistics.median(coordinator_floor(params, cohort) for _ in range(3))
+    floors = [coordinator_floor(params, cohort) for _ in range(3)]
+    floor = statistics.median(f[0] for f in floors)
+    floor_round = statistics.median(f[1] for f in floors)
     upload = encode_tree(template, ZERO_META)
-    transfer = statistics.median(grpc_transfer_cpu(upload, cohort, workers, ctx) for _ in range(3))
+    transfer = statistics.median(
+        grpc_transfer_cpu(upload, cohort, workers, ctx, worker_cpus) for _ in range(3)
+    )
     cpu = statistics.mean(coord_cpu[1:])
+    os.sched_setaffinity(0, allowed)
     return {
         "clients": n_clients,
         "workers": workers,
         "cohort": cohort,
         "fold": fold,
+        "transport": transport,
+        "pinned": bool(worker_cpus),
         "rounds_measured": len(walls),
         "all_committed": all(r.committed and len(r.clients) == cohort for r in result.history),
         "model_bytes": raw,
         "coordinator_cpu_s_per_round": cpu,
         "floor_cpu_s_per_round": floor,
         "cpu_over_floor": cpu / floor,
+        "floor_with_server_update_cpu_s_per_round": floor_round,
+        "cpu_over_floor_with_server_update": cpu / floor_round,
         "grpc_transfer_cpu_s_per_round": transfer,
         "cpu_over_floor_plus_transfer": cpu / (floor + transfer),
         "wall_s_per_round": statistics.mean(walls),
@@ -302,6 +356,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (plus one warm-up)")
     folds = ["ordered", "arrival"]
     ap.add_argument("--folds", nargs="+", default=folds, choices=folds)
+    transports = ["grpc", "bulk"]
+    ap.add_argument(
+        "--transports",
+        nargs="+",
+        default=transports,
+        choices=transports,
+        help="how uploads travel: gRPC chunk streams, or the bulk channel (fedkit.net.bulk)",
+    )
     ap.add_argument("--json-out", type=Path, default=Path("benchmarks/results/deploy_scale.json"))
     ap.add_argument(
         "--flower",
@@ -319,10 +381,18 @@ def main() -> None:
         action="store_true",
         help="every Flower SuperNode runs ClientApps (see flower_scale.py)",
     )
+    ap.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the OS place the coordinator and the workers (default: coordinator on CPU 0)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = [
-        one_setting(c, args.workers, args.rounds, fold) for c in args.clients for fold in args.folds
+        one_setting(c, args.workers, args.rounds, fold, transport, pin=not args.no_pin)
+        for c in args.clients
+        for fold in args.folds
+        for transport in args.transports
     ]
     flower_rows: list[dict[str, Any]] = []
     flower_skipped: list[dict[str, Any]] = []
@@ -340,14 +410,18 @@ def main() -> None:
             except flower_scale.FlowerRunError as exc:
                 print(f"Flower at C = {c} not run: {exc}")
                 flower_skipped.append({"clients": c, "reason": str(exc)})
-    head = (f"{'C':>5s} {'cohort':>6s} {'fold':>8s} {'coord CPU s':>11s} {'floor s':>8s} "
-            f"{'ratio':>6s} {'gRPC s':>7s} {'/(f+g)':>6s} {'wall s':>7s} {'down/model':>10s} "
+    head = (f"{'C':>5s} {'cohort':>6s} {'fold':>8s} {'upload':>6s} {'coord CPU s':>11s} "
+            f"{'floor s':>8s} "
+            f"{'ratio':>6s} {'+upd s':>7s} {'ratio':>6s} {'gRPC s':>7s} {'/(f+g)':>6s} "
+            f"{'wall s':>7s} {'down/model':>10s} "
             f"{'up/model':>9s} {'peak MiB':>9s}")  # fmt: skip
     print(head)
     for r in rows:
-        print(f"{r['clients']:5d} {r['cohort']:6d} {r['fold']:>8s} "
+        print(f"{r['clients']:5d} {r['cohort']:6d} {r['fold']:>8s} {r['transport']:>6s} "
               f"{r['coordinator_cpu_s_per_round']:11.3f} {r['floor_cpu_s_per_round']:8.3f} "
-              f"{r['cpu_over_floor']:6.2f} {r['grpc_transfer_cpu_s_per_round']:7.3f} "
+              f"{r['cpu_over_floor']:6.2f} {r['floor_with_server_update_cpu_s_per_round']:7.3f} "
+              f"{r['cpu_over_floor_with_server_update']:6.2f} "
+              f"{r['grpc_transfer_cpu_s_per_round']:7.3f} "
               f"{r['cpu_over_floor_plus_transfer']:6.2f} "
               f"{r['wall_s_per_round']:7.2f} {r['down_ratio']:10.4f} "
               f"{r['up_ratio']:9.4f} {r['coordinator_peak_rss_above_start_mib']:9.1f}")  # fmt: skip
@@ -377,7 +451,8 @@ def main() -> None:
             if r["clients"] == f["clients"]
         ]
         for q in ratios:
-            print(f"C = {q['clients']}, fold {q['fedkit_fold']}: Flower / fedkit coordinator CPU "
+            print(f"C = {q['clients']}, fold {q['fedkit_fold']}, {q['fedkit_transport']}: "
+                  "Flower / fedkit coordinator CPU "
                   f"per round = {q['cpu_ratio']:.1f}x ({q['cpu_ratio_less_idle']:.1f}x without "
                   f"Flower's idle polling), wall = {q['wall_ratio']:.1f}x")  # fmt: skip
     out = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,6 +177,30 @@ def test_an_unreachable_bulk_port_falls_back_to_grpc(coord: Coordinator) -> None
     assert coord.bulk.accepted == 0
 
 
+@pytest.mark.parametrize("reply", [b"\xff\xff\xff\xff", b"\x03\x00\x00\x00\xff\xff\xff", b""])
+def test_a_garbled_verdict_sends_the_worker_to_grpc(coord: Coordinator, reply: bytes) -> None:
+    # a "coordinator" on the bulk port answering an oversized frame, an unparsable Ack, or
+    # nothing: the worker does not take it for a refusal, it pushes by gRPC
+    fake = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = fake.accept()
+        with conn:
+            conn.recv(1 << 16)
+            conn.sendall(reply)
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    cl = client(coord, "0")
+    cl.bulk_port = fake.getsockname()[1]
+    coord.open(1, ["0"])
+    payload = encode(MODEL)
+    cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
+    assert coord.broker.collect(want=1)["0"].payload == payload
+    t.join(5)
+    fake.close()
+
+
 def test_typed_refusals_while_others_are_served(coord: Coordinator) -> None:
     ids = [str(i) for i in range(8)]
     cls = {c: client(coord, c) for c in ids}
@@ -306,18 +331,24 @@ def test_pending_connections_per_address_evict_the_oldest(coord: Coordinator) ->
 def test_connections_over_the_limit_are_closed_at_once() -> None:
     c = Coordinator(Security(), guard=StreamGuard(idle_s=5.0, max_pending=8), max_connections=2)
     try:
+        cl = client(c, "0")
         held = [connect(c), connect(c)]
         time.sleep(0.2)
         with connect(c) as extra:
             assert closed_by_peer(extra, within_s=2.0)
         assert c.bulk.refused == 1
+        # an honest upload turned away by the cap is not lost: the worker pushes by gRPC
+        c.open(1, ["0"])
+        payload = encode(MODEL)
+        cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
+        assert c.bulk.refused == 2 and c.bulk.accepted == 0
+        assert c.broker.collect(want=1)["0"].payload == payload
         for s in held:
             s.close()
         time.sleep(0.3)  # their handlers end (EOF) and free the slots
-        cl = client(c, "0")
-        c.open(1, ["0"])
-        cl.push_result(cl.get_task(wait_s=2), encode(MODEL), compute_s=0)
-        assert c.bulk.accepted == 1
+        c.open(2, ["0"])
+        cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
+        assert c.bulk.accepted == 1 and set(c.broker.collect(want=1)) == {"0"}
     finally:
         c.stop()
 

@@ -101,12 +101,19 @@ def _ack(error: pb.Error) -> bytes:
 
 
 def read_ack(sock: socket.socket) -> None:
-    """Read the coordinator's ``Ack`` frame; raise its typed refusal, if any."""
-    raw = read_frame(sock)
+    """Read the coordinator's ``Ack`` frame; raise its typed refusal, if any.
+
+    Raises:
+        NetError: the coordinator's refusal.
+        ConnectionError: no readable ``Ack`` came (closed, cut, or not a frame): the channel
+            failed, which says nothing about the result (the worker then uses ``PushResult``).
+    """
     try:
-        ack = pb.Ack.FromString(raw)
+        ack = pb.Ack.FromString(read_frame(sock))
+    except NetError as err:
+        raise ConnectionError(f"bulk channel: no verdict ({err.detail})") from None
     except Exception:  # protobuf's DecodeError
-        raise NetError(ErrorCode.MALFORMED, "Ack does not parse") from None
+        raise ConnectionError("bulk channel: the verdict does not parse") from None
     raise_for(ack.error)
 
 
