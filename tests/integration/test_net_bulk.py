@@ -175,6 +175,10 @@ def test_an_unreachable_bulk_port_falls_back_to_grpc(coord: Coordinator) -> None
     cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
     assert coord.broker.collect(want=1)["0"].payload == payload
     assert coord.bulk.accepted == 0
+    # gRPC only until the worker registers again, which tells it the port anew
+    assert cl.bulk_port == 0
+    cl.register()
+    assert cl.bulk_port == coord.bulk.port
 
 
 @pytest.mark.parametrize("reply", [b"\xff\xff\xff\xff", b"\x03\x00\x00\x00\xff\xff\xff", b""])
@@ -346,6 +350,7 @@ def test_connections_over_the_limit_are_closed_at_once() -> None:
         for s in held:
             s.close()
         time.sleep(0.3)  # their handlers end (EOF) and free the slots
+        cl.register()  # the bulk port again
         c.open(2, ["0"])
         cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
         assert c.bulk.accepted == 1 and set(c.broker.collect(want=1)) == {"0"}

@@ -30,6 +30,8 @@ from fedkit.net.transport import Security, make_channel, split_address
 
 log = logging.getLogger("fedkit.worker")
 
+BULK_CONNECT_S = 5.0
+"""Longest wait for the bulk channel's TCP connection before the result goes by gRPC."""
 MAX_TASK_BYTES = 2 * 1024**3
 """Largest broadcast payload a worker accepts (2 GiB)."""
 
@@ -253,9 +255,11 @@ class CoordinatorClient:
             except ssl.SSLCertVerificationError as exc:
                 raise TLSHandshakeError(f"bulk channel: {exc}") from None
             except OSError as exc:
-                # e.g. a restarted coordinator listens on another bulk port: gRPC (with its
-                # retries and the re-registration they lead to) is the channel that always works
-                log.info("bulk upload failed (%s); pushing by gRPC", exc)
+                # e.g. a restarted coordinator listens on another bulk port, or a firewall drops
+                # it: gRPC (with its retries and the re-registration they lead to, which tells
+                # the port again) is the channel that always works; until then, only gRPC
+                log.warning("bulk upload failed (%s); pushing by gRPC until registered again", exc)
+                self.bulk_port = 0
         chunks = split(payload)
         info = pb.ResultInfo(
             header=self.header(round_=task.round, task_id=task.task_id),
@@ -282,8 +286,10 @@ class CoordinatorClient:
         def sent(n: int) -> None:
             self.bytes_sent += n
 
-        raw = socket.create_connection((host, self.bulk_port), timeout=self.rpc_timeout_s * 4)
+        connect_s = min(BULK_CONNECT_S, self.rpc_timeout_s)  # an unreachable port fails fast
+        raw = socket.create_connection((host, self.bulk_port), timeout=connect_s)
         with contextlib.closing(raw):
+            raw.settimeout(self.rpc_timeout_s * 4)  # the transfer, as a PushResult's deadline
             tls = self._bulk_tls
             sock = raw if tls is None else tls.wrap_socket(raw, server_hostname=host)
             with contextlib.closing(sock):
