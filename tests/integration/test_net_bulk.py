@@ -300,6 +300,42 @@ def test_payload_checks(coord: Coordinator) -> None:
     assert set(results) == {"2"} and results["2"].payload == payload
 
 
+def test_one_upload_per_task_at_a_time(coord: Coordinator) -> None:
+    # a worker opening many uploads of one result cannot make the coordinator buffer it many
+    # times over: while one is arriving, another is DUPLICATE_RESULT (gRPC's PushResult too)
+    cl = client(coord, "0")
+    coord.open(1, ["0"])
+    task = cl.get_task(wait_s=2)
+    payload = encode(MODEL)
+    with connect(coord) as first:
+        first.sendall(opening(cl, task, payload))
+        read_ack(first)  # go: this upload is in progress
+        with connect(coord) as second:
+            second.sendall(opening(cl, task, payload))
+            assert refused(lambda: read_ack(second)) is ErrorCode.DUPLICATE_RESULT
+        cl.bulk = False
+        assert refused(lambda: cl.push_result(task, payload, compute_s=0)) is (
+            ErrorCode.DUPLICATE_RESULT
+        )
+        first.sendall(payload)
+        read_ack(first)  # accepted
+    assert coord.broker.collect(want=1)["0"].payload == payload
+
+
+def test_an_abandoned_upload_does_not_block_the_next(coord: Coordinator) -> None:
+    cl = client(coord, "0")
+    coord.open(1, ["0"])
+    task = cl.get_task(wait_s=2)
+    payload = encode(MODEL)
+    with connect(coord) as dropped:
+        dropped.sendall(opening(cl, task, payload))
+        read_ack(dropped)
+        dropped.sendall(payload[:100])
+    time.sleep(0.2)  # the handler sees the close and lets the task go
+    cl.push_result(task, payload, compute_s=0)
+    assert coord.broker.collect(want=1)["0"].payload == payload
+
+
 def test_idle_and_trickling_connections_are_cut(coord: Coordinator) -> None:
     cl = client(coord, "0")
     coord.open(1, ["0"], deadline_s=30)

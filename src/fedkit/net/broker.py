@@ -186,6 +186,7 @@ class Broker:
         self.rejections: deque[tuple[str, ErrorCode]] = deque(maxlen=10_000)
         self.bulk_port = 0
         """Port of the bulk result channel, told to every registering worker (0: none)."""
+        self._uploading: set[tuple[str, str]] = set()  # (client id, task id) arriving now
         """Recent refusals (who, code), for logs and tests."""
 
     # ----------------------------------------------------------------- authentication
@@ -464,7 +465,9 @@ class Broker:
         called with the result cap (it refuses a larger declared size before allocating);
         the payload's integrity and the result schema are checked as its pieces arrive.
         ``limit`` is told the round's deadline (monotonic), by which the upload must end; a
-        piece arriving later is refused with ``DEADLINE_PASSED``.
+        piece arriving later is refused with ``DEADLINE_PASSED``. One upload per task may be in
+        progress at a time (a second is ``DUPLICATE_RESULT``), so a worker cannot make the
+        coordinator buffer its result many times over.
         """
         with self._lock:
             try:
@@ -472,6 +475,9 @@ class Broker:
                 cid = rec.client_for(info.client_id)
                 rec.missed[cid] = 0  # it answers (even late): back in selection
                 rnd0, _ = self._task_for(cid, info)
+                key = (cid, info.header.task_id)
+                if key in self._uploading:
+                    raise NetError(ErrorCode.DUPLICATE_RESULT, "this result is already arriving")
                 deadline = rnd0.deadline
                 if limit is not None:
                     limit(deadline)
@@ -479,6 +485,24 @@ class Broker:
             except NetError as err:
                 raise self._reject(rec_name(info), err) from None
             check = self._result_check
+            self._uploading.add(key)
+        try:
+            self._receive(rec, cid, info, assembler, check, deadline)
+        finally:
+            with self._lock:
+                self._uploading.discard(key)
+
+    def _receive(
+        self,
+        rec: WorkerRecord,
+        cid: str,
+        info: pb.ResultInfo,
+        assembler: Upload,
+        check: ResultCheck | None,
+        deadline: float,
+    ) -> None:
+        """Read an admitted upload, check it as it arrives and record it (see
+        :meth:`accept_upload`)."""
         content = False  # whether a refusal is about the content (then the client is out)
         try:  # read outside the lock: other workers keep being served meanwhile
             early = check is None
