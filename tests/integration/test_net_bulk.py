@@ -435,3 +435,33 @@ def test_bulk_settings_are_checked(key: str, bad: object) -> None:
     with pytest.raises(DeployError, match=f"deploy.{key} = "):
         deploy_from_mapping({key: bad})
     assert deploy_from_mapping({"bulk": False, "bulk_port": 65_535}).bulk_port == 65_535
+
+
+def test_the_coordinator_offers_the_channel_its_settings_ask_for(tmp_path: Path) -> None:
+    from fedkit.net.coordinator import _bulk_server
+    from fedkit.net.deployment import DeploySettings
+
+    guard = StreamGuard()
+    broker = Broker(run_id="r", max_result_bytes=CAP)
+    off = _bulk_server(broker, "127.0.0.1:0", Security(), guard, DeploySettings(bulk=False),
+                       max_connections=4)  # fmt: skip
+    assert off is None and broker.bulk_port == 0
+    spare = socket.create_server(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()
+    on = _bulk_server(broker, "127.0.0.1:0", Security(), guard, DeploySettings(bulk_port=port),
+                      max_connections=4)  # fmt: skip
+    assert on is not None
+    try:
+        assert on.port == port and broker.bulk_port == port and on.tls is None
+        reply = broker.register(pb.RegisterRequest(protocol_version=1, client_id="0"), None)
+        assert reply.bulk_port == port  # what a registering worker is told
+    finally:
+        on.close()
+    certs = tmp_path / "certs"
+    create_certs(certs, coordinator_hosts=["127.0.0.1"], workers=1)
+    tls = _bulk_server(broker, "127.0.0.1:0", Security(cert_dir=certs), guard, DeploySettings(),
+                       max_connections=4)  # fmt: skip
+    assert tls is not None and tls.tls is not None
+    tls.close()
+    guard.close()

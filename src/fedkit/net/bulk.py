@@ -273,7 +273,8 @@ class BulkServer:
     def close(self) -> None:
         """Stop accepting (uploads in progress finish or are cut by their deadline)."""
         self._stop.set()
-        self._thread.join(timeout=2.0)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=2.0)
         self._listener.close()
 
     def _accept(self) -> None:
