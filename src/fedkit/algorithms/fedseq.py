@@ -225,7 +225,8 @@ def superclient_population(
     FedSeq, both grouped into superclients (grouped here once; the function regroups the
     rebuilt store by the same groups); for any other algorithm, unchanged. ``public`` and
     ``model_fn`` are passed to :meth:`FedSeq.superclients`."""
-    if not isinstance(algorithm, FedSeq):  # FedSeq's hook; others keep the store
+    regroup = getattr(algorithm, "superclients", None)  # FedSeq's hook; others keep the store
+    if not callable(regroup):
         return store, store_fn
-    grouped = algorithm.superclients(store, num_classes, public=public, model_fn=model_fn)
+    grouped: SuperclientStore = regroup(store, num_classes, public=public, model_fn=model_fn)
     return grouped, functools.partial(_regrouped, store_fn, grouped.groups)
