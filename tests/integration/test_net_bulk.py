@@ -465,3 +465,21 @@ def test_the_coordinator_offers_the_channel_its_settings_ask_for(tmp_path: Path)
     assert tls is not None and tls.tls is not None
     tls.close()
     guard.close()
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_the_broker_keeps_what_the_complete_check_returns(coord: Coordinator, bulk: bool) -> None:
+    seen: list[bool] = []
+
+    def check(payload: bytes, complete: bool) -> object:
+        seen.append(complete)
+        return ("decoded", len(payload)) if complete else "header only"
+
+    cl = client(coord, "0", bulk=bulk)
+    data = encode(MODEL)
+    a = Assignment.of(split(data, 1024), len(data))
+    coord.broker.open_round(1, {"0": a}, deadline_s=20, result_check=check)
+    payload = encode({k: v * 3 for k, v in MODEL.items()})
+    cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
+    assert coord.broker.collect(want=1)["0"].decoded == ("decoded", len(payload))
+    assert seen[-1] is True and coord.bulk.accepted == int(bulk)

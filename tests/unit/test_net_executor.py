@@ -3,6 +3,7 @@ abort policy, and aggregation in client-id order whatever the arrival order."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -166,3 +167,25 @@ def test_an_update_with_a_nan_is_refused_on_arrival_and_never_reaches_the_mean()
     assert out.accumulator is not None and out.dropped == (1,)
     assert [m.client_id for m in out.clients] == [0, 2]
     assert all(bool(torch.isfinite(t).all()) for t in out.accumulator.total.delta.values())
+
+
+def test_fold_uses_the_arrival_checks_decoding_and_the_broker_keeps_it() -> None:
+    from fedkit.net.broker import Result
+    from fedkit.net.executor import _OrderedFold
+
+    meta = ResultMeta(weight=2.0, num_examples=2, steps=1, train_loss=0.0, work_fraction=1.0,
+                      compute_s=0.0)  # fmt: skip
+    payload = encode_tree(update_of(1), meta.to_metadata())
+    _, ex, _ = make(DeploySettings())
+    decoded = ex._check(payload, True)  # what the broker keeps as Result.decoded
+    assert decoded is not None and ex._check(payload, False) is None  # header only: nothing
+    # a payload the fold could not decode: only the kept decoding can make this add work
+    res = Result(client_id="1", worker_id="w", round=0, task_id="t", payload=b"\x00" * 16,
+                 rtt_s=0.1, compute_s=0.0, arrival=0.0, decoded=decoded)  # fmt: skip
+    fold = _OrderedFold(FedAvg(), TEMPLATE, order=[1], limit=1, info=INFO, attempt=0)
+    fold.offer(res)
+    assert [m.client_id for m in fold.metrics] == [1] and fold.acc.weight == 2.0
+    # without it, the same payload is decoded again (and here refused: the client is dropped)
+    fold2 = _OrderedFold(FedAvg(), TEMPLATE, order=[1], limit=1, info=INFO, attempt=0)
+    fold2.offer(dataclasses.replace(res, decoded=None))
+    assert fold2.accepted == [] and fold2.acc is None

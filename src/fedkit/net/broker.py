@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedkit.net.codec import Buffer, Reassembler, Upload, payload_digest
 from fedkit.net.errors import ErrorCode, NetError
@@ -106,6 +107,8 @@ class Result:
     rtt_s: float
     compute_s: float
     arrival: float
+    decoded: Any = None
+    """What the round's result check returned for this payload (None without a check)."""
 
 
 @dataclass(kw_only=True)
@@ -128,9 +131,11 @@ class _Round:
     closed: bool = False
 
 
-ResultCheck = Callable[[Buffer, bool], None]
+ResultCheck = Callable[[Buffer, bool], Any]
 """Validates a result: ``(payload, complete)``; with ``complete`` False only the header has
-arrived (the rest of the buffer is zeros) and only the header may be judged."""
+arrived (the rest of the buffer is zeros) and only the header may be judged. What it returns for
+the complete payload (e.g. the tensors it decoded to check them) is kept as
+:attr:`Result.decoded`, so that the consumer need not decode the payload again."""
 
 
 class Broker:
@@ -515,9 +520,10 @@ class Broker:
                     check(assembler.peek(), False)  # header refused before the rest is buffered
                     content, early = False, True
             payload = assembler.result()
+            decoded = None
             if check is not None:
                 content = True
-                check(payload, True)
+                decoded = check(payload, True)
         except NetError as err:
             with self._lock:
                 if content:
@@ -537,6 +543,7 @@ class Broker:
                 round=rnd2.round,
                 task_id=task2.task_id,
                 payload=payload,
+                decoded=decoded,
                 rtt_s=now - sent,
                 compute_s=info.compute_s,
                 arrival=now,

@@ -134,20 +134,22 @@ class RemoteExecutor:
         order = torch.randperm(len(pool), generator=g).tolist()
         return sorted(pool[i] for i in order[:want])
 
-    def _check(self, payload: Buffer, complete: bool) -> None:
+    def _check(self, payload: Buffer, complete: bool) -> tuple[Any, dict[str, str]] | None:
         """A result is refused on arrival (typed ``MALFORMED``, the worker is told) when its
         metadata is invalid, its weight is not bounded by its example count (see
         :func:`check_weight`), or (once complete) any update tensor holds a NaN or infinite
-        value."""
+        value. Returns the complete payload decoded (zero-copy views of it), which the fold
+        then uses."""
         meta = ResultMeta.from_metadata(check_tree_header(payload, self.update_template))
         check_weight(meta, self.settings.max_client_examples)
         if not complete:
-            return
-        update, _ = decode_tree(payload, self.update_template)
+            return None
+        decoded = decode_tree(payload, self.update_template)
         try:
-            check_finite(update)
+            check_finite(decoded[0])
         except NonFiniteUpdateError as err:
             raise NetError(ErrorCode.MALFORMED, str(err)) from None
+        return decoded
 
     def execute(
         self,
@@ -383,7 +385,9 @@ class _OrderedFold:
 
     def _add(self, cid: int, res: Result) -> None:
         try:  # validated on arrival already; a failure here drops the client, not the round
-            update, meta = decode_tree(res.payload, self.template)
+            # the arrival check's own decoding of this payload (``_check``), else decode it
+            decoded = res.decoded or decode_tree(res.payload, self.template)
+            update, meta = decoded
             m = ResultMeta.from_metadata(meta)
             if self.hook is not None:
                 self.hook.screen(cid, update)
