@@ -483,3 +483,18 @@ def test_the_broker_keeps_what_the_complete_check_returns(coord: Coordinator, bu
     cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
     assert coord.broker.collect(want=1)["0"].decoded == ("decoded", len(payload))
     assert seen[-1] is True and coord.bulk.accepted == int(bulk)
+
+
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+def test_a_channel_on_every_ipv6_address_takes_ipv4_workers_too() -> None:
+    guard = StreamGuard()
+    server = BulkServer(Broker(run_id="r", max_result_bytes=CAP), host="::", guard=guard)
+    server.start()
+    try:
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, server.port), timeout=5) as s:
+                s.sendall(b"XXXX")  # not the magic: refused with a verdict, over either family
+                assert refused(lambda s=s: read_ack(s)) is ErrorCode.MALFORMED  # type: ignore[misc]
+    finally:
+        server.close()
+        guard.close()

@@ -252,10 +252,13 @@ class BulkServer:
         self.guard = guard
         self.tls = tls
         self._slots = threading.BoundedSemaphore(max_connections)
+        v6 = ":" in host
         self._listener = socket.create_server(
             (host, port),
-            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            family=socket.AF_INET6 if v6 else socket.AF_INET,
             backlog=128,
+            # "[::]" takes IPv4 workers too, as the gRPC server bound to it does
+            dualstack_ipv6=v6 and host == "::" and socket.has_dualstack_ipv6(),
         )
         self._listener.settimeout(0.2)  # the accept loop looks at the stop flag this often
         self.port: int = self._listener.getsockname()[1]
