@@ -284,7 +284,17 @@ def _resolve_values(stage: Any, client_id: int, values: AggState) -> Any:
     if inner is None or not dataclasses.is_dataclass(stage) or isinstance(stage, type):
         return stage
     resolved = _resolve_values(inner, client_id, values)
-    return stage if resolved is inner else dataclasses.replace(stage, inner=resolved)
+    return stage if resolved is inner else rebuilt_around(stage, resolved)
+
+
+def rebuilt_around(stage: T, inner: Any) -> T:
+    """The dataclass ``stage`` with its ``inner`` replaced, keeping what it holds outside its
+    init fields (e.g. a secure-aggregation stage's bound wire and key root)."""
+    rebuilt = dataclasses.replace(stage, inner=inner)  # type: ignore[type-var]
+    for f in dataclasses.fields(stage):  # type: ignore[arg-type]
+        if not f.init:
+            object.__setattr__(rebuilt, f.name, getattr(stage, f.name))
+    return rebuilt
 
 
 def gather_merge(agg: Aggregator[Any, A, Any], acc: A, comm: Collective) -> A:

@@ -44,6 +44,7 @@ from fedkit.aggregate import (
     EmptyAggregateError,
     MeanAcc,
     WeightedMean,
+    rebuilt_around,
     state_value,
 )
 from fedkit.algorithm import RoundInfo
@@ -78,6 +79,9 @@ class ImportanceWeighted(Generic[U]):
     """
 
     client_value_names: ClassVar[tuple[str, ...]] = (INCLUSION, TOTAL_WEIGHT)
+    weight_in_prepare: ClassVar[bool] = True
+    """``prepare`` applies the weight (``add`` sums as it is): a ``secagg`` stage may hold it as
+    its inner and sums the prepared updates with weight 1."""
 
     inclusion: tuple[float, ...] = ()
     total_weight: float = 0.0
@@ -172,7 +176,7 @@ def _resolve(agg: Any, inclusion: tuple[float, ...], total: float) -> Any:
     if inner is None or not dataclasses.is_dataclass(agg) or isinstance(agg, type):
         return agg
     resolved = _resolve(inner, inclusion, total)
-    return agg if resolved is inner else dataclasses.replace(agg, inner=resolved)
+    return agg if resolved is inner else rebuilt_around(agg, resolved)
 
 
 def with_inclusion(
