@@ -168,3 +168,19 @@ def test_from_mapping_errors_name_the_section_and_key() -> None:
         SystemModel.from_mapping({"deadline": 0}, section="sys")
     with pytest.raises(ValueError, match=r"^sys.latency.dist must be one of"):
         SystemModel.from_mapping({"latency": {"dist": "pareto"}}, section="sys")
+
+
+def test_error_values_are_shortened_and_forms_are_converted() -> None:
+    # a long list of bad trace values is cut to its first three in the message
+    with pytest.raises(ValueError, match=r"got \[-1.0, -2.0, -3.0\]$"):
+        Trace(values=(-1.0, -2.0, -3.0, -4.0))
+    # a trace table without values is a missing key (named), not a KeyError
+    with pytest.raises(ValueError, match=r"^system.x: .*missing 1 required keyword-only.*values"):
+        distribution_from("system.x", {"dist": "trace"})
+    # every link and speed key is read as a distribution
+    m = SystemModel.from_mapping(
+        {"compute_speed": 5.0, "bandwidth_down": 5e6, "bandwidth_up": 6e5, "latency": 0.2}
+    )
+    assert m.compute_speed == Constant(value=5.0)
+    assert m.bandwidth_down == Constant(value=5e6) and m.bandwidth_up == Constant(value=6e5)
+    assert m.latency == Constant(value=0.2)
