@@ -194,3 +194,51 @@ def test_round_with_a_failed_client_ends_at_the_deadline_or_when_it_failed() -> 
     assert _bind(deadline=50.0, **dropped).round_seconds([0, 1], INFO) == 50.0
     assert _bind(**dropped).round_seconds([0, 1], INFO) == pytest.approx(5.2)
     assert _bind().round_seconds([], INFO) == 0.0
+
+
+def test_traits_and_events_come_from_their_named_streams() -> None:
+    # Every trait drawn (uniform on its range) from (model seed 13, client, "system/<trait>") at
+    # round 0 and every event from (run seed, round, client, "system/<event>"); the outcome of
+    # each of 16 clients recomputed from those draws by the rules of the module docstring.
+    model = SystemModel(
+        compute_speed=Uniform(low=50.0, high=150.0),
+        bandwidth_down=Uniform(low=500.0, high=1500.0),
+        bandwidth_up=Uniform(low=250.0, high=750.0),
+        latency=Uniform(low=0.1, high=0.9),
+        availability=0.7,
+        stragglers=0.5,
+        straggler_work=(0.2, 0.6),
+        dropout=0.3,
+        policy="partial",
+        seed=13,
+    )
+    local = LocalTraining(lr=0.1, epochs=1, batch_size=10)
+    p = SystemParticipation(
+        model, num_examples=[50] * 16, local=local, bytes_down=2000, bytes_up=1000
+    )
+    reasons = set()
+    for c in range(16):
+
+        def trait(stream: str, low: float, high: float, c: int = c) -> float:
+            g = generator(13, 0, c, stream)
+            return low + (high - low) * float(torch.rand((), generator=g, dtype=torch.float64))
+
+        latency = trait("system/latency", 0.1, 0.9)
+        down = latency + 2000 / trait("system/down", 500.0, 1500.0)
+        up = latency + 1000 / trait("system/up", 250.0, 750.0)
+        compute = 50 / trait("system/speed", 50.0, 150.0)
+        if _u("system/available", c) >= 0.7:
+            want = ClientTiming(c, None, 0.0, "unavailable")
+        elif _u("system/dropout", c) < 0.3:
+            want = ClientTiming(c, None, down + compute * _u("system/dropout-at", c), "dropout")
+        elif _u("system/straggler", c) < 0.5:
+            work = 0.2 + 0.4 * _u("system/straggler-work", c)
+            want = ClientTiming(c, work, down + compute * work + up, "partial")
+        else:
+            want = ClientTiming(c, 1.0, down + compute + up, "ok")
+        got = p.timing(c, INFO)
+        assert (got.work is None) == (want.work is None) and got.reason == want.reason, c
+        assert got.seconds == pytest.approx(want.seconds, rel=1e-12), c
+        assert got.work == (None if want.work is None else pytest.approx(want.work, rel=1e-12))
+        reasons.add(got.reason)
+    assert reasons == {"unavailable", "dropout", "partial", "ok"}  # every branch is seen
