@@ -199,7 +199,7 @@ def test_round_with_a_failed_client_ends_at_the_deadline_or_when_it_failed() -> 
 def test_traits_and_events_come_from_their_named_streams() -> None:
     # Every trait drawn (uniform on its range) from (model seed 13, client, "system/<trait>") at
     # round 0 and every event from (run seed, round, client, "system/<event>"); the outcome of
-    # each of 16 clients recomputed from those draws by the rules of the module docstring.
+    # each of 32 clients recomputed from those draws by the rules of the module docstring.
     model = SystemModel(
         compute_speed=Uniform(low=50.0, high=150.0),
         bandwidth_down=Uniform(low=500.0, high=1500.0),
@@ -214,10 +214,10 @@ def test_traits_and_events_come_from_their_named_streams() -> None:
     )
     local = LocalTraining(lr=0.1, epochs=1, batch_size=10)
     p = SystemParticipation(
-        model, num_examples=[50] * 16, local=local, bytes_down=2000, bytes_up=1000
+        model, num_examples=[50] * 32, local=local, bytes_down=2000, bytes_up=1000
     )
     reasons = set()
-    for c in range(16):
+    for c in range(32):
 
         def trait(stream: str, low: float, high: float, c: int = c) -> float:
             g = generator(13, 0, c, stream)
