@@ -242,3 +242,16 @@ def test_traits_and_events_come_from_their_named_streams() -> None:
         assert got.work == (None if want.work is None else pytest.approx(want.work, rel=1e-12))
         reasons.add(got.reason)
     assert reasons == {"unavailable", "dropout", "partial", "ok"}  # every branch is seen
+
+
+def test_a_device_too_fast_to_measure_still_waits_for_its_links() -> None:
+    # speed 1e308 · exp(2 z) overflows to ∞ for z > 0.3: compute time 0. Its links alone (5 s)
+    # miss a 4 s deadline, so it is late with no work done, even under "partial".
+    c = next(c for c in range(64) if _z(INFO.seed, INFO.round, c, "system/jitter") > 0.3)
+    device = {**DEVICE, "compute_speed": Constant(value=1e308)}
+    model = SystemModel(**device, speed_jitter=2.0, deadline=4.0, policy="partial")  # type: ignore[arg-type]
+    local = LocalTraining(lr=0.1, epochs=1, batch_size=10)
+    p = SystemParticipation(
+        model, num_examples=[50] * 64, local=local, bytes_down=2000, bytes_up=1000
+    )
+    assert p.timing(c, INFO) == ClientTiming(c, None, 4.0, "late")
