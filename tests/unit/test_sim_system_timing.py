@@ -255,3 +255,14 @@ def test_a_device_too_fast_to_measure_still_waits_for_its_links() -> None:
         model, num_examples=[50] * 64, local=local, bytes_down=2000, bytes_up=1000
     )
     assert p.timing(c, INFO) == ClientTiming(c, None, 4.0, "late")
+
+
+def test_a_dropped_late_client_is_waited_for_until_the_deadline_exactly() -> None:
+    # 17 samples/s, 0.1 s latency: down = up = 2.1 s, compute = 50/17 s, a full round 7.14 s
+    # misses D = 5.7 s; the server gave up at D itself (not at down + compute·work + up, which
+    # is D in exact arithmetic but 5.700000000000001 in floats)
+    device = {**DEVICE, "compute_speed": Constant(value=17.0), "latency": Constant(value=0.1)}
+    model = SystemModel(**device, deadline=5.7, policy="drop")  # type: ignore[arg-type]
+    local = LocalTraining(lr=0.1, epochs=1, batch_size=10)
+    p = SystemParticipation(model, num_examples=[50], local=local, bytes_down=2000, bytes_up=1000)
+    assert p.timing(0, INFO) == ClientTiming(0, None, 5.7, "late")
