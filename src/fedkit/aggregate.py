@@ -33,9 +33,10 @@ in a class attribute ``client_value_names``, gives them for one client with
 ``client_values(client_id) -> AggState`` (server side) and takes them back with
 ``with_client_values(client_id, values)`` (client side: a copy of itself resolved with them,
 which validates them). :func:`client_values` and :func:`with_client_values` walk the chain
-(``inner``). In simulation every client runs the server's resolved chain; a deployment worker is
-sent its client's values with each task and resolves its own chain with them
-(:mod:`fedkit.net.worker`), so the step stays on the client, under secure aggregation too.
+(``inner``). In simulation every client runs the server's resolved chain (gloo ranks started
+apart are sent each cohort client's values by rank 0, :mod:`fedkit.sim.distributed`); a
+deployment worker is sent its client's values with each task and resolves its own chain with
+them (:mod:`fedkit.net.worker`), so the step stays on the client, under secure aggregation too.
 
 :class:`WeightedMean` keeps its sums in float64, so the mean does not depend (beyond float64
 rounding) on the order in which clients arrive; its result stays in float64 (the server step
