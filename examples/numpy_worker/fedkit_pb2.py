@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x65\x64kit.proto\x12\rfedkit.net.v1\"?\n\x05\x45rror\x12&\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x18.fedkit.net.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"Z\n\x06Header\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\"\xdf\x01\n\x0fRegisterRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x19\n\x11\x65xperiment_digest\x18\x03 \x01(\t\x12\x18\n\x10\x65nrolment_secret\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x12\n\nclient_ids\x18\x06 \x03(\t\x12\x19\n\x11\x65nrolment_secrets\x18\x07 \x03(\t\x12\x14\n\x0cnum_examples\x18\x08 \x03(\x04\"\xe1\x01\n\rRegisterReply\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x05 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\r\x12\x18\n\x10protocol_version\x18\x08 \x01(\r\x12\x11\n\tbulk_port\x18\t \x01(\r\"]\n\x0eGetTaskRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12\x14\n\x0cheld_payload\x18\x03 \x01(\x0c\"\x94\x02\n\x08TaskInfo\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.fedkit.net.v1.TaskKind\x12%\n\x06header\x18\x03 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x15\n\rwork_fraction\x18\x05 \x01(\x01\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x04\x12\x12\n\nnum_chunks\x18\x08 \x01(\r\x12\x16\n\x0epayload_digest\x18\t \x01(\x0c\x12\x14\n\x0cpayload_held\x18\n \x01(\x08\"4\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"b\n\x08TaskPart\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x17.fedkit.net.v1.TaskInfoH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.fedkit.net.v1.ChunkH\x00\x42\x06\n\x04part\"\x9c\x01\n\nResultInfo\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_chunks\x18\x04 \x01(\r\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x16\n\x0epayload_sha256\x18\x06 \x01(\x0c\"f\n\nResultPart\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x19.fedkit.net.v1.ResultInfoH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.fedkit.net.v1.ChunkH\x00\x42\x06\n\x04part\"*\n\x03\x41\x63k\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\"9\n\x10HeartbeatRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\"D\n\x0eHeartbeatReply\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12\r\n\x05round\x18\x02 \x01(\x04*\xc3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x13\n\x0fUNAUTHENTICATED\x10\x02\x12\x12\n\x0eUNKNOWN_WORKER\x10\x03\x12\x10\n\x0cRUN_MISMATCH\x10\x04\x12\x0f\n\x0bSTALE_ROUND\x10\x05\x12\x14\n\x10\x44UPLICATE_RESULT\x10\x06\x12\x10\n\x0cUNKNOWN_TASK\x10\x07\x12\x15\n\x11PAYLOAD_TOO_LARGE\x10\x08\x12\r\n\tMALFORMED\x10\t\x12\x15\n\x11\x43HECKSUM_MISMATCH\x10\n\x12\x13\n\x0fSCHEMA_MISMATCH\x10\x0b\x12\x13\n\x0f\x44\x45\x41\x44LINE_PASSED\x10\x0c\x12\x10\n\x0c\x43LIENT_TAKEN\x10\r\x12\x0c\n\x08INTERNAL\x10\x0e\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x0f*b\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x0c\n\x08SHUTDOWN\x10\x03\x12\x0c\n\x08\x45VALUATE\x10\x04\x12\n\n\x06SECAGG\x10\x05\x32\xa8\x02\n\x0b\x43oordinator\x12H\n\x08Register\x12\x1e.fedkit.net.v1.RegisterRequest\x1a\x1c.fedkit.net.v1.RegisterReply\x12\x43\n\x07GetTask\x12\x1d.fedkit.net.v1.GetTaskRequest\x1a\x17.fedkit.net.v1.TaskPart0\x01\x12=\n\nPushResult\x12\x19.fedkit.net.v1.ResultPart\x1a\x12.fedkit.net.v1.Ack(\x01\x12K\n\tHeartbeat\x12\x1f.fedkit.net.v1.HeartbeatRequest\x1a\x1d.fedkit.net.v1.HeartbeatReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0c\x66\x65\x64kit.proto\x12\rfedkit.net.v1\"?\n\x05\x45rror\x12&\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x18.fedkit.net.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"Z\n\x06Header\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\"\xdf\x01\n\x0fRegisterRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x19\n\x11\x65xperiment_digest\x18\x03 \x01(\t\x12\x18\n\x10\x65nrolment_secret\x18\x04 \x01(\t\x12\x18\n\x10protocol_version\x18\x05 \x01(\r\x12\x12\n\nclient_ids\x18\x06 \x03(\t\x12\x19\n\x11\x65nrolment_secrets\x18\x07 \x03(\t\x12\x14\n\x0cnum_examples\x18\x08 \x03(\x04\"\xe1\x01\n\rRegisterReply\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x05 \x01(\x01\x12\x19\n\x11max_payload_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x07 \x01(\r\x12\x18\n\x10protocol_version\x18\x08 \x01(\r\x12\x11\n\tbulk_port\x18\t \x01(\r\"]\n\x0eGetTaskRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12\x14\n\x0cheld_payload\x18\x03 \x01(\x0c\"\xc6\x02\n\x08TaskInfo\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.fedkit.net.v1.TaskKind\x12%\n\x06header\x18\x03 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x04 \x01(\t\x12\x15\n\rwork_fraction\x18\x05 \x01(\x01\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x15\n\rpayload_bytes\x18\x07 \x01(\x04\x12\x12\n\nnum_chunks\x18\x08 \x01(\r\x12\x16\n\x0epayload_digest\x18\t \x01(\x0c\x12\x14\n\x0cpayload_held\x18\n \x01(\x08\x12\x30\n\rclient_values\x18( \x03(\x0b\x32\x19.fedkit.net.v1.NamedValue\")\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"4\n\x05\x43hunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\"b\n\x08TaskPart\x12\'\n\x04info\x18\x01 \x01(\x0b\x32\x17.fedkit.net.v1.TaskInfoH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.fedkit.net.v1.ChunkH\x00\x42\x06\n\x04part\"\x9c\x01\n\nResultInfo\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rpayload_bytes\x18\x03 \x01(\x04\x12\x12\n\nnum_chunks\x18\x04 \x01(\r\x12\x11\n\tcompute_s\x18\x05 \x01(\x01\x12\x16\n\x0epayload_sha256\x18\x06 \x01(\x0c\"f\n\nResultPart\x12)\n\x04info\x18\x01 \x01(\x0b\x32\x19.fedkit.net.v1.ResultInfoH\x00\x12%\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.fedkit.net.v1.ChunkH\x00\x42\x06\n\x04part\"*\n\x03\x41\x63k\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\"9\n\x10HeartbeatRequest\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x15.fedkit.net.v1.Header\"D\n\x0eHeartbeatReply\x12#\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x14.fedkit.net.v1.Error\x12\r\n\x05round\x18\x02 \x01(\x04*\xc3\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x13\n\x0fUNAUTHENTICATED\x10\x02\x12\x12\n\x0eUNKNOWN_WORKER\x10\x03\x12\x10\n\x0cRUN_MISMATCH\x10\x04\x12\x0f\n\x0bSTALE_ROUND\x10\x05\x12\x14\n\x10\x44UPLICATE_RESULT\x10\x06\x12\x10\n\x0cUNKNOWN_TASK\x10\x07\x12\x15\n\x11PAYLOAD_TOO_LARGE\x10\x08\x12\r\n\tMALFORMED\x10\t\x12\x15\n\x11\x43HECKSUM_MISMATCH\x10\n\x12\x13\n\x0fSCHEMA_MISMATCH\x10\x0b\x12\x13\n\x0f\x44\x45\x41\x44LINE_PASSED\x10\x0c\x12\x10\n\x0c\x43LIENT_TAKEN\x10\r\x12\x0c\n\x08INTERNAL\x10\x0e\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x0f*b\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x08\n\x04WAIT\x10\x01\x12\t\n\x05TRAIN\x10\x02\x12\x0c\n\x08SHUTDOWN\x10\x03\x12\x0c\n\x08\x45VALUATE\x10\x04\x12\n\n\x06SECAGG\x10\x05\x32\xa8\x02\n\x0b\x43oordinator\x12H\n\x08Register\x12\x1e.fedkit.net.v1.RegisterRequest\x1a\x1c.fedkit.net.v1.RegisterReply\x12\x43\n\x07GetTask\x12\x1d.fedkit.net.v1.GetTaskRequest\x1a\x17.fedkit.net.v1.TaskPart0\x01\x12=\n\nPushResult\x12\x19.fedkit.net.v1.ResultPart\x1a\x12.fedkit.net.v1.Ack(\x01\x12K\n\tHeartbeat\x12\x1f.fedkit.net.v1.HeartbeatRequest\x1a\x1d.fedkit.net.v1.HeartbeatReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedkit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=1607
-  _globals['_ERRORCODE']._serialized_end=1930
-  _globals['_TASKKIND']._serialized_start=1932
-  _globals['_TASKKIND']._serialized_end=2030
+  _globals['_ERRORCODE']._serialized_start=1700
+  _globals['_ERRORCODE']._serialized_end=2023
+  _globals['_TASKKIND']._serialized_start=2025
+  _globals['_TASKKIND']._serialized_end=2123
   _globals['_ERROR']._serialized_start=31
   _globals['_ERROR']._serialized_end=94
   _globals['_HEADER']._serialized_start=96
@@ -46,21 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKREQUEST']._serialized_start=642
   _globals['_GETTASKREQUEST']._serialized_end=735
   _globals['_TASKINFO']._serialized_start=738
-  _globals['_TASKINFO']._serialized_end=1014
-  _globals['_CHUNK']._serialized_start=1016
-  _globals['_CHUNK']._serialized_end=1068
-  _globals['_TASKPART']._serialized_start=1070
-  _globals['_TASKPART']._serialized_end=1168
-  _globals['_RESULTINFO']._serialized_start=1171
-  _globals['_RESULTINFO']._serialized_end=1327
-  _globals['_RESULTPART']._serialized_start=1329
-  _globals['_RESULTPART']._serialized_end=1431
-  _globals['_ACK']._serialized_start=1433
-  _globals['_ACK']._serialized_end=1475
-  _globals['_HEARTBEATREQUEST']._serialized_start=1477
-  _globals['_HEARTBEATREQUEST']._serialized_end=1534
-  _globals['_HEARTBEATREPLY']._serialized_start=1536
-  _globals['_HEARTBEATREPLY']._serialized_end=1604
-  _globals['_COORDINATOR']._serialized_start=2033
-  _globals['_COORDINATOR']._serialized_end=2329
+  _globals['_TASKINFO']._serialized_end=1064
+  _globals['_NAMEDVALUE']._serialized_start=1066
+  _globals['_NAMEDVALUE']._serialized_end=1107
+  _globals['_CHUNK']._serialized_start=1109
+  _globals['_CHUNK']._serialized_end=1161
+  _globals['_TASKPART']._serialized_start=1163
+  _globals['_TASKPART']._serialized_end=1261
+  _globals['_RESULTINFO']._serialized_start=1264
+  _globals['_RESULTINFO']._serialized_end=1420
+  _globals['_RESULTPART']._serialized_start=1422
+  _globals['_RESULTPART']._serialized_end=1524
+  _globals['_ACK']._serialized_start=1526
+  _globals['_ACK']._serialized_end=1568
+  _globals['_HEARTBEATREQUEST']._serialized_start=1570
+  _globals['_HEARTBEATREQUEST']._serialized_end=1627
+  _globals['_HEARTBEATREPLY']._serialized_start=1629
+  _globals['_HEARTBEATREPLY']._serialized_end=1697
+  _globals['_COORDINATOR']._serialized_start=2126
+  _globals['_COORDINATOR']._serialized_end=2422
 # @@protoc_insertion_point(module_scope)

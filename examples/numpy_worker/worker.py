@@ -274,6 +274,16 @@ class Worker:
                         info.client_id,
                     )
                     continue
+                if info.kind == pb.TRAIN and len(info.client_values) > 0:
+                    log.error(
+                        "round %d: the task carries per-client aggregator values (%s), which "
+                        "the NumPy worker does not apply (plain mean only); client %s sits this "
+                        "round out (run fedkit's worker for 'importance' experiments)",
+                        info.header.round,
+                        ", ".join(v.name for v in info.client_values)[:200],
+                        info.client_id,
+                    )
+                    continue
                 if info.kind in (pb.TRAIN, pb.EVALUATE):
                     payload = reassemble(info, parts)
                     if info.kind == pb.TRAIN:

@@ -26,6 +26,18 @@ server), calls ``next_state`` after ``result`` on committed rounds, and checkpoi
 server state. Being plain JSON-safe numbers, it travels to gloo ranks and deployment workers with
 the round's information and is validated on arrival (:func:`check_state`).
 
+**Values per client.** A client-side step may need a few numbers that differ from client to
+client and that only the server knows (the importance-corrected mean's inclusion probability
+``π_k`` and total weight ``W``, :mod:`fedkit.samplers.importance`). A stage that does names them
+in a class attribute ``client_value_names``, gives them for one client with
+``client_values(client_id) -> AggState`` (server side) and takes them back with
+``with_client_values(client_id, values)`` (client side: a copy of itself resolved with them,
+which validates them). :func:`client_values` and :func:`with_client_values` walk the chain
+(``inner``). In simulation every client runs the server's resolved chain (gloo ranks started
+apart are sent each cohort client's values by rank 0, :mod:`fedkit.sim.distributed`); a
+deployment worker is sent its client's values with each task and resolves its own chain with
+them (:mod:`fedkit.net.worker`), so the step stays on the client, under secure aggregation too.
+
 :class:`WeightedMean` keeps its sums in float64, so the mean does not depend (beyond float64
 rounding) on the order in which clients arrive; its result stays in float64 (the server step
 casts to each parameter's dtype when it applies it).
@@ -212,6 +224,78 @@ def next_state(agg: Any, acc: Any, state: AggState, ctx: AggContext) -> AggState
             f"{[n for n, _ in new]}"
         )
     return new
+
+
+def _chain(agg: Any) -> list[Any]:
+    """The stages of ``agg``'s chain, outermost first (following dataclass ``inner`` fields)."""
+    out = [agg]
+    while dataclasses.is_dataclass(out[-1]) and not isinstance(out[-1], type):
+        inner = getattr(out[-1], "inner", None)
+        if inner is None:
+            break
+        out.append(inner)
+    return out
+
+
+def client_value_names(agg: Any) -> tuple[str, ...]:
+    """The names of the per-client values ``agg``'s chain takes (outermost stage first)."""
+    return tuple(n for stage in _chain(agg) for n in getattr(stage, "client_value_names", ()))
+
+
+def client_values(agg: Any, client_id: int) -> AggState:
+    """Server side: the values ``client_id``'s client-side steps need from ``agg``'s chain
+    (each stage's ``client_values(client_id)``, outermost first); empty for most chains.
+
+    Raises:
+        AggStateError: a stage gave a malformed state.
+    """
+    return combine_states(
+        *(stage.client_values(client_id) for stage in _chain(agg) if _takes_values(stage))
+    )
+
+
+def _takes_values(stage: Any) -> bool:
+    return bool(getattr(stage, "client_value_names", ()))
+
+
+def with_client_values(agg: T, client_id: int, values: AggState) -> T:
+    """Client side: ``agg`` with every stage that takes per-client values resolved with
+    ``values`` (as :func:`client_values` gave them for ``client_id``); ``agg`` itself when its
+    chain takes none and ``values`` is empty. Stages above a resolved one are rebuilt around it.
+
+    Raises:
+        AggStateError: ``values`` is malformed or its names are not exactly the chain's
+            (:func:`client_value_names`: none missing, none extra, in that order).
+        ValueError: a stage refuses a value (e.g. a probability outside ``(0, 1]``).
+    """
+    values = check_state(values)
+    names = client_value_names(agg)
+    got = tuple(n for n, _ in values)
+    if got != names:
+        raise AggStateError(f"per-client values {list(got)} given; this chain takes {list(names)}")
+    if not names:
+        return agg
+    return _resolve_values(agg, client_id, values)  # type: ignore[no-any-return]
+
+
+def _resolve_values(stage: Any, client_id: int, values: AggState) -> Any:
+    if _takes_values(stage):
+        stage = stage.with_client_values(client_id, values)
+    inner = getattr(stage, "inner", None)
+    if inner is None or not dataclasses.is_dataclass(stage) or isinstance(stage, type):
+        return stage
+    resolved = _resolve_values(inner, client_id, values)
+    return stage if resolved is inner else rebuilt_around(stage, resolved)
+
+
+def rebuilt_around(stage: T, inner: Any) -> T:
+    """The dataclass ``stage`` with its ``inner`` replaced, keeping what it holds outside its
+    init fields (e.g. a secure-aggregation stage's bound wire and key root)."""
+    rebuilt = dataclasses.replace(stage, inner=inner)  # type: ignore[type-var]
+    for f in dataclasses.fields(stage):  # type: ignore[arg-type]
+        if not f.init:
+            object.__setattr__(rebuilt, f.name, getattr(stage, f.name))
+    return rebuilt
 
 
 def gather_merge(agg: Aggregator[Any, A, Any], acc: A, comm: Collective) -> A:

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from fedkit.aggregate import AggContext, NonFiniteUpdateError, check_finite, init_state
+from fedkit.aggregate import (
+    AggContext,
+    NonFiniteUpdateError,
+    check_finite,
+    client_value_names,
+    init_state,
+    with_client_values,
+)
 from fedkit.algorithm import (
     Algorithm,
     ClientContext,
@@ -199,11 +206,15 @@ def prepared_template(algorithm: Algorithm[Any, Any, Any, Any], params: Params, 
 
     ``prepare`` runs on the algorithm's zero ``update_template`` (its draws use the server's
     stream of round 0, so no client's stream is touched; its state is the aggregator's initial
-    one); only names, dtypes and shapes matter.
+    one; a stage that takes per-client values is given 1.0 for each, as the server's own, so
+    the template needs no resolved chain); only names, dtypes and shapes matter.
     """
     update = algorithm.update_template(zeros_like(params))
-    ctx = AggContext(round=0, seed=seed, client_id=SERVER, state=init_state(algorithm.aggregator))
-    return algorithm.aggregator.prepare(update, 1.0, ctx)
+    agg = algorithm.aggregator
+    placeholder = tuple((name, 1.0) for name in client_value_names(agg))
+    agg = with_client_values(agg, SERVER, placeholder)
+    ctx = AggContext(round=0, seed=seed, client_id=SERVER, state=init_state(agg))
+    return agg.prepare(update, 1.0, ctx)
 
 
 def server_context(info: RoundInfo) -> AggContext:

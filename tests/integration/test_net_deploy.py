@@ -349,6 +349,36 @@ def test_size_proportional_sampling_from_the_sizes_workers_report(
     assert served == want
 
 
+def test_importance_corrected_mean_with_a_power_law_sampler(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    # The probability sampler on a power law (p_k ∝ 1/(k+1)) draws 2 of 6 a round, and the
+    # importance aggregate scales each update by w_k / (π_k W) on the client: each task carries
+    # its client's π_k and W (TaskInfo.client_values), the two multi-client workers resolve their
+    # own chains with them, and the model is the serial simulator's bit for bit.
+    extra = '[sampler]\nname = "probability"\nlaw = "power"\nexponent = 1.0\n'
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
+        liveness=10, extra=extra + '[aggregator]\nname = "importance"\n',
+    )  # fmt: skip
+    c = cluster(exp)
+    c.start_coordinator(min_workers=6)
+    c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
+    summary = c.summary(timeout=60)
+    assert summary["committed_rounds"] == 3
+    ref, _ = serial_run(exp)
+    assert summary["model_sha256"] == sha256(ref.params)
+    with sqlite3.connect(c.out / "coordinator.db") as con:
+        served = sorted(con.execute("SELECT round, client_id FROM worker_rtt").fetchall())
+    assert served == sorted((r.round, m.client_id) for r in ref.history for m in r.clients)
+    # the correction matters here: the plain weighted mean of the same cohorts is another model
+    plain = write_experiment(
+        tmp_path / "plain.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
+        extra=extra,
+    )  # fmt: skip
+    assert sha256(serial_run(plain)[0].params) != summary["model_sha256"]
+
+
 @pytest.mark.parametrize(
     ("algorithm", "extra"),
     [

@@ -417,3 +417,43 @@ def test_workers_report_no_data_sizes_under_secure_aggregation(tmp_path: Path) -
         local.clients[2].num_examples,
     ]
     assert reported_sizes(load_deployment(_write(tmp_path, rounds=1)), local, [0, 2]) == []
+
+
+IMPORTANCE_SECAGG = """
+[sampler]
+name = "probability"
+law = "power"
+exponent = 1.0
+
+[aggregator]
+name = "secagg"
+bits = 32
+clip_range = 2.0
+max_weight = 1000.0
+threshold = 0.5
+
+[aggregator.inner]
+name = "importance"
+"""
+
+
+def test_importance_under_secure_aggregation_gives_the_simulators_model(
+    cluster: Callable[[Path], Cluster], tmp_path: Path
+) -> None:
+    """The Horvitz–Thompson factor 1 / (N π_k) (uniform weights: the coordinator has no data
+    sizes under secure aggregation) is applied on the client before masking, from the π_k and
+    W its task carries; the secure sum adds the prepared updates with weight 1, and the model is
+    the serial simulator's bit for bit (the fixed-point sums are exact integers)."""
+    exp = write_experiment(
+        tmp_path / "exp.toml", clients=6, per_round=3, rounds=2, algorithm="fedavg",
+        local='local_steps = 5\nweighting = "uniform"', liveness=10, deadline=20,
+        extra=IMPORTANCE_SECAGG,
+    )  # fmt: skip
+    stage = find_secure_sum(load_deployment(exp).algorithm.aggregator)
+    assert stage is not None and type(stage.inner).__name__ == "ImportanceWeighted"
+    c = cluster(exp)
+    c.start_coordinator(min_workers=6)
+    c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
+    summary = c.summary(timeout=90)
+    assert summary["committed_rounds"] == 2
+    assert summary["model_sha256"] == serial_sha(exp)

@@ -51,12 +51,55 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.dist
-@pytest.mark.slow
-def test_torchrun_two_ranks_equal_serial(tmp_path: Path) -> None:
+# The importance-corrected mean: rank 1 serves the algorithm as built (its aggregator not given
+# the sampler's inclusion probabilities); rank 0 sends each cohort client's π_k and W with the
+# round, so rank 1's clients scale their updates as the serial simulator's do.
+IMPORTANCE = r"""
+import json
+import torch
+import torch.distributed as dist
+from fedkit.algorithms import FedAvg
+from fedkit.local import LocalTraining
+from fedkit.params import model_params
+from fedkit.run import RunConfig, run
+from fedkit.samplers.importance import ImportanceWeighted
+from fedkit.samplers.probability import ProbabilitySampler
+from fedkit.sampling import Population
+from fedkit.sim.distributed import DistributedExecutor
+from fedkit.sim.serial import SerialExecutor
+from tests.helpers.toy import toy_model, toy_store
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+alg = FedAvg(local=LocalTraining(lr=0.05, epochs=2, batch_size=8), aggregator=ImportanceWeighted())
+cfg = RunConfig(rounds=3, clients_per_round=5, seed=4, eval_every=0)
+store = toy_store(8)
+kw = dict(
+    sampler=ProbabilitySampler(law="power", exponent=1.0),
+    population=Population(8, tuple(store.num_examples(k) for k in range(8))),
+)
+ex = DistributedExecutor(store, toy_model())
+if ex.rank == 0:
+    got = run(alg, ex, model_params(toy_model()), cfg, **kw)
+    ex.shutdown()
+    ref = run(alg, SerialExecutor(toy_store(8), toy_model()), model_params(toy_model()), cfg, **kw)
+    plain = run(FedAvg(local=alg.local), SerialExecutor(toy_store(8), toy_model()),
+                model_params(toy_model()), cfg, **kw)
+    print(json.dumps({
+        "equal": all(torch.equal(ref.params[k], got.params[k]) for k in ref.params),
+        "corrected": not all(torch.allclose(ref.params[k], plain.params[k]) for k in ref.params),
+        "world": dist.get_world_size(),
+    }))
+else:
+    ex.serve(alg)
+dist.destroy_process_group()
+"""
+
+
+def _torchrun(tmp_path: Path, script_text: str) -> dict[str, object]:
     repo = Path(__file__).resolve().parents[2]
     script = tmp_path / "fedkit_torchrun_probe.py"
-    script.write_text(SCRIPT)
+    script.write_text(script_text)
     env = {
         **os.environ,
         "PYTHONPATH": str(repo / "src") + os.pathsep + str(repo),
@@ -81,4 +124,17 @@ def test_torchrun_two_ranks_equal_serial(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-    assert json.loads(line) == {"equal": True, "states": True, "world": 2}
+    return dict(json.loads(line))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_serial(tmp_path: Path) -> None:
+    assert _torchrun(tmp_path, SCRIPT) == {"equal": True, "states": True, "world": 2}
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_ranks_apply_the_importance_correction(tmp_path: Path) -> None:
+    got = _torchrun(tmp_path, IMPORTANCE)
+    assert got == {"equal": True, "corrected": True, "world": 2}

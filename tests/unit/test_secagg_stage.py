@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedkit.aggregate import AggContext, WeightedMean, aggregate
+from fedkit.aggregate import AggContext, WeightedMean, aggregate, with_client_values
 from fedkit.algorithms.fedavg import FedAvg
 from fedkit.local import LocalTraining
 from fedkit.params import Params, model_params, tree_leaves
@@ -23,10 +23,11 @@ from fedkit.privacy.clip import ClipNorm
 from fedkit.privacy.gaussian import GaussianNoise
 from fedkit.privacy.secagg import SecAggError
 from fedkit.privacy.secagg.packing import unpack
-from fedkit.privacy.secagg.stage import DROPOUT_STREAM, MaskedUpdate, SecureSum
+from fedkit.privacy.secagg.stage import DROPOUT_STREAM, MaskedUpdate, SecureSum, with_wire
 from fedkit.rng import SERVER
 from fedkit.robust.median import CoordinateMedian
 from fedkit.run import RoundRecord, RunConfig, RunResult, run
+from fedkit.samplers.importance import ImportanceWeighted
 from fedkit.sim.serial import SerialExecutor
 from tests.helpers.toy import toy_model, toy_store
 
@@ -342,3 +343,30 @@ def test_client_state_advances_only_with_a_committed_round() -> None:
         kept[1].keys() != seen[1].keys()
     )
     assert any(not torch.equal(other.params[k], res.params[k]) for k in res.params)
+
+
+def test_importance_inner_sums_the_clients_ht_scaled_updates_with_weight_one() -> None:
+    """``secagg`` over ``importance``: each client scales its update by w_k / (π_k W) before
+    masking (π = 1/2, except π_5 = 1/4; W = 20; weights 1, 3, 2, 3 → factors 0.1, 0.6, 0.2,
+    0.3), and the secure sum encodes those with weight 1, so the result is the
+    Horvitz–Thompson sum Σ f_k u_k within the fixed-point bound ε_sum of each coordinate (not
+    the weighted mean, not Σ w_k f_k u_k), and the decoded weight is the count, 4."""
+    ws = {2: 1.0, 5: 3.0, 7: 2.0, 11: 3.0}
+    pi = tuple(0.25 if k == 5 else 0.5 for k in range(12))
+    inner = ImportanceWeighted[dict[str, torch.Tensor]](inclusion=pi, total_weight=20.0)
+    agg = SecureSum(bits=31, max_weight=3.0, randomness="seeded", inner=inner)
+    acc = _prepare(agg, COHORT, ws)
+    ctx = AggContext(0, 9, SERVER, cohort=COHORT)
+    got = agg.result(acc, ctx)
+    factors = {2: 0.1, 5: 0.6, 7: 0.2, 11: 0.3}
+    ht = {k: sum(factors[u] * _update(u)[k].double() for u in COHORT) for k in ("w", "b")}
+    fp = agg.encoding(4)
+    assert _close(got, ht, fp.sum_error()) > 0  # rounded, and within the bound
+    assert float(agg.open(acc, ctx).weight) == pytest.approx(4.0, abs=fp.weight_error())
+    # a per-client resolution on a worker keeps the stage's bound wire and key root
+    bound = with_wire(SecureSum(bits=31, inner=ImportanceWeighted()), wire=object())  # type: ignore[arg-type]
+    resolved = with_client_values(
+        bound, 5, (("importance.inclusion", 0.25), ("importance.total_weight", 20.0))
+    )
+    assert resolved._wire is bound._wire and resolved._os_root == bound._os_root
+    assert resolved.inner.inclusion == (0.25,)  # type: ignore[attr-defined]

@@ -82,6 +82,9 @@ class Assignment:
     digest: bytes = b""
     """:func:`~fedkit.net.codec.payload_digest` of the payload: a worker that names it in
     ``held_payload`` is sent the task without the chunks (``payload_held``)."""
+    client_values: tuple[tuple[str, float], ...] = ()
+    """The client's per-client aggregator values (``TaskInfo.client_values``; see
+    :func:`fedkit.aggregate.client_values`)."""
 
     @classmethod
     def of(cls, chunks: list[pb.Chunk], payload_bytes: int, *, kind: int = pb.TRAIN) -> Assignment:
@@ -90,9 +93,12 @@ class Assignment:
         digest = payload_digest(chunks, payload_bytes)
         return cls(wire=wire, payload_bytes=payload_bytes, kind=kind, digest=digest)
 
-    def with_fraction(self, work_fraction: float) -> Assignment:
-        """The same payload with another work fraction (the bytes are shared, not copied)."""
-        return dataclasses.replace(self, work_fraction=work_fraction)
+    def with_fraction(
+        self, work_fraction: float, client_values: tuple[tuple[str, float], ...] = ()
+    ) -> Assignment:
+        """The same payload with another work fraction and the client's per-client values (the
+        bytes are shared, not copied)."""
+        return dataclasses.replace(self, work_fraction=work_fraction, client_values=client_values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -429,6 +435,7 @@ class Broker:
                         num_chunks=len(a.wire),
                         payload_digest=a.digest,
                         payload_held=held,
+                        client_values=[pb.NamedValue(name=n, value=v) for n, v in a.client_values],
                     )
                     return info, [] if held else a.wire
                 left = end - time.monotonic()

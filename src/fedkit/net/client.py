@@ -48,6 +48,8 @@ class Task:
     work_fraction: float
     deadline_s: float
     payload: Buffer
+    client_values: tuple[tuple[str, float], ...] = ()
+    """``TaskInfo.client_values`` as sent (unchecked: the worker validates them)."""
 
 
 class CoordinatorClient:
@@ -209,6 +211,7 @@ class CoordinatorClient:
                 work_fraction=info.work_fraction,
                 deadline_s=info.deadline_s,
                 payload=payload,
+                client_values=tuple((v.name, v.value) for v in info.client_values),
             )
 
         return call_with_retry(call, self.retry, rng=self._rng)

@@ -9,6 +9,9 @@ run loop (:func:`fedkit.run.run`) exactly as the simulator does. One round:
    worker is suspended (it kept missing its tasks, see :class:`~fedkit.net.broker.Broker`) gets a
    stand-in drawn the same way, so it no longer makes the round wait its deadline;
 3. the broadcast message is encoded once (safetensors chunks) and published with a deadline;
+   each client's task also carries the few numbers its aggregator steps need from the server
+   (:func:`fedkit.aggregate.client_values`, e.g. its inclusion probability for the
+   importance-corrected mean);
 4. results are validated as they stream in (see :class:`~fedkit.net.broker.Broker`); the phase
    ends when enough results arrived, every outstanding worker is gone, or the deadline passes;
 5. results are added to the algorithm's aggregator as they arrive but **in ascending client id
@@ -33,7 +36,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from fedkit.aggregate import NonFiniteUpdateError, check_finite
+from fedkit.aggregate import NonFiniteUpdateError, check_finite, client_values
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.evaluate import ClientEval, EvalResult
 from fedkit.executor import ClientMetrics, RoundOutput
@@ -193,9 +196,10 @@ class RemoteExecutor:
         if self.round_hook is not None:
             asked = self.round_hook.before_train(asked, info)
         fractions = {c: self.stragglers.fraction(c) for c in asked}
+        agg = algorithm.aggregator  # resolved by the run loop: each client's values go with it
         self.broker.open_round(
             info.round,
-            {str(c): shared.with_fraction(fractions[c]) for c in asked},
+            {str(c): shared.with_fraction(fractions[c], client_values(agg, c)) for c in asked},
             deadline_s=s.deadline_s,
             result_check=self._check,
         )

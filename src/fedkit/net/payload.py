@@ -15,12 +15,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from torch import Tensor
 
-from fedkit.aggregate import AggState, AggStateError, check_state
+from fedkit.aggregate import (
+    MAX_STATE_ENTRIES,
+    AggState,
+    AggStateError,
+    check_state,
+    client_value_names,
+    with_client_values,
+)
 from fedkit.algorithm import RoundInfo
 from fedkit.net.codec import Buffer, check_template, decode, encode, read_header, template_of
 from fedkit.net.errors import ErrorCode, NetError
@@ -180,6 +187,26 @@ def info_from_metadata(meta: Mapping[str, str]) -> RoundInfo:
         raise NetError(
             ErrorCode.MALFORMED, f"round information missing or invalid: {exc}"
         ) from None
+
+
+def task_aggregator(agg: T, client_id: int, values: Sequence[tuple[str, float]]) -> T:
+    """The worker's aggregator chain ``agg`` resolved for ``client_id`` with the per-client
+    values its task carried (``TaskInfo.client_values``; see "Values per client" in
+    :mod:`fedkit.aggregate`); ``agg`` itself when the chain takes none and none came.
+
+    Raises:
+        NetError: ``MALFORMED`` when there are more than 64 values, one is not finite, a name
+            is invalid, repeated, missing or not one the chain takes, or a stage refuses a
+            value (e.g. an inclusion probability outside ``(0, 1]``, a total weight ``<= 0``).
+    """
+    if len(values) > MAX_STATE_ENTRIES:
+        raise NetError(ErrorCode.MALFORMED, f"{len(values)} per-client values; at most 64")
+    if not values and not client_value_names(agg):
+        return agg
+    try:
+        return with_client_values(agg, client_id, check_state(list(values)))
+    except ValueError as exc:  # AggStateError, InclusionError and the stages' own
+        raise NetError(ErrorCode.MALFORMED, f"per-client values: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -36,7 +36,14 @@ from fedkit.data.store import ClientStore
 from fedkit.net.client import CoordinatorClient, Task
 from fedkit.net.deployment import DeployError, Deployment
 from fedkit.net.errors import ErrorCode, NetError
-from fedkit.net.payload import EvalMeta, ResultMeta, decode_tree, encode_tree, info_from_metadata
+from fedkit.net.payload import (
+    EvalMeta,
+    ResultMeta,
+    decode_tree,
+    encode_tree,
+    info_from_metadata,
+    task_aggregator,
+)
 from fedkit.net.proto import fedkit_pb2 as pb
 from fedkit.net.secagg_worker import bind_worker
 from fedkit.net.transport import Security
@@ -262,6 +269,14 @@ class Worker:
     def _train(self, task: Task) -> None:
         t0 = time.perf_counter()
         cid = self._client(task)
+        try:  # the client's own aggregator values (importance: its π_k and W), checked first
+            agg = task_aggregator(self.algorithm.aggregator, cid, task.client_values)
+        except NetError as err:  # refused: this client sits the round out, the worker serves on
+            log.warning("round %d, client %d: task refused: %s", task.round, cid, err)
+            return
+        algorithm = self.algorithm
+        if agg is not algorithm.aggregator:
+            algorithm = dataclasses.replace(algorithm, aggregator=agg)  # type: ignore[type-var]
         msg, meta = decode_tree(task.payload, self.msg_template)
         info = info_from_metadata(meta)
         if info.round != task.round:
@@ -272,7 +287,7 @@ class Worker:
         start_state = before[1] if before is not None and retry else self.client_state[cid]
         host = _PendingState(self.local.clients[cid], start_state)
         try:
-            p = run_client(self.algorithm, host, self.model, msg, cid, info, task.work_fraction)
+            p = run_client(algorithm, host, self.model, msg, cid, info, task.work_fraction)
         except SecAggError as err:  # no key setup reached this client: it sits the round out
             log.warning("round %d, client %d: %s", task.round, cid, err)
             return

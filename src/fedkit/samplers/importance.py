@@ -20,22 +20,43 @@ inclusion probabilities (``inclusion(population, k, info)``, see
 round (:func:`with_inclusion`), so an experiment file names only ``[aggregator] name =
 "importance"``. The estimator is unbiased for the *sampled* cohort: clients the system model
 then drops are missing from the sum (their share of the mean is lost, not reweighted).
+
+**In deployment** the factor stays on the client (under secure aggregation the server could not
+scale a masked update): the coordinator's resolved aggregator gives each client's ``π_k`` and
+``W`` (:meth:`ImportanceWeighted.client_values`), they travel with the client's task, and the
+worker resolves its own aggregator with them (:meth:`ImportanceWeighted.with_client_values`,
+which holds only that client's probability) before the client runs; see "Values per client" in
+:mod:`fedkit.aggregate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
-from fedkit.aggregate import AggContext, Collective, EmptyAggregateError, MeanAcc, WeightedMean
+from fedkit.aggregate import (
+    AggContext,
+    AggState,
+    Collective,
+    EmptyAggregateError,
+    MeanAcc,
+    WeightedMean,
+    rebuilt_around,
+    state_value,
+)
 from fedkit.algorithm import RoundInfo
 from fedkit.params import tree_map
 from fedkit.sampling import ClientSampler, Population
 
-__all__ = ["ImportanceWeighted", "InclusionError", "with_inclusion"]
+__all__ = ["INCLUSION", "TOTAL_WEIGHT", "ImportanceWeighted", "InclusionError", "with_inclusion"]
+
+INCLUSION = "importance.inclusion"
+"""The name of a client's inclusion probability ``π_k`` among its per-client values."""
+TOTAL_WEIGHT = "importance.total_weight"
+"""The name of the population's total weight ``W`` among a client's per-client values."""
 
 U = TypeVar("U")
 
@@ -49,22 +70,34 @@ class ImportanceWeighted(Generic[U]):
     """``Σ_{k∈S} w_k Δ_k / (π_k W)`` (see the module docstring).
 
     Attributes:
-        inclusion: every client's inclusion probability ``π_k`` (index = client id); filled in
-            by the run loop from the sampler (:func:`with_inclusion`).
+        inclusion: the inclusion probabilities ``π_k`` of clients ``first_client``,
+            ``first_client + 1``, …: every client's (from 0) when the run loop fills them in
+            from the sampler (:func:`with_inclusion`), one client's on a deployment worker
+            (:meth:`with_client_values`).
         total_weight: ``W``, the sum of every client's weight (filled in likewise).
+        first_client: the client id of ``inclusion[0]``.
     """
+
+    client_value_names: ClassVar[tuple[str, ...]] = (INCLUSION, TOTAL_WEIGHT)
+    weight_in_prepare: ClassVar[bool] = True
+    """``prepare`` applies the weight (``add`` sums as it is): a ``secagg`` stage may hold it as
+    its inner and sums the prepared updates with weight 1."""
 
     inclusion: tuple[float, ...] = ()
     total_weight: float = 0.0
+    first_client: int = 0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.total_weight) and self.total_weight >= 0):
-            raise ValueError(f"total_weight must be a finite number >= 0, got {self.total_weight}")
+        w = self.total_weight
+        if not (math.isfinite(w) and w >= 0):
+            raise InclusionError(f"total_weight must be a finite number >= 0, got {w}")
         if any(not (0.0 < p <= 1.0) for p in self.inclusion):
             raise InclusionError(
                 "every inclusion probability must be in (0, 1]: a client that can never be "
-                "selected makes the importance-corrected mean biased"
+                f"selected makes the importance-corrected mean biased (got {self.inclusion[:8]})"
             )
+        if self.inclusion and w == 0:
+            raise InclusionError("total_weight must be > 0 beside inclusion probabilities")
 
     def factor(self, client_id: int, weight: float) -> float:
         """``w_k / (π_k W)`` for ``client_id``."""
@@ -73,9 +106,35 @@ class ImportanceWeighted(Generic[U]):
                 "the importance aggregator was not given the sampler's inclusion probabilities "
                 "(the run loop fills them in: fedkit.samplers.importance.with_inclusion)"
             )
-        if not 0 <= client_id < len(self.inclusion):
+        i = client_id - self.first_client
+        if not 0 <= i < len(self.inclusion):
             raise InclusionError(f"client {client_id} has no inclusion probability")
-        return weight / (self.inclusion[client_id] * self.total_weight)
+        return weight / (self.inclusion[i] * self.total_weight)
+
+    def client_values(self, client_id: int) -> AggState:
+        """``π_k`` and ``W`` of ``client_id`` (server side: sent with the client's task).
+
+        Raises:
+            InclusionError: the aggregator is not resolved, or holds no ``π_k`` for the client.
+        """
+        self.factor(client_id, 1.0)
+        pi = self.inclusion[client_id - self.first_client]
+        return ((INCLUSION, pi), (TOTAL_WEIGHT, self.total_weight))
+
+    def with_client_values(self, client_id: int, values: AggState) -> ImportanceWeighted[U]:
+        """This aggregator holding only ``client_id``'s ``π_k``, and ``W`` (client side).
+
+        Raises:
+            InclusionError: ``π_k`` outside ``(0, 1]`` (NaN included), ``W`` not finite and
+                ``> 0``.
+            AggStateError: a value is missing.
+        """
+        return dataclasses.replace(
+            self,
+            inclusion=(state_value(values, INCLUSION),),
+            total_weight=state_value(values, TOTAL_WEIGHT),
+            first_client=client_id,
+        )
 
     def prepare(self, update: U, weight: float, ctx: AggContext) -> U:
         """The update scaled by ``w_k / (π_k W)`` (float64)."""
@@ -117,7 +176,7 @@ def _resolve(agg: Any, inclusion: tuple[float, ...], total: float) -> Any:
     if inner is None or not dataclasses.is_dataclass(agg) or isinstance(agg, type):
         return agg
     resolved = _resolve(inner, inclusion, total)
-    return agg if resolved is inner else dataclasses.replace(agg, inner=resolved)
+    return agg if resolved is inner else rebuilt_around(agg, resolved)
 
 
 def with_inclusion(

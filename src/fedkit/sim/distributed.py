@@ -47,7 +47,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from fedkit.aggregate import fold, init_state
+from fedkit.aggregate import client_value_names, client_values, fold, init_state, with_client_values
 from fedkit.algorithm import Algorithm, RoundInfo
 from fedkit.client import evaluate_clients, prepared_template
 from fedkit.data.store import ClientStore
@@ -236,6 +236,7 @@ class DistributedExecutor:
         self._acc_template: Any = None
         self._stateful = False
         self._state_names: tuple[str, ...] = ()  # the aggregator state's names, on every rank
+        self._value_names: tuple[str, ...] = ()  # the chain's per-client value names, likewise
         self._closed = False
         self.last_rank_cpu_seconds: list[float] = []
         """CPU seconds each rank spent on its share of the last round (rank 0 only)."""
@@ -270,7 +271,10 @@ class DistributedExecutor:
         self._bcast_tree(msg)
         if state_t is not None:
             self._bcast_tree(state_t)
-        acc, metrics, bytes_up = self._run_share(algorithm, msg, cohort_t, frac_t, info)
+        values_t = self._client_values(algorithm, ids)
+        if values_t is not None:
+            self._bcast_tree(values_t)
+        acc, metrics, bytes_up = self._run_share(algorithm, msg, cohort_t, frac_t, info, values_t)
         done: list[ClientMetrics] = []
         dropped: list[int] = []
         for i, cid in enumerate(ids):
@@ -384,8 +388,9 @@ class DistributedExecutor:
                     dist.broadcast(frac_t, 0)
                 msg = self._recv_tree(self._msg_template)
                 info = self._recv_state(info)
+                values_t = self._recv_values(n)
                 try:
-                    self._run_share(algorithm, msg, cohort_t, frac_t, info)
+                    self._run_share(algorithm, msg, cohort_t, frac_t, info, values_t)
                 except RemoteRankError:
                     continue  # rank 0 raises it; stay in step for the next command
             elif cmd == _CMD_EVALUATE:
@@ -435,6 +440,7 @@ class DistributedExecutor:
         self._msg_template = algorithm.broadcast(algorithm.init_state(params), info0)
         self._stateful = algorithm.client_state_template(params) is not None
         self._state_names = tuple(name for name, _ in init_state(algorithm.aggregator))
+        self._value_names = client_value_names(algorithm.aggregator)
 
     def _state_values(self, info: RoundInfo) -> Tensor | None:
         """The round's aggregator state values (float64, exact) in the names' order, or
@@ -445,6 +451,37 @@ class DistributedExecutor:
         if names != self._state_names:
             raise ValueError(f"aggregator state {names} does not match {self._state_names}")
         return torch.tensor([v for _, v in info.agg_state], dtype=torch.float64)
+
+    def _client_values(
+        self, algorithm: Algorithm[Any, Any, Any, Any], ids: Sequence[int]
+    ) -> Tensor | None:
+        """Each cohort client's per-client aggregator values (``(len(ids), k)`` float64, exact;
+        :func:`fedkit.aggregate.client_values` of rank 0's resolved chain), or ``None`` when the
+        chain takes none (nothing is sent). Ranks started apart (torchrun) hold an unresolved
+        chain and resolve it per client from these, as a deployment worker does."""
+        if not self._value_names:
+            return None
+        rows = [[v for _, v in client_values(algorithm.aggregator, c)] for c in ids]
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(ids), len(self._value_names))
+
+    def _recv_values(self, n: int) -> Tensor | None:
+        """The cohort's per-client values rank 0 sent (after the aggregator state)."""
+        if not self._value_names:
+            return None
+        values: Tensor = self._recv_tree(
+            torch.zeros(n, len(self._value_names), dtype=torch.float64)
+        )
+        return values
+
+    def _for_client(
+        self, algorithm: Algorithm[Any, Any, Any, Any], cid: int, row: Tensor | None
+    ) -> Algorithm[Any, Any, Any, Any]:
+        """``algorithm`` with its chain resolved for ``cid`` from its row of per-client values."""
+        if row is None:
+            return algorithm
+        values = tuple(zip(self._value_names, row.tolist(), strict=True))
+        agg = with_client_values(algorithm.aggregator, cid, values)
+        return dataclasses.replace(algorithm, aggregator=agg)  # type: ignore[type-var]
 
     def _recv_state(self, info: RoundInfo) -> RoundInfo:
         """``info`` with the aggregator state rank 0 sent (after the message)."""
@@ -505,6 +542,7 @@ class DistributedExecutor:
         cohort_t: Tensor,
         frac_t: Tensor,
         info: RoundInfo,
+        values_t: Tensor | None = None,
     ) -> tuple[Any, Tensor, int]:
         ids = cohort_t.tolist()
         fracs = frac_t.tolist()
@@ -516,7 +554,9 @@ class DistributedExecutor:
         error = ""
         try:
             for cid in self._my_clients(ids, fracs):
-                prepared = self._serial.run_client(algorithm, msg, cid, info, fracs[index[cid]])
+                row = None if values_t is None else values_t[index[cid]]
+                mine = self._for_client(algorithm, cid, row)
+                prepared = self._serial.run_client(mine, msg, cid, info, fracs[index[cid]])
                 if prepared is None:  # refused: the client counts as dropped
                     continue
                 update, m = prepared.update, prepared.metrics

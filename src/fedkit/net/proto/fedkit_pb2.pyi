@@ -132,7 +132,7 @@ class GetTaskRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[Header, _Mapping]] = ..., wait_s: _Optional[float] = ..., held_payload: _Optional[bytes] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("error", "kind", "header", "client_id", "work_fraction", "deadline_s", "payload_bytes", "num_chunks", "payload_digest", "payload_held")
+    __slots__ = ("error", "kind", "header", "client_id", "work_fraction", "deadline_s", "payload_bytes", "num_chunks", "payload_digest", "payload_held", "client_values")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class TaskInfo(_message.Message):
     NUM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_HELD_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_VALUES_FIELD_NUMBER: _ClassVar[int]
     error: Error
     kind: TaskKind
     header: Header
@@ -153,7 +154,16 @@ class TaskInfo(_message.Message):
     num_chunks: int
     payload_digest: bytes
     payload_held: bool
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., work_fraction: _Optional[float] = ..., deadline_s: _Optional[float] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., payload_digest: _Optional[bytes] = ..., payload_held: _Optional[bool] = ...) -> None: ...
+    client_values: _containers.RepeatedCompositeFieldContainer[NamedValue]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., header: _Optional[_Union[Header, _Mapping]] = ..., client_id: _Optional[str] = ..., work_fraction: _Optional[float] = ..., deadline_s: _Optional[float] = ..., payload_bytes: _Optional[int] = ..., num_chunks: _Optional[int] = ..., payload_digest: _Optional[bytes] = ..., payload_held: _Optional[bool] = ..., client_values: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ...) -> None: ...
+
+class NamedValue(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "data", "sha256")

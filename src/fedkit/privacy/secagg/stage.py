@@ -167,7 +167,11 @@ class SecureSum(SecAggSettings, Stage):
         unmask_dropout: the probability that a client drops between its masked input and the
             unmasking round (simulation; in ``[0, 1]``).
         inner: the plain mean (:class:`~fedkit.aggregate.WeightedMean`), which receives the
-            decoded sums.
+            decoded sums; or a sum whose client-side ``prepare`` already applied the weight
+            (class attribute ``weight_in_prepare``: the importance-corrected mean,
+            :mod:`fedkit.samplers.importance`), whose prepared updates are then encoded with
+            weight 1 (its per-client factor stays on the client; the masked weight sums to the
+            count).
     """
 
     may_abort: ClassVar[bool] = True  # result may raise SecAggAbort: the run loop rolls back
@@ -185,10 +189,10 @@ class SecureSum(SecAggSettings, Stage):
         p = self.unmask_dropout
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
             raise ValueError(f"unmask_dropout must be in [0, 1], got {p!r}")
-        if type(self.inner) is not WeightedMean:
+        if type(self.inner) is not WeightedMean and not _weight_in_prepare(self.inner):
             raise ValueError(
-                "inner of the secagg stage must be the plain mean ('mean'): secure aggregation "
-                f"reveals only the sum; got {type(self.inner).__name__}"
+                "inner of the secagg stage must be the plain mean ('mean') or 'importance': "
+                f"secure aggregation reveals only the sum; got {type(self.inner).__name__}"
             )
         object.__setattr__(self, "_os_root", os.urandom(KEY_BYTES))
 
@@ -209,6 +213,8 @@ class SecureSum(SecAggSettings, Stage):
     def prepare(self, update: Any, weight: float, ctx: AggContext) -> MaskedUpdate:
         """Encode ``update`` and ``weight`` in fixed point and mask them (client side)."""
         update = self.inner.prepare(update, weight, ctx)
+        if _weight_in_prepare(self.inner):  # Σ of the prepared updates as they are
+            weight = 1.0
         for path, t in tree_leaves(update):
             if not t.is_floating_point():
                 raise SecAggError(f"secure aggregation sums float tensors; {path!r} is {t.dtype}")
@@ -342,6 +348,12 @@ class SecureSum(SecAggSettings, Stage):
     def result(self, acc: SecAggAcc, ctx: AggContext) -> Any:
         """The inner mean of the unmasked sums (see :meth:`open`)."""
         return self.inner.result(self.open(acc, ctx), ctx)
+
+
+def _weight_in_prepare(inner: Any) -> bool:
+    """Whether ``inner``'s ``prepare`` applies the client's weight itself (its ``add`` sums the
+    prepared updates as they are), so the secure sum must not weight them again."""
+    return bool(getattr(type(inner), "weight_in_prepare", False))
 
 
 def find_secure_sum(aggregator: Any) -> SecureSum | None:
