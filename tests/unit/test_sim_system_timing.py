@@ -266,3 +266,14 @@ def test_a_dropped_late_client_is_waited_for_until_the_deadline_exactly() -> Non
     local = LocalTraining(lr=0.1, epochs=1, batch_size=10)
     p = SystemParticipation(model, num_examples=[50], local=local, bytes_down=2000, bytes_up=1000)
     assert p.timing(0, INFO) == ClientTiming(0, None, 5.7, "late")
+
+
+def test_the_largest_jitter_allowed_never_overflows() -> None:
+    # speed_jitter is capped at 20 (fedkit.sim.system.MAX_SIGMA): exp(20 z) stays finite for any
+    # float64 normal draw, where 1e300 used to raise OverflowError for a positive draw
+    part = _bind(speed_jitter=20.0, deadline=1e6, policy="drop")
+    for r in range(200):
+        info = RoundInfo(round=r, seed=9, num_clients=2, cohort_size=2)
+        for client in (0, 1):
+            t = part.timing(client, info)
+            assert t.seconds >= 5.0  # the links alone take 5 s; compute is never negative

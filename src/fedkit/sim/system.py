@@ -62,6 +62,12 @@ class Constant:
         return self.value
 
 
+MAX_SIGMA = 20.0
+"""Largest lognormal sigma (``LogNormal.sigma``, ``speed_jitter``): ``exp(sigma · z)`` stays
+finite for every normal draw ``z`` a float64 can produce (|z| < 9), where a larger one raises
+``OverflowError`` in the timing; 20 already spreads speeds over 10^78."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LogNormal:
     """``median · exp(sigma · N(0, 1))`` per client (device speeds and bandwidths are skewed)."""
@@ -72,8 +78,8 @@ class LogNormal:
     def __post_init__(self) -> None:
         if not (self.median > 0 and math.isfinite(self.median)):
             raise ValueError(f"LogNormal.median must be a finite number > 0, got {self.median!r}")
-        if not (self.sigma >= 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"LogNormal.sigma must be a finite number >= 0, got {self.sigma!r}")
+        if not 0 <= self.sigma <= MAX_SIGMA:
+            raise ValueError(f"LogNormal.sigma must be in [0, {MAX_SIGMA:g}], got {self.sigma!r}")
 
     def draw(self, seed: int, client_id: int, stream: str) -> float:
         """One client's value."""
@@ -212,9 +218,9 @@ class SystemModel:
             _check_prob("availability", self.availability)
         _check_prob("dropout", self.dropout)
         _check_prob("stragglers", self.stragglers)
-        if not (self.speed_jitter >= 0 and math.isfinite(self.speed_jitter)):
+        if not 0 <= self.speed_jitter <= MAX_SIGMA:
             raise ValueError(
-                f"speed_jitter must be a finite number >= 0, got {self.speed_jitter!r}"
+                f"speed_jitter must be in [0, {MAX_SIGMA:g}], got {self.speed_jitter!r}"
             )
         if self.deadline is not None and not (self.deadline > 0 and math.isfinite(self.deadline)):
             raise ValueError(f"deadline must be a number > 0 or unset, got {self.deadline!r}")
