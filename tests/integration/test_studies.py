@@ -92,6 +92,12 @@ def test_architecture_study_pairs_every_model_with_iid_and_skewed_clients() -> N
         ("vit_tiny", None),
     }
     assert {r.data.alpha for r in study.runs if r.data.partition == "dirichlet"} == {0.1}
+    # FedBN's global model carries the untrained BatchNorm layers, so its arms also evaluate every
+    # client's personal model (federated evaluation); the FedAvg arms need only the central one.
+    fed_eval = {
+        (r.algorithm.name if r.algorithm else "", r.run.federated_eval_every) for r in study.runs
+    }
+    assert fed_eval == {("fedavg", 0), ("fedbn", 10)}
 
 
 def test_fedseq_study_trains_ten_clients_per_round_in_every_arm() -> None:
