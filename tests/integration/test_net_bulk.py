@@ -34,6 +34,7 @@ pytestmark = pytest.mark.net
 
 MODEL = {"w": torch.randn(64, 32), "b": torch.randn(32)}
 CAP = 64 * 1024
+NO_TIME = {"compute_s": 0.0}
 
 
 def _check(payload: bytes, complete: bool) -> None:
@@ -498,3 +499,50 @@ def test_a_channel_on_every_ipv6_address_takes_ipv4_workers_too() -> None:
     finally:
         server.close()
         guard.close()
+
+
+@pytest.fixture
+def roomy() -> Iterator[Coordinator]:
+    """A coordinator whose guard lets 8 connections from one address be pending at once."""
+    c = Coordinator(Security(), guard=StreamGuard(idle_s=2.0, max_pending=16))
+    yield c
+    c.stop()
+
+
+@pytest.mark.parametrize("bulk", [True, False])
+def test_a_lagging_fold_holds_uploads_back_at_the_backlog(roomy: Coordinator, bulk: bool) -> None:
+    # collect() hands results over as they arrive; while the consumer (the fold) is stuck,
+    # at most max_backlog (4 here) results are arriving or received, the others wait unread
+    # (longer than the guard's idle limit: waiting is the coordinator's doing, not silence)
+    coord = roomy
+    coord.broker.max_backlog = 4
+    ids = [str(i) for i in range(8)]
+    cls = {c: client(coord, c, bulk=bulk) for c in ids}
+    coord.open(1, ids)
+    tasks = {c: cls[c].get_task(wait_s=2) for c in ids}
+    release = threading.Event()
+    taken: list[str] = []
+
+    def fold(res: object) -> None:
+        release.wait(10)
+        taken.append(res.client_id)  # type: ignore[attr-defined]
+
+    out: dict[str, object] = {}
+    collector = threading.Thread(target=lambda: out.update(coord.broker.collect(8, fold)))
+    collector.start()
+    payload = encode(MODEL)
+    pushers = [
+        threading.Thread(target=cls[c].push_result, args=(tasks[c], payload), kwargs=NO_TIME)
+        for c in ids
+    ]
+    for t in pushers:
+        t.start()
+    time.sleep(3.0)
+    rnd = coord.broker._round
+    assert rnd is not None and rnd.handed == 0
+    assert len(rnd.arrivals) == 4 and rnd.receiving == 0  # the rest wait unread
+    release.set()
+    for t in pushers:
+        t.join(10)
+    collector.join(10)
+    assert sorted(taken) == ids and sorted(out) == ids

@@ -135,6 +135,14 @@ class _Round:
     arrivals: list[str] = field(default_factory=list)  # client ids in arrival order
     refused: set[str] = field(default_factory=set)  # clients whose result was refused
     closed: bool = False
+    streaming: bool = False  # a collect() hands results over as they arrive
+    handed: int = 0  # arrivals handed over so far
+    receiving: int = 0  # uploads admitted and still arriving
+
+    def held(self) -> int:
+        """Results the broker holds in memory for this round's streaming collect: received
+        and not handed over, or being received."""
+        return len(self.arrivals) - self.handed + self.receiving
 
 
 ResultCheck = Callable[[Buffer, bool], Any]
@@ -158,6 +166,10 @@ class Broker:
         enrolment: When set, a registration must carry the client id's enrolment secret.
         max_missed_tasks: Suspend a worker after this many rounds in a row closed without its
             result (0: never).
+        max_backlog: While :meth:`collect` hands results over as they arrive, at most this many
+            may be arriving or received and not yet handed over; a further upload waits before
+            any of its payload is read, so memory stays ``max_backlog`` results' worth whatever
+            the cohort, also when the fold lags.
     """
 
     def __init__(
@@ -173,8 +185,10 @@ class Broker:
         enrolment: Enrolment | None = None,
         max_missed_tasks: int = 0,
         max_client_examples: int = 1 << 53,
+        max_backlog: int = 16,
     ) -> None:
         self.run_id = run_id
+        self.max_backlog = max_backlog
         self.max_client_examples = max_client_examples
         self._sizes: dict[str, int] = {}  # client id -> training examples its worker reported
         self.enrolment = enrolment
@@ -450,6 +464,7 @@ class Broker:
         identity: PeerIdentity | None,
         *,
         limit: Callable[[float], None] | None = None,
+        touch: Callable[[], None] | None = None,
     ) -> None:
         """Validate a result streamed as gRPC chunks and record it (see :meth:`accept_upload`)."""
 
@@ -461,7 +476,7 @@ class Broker:
                 source=chunks,
             )
 
-        self.accept_upload(info, chunked, identity, limit=limit)
+        self.accept_upload(info, chunked, identity, limit=limit, touch=touch)
 
     def accept_upload(
         self,
@@ -470,6 +485,7 @@ class Broker:
         identity: PeerIdentity | None,
         *,
         limit: Callable[[float], None] | None = None,
+        touch: Callable[[], None] | None = None,
     ) -> None:
         """Validate a result and record it; raises :class:`NetError` on refusal.
 
@@ -479,7 +495,9 @@ class Broker:
         ``limit`` is told the round's deadline (monotonic), by which the upload must end; a
         piece arriving later is refused with ``DEADLINE_PASSED``. One upload per task may be in
         progress at a time (a second is ``DUPLICATE_RESULT``), so a worker cannot make the
-        coordinator buffer its result many times over.
+        coordinator buffer its result many times over. An upload held back by the backlog (see
+        ``max_backlog``) calls ``touch`` while it waits: the wait is the coordinator's, not the
+        peer's silence.
         """
         with self._lock:
             try:
@@ -487,22 +505,41 @@ class Broker:
                 cid = rec.client_for(info.client_id)
                 rec.missed[cid] = 0  # it answers (even late): back in selection
                 rnd0, _ = self._task_for(cid, info)
-                key = (cid, info.header.task_id)
-                if key in self._uploading:
-                    raise NetError(ErrorCode.DUPLICATE_RESULT, "this result is already arriving")
                 deadline = rnd0.deadline
                 if limit is not None:
                     limit(deadline)
+                self._await_backlog(rnd0, deadline, touch)  # the wait releases the lock
+                self._task_for(cid, info)  # still open after the wait
+                key = (cid, info.header.task_id)
+                if key in self._uploading:
+                    raise NetError(ErrorCode.DUPLICATE_RESULT, "this result is already arriving")
                 assembler = open_upload(self.max_result_bytes)
             except NetError as err:
                 raise self._reject(rec_name(info), err) from None
             check = self._result_check
             self._uploading.add(key)
+            rnd0.receiving += 1
         try:
             self._receive(rec, cid, info, assembler, check, deadline)
         finally:
             with self._lock:
                 self._uploading.discard(key)
+                rnd0.receiving -= 1
+                self._lock.notify_all()
+
+    def _await_backlog(
+        self, rnd: _Round, deadline: float, touch: Callable[[], None] | None
+    ) -> None:
+        """Wait (under the lock, which the wait releases) while the round's streaming collect
+        holds ``max_backlog`` results not handed over yet, those being received included;
+        ``DEADLINE_PASSED`` at the round's deadline."""
+        while rnd.streaming and not rnd.closed and rnd.held() >= self.max_backlog:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NetError(ErrorCode.DEADLINE_PASSED, "round deadline passed while queued")
+            if touch is not None:
+                touch()
+            self._lock.wait(min(left, 0.1))
 
     def _receive(
         self,
@@ -673,6 +710,7 @@ class Broker:
             rnd = self._round
             if rnd is None:
                 raise RuntimeError("collect() without an open round")
+            rnd.streaming = on_result is not None
             while True:
                 if on_result is not None and handed < len(rnd.arrivals):
                     fresh = rnd.arrivals[handed:]
@@ -682,6 +720,8 @@ class Broker:
                         self._hand_over(rnd, fresh, on_result)
                     finally:
                         self._lock.acquire()
+                    rnd.handed = handed
+                    self._lock.notify_all()  # uploads waiting for the backlog may go on
                     continue
                 now = time.monotonic()
                 left = rnd.deadline - now

@@ -323,7 +323,7 @@ class BulkServer:
                     was_cut=lambda: watch.cut,
                 )
 
-            self.broker.accept_upload(info, upload, identity, limit=watch.limit)
+            self.broker.accept_upload(info, upload, identity, limit=watch.limit, touch=watch.touch)
             self.accepted += 1
             write_frame(conn.sock, _ack(pb.Error(code=pb.OK)))
         except NetError as err:

@@ -88,7 +88,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
                         raise NetError(ErrorCode.MALFORMED, "only chunks may follow ResultInfo")
                     yield part.chunk
 
-            self.broker.accept_result(first.info, chunks(), identity, limit=watch.limit)
+            self.broker.accept_result(
+                first.info, chunks(), identity, limit=watch.limit, touch=watch.touch
+            )
         except NetError as err:
             return pb.Ack(error=err.to_proto())
         except grpc.RpcError:  # cut by the watchdog (idle, or past the round's deadline)
