@@ -185,7 +185,7 @@ class Broker:
         enrolment: Enrolment | None = None,
         max_missed_tasks: int = 0,
         max_client_examples: int = 1 << 53,
-        max_backlog: int = 16,
+        max_backlog: int = 8,
     ) -> None:
         self.run_id = run_id
         self.max_backlog = max_backlog
