@@ -484,6 +484,14 @@ def test_the_broker_keeps_what_the_complete_check_returns(coord: Coordinator, bu
     cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
     assert coord.broker.collect(want=1)["0"].decoded == ("decoded", len(payload))
     assert seen[-1] is True and coord.bulk.accepted == int(bulk)
+    # a streaming collect hands the decoding over with the payload, then drops both (views
+    # into the payload would keep every folded result in memory)
+    coord.broker.open_round(2, {"0": a}, deadline_s=20, result_check=check)
+    cl.push_result(cl.get_task(wait_s=2), payload, compute_s=0)
+    handed: list[object] = []
+    kept = coord.broker.collect(1, lambda res: handed.append(res.decoded))
+    assert handed == [("decoded", len(payload))]
+    assert kept["0"].decoded is None and kept["0"].payload == b""
 
 
 @pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")

@@ -766,7 +766,8 @@ class Broker:
         for c in clients:
             res = rnd.results[c]
             on_result(res)
-            rnd.results[c] = dataclasses.replace(res, payload=b"")
+            # drop the payload and what the check decoded from it (views that keep it alive)
+            rnd.results[c] = dataclasses.replace(res, payload=b"", decoded=None)
 
     def shutdown(self, grace_s: float = 0.0) -> None:
         """Tell every polling worker the run is over; wait up to ``grace_s`` until every live
