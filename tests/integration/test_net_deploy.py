@@ -334,19 +334,27 @@ def test_size_proportional_sampling_from_the_sizes_workers_report(
         tmp_path / "exp.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
         liveness=10, extra='[sampler]\nname = "proportional"\n',
     )  # fmt: skip
-    c = cluster(exp)
+    *_, executor = _six_clients_on_two_workers_match_serial(cluster(exp), exp)
+    sizes = [executor.store.num_examples(k) for k in range(executor.num_clients)]
+    assert len(set(sizes)) > 1  # unequal: proportional differs from uniform here
+
+
+def _six_clients_on_two_workers_match_serial(
+    c: Cluster, exp: Path
+) -> tuple[dict[str, object], Any, Any]:
+    """Run ``exp`` (6 clients, 3 rounds) on two multi-client workers; check that it commits
+    every round with the serial simulator's cohorts and model; return the summary and the
+    serial run."""
     c.start_coordinator(min_workers=6)
     c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
     summary = c.summary(timeout=60)
     assert summary["committed_rounds"] == 3
     ref, executor = serial_run(exp)
-    sizes = [executor.store.num_examples(k) for k in range(executor.num_clients)]
-    assert len(set(sizes)) > 1  # unequal: proportional differs from uniform here
     assert summary["model_sha256"] == sha256(ref.params)
     with sqlite3.connect(c.out / "coordinator.db") as con:
         served = sorted(con.execute("SELECT round, client_id FROM worker_rtt").fetchall())
-    want = sorted((r.round, m.client_id) for r in ref.history for m in r.clients)
-    assert served == want
+    assert served == sorted((r.round, m.client_id) for r in ref.history for m in r.clients)
+    return summary, ref, executor
 
 
 def test_importance_corrected_mean_with_a_power_law_sampler(
@@ -361,16 +369,7 @@ def test_importance_corrected_mean_with_a_power_law_sampler(
         tmp_path / "exp.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
         liveness=10, extra=extra + '[aggregator]\nname = "importance"\n',
     )  # fmt: skip
-    c = cluster(exp)
-    c.start_coordinator(min_workers=6)
-    c.start_multi_workers([[0, 1, 2], [3, 4, 5]])
-    summary = c.summary(timeout=60)
-    assert summary["committed_rounds"] == 3
-    ref, _ = serial_run(exp)
-    assert summary["model_sha256"] == sha256(ref.params)
-    with sqlite3.connect(c.out / "coordinator.db") as con:
-        served = sorted(con.execute("SELECT round, client_id FROM worker_rtt").fetchall())
-    assert served == sorted((r.round, m.client_id) for r in ref.history for m in r.clients)
+    summary, _, _ = _six_clients_on_two_workers_match_serial(cluster(exp), exp)
     # the correction matters here: the plain weighted mean of the same cohorts is another model
     plain = write_experiment(
         tmp_path / "plain.toml", clients=6, per_round=2, rounds=3, algorithm="fedavg",
