@@ -48,8 +48,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -278,14 +278,25 @@ def with_client_values(agg: T, client_id: int, values: AggState) -> T:
     return _resolve_values(agg, client_id, values)  # type: ignore[no-any-return]
 
 
-def _resolve_values(stage: Any, client_id: int, values: AggState) -> Any:
-    if _takes_values(stage):
-        stage = stage.with_client_values(client_id, values)
+def _resolve_values(agg: Any, client_id: int, values: AggState) -> Any:
+    def resolve(stage: Any) -> Any:
+        return stage.with_client_values(client_id, values) if _takes_values(stage) else stage
+
+    return map_chain(agg, resolve)
+
+
+def map_chain(agg: T, fn: Callable[[Any], Any]) -> T:
+    """``agg``'s chain with ``fn`` applied to every stage (outermost first, each on the stage as
+    ``fn`` of the stages above left it, following dataclass ``inner`` fields); a stage whose
+    inner changed is rebuilt around it (:func:`rebuilt_around`), one whose chain ``fn`` left
+    alone is returned as it is."""
+    stage: Any = fn(agg)
     inner = getattr(stage, "inner", None)
-    if inner is None or not dataclasses.is_dataclass(stage) or isinstance(stage, type):
-        return stage
-    resolved = _resolve_values(inner, client_id, values)
-    return stage if resolved is inner else rebuilt_around(stage, resolved)
+    if inner is not None and dataclasses.is_dataclass(stage) and not isinstance(stage, type):
+        mapped = map_chain(inner, fn)
+        if mapped is not inner:
+            stage = rebuilt_around(stage, mapped)
+    return cast(T, stage)
 
 
 def rebuilt_around(stage: T, inner: Any) -> T:

@@ -44,7 +44,7 @@ from fedkit.aggregate import (
     EmptyAggregateError,
     MeanAcc,
     WeightedMean,
-    rebuilt_around,
+    map_chain,
     state_value,
 )
 from fedkit.algorithm import RoundInfo
@@ -170,13 +170,13 @@ class ImportanceWeighted(Generic[U]):
 def _resolve(agg: Any, inclusion: tuple[float, ...], total: float) -> Any:
     """``agg`` with every :class:`ImportanceWeighted` in its chain (``inner``) filled in, or
     ``agg`` itself when it holds none."""
-    if isinstance(agg, ImportanceWeighted):
-        return dataclasses.replace(agg, inclusion=inclusion, total_weight=total)
-    inner = getattr(agg, "inner", None)
-    if inner is None or not dataclasses.is_dataclass(agg) or isinstance(agg, type):
-        return agg
-    resolved = _resolve(inner, inclusion, total)
-    return agg if resolved is inner else rebuilt_around(agg, resolved)
+
+    def fill(stage: Any) -> Any:
+        if isinstance(stage, ImportanceWeighted):
+            return dataclasses.replace(stage, inclusion=inclusion, total_weight=total)
+        return stage
+
+    return map_chain(agg, fill)
 
 
 def with_inclusion(
