@@ -6,6 +6,7 @@ worker that cannot reach the channel falls back to ``PushResult``."""
 from __future__ import annotations
 
 import hashlib
+import math
 import socket
 import struct
 import threading
@@ -264,6 +265,9 @@ def test_hostile_openings_are_refused(coord: Coordinator) -> None:
     # no (or a short) payload digest
     assert answer(opening(cl, task, payload, payload_sha256=b"")) is ErrorCode.MALFORMED
     assert answer(opening(cl, task, payload, payload_sha256=b"\x00" * 31)) is ErrorCode.MALFORMED
+    # a compute time that is not a finite number >= 0 (it is stored beside the round trip)
+    for bad in (math.nan, math.inf, -1.0):
+        assert answer(opening(cl, task, payload, compute_s=bad)) is ErrorCode.MALFORMED
     # the client is still served
     cl.push_result(task, payload, compute_s=0)
     assert coord.broker.collect(want=1)["0"].payload == payload

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
@@ -504,6 +505,8 @@ class Broker:
                 rec = self._authenticate(info.header, identity)
                 cid = rec.client_for(info.client_id)
                 rec.missed[cid] = 0  # it answers (even late): back in selection
+                if not (math.isfinite(info.compute_s) and info.compute_s >= 0):
+                    raise NetError(ErrorCode.MALFORMED, "compute_s must be a finite number >= 0")
                 rnd0, _ = self._task_for(cid, info)
                 deadline = rnd0.deadline
                 if limit is not None:
